@@ -1,0 +1,125 @@
+"""The ``raylora`` command line: the only place that prints results and chooses exit codes.
+
+Exit codes: 0 success, 2 a user error (one line per problem, naming the YAML path or ``file:line``),
+1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure which parts of a Qwen3-VL model LoRA should train: studies on Ray, recorded in MLflow.",
+)
+
+SpecArg = Annotated[Path, typer.Argument(help="The study spec YAML (see search_spaces/).", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a spec value: --set training.lora.r=32 (value parsed as YAML)."),
+]
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="config.json, a checkpoint folder, a hub id, or builtin:tiny-qwen3-vl.")],
+    r: Annotated[int, typer.Option("--r", min=1, help="LoRA rank for the parameter counts.")] = 16,
+    scope: Annotated[
+        Optional[list[str]], typer.Option("--scope", help="Only these scopes (repeatable); default: all parts.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Modules, base parameters and LoRA parameters per scope, from the config alone (no weights)."""
+    from . import builtin, scopes
+
+    try:
+        report = scopes.inspect(builtin.resolve_model(model), r=r, scopes=scope or None)
+    except scopes.ScopeError as e:
+        raise UserError("inspect", str(e)) from None
+    if as_json:
+        print(json.dumps({k: report[k] for k in ("model_type", "total_params", "scopes")}))
+        return
+    _print_inspect(report, r)
+
+
+def _print_inspect(report: dict, r: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['model_type']}: {report['total_params']:,} parameters; LoRA at r={r}")
+    for column in ("scope", "modules", "base params", "LoRA params", "targets"):
+        table.add_column(column, justify="right" if column in ("modules", "base params", "LoRA params") else "left")
+    for part, row in report["scopes"].items():
+        names = report.get("modules", {}).get(part, [])
+        table.add_row(part, f"{row['modules']:,}", f"{row['base_params']:,}", f"{row['lora_params']:,}",
+                      "\n".join(names) or "-")
+    Console().print(table)
+
+
+@app.command()
+def validate(spec_path: SpecArg, set_: SetOpt = None) -> None:
+    """Check a spec, its search space, and its local model and data; report every problem at once."""
+    spec = _load_checked(spec_path, set_ or [])
+    print(f"{spec_path}: ok ({len(spec.search)} searched paths, {spec.study.num_trials} trials)")
+
+
+@app.command()
+def train(
+    spec_path: SpecArg,
+    set_: SetOpt = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", help="Folder for adapter/, metrics.json, targets.json.")
+    ] = None,
+) -> None:
+    """Train one trial with the spec's fixed values (no search), standalone in this process."""
+    spec = _load_checked(spec_path, set_ or [])
+    from .train_loop import LocalSession, train as run_train
+
+    output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
+    run_train({"spec": spec.to_dict()}, LocalSession(output))
+    print(f"adapter: {output / 'adapter'}")
+    print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
+
+
+def _load_checked(spec_path: Path, overrides: list[str]):
+    from . import preflight, spec as spec_lib
+
+    spec = spec_lib.load(spec_path, overrides)
+    preflight.local_inputs(spec)
+    return spec
+
+
+def main() -> None:
+    """Console entry point."""
+    from .model import TrialError
+
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        for line in e.lines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except TrialError as e:
+        print(f"trial failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise

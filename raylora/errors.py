@@ -1,0 +1,51 @@
+"""User-facing errors: each carries where the mistake is (a dotted spec path or ``file:line``).
+
+The CLI turns any :class:`UserError` into one line per problem on stderr and exit code 2, with no
+traceback. Everything else is a bug and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix; ``where`` names the YAML path or ``file:line``."""
+
+    def __init__(self, where: str, message: str):
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def lines(self) -> list[str]:
+        """The one-line messages to print."""
+        return [str(self)]
+
+
+class SpecError(UserError):
+    """A problem in the study spec, at a dotted path such as ``training.lora.r``."""
+
+
+class DataError(UserError):
+    """A problem in a dataset, at ``file.jsonl:LINE`` (or ``file.parquet:ROW``)."""
+
+
+class NothingToDo(UserError):
+    """A request that finds nothing to act on (no experiment, no finished trial)."""
+
+
+class UserErrors(UserError):
+    """Several user errors reported together (``raylora validate`` shows them all at once)."""
+
+    def __init__(self, errors: list[UserError]):
+        self.errors = errors
+        super().__init__("", "; ".join(str(e) for e in errors))
+
+    def lines(self) -> list[str]:
+        return [line for e in self.errors for line in e.lines()]
+
+
+def raise_all(errors: list[UserError]) -> None:
+    """Raise nothing, the one error, or all of them together."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserErrors(errors)

@@ -1,0 +1,326 @@
+"""The training recipe: what each Ray Train worker runs, top to bottom (and ``raylora train`` standalone).
+
+    setup → model → data → optimizer → resume → loop (train, check gradients, evaluate, report) → finish
+
+The recipe talks to the outside world only through a session: :class:`LocalSession` for a standalone
+run that writes ``adapter/``, ``metrics.json`` and ``targets.json`` to a folder, and :class:`RaySession`
+inside a Ray Train worker, which reports metrics and adapter-only checkpoints to Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import data, evaluate
+from . import model as model_lib
+from .spec import Spec
+
+STATE_FILE = "trainer_state.pt"
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+
+class LocalSession:
+    """One process, no Ray: results go to ``output_dir``."""
+
+    rank, world_size, local_rank = 0, 1, 0
+
+    def __init__(self, output_dir: str | Path, log: Callable[[str], None] = print):
+        self.output_dir = Path(output_dir)
+        self.log = log
+        self.history: list[dict] = []
+
+    def latest_checkpoint(self) -> Path | None:
+        return None
+
+    def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
+        self.history.append(metrics)
+        self.log(_progress_line(metrics))
+
+    def finish(self, write_final: Callable[[Path], None]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_final(self.output_dir)
+        summary = dict(self.history[-1]) if self.history else {}
+        summary["history"] = self.history
+        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class RaySession:
+    """Inside a Ray Train worker: ``ray.train.report`` with adapter checkpoints written by rank 0."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.local_rank = context.get_local_rank()
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="raylora-resume-"))
+        with checkpoint.as_directory() as path:
+            shutil.copytree(path, local, dirs_exist_ok=True)
+        return local
+
+    def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
+        import ray.train
+
+        if write_checkpoint is None or self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
+            write_checkpoint(Path(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def finish(self, write_final: Callable[[Path], None]) -> None:
+        """The last reported checkpoint already holds the final adapter."""
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Ray Train's entry point: ``config["spec"]`` is a validated spec as plain data."""
+    train(config, RaySession())
+
+
+# -- the recipe --------------------------------------------------------------------------------------
+
+
+def train(config: dict, session) -> dict:
+    """Train one trial's LoRA adapter as ``config["spec"]`` says; return the last reported metrics."""
+    import torch
+
+    from . import builtin
+
+    spec = Spec.from_dict(config["spec"])
+    training = spec.training
+
+    # -- setup
+    device = _device(session)
+    torch.manual_seed(training.seed)
+    distributed = session.world_size > 1 and torch.distributed.is_initialized()
+
+    # -- model
+    path = builtin.resolve_model(spec.model.name_or_path)
+    built = model_lib.build(spec, path, device)
+    peft_model, processor = built.model, built.processor
+    trainable = model_lib.trainable_by_part(peft_model, built.model_type)
+    targets = _targets_report(spec, built, trainable)
+    net = (
+        torch.nn.parallel.DistributedDataParallel(
+            peft_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if distributed
+        else peft_model
+    )
+
+    # -- data
+    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    train_set = data.encode(
+        data.read(builtin.resolve_data(spec.data.train, "train")), processor, spec.data.max_length, image_kw
+    )
+    if not train_set.items:
+        raise model_lib.TrialError(
+            f"every training sample is longer than data.max_length={spec.data.max_length} tokens"
+        )
+    eval_set = None
+    if spec.data.eval:
+        eval_records = data.read(builtin.resolve_data(spec.data.eval, "eval"), limit=spec.data.eval_samples)
+        eval_set = data.encode(eval_records, processor, spec.data.max_length, image_kw)
+    pad_id = processor.tokenizer.pad_token_id
+    batches = data.batches(
+        train_set.items, training.per_device_train_batch_size, training.seed, session.rank, session.world_size
+    )
+
+    # -- optimizer and schedule
+    groups = model_lib.param_groups(peft_model, built.model_type, spec)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(training))
+
+    # -- resume from the latest adapter checkpoint, if Ray restarted this trial
+    step = 0
+    resume = session.latest_checkpoint()
+    if resume is not None:
+        step = _load_checkpoint(resume, peft_model, optimizer, scheduler)
+        for _ in range(step * training.gradient_accumulation_steps):
+            next(batches)
+
+    # -- loop
+    net.train()
+    window = _Window()
+    metrics: dict = {}
+    while step < training.max_steps:
+        for _ in range(training.gradient_accumulation_steps):
+            items = next(batches)
+            batch = {k: v.to(device) for k, v in data.collate(items, pad_id).items()}
+            loss = net(**batch, use_cache=False).loss
+            (loss / training.gradient_accumulation_steps).backward()
+            window.add(float(loss), len(items), int(batch["attention_mask"].sum()))
+        if step == 0:
+            model_lib.check_gradients(peft_model, built.model_type, built.resolution)
+        if training.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], training.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % training.eval_every == 0 or step == training.max_steps:
+            metrics = {"step": step, **window.flush(session.world_size, distributed, device)}
+            metrics.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
+            metrics.update(_evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed))
+            metrics["data/dropped_too_long"] = train_set.dropped_too_long
+            metrics["peak_mem_mb"] = _peak_memory_mb(device)
+            session.report(
+                metrics,
+                lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),
+            )
+
+    # -- finish
+    session.finish(lambda d: _save_final(d, peft_model, targets))
+    return metrics
+
+
+def _device(session):
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", session.local_rank)
+    return torch.device("cpu")
+
+
+def _schedule(training) -> Callable[[int], float]:
+    warmup, total, kind = training.warmup_steps, training.max_steps, training.lr_scheduler
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+class _Window:
+    """Training loss and throughput since the last report."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.losses: list[float] = []
+        self.samples = self.tokens = 0
+
+    def add(self, loss: float, samples: int, tokens: int) -> None:
+        self.losses.append(loss)
+        self.samples += samples
+        self.tokens += tokens
+
+    def flush(self, world_size: int, distributed: bool, device) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        loss = sum(self.losses) / max(1, len(self.losses))
+        if distributed:
+            loss = _all_reduce([loss], device)[0] / world_size
+        out = {
+            "train/loss": loss,
+            "samples_per_s": self.samples * world_size / elapsed,
+            "tokens_per_s": self.tokens * world_size / elapsed,
+        }
+        self.__init__()
+        return out
+
+
+def _evaluate(spec: Spec, peft_model, eval_set, processor, image_kw, session, device, distributed) -> dict:
+    if eval_set is None or not eval_set.items:
+        return {}
+    rank, world = session.rank, session.world_size
+    items = eval_set.items[rank::world]
+    total, count = evaluate.eval_loss(
+        peft_model, items, spec.training.per_device_eval_batch_size, processor.tokenizer.pad_token_id, device
+    )
+    records = eval_set.records[: spec.training.click_eval_samples][rank::world]
+    hits, scored = evaluate.click_hits(
+        peft_model, records, processor, image_kw, spec.training.max_new_tokens, device
+    )
+    if distributed:
+        total, count, hits, scored = _all_reduce([total, count, hits, scored], device)
+    out = {"eval/loss": total / max(count, 1.0)}
+    if scored:
+        out["eval/click_acc"] = hits / scored
+    return out
+
+
+def _all_reduce(values: list[float], device) -> list[float]:
+    import torch
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _targets_report(spec: Spec, built, trainable: dict[str, int]) -> dict:
+    return {
+        "model": spec.model.name_or_path,
+        "model_type": built.model_type,
+        "scope": spec.training.lora.scope if spec.training.lora.target_modules is None else None,
+        "target_modules": spec.training.lora.target_modules,
+        "modules": built.resolution.by_part(),
+        "trainable_params": trainable,
+        "trainable_total": sum(trainable.values()),
+    }
+
+
+def _save_final(directory: Path, peft_model, targets: dict) -> None:
+    peft_model.save_pretrained(directory / "adapter", safe_serialization=True)
+    (directory / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+
+
+def _save_checkpoint(directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict) -> None:
+    import torch
+
+    _save_final(directory, peft_model, targets)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    torch.save(state, directory / STATE_FILE)
+
+
+def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler) -> int:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(peft_model, weights)
+    state = torch.load(directory / STATE_FILE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    shutil.rmtree(directory, ignore_errors=True)
+    return int(state["step"])
+
+
+def _progress_line(metrics: dict) -> str:
+    keys = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s")
+    parts = [f"step {metrics['step']}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+    return "  ".join(parts)
+
