@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,19 +22,24 @@ app = typer.Typer(
     help="Measure which parts of a Qwen3-VL model LoRA should train: studies on Ray, recorded in MLflow.",
 )
 
-SpecArg = Annotated[Path, typer.Argument(help="The study spec YAML (see search_spaces/).", show_default=False)]
+SpecArg = Annotated[
+    Path, typer.Argument(help="The study spec YAML (see search_spaces/).", show_default=False)
+]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", help="Override a spec value: --set training.lora.r=32 (value parsed as YAML)."),
 ]
 
 
 @app.command()
 def inspect(
-    model: Annotated[str, typer.Argument(help="config.json, a checkpoint folder, a hub id, or builtin:tiny-qwen3-vl.")],
+    model: Annotated[
+        str, typer.Argument(help="config.json, a checkpoint folder, a hub id, or builtin:tiny-qwen3-vl.")
+    ],
     r: Annotated[int, typer.Option("--r", min=1, help="LoRA rank for the parameter counts.")] = 16,
     scope: Annotated[
-        Optional[list[str]], typer.Option("--scope", help="Only these scopes (repeatable); default: all parts.")
+        list[str] | None,
+        typer.Option("--scope", help="Only these scopes (repeatable); default: all parts."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -55,14 +60,19 @@ def _print_inspect(report: dict, r: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
     table = Table(title=f"{report['model_type']}: {report['total_params']:,} parameters; LoRA at r={r}")
-    for column in ("scope", "modules", "base params", "LoRA params", "targets"):
-        table.add_column(column, justify="right" if column in ("modules", "base params", "LoRA params") else "left")
+    table.add_column("scope")
+    for column in ("modules", "base params", "LoRA params"):
+        table.add_column(column, justify="right")
     for part, row in report["scopes"].items():
-        names = report.get("modules", {}).get(part, [])
-        table.add_row(part, f"{row['modules']:,}", f"{row['base_params']:,}", f"{row['lora_params']:,}",
-                      "\n".join(names) or "-")
-    Console().print(table)
+        table.add_row(part, f"{row['modules']:,}", f"{row['base_params']:,}", f"{row['lora_params']:,}")
+    console.print(table)
+    for part, names in report.get("modules", {}).items():
+        if names:
+            console.print(f"[bold]{part}[/bold] targets: " + ", ".join(names), soft_wrap=True)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", soft_wrap=True)
 
 
 @app.command()
@@ -77,12 +87,13 @@ def train(
     spec_path: SpecArg,
     set_: SetOpt = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", help="Folder for adapter/, metrics.json, targets.json.")
+        Path | None, typer.Option("--output", help="Folder for adapter/, metrics.json, targets.json.")
     ] = None,
 ) -> None:
     """Train one trial with the spec's fixed values (no search), standalone in this process."""
     spec = _load_checked(spec_path, set_ or [])
-    from .train_loop import LocalSession, train as run_train
+    from .train_loop import LocalSession
+    from .train_loop import train as run_train
 
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
     run_train({"spec": spec.to_dict()}, LocalSession(output))
@@ -91,7 +102,8 @@ def train(
 
 
 def _load_checked(spec_path: Path, overrides: list[str]):
-    from . import preflight, spec as spec_lib
+    from . import preflight
+    from . import spec as spec_lib
 
     spec = spec_lib.load(spec_path, overrides)
     preflight.local_inputs(spec)

@@ -63,7 +63,9 @@ def click_hits(model, records: list[data.Record], processor, image_kw: dict, max
                 continue
             inputs = {k: v.to(device) for k, v in data.prompt_inputs(record, processor, image_kw).items()}
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
-            text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            text = processor.tokenizer.decode(
+                out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
             hits += is_hit(parse_click(text), record.bbox)
             scored += 1
     model.train()

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from .spec import Spec
 
 # Parts kept in full precision by nf4-llm-only (lm_head is always kept: see quantization_config).
-_VISION_MODULES = {"qwen3_vl": ["visual"], "qwen3_vl_moe": ["visual"], "qwen2_5_vl": ["visual"]}
+_VISION_MODULES = {
+    "qwen3_vl": ["model.visual"],
+    "qwen3_vl_moe": ["model.visual"],
+    "qwen2_5_vl": ["model.visual"],
+}
 
 
 class TrialError(RuntimeError):
@@ -68,6 +72,10 @@ def quantization_config(kind: str, dtype, model_type: str):
 def _quiet_bitsandbytes_import() -> None:
     # On AVX512-BF16 CPUs bitsandbytes logs a warning when the optional `kernels` hub package is absent;
     # it then uses its built-in CPU kernel, so the notice is noise for our users.
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return
     log = logging.getLogger("bitsandbytes.backends.cpu.ops")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -75,6 +83,14 @@ def _quiet_bitsandbytes_import() -> None:
         import bitsandbytes  # noqa: F401
     finally:
         log.setLevel(level)
+
+
+def _keep_4bit_trainable(model) -> None:
+    # On AVX512-BF16 CPUs, bitsandbytes 0.50 repacks 4-bit weights for inference on the first forward in
+    # eval mode and cannot train on the repacked weights afterwards; we alternate train and eval.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_processor(spec: Spec, path: str):
@@ -89,8 +105,12 @@ def load_processor(spec: Spec, path: str):
 def build(spec: Spec, path: str, device: torch.device) -> Built:
     """Base model + processor + LoRA on exactly the modules the spec's scope resolves to."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
+    _quiet_bitsandbytes_import()
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(
         path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
     )
@@ -111,6 +131,8 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
     )
     if quant is None:
         model.to(device)
+    else:
+        _keep_4bit_trainable(model)
     _align_generation(model, processor.tokenizer)
     resolution = resolve(spec, model, model_type)
     model = attach_lora(model, spec, resolution)
@@ -137,7 +159,11 @@ def resolve(spec: Spec, model, model_type: str) -> scopes.Resolution:
 def _align_special_tokens(config, tokenizer) -> None:
     # Align once, explicitly, from the tokenizer (Qwen has no BOS) instead of letting a trainer rewrite the
     # configs later with its "new PAD/BOS/EOS tokens" notice.
-    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+    }
     for cfg in (config, getattr(config, "text_config", None)):
         if cfg is not None:
             for key, value in ids.items():
@@ -157,6 +183,8 @@ def _align_generation(model, tokenizer) -> None:
 
 def attach_lora(model, spec: Spec, resolution: scopes.Resolution):
     """Wrap with PEFT LoRA targeting exactly ``resolution.names()``; everything else frozen."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
     lora = spec.training.lora
@@ -167,13 +195,21 @@ def attach_lora(model, spec: Spec, resolution: scopes.Resolution):
         target_modules=resolution.names(),
         bias="none",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can change.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, config)
 
 
 def param_groups(model, model_type: str, spec: Spec) -> list[dict]:
     """One optimizer group per learning-rate part (llm / vision / projector+deepstack), decay and no-decay."""
     rates = spec.training.learning_rate
-    lr_of = {"llm": rates.llm, "vision": rates.vision, "projector": rates.projector, "deepstack": rates.projector}
+    lr_of = {
+        "llm": rates.llm,
+        "vision": rates.vision,
+        "projector": rates.projector,
+        "deepstack": rates.projector,
+    }
     groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -25,7 +25,9 @@ def local_inputs(spec: Spec) -> None:
         ref = getattr(spec.data, key)
         if ref is None or builtin.is_builtin(ref):
             if ref is not None and ref != builtin.GUI_DATA:
-                errors.append(SpecError(f"data.{key}", f"unknown builtin {ref!r} (known: {builtin.GUI_DATA})"))
+                errors.append(
+                    SpecError(f"data.{key}", f"unknown builtin {ref!r} (known: {builtin.GUI_DATA})")
+                )
             continue
         try:
             _check_data(ref, f"data.{key}")
@@ -52,11 +54,15 @@ def _model_dir(ref: str) -> Path | None:
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SpecError("model.name_or_path", f"{ref} has no config.json; is it a model checkpoint folder?")
+            raise SpecError(
+                "model.name_or_path", f"{ref} has no config.json; is it a model checkpoint folder?"
+            )
         return path
     if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
         return None
-    raise SpecError("model.name_or_path", f"no such model folder: {ref} (give a local folder or a hub id org/name)")
+    raise SpecError(
+        "model.name_or_path", f"no such model folder: {ref} (give a local folder or a hub id org/name)"
+    )
 
 
 def _check_data(ref: str, where: str) -> None:
@@ -75,6 +81,8 @@ def _check_targets(spec: Spec, model_dir: Path) -> None:
 
     config = scopes.load_config(str(model_dir))
     try:
-        scopes.resolve_target_modules(scopes.meta_model(config), config.model_type, spec.training.lora.target_modules)
+        scopes.resolve_target_modules(
+            scopes.meta_model(config), config.model_type, spec.training.lora.target_modules
+        )
     except scopes.ScopeError as e:
         raise SpecError("training.lora.target_modules", str(e)) from None

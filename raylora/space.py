@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, UserError, UserErrors, raise_all
 
@@ -118,7 +119,9 @@ def check_forms(search: Any, where: Callable[[str], str] = lambda p: p) -> list[
         at = where(f"search.{path}")
         try:
             if str(path).startswith(_FORBIDDEN_SECTIONS):
-                raise SpecError(at, "study, resources and tracking are fixed; search training, model or data paths")
+                raise SpecError(
+                    at, "study, resources and tracking are fixed; search training, model or data paths"
+                )
             check_path(str(path), at)
             parse(path, raw, at)
         except UserError as e:
@@ -138,8 +141,12 @@ def check_values(spec: Spec, where: Callable[[str], str] = lambda p: p) -> None:
                 errors.append(e)
                 break
     if "training.lora.scope" in spec.search and spec.training.lora.target_modules is not None:
-        errors.append(SpecError(where("search.training.lora.scope"),
-                                "cannot search scope when training.lora.target_modules is fixed"))
+        errors.append(
+            SpecError(
+                where("search.training.lora.scope"),
+                "cannot search scope when training.lora.target_modules is fixed",
+            )
+        )
     raise_all(errors)
 
 

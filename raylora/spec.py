@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -51,7 +52,7 @@ class Study(_Section):
     """Names the study folder under ``storage``, the Optuna study and the MLflow experiment."""
     objective: Objective = Objective()
     num_trials: Positive = 8
-    max_concurrent_trials: Union[Literal["auto"], Positive] = "auto"
+    max_concurrent_trials: Literal["auto"] | Positive = "auto"
     """``auto``: as many trials as the cluster's resources hold at once."""
     sampler: Sampler = Sampler()
     scheduler: Scheduler = Scheduler()
@@ -146,7 +147,7 @@ class Training(_Section):
     gradient_checkpointing: bool = True
     """Non-reentrant activation checkpointing (reentrant starves vision LoRA of gradients)."""
     quantization: Literal["none", "nf4", "nf4-llm-only"] = "none"
-    """``nf4``: 4-bit base weights except lm_head; ``nf4-llm-only`` also keeps vision and mergers unquantized."""
+    """``nf4``: 4-bit base weights but lm_head; ``nf4-llm-only`` keeps vision and mergers unquantized too."""
     lora: Lora = Lora()
     learning_rate: LearningRate = LearningRate()
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

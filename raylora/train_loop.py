@@ -14,8 +14,9 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import data, evaluate
 from . import model as model_lib
@@ -96,8 +97,16 @@ def train_fn_per_worker(config: dict) -> None:
 # -- the recipe --------------------------------------------------------------------------------------
 
 
-def train(config: dict, session) -> dict:
-    """Train one trial's LoRA adapter as ``config["spec"]`` says; return the last reported metrics."""
+@dataclass
+class Outcome:
+    """What a finished run leaves in memory: its last reported metrics and the trained PEFT model."""
+
+    metrics: dict
+    model: object
+
+
+def train(config: dict, session) -> Outcome:
+    """Train one trial's LoRA adapter as ``config["spec"]`` says."""
     import torch
 
     from . import builtin
@@ -165,7 +174,7 @@ def train(config: dict, session) -> dict:
             batch = {k: v.to(device) for k, v in data.collate(items, pad_id).items()}
             loss = net(**batch, use_cache=False).loss
             (loss / training.gradient_accumulation_steps).backward()
-            window.add(float(loss), len(items), int(batch["attention_mask"].sum()))
+            window.add(float(loss.detach()), len(items), int(batch["attention_mask"].sum()))
         if step == 0:
             model_lib.check_gradients(peft_model, built.model_type, built.resolution)
         if training.max_grad_norm:
@@ -177,18 +186,22 @@ def train(config: dict, session) -> dict:
 
         if step % training.eval_every == 0 or step == training.max_steps:
             metrics = {"step": step, **window.flush(session.world_size, distributed, device)}
-            metrics.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
-            metrics.update(_evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed))
+            metrics.update(
+                {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]}
+            )
+            metrics.update(
+                _evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed)
+            )
             metrics["data/dropped_too_long"] = train_set.dropped_too_long
             metrics["peak_mem_mb"] = _peak_memory_mb(device)
             session.report(
                 metrics,
-                lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),
+                lambda d, step=step: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),
             )
 
     # -- finish
     session.finish(lambda d: _save_final(d, peft_model, targets))
-    return metrics
+    return Outcome(metrics, peft_model)
 
 
 def _device(session):
@@ -323,4 +336,3 @@ def _progress_line(metrics: dict) -> str:
     keys = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s")
     parts = [f"step {metrics['step']}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
     return "  ".join(parts)
-

@@ -28,21 +28,44 @@ def test_defaults_and_paths(tmp_path):
     assert spec.training.lora.scope == ["llm"]
     assert spec.training.lora.lora_alpha == 2 * spec.training.lora.r
     flat = spec.flat()
-    for path in ("model.name_or_path", "data.train", "data.eval", "study.name", "study.num_trials",
-                 "study.max_concurrent_trials", "study.scheduler.type", "resources.workers_per_trial",
-                 "resources.placement_strategy", "training.max_steps", "training.eval_every",
-                 "training.gradient_checkpointing", "training.quantization", "training.lora.r",
-                 "training.lora.alpha", "training.lora.dropout", "training.lora.scope",
-                 "training.lora.target_modules", "training.learning_rate.llm",
-                 "training.learning_rate.vision", "training.learning_rate.projector"):
+    for path in (
+        "model.name_or_path",
+        "data.train",
+        "data.eval",
+        "study.name",
+        "study.num_trials",
+        "study.max_concurrent_trials",
+        "study.scheduler.type",
+        "resources.workers_per_trial",
+        "resources.placement_strategy",
+        "training.max_steps",
+        "training.eval_every",
+        "training.gradient_checkpointing",
+        "training.quantization",
+        "training.lora.r",
+        "training.lora.alpha",
+        "training.lora.dropout",
+        "training.lora.scope",
+        "training.lora.target_modules",
+        "training.learning_rate.llm",
+        "training.learning_rate.vision",
+        "training.learning_rate.projector",
+    ):
         assert path in flat, path
         assert path in spec_lib.leaf_paths()
 
 
 def test_overrides_parse_yaml(tmp_path):
-    spec = _load(tmp_path, "study: {name: s}\n", ["training.lora.scope=[llm, vision]", "training.lora.r=8",
-                                                  "training.learning_rate.vision=1e-5",
-                                                  "training.gradient_checkpointing=true"])
+    spec = _load(
+        tmp_path,
+        "study: {name: s}\n",
+        [
+            "training.lora.scope=[llm, vision]",
+            "training.lora.r=8",
+            "training.learning_rate.vision=1e-5",
+            "training.gradient_checkpointing=true",
+        ],
+    )
     assert spec.training.lora.scope == ["llm", "vision"]
     assert spec.training.lora.r == 8
     assert spec.training.learning_rate.vision == 1e-5
@@ -61,7 +84,10 @@ def test_round_trip_through_plain_data(tmp_path):
         ("training: {lora: {r: 0}}", "training.lora.r: must be greater than 0, got 0"),
         ("training: {lora: {dropout: 1.0}}", "training.lora.dropout: must be less than 1"),
         ("training: {lora: {dropout: -0.1}}", "training.lora.dropout: must be greater than or equal to 0"),
-        ("training: {learning_rate: {vision: -1e-5}}", "training.learning_rate.vision: must be greater than 0"),
+        (
+            "training: {learning_rate: {vision: -1e-5}}",
+            "training.learning_rate.vision: must be greater than 0",
+        ),
         ("training: {lora: {r: eight}}", "training.lora.r: must be a valid integer, got 'eight'"),
         ("training: {lora: {rank: 8}}", "training.lora.rank: unknown key (allowed: enabled, r, alpha"),
         ("trainin: {}", "trainin: unknown key (allowed: study, model, data, resources, training, search"),
@@ -74,12 +100,18 @@ def test_round_trip_through_plain_data(tmp_path):
         ("resources: {placement_strategy: spread}", "resources.placement_strategy: must be 'PACK'"),
         ("data: {image: {min_pixels: 9000, max_pixels: 1000}}", "min_pixels (9000) must be <= max_pixels"),
         ("search: {training.lora.rank: {choice: [8]}}", "search.training.lora.rank: unknown key 'rank'"),
-        ("search: {training.lora.r: {choice: []}}", "search.training.lora.r.choice: must be a non-empty list"),
+        (
+            "search: {training.lora.r: {choice: []}}",
+            "search.training.lora.r.choice: must be a non-empty list",
+        ),
         ("search: {training.lora.dropout: {uniform: [0.2, 0.1]}}", "low < high must hold, got [0.2, 0.1]"),
         ("search: {training.learning_rate.llm: {loguniform: [0, 1e-3]}}", "low > 0 must hold on a log scale"),
         ("search: {training.lora.r: {int: [4, 16], step: 0}}", "step must be integers, step > 0"),
         ("search: {training.lora.r: {normal: [4, 16]}}", "must be one of {choice: [...]}"),
-        ("search: {training.lora.r: {choice: [8, 0]}}", "value 0 is not valid: training.lora.r: must be greater"),
+        (
+            "search: {training.lora.r: {choice: [8, 0]}}",
+            "value 0 is not valid: training.lora.r: must be greater",
+        ),
         ("search: {study.num_trials: {choice: [3]}}", "study, resources and tracking are fixed"),
         ("search: {training.lora.scope: {choice: [[llm], [vison]]}}", "value ['vison'] is not valid"),
         ("search: {training.lora: {choice: [1]}}", "training.lora is a section, not a value"),
@@ -92,7 +124,9 @@ def test_bad_specs_name_the_path(tmp_path, text, expected):
 
 
 def test_every_error_at_once_with_lines(tmp_path):
-    lines = _errors(tmp_path, "training:\n  lora:\n    r: 0\n  quantization: nf8\nsearch:\n  bogus.path: {choice: [1]}\n")
+    lines = _errors(
+        tmp_path, "training:\n  lora:\n    r: 0\n  quantization: nf8\nsearch:\n  bogus.path: {choice: [1]}\n"
+    )
     assert len(lines) == 3
     assert any(":3: training.lora.r" in line for line in lines)
     assert any(":4: training.quantization" in line for line in lines)

@@ -1,0 +1,189 @@
+"""One trial end to end on the embedded defaults: real tiny Qwen3-VL, real PEFT, real bitsandbytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylora import spec as spec_lib
+from raylora.train_loop import LocalSession, train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def _spec(*overrides: str):
+    return spec_lib.load(QUICKSTART, ["training.max_steps=6", "training.eval_every=3", *overrides])
+
+
+def _load_adapter(adapter_dir: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"])
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+def _first_eval_batch(spec):
+    from raylora import builtin, data, model
+
+    processor = model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
+    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    records = data.read(builtin.resolve_data(spec.data.eval, "eval"), limit=2)
+    items = data.encode(records, processor, spec.data.max_length, image_kw).items
+    return data.collate(items, processor.tokenizer.pad_token_id)
+
+
+def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path):
+    spec = _spec("training.lora.scope=[llm, vision]", "training.gradient_checkpointing=true")
+    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.glob("*.bin")), "adapters are saved as safetensors only"
+    loaded = _load_adapter(adapter)
+
+    lora_b = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
+    vision_b = [n for n in lora_b if ".visual.blocks." in n]
+    llm_b = [n for n in lora_b if ".language_model.layers." in n]
+    assert len(vision_b) == 2 * 4 and len(llm_b) == 2 * 7  # 2 blocks × 4 modules, 2 layers × 7 modules
+    assert all(lora_b[n].abs().sum() > 0 for n in vision_b + llm_b), "some LoRA B stayed zero"
+    assert not [n for n in lora_b if "merger" in n], "projector and deepstack were not in scope"
+
+    batch = _first_eval_batch(spec)
+    batch.pop("labels")
+    trained = outcome.model.eval()
+    with torch.no_grad():
+        expected = trained(**batch).logits
+        actual = loaded(**batch).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 6 and [h["step"] for h in metrics["history"]] == [3, 6]
+    for key in ("train/loss", "eval/loss", "eval/click_acc"):
+        assert isinstance(metrics[key], float), key
+    targets = json.loads((tmp_path / "targets.json").read_text())
+    assert set(targets["modules"]) == {"llm", "vision"}
+    assert targets["trainable_params"]["vision"] > 0 and targets["trainable_params"]["projector"] == 0
+    assert targets["trainable_total"] == sum(p.numel() for p in outcome.model.parameters() if p.requires_grad)
+
+
+def test_nf4_trains_lora_on_a_4bit_base(tmp_path):
+    import bitsandbytes as bnb
+
+    spec = _spec(
+        "training.quantization=nf4",
+        "training.lora.scope=[llm, vision]",
+        "training.max_steps=3",
+        "training.eval_every=3",
+    )
+    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+    base = outcome.model.get_base_model()
+    quantized = {n for n, m in base.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert any(".visual.blocks." in n for n in quantized) and any(".language_model." in n for n in quantized)
+    assert not any(n.startswith("lm_head") for n in quantized)
+    assert outcome.metrics["eval/loss"] > 0
+
+
+def test_nf4_llm_only_keeps_vision_and_mergers_full_precision(tmp_path):
+    import bitsandbytes as bnb
+
+    spec = _spec(
+        "training.quantization=nf4-llm-only",
+        "training.lora.scope=[llm, projector, deepstack]",
+        "training.max_steps=3",
+        "training.eval_every=3",
+        "data.eval=null",
+    )
+    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+    quantized = {
+        n for n, m in outcome.model.get_base_model().named_modules() if isinstance(m, bnb.nn.Linear4bit)
+    }
+    assert quantized and all(".language_model." in n for n in quantized), sorted(quantized)[:5]
+    parts = json.loads((tmp_path / "targets.json").read_text())["trainable_params"]
+    assert parts["projector"] > 0 and parts["deepstack"] > 0 and parts["vision"] == 0
+
+
+def test_cli_train_is_warning_clean(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raylora",
+            "train",
+            str(QUICKSTART),
+            "--set",
+            "training.lora.scope=[llm, vision]",
+            "--set",
+            "training.gradient_checkpointing=true",
+            "--set",
+            "training.max_steps=4",
+            "--set",
+            "training.eval_every=2",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    for needle in (
+        "incompatible with gradient checkpointing",
+        "`tokenizer` is deprecated",
+        "PAD/BOS/EOS",
+        "gradient_checkpointing_enable` is deprecated",
+        "Warning:",
+        "warnings.warn",
+        "%|",
+    ):
+        assert needle not in text, f"{needle!r} printed:\n{text}"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert "step 4" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ("{not json", "train.jsonl:2: malformed JSON"),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "image", "image": "nope.png"}]}, '
+            '{"role": "assistant", "content": "click(1, 2)"}]}',
+            "train.jsonl:2: messages[0].content[0]: image not found",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "train.jsonl:2: no assistant turn"),
+    ],
+)
+def test_bad_dataset_lines_exit_2_naming_file_and_line(tmp_path, row, expected):
+    from raylora import builtin
+
+    good = Path(builtin.resolve_data(builtin.GUI_DATA, "train")).read_text().splitlines()[0]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text(
+        good.replace('"shots/', f'"{Path(builtin.resolve_data(builtin.GUI_DATA, "train")).parent}/shots/')
+        + "\n"
+        + row
+        + "\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylora", "validate", str(QUICKSTART), "--set", f"data.train={train_file}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
