@@ -187,3 +187,20 @@ def test_bad_dataset_lines_exit_2_naming_file_and_line(tmp_path, row, expected):
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
+    """Vision LoRA on text-only data would silently train nothing: the first step says so."""
+    from raylora.model import TrialError
+
+    text_only = tmp_path / "text.jsonl"
+    row = {
+        "messages": [
+            {"role": "user", "content": "click the OK button"},
+            {"role": "assistant", "content": "click(10, 20)"},
+        ]
+    }
+    text_only.write_text((json.dumps(row) + "\n") * 4)
+    spec = _spec("training.lora.scope=[llm, vision]", f"data.train={text_only}", "data.eval=null")
+    with pytest.raises(TrialError, match="LoRA on vision received no gradient"):
+        train({"spec": spec.to_dict()}, LocalSession(tmp_path / "out", log=lambda line: None))

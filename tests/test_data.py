@@ -1,0 +1,142 @@
+"""Records → chat template → labels: only assistant tokens are supervised; images never truncated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raylora import builtin, data, model
+from raylora import spec as spec_lib
+from raylora.errors import DataError
+from raylora.evaluate import is_hit, parse_click
+
+
+@pytest.fixture(scope="module")
+def processor():
+    spec = spec_lib.Spec()
+    return model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
+
+
+@pytest.fixture(scope="module")
+def train_file() -> Path:
+    return Path(builtin.resolve_data(builtin.GUI_DATA, "train"))
+
+
+def test_labels_cover_exactly_the_assistant_answer(processor, train_file):
+    records = data.read(train_file, limit=3)
+    kw = data.image_kwargs(None, None, processor)
+    encoded = data.encode(records, processor, max_length=4096, image_kw=kw)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for record, item in zip(records, encoded.items, strict=True):
+        ids, labels = item["input_ids"], item["labels"]
+        supervised = labels[labels != data.IGNORE_INDEX].tolist()
+        assert processor.tokenizer.decode(supervised) == record.answer() + "<|im_end|>"
+        assert (labels[ids == image_id] == data.IGNORE_INDEX).all()
+        n_image = int((ids == image_id).sum())
+        assert n_image == int(item["image_grid_thw"].prod()) // 4  # one token per 2×2 merged patches
+
+
+def test_long_samples_are_dropped_and_counted(processor, train_file):
+    records = data.read(train_file, limit=4)
+    kw = data.image_kwargs(None, None, processor)
+    lengths = [item["input_ids"].numel() for item in data.encode(records, processor, 4096, kw).items]
+    cut = sorted(lengths)[1]
+    encoded = data.encode(records, processor, max_length=cut, image_kw=kw)
+    assert encoded.dropped_too_long == sum(n > cut for n in lengths)
+    assert all(item["input_ids"].numel() <= cut for item in encoded.items)
+
+
+def test_max_pixels_bounds_image_tokens(processor, train_file):
+    records = data.read(train_file, limit=4)
+    small = data.encode(records, processor, 4096, data.image_kwargs(1024, 32 * 32 * 4, processor))
+    for item in small.items:
+        assert int(item["image_grid_thw"].prod()) // 4 <= 4
+
+
+def test_collate_pads_and_keeps_image_inputs(processor, train_file):
+    records = data.read(train_file, limit=3)
+    items = data.encode(records, processor, 4096, data.image_kwargs(None, None, processor)).items
+    batch = data.collate(items, processor.tokenizer.pad_token_id)
+    n = max(item["input_ids"].numel() for item in items)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["mm_token_type_ids"].shape == (3, n)
+    assert batch["attention_mask"].sum() == sum(item["input_ids"].numel() for item in items)
+    assert batch["image_grid_thw"].shape == (3, 3)
+
+
+def test_parquet_with_image_bytes_matches_jsonl(processor, train_file, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in train_file.read_text().splitlines()[:3]]
+    for row in rows:
+        for turn in row["messages"]:
+            for item in turn["content"]:
+                item.setdefault("text", None)
+                item["image"] = (train_file.parent / item["image"]).read_bytes() if "image" in item else None
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+    kw = data.image_kwargs(None, None, processor)
+    from_parquet = data.encode(data.read(path), processor, 4096, kw).items
+    from_jsonl = data.encode(data.read(train_file, limit=3), processor, 4096, kw).items
+    for a, b in zip(from_parquet, from_jsonl, strict=True):
+        assert a["input_ids"].equal(b["input_ids"]) and a["pixel_values"].equal(b["pixel_values"])
+
+
+def test_parquet_messages_as_json_strings(tmp_path, train_file):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    line = json.loads(train_file.read_text().splitlines()[0])
+    for item in line["messages"][0]["content"]:
+        if item["type"] == "image":
+            item["image"] = str(train_file.parent / item["image"])
+    pq.write_table(
+        pa.table({"messages": [json.dumps(line["messages"])], "bbox": [line["bbox"]]}), tmp_path / "d.parquet"
+    )
+    (record,) = data.read(tmp_path / "d.parquet")
+    assert record.bbox == tuple(float(v) for v in line["bbox"])
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("[1, 2]", 'a record needs "messages"'),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "role of system, user or assistant"),
+        ('{"messages": [{"role": "user", "content": [{"type": "audio"}]}]}', "must be a text or image item"),
+        (
+            '{"messages": [{"role": "assistant", "content": "click(1, 2)"}], "bbox": [5, 5, 1, 1]}',
+            "bbox must be",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}',
+            "no assistant turn",
+        ),
+    ],
+)
+def test_bad_records_name_file_and_line(tmp_path, row, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n\n'
+        + row
+        + "\n"
+    )
+    with pytest.raises(DataError) as info:
+        data.read(path)
+    assert str(info.value).startswith(f"{path}:3")
+    assert message in str(info.value)
+
+
+def test_click_parsing_and_hits():
+    assert parse_click("click(412, 230)") == (412.0, 230.0)
+    assert parse_click("I would click( 1.5 ,2 ) there") == (1.5, 2.0)
+    assert parse_click("tap(1, 2)") is None
+    assert is_hit((10, 10), (10, 0, 20, 10)) and not is_hit((21, 5), (10, 0, 20, 10))
+    assert not is_hit(None, (0, 0, 1000, 1000))
+
+
+def test_builtin_answers_hit_their_boxes(train_file):
+    for record in data.read(train_file):
+        assert is_hit(parse_click(record.answer()), record.bbox)
