@@ -101,6 +101,83 @@ def train(
     print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
 
 
+@app.command()
+def search(
+    spec_path: SpecArg,
+    set_: SetOpt = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to attach to (default: a local Ray).")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Where studies live (default: study.storage).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow tracking URI (default: tracking.tracking_uri)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the study of the same name.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, resolve the space, check resources; train nothing.")
+    ] = False,
+) -> None:
+    """Run a hyperparameter study: Optuna proposes, ASHA stops early, each trial is a Ray Train run."""
+    overrides = list(set_ or [])
+    if tracking_uri:
+        overrides.append(f"tracking.tracking_uri={tracking_uri}")
+    spec = _load_checked(spec_path, overrides)
+    from . import search as search_lib
+
+    plan, record = search_lib.run(spec, storage=storage, address=address, resume=resume, dry_run=dry_run)
+    if dry_run:
+        _print_plan(spec, plan)
+        return
+    if plan.remaining == 0:
+        print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
+    _print_leaderboard(record, plan.study_dir)
+
+
+def _print_plan(spec, plan) -> None:
+    print(
+        f"study {spec.study.name}: {plan.remaining} trial(s), {plan.max_concurrent} at a time; "
+        f"scheduler {plan.scheduler}; storage {plan.study_dir}"
+    )
+    for node in plan.nodes:
+        print(f"  node {node.address}: {node.cpus:g} CPU, {node.gpus:g} GPU")
+    r = spec.resources
+    print(
+        f"  each trial: {r.workers_per_trial} worker(s) × ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
+        f"{r.placement_strategy}, {r.strategy}"
+    )
+    for path, raw in spec.search.items():
+        print(f"  search {path}: {raw}")
+
+
+def _print_leaderboard(record, study_dir: Path, top: int = 10) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .progress import short_params
+
+    table = Table(title=f"{record.name}: {record.metric} ({record.mode})")
+    for column in ("#", "trial", "state", record.metric, "steps", "params"):
+        table.add_column(column)
+    for i, trial in enumerate(record.ranked()[:top], start=1):
+        value = f"{trial.value:.4g}" if trial.value is not None else "-"
+        params = short_params(trial.params)
+        table.add_row(
+            str(i), trial.trial_id, trial.state, value, str(trial.steps), params or trial.error or ""
+        )
+    console = Console()
+    console.print(table)
+    best = record.best()
+    if best:
+        console.print(
+            f"best: {best.trial_id} {record.metric}={best.value:.4g}  adapter: {best.adapter_path}",
+            soft_wrap=True,
+        )
+    console.print(f"summary: {study_dir / 'summary.json'}", soft_wrap=True)
+
+
 def _load_checked(spec_path: Path, overrides: list[str]):
     from . import preflight
     from . import spec as spec_lib

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, evaluate
+from . import data, evaluate, faults
 from . import model as model_lib
 from .spec import Spec
 
@@ -32,6 +32,7 @@ class LocalSession:
     """One process, no Ray: results go to ``output_dir``."""
 
     rank, world_size, local_rank = 0, 1, 0
+    node = "local"
 
     def __init__(self, output_dir: str | Path, log: Callable[[str], None] = print):
         self.output_dir = Path(output_dir)
@@ -57,9 +58,11 @@ class RaySession:
     """Inside a Ray Train worker: ``ray.train.report`` with adapter checkpoints written by rank 0."""
 
     def __init__(self):
+        import ray
         import ray.train
 
         context = ray.train.get_context()
+        self.node = ray.util.get_node_ip_address()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
@@ -119,6 +122,8 @@ def train(config: dict, session) -> Outcome:
     torch.manual_seed(training.seed)
     distributed = session.world_size > 1 and torch.distributed.is_initialized()
 
+    nodes = _gather(session.node, distributed)
+
     # -- model
     path = builtin.resolve_model(spec.model.name_or_path)
     built = model_lib.build(spec, path, device)
@@ -165,6 +170,7 @@ def train(config: dict, session) -> Outcome:
             next(batches)
 
     # -- loop
+    faults.maybe_oom(spec)
     net.train()
     window = _Window()
     metrics: dict = {}
@@ -194,6 +200,7 @@ def train(config: dict, session) -> Outcome:
             )
             metrics["data/dropped_too_long"] = train_set.dropped_too_long
             metrics["peak_mem_mb"] = _peak_memory_mb(device)
+            metrics["nodes"] = nodes
             session.report(
                 metrics,
                 lambda d, step=step: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),
@@ -273,6 +280,17 @@ def _evaluate(spec: Spec, peft_model, eval_set, processor, image_kw, session, de
     if scored:
         out["eval/click_acc"] = hits / scored
     return out
+
+
+def _gather(node: str, distributed: bool) -> list[str]:
+    """The distinct nodes this run's workers are on."""
+    if not distributed:
+        return [node]
+    import torch
+
+    everyone: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, node)
+    return sorted(set(everyone))
 
 
 def _all_reduce(values: list[float], device) -> list[float]:

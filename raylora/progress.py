@@ -1,0 +1,72 @@
+"""What the user sees during ``raylora search``: one compact line per trial event, not Ray's tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .spec import Spec
+from .study import StudyRecord, TrialRecord
+
+
+class Progress:
+    """Prints trial starts, evaluations and ends with running / finished / pruned counts and the best."""
+
+    def __init__(self, spec: Spec, record: StudyRecord, log: Callable[[str], None]):
+        self.spec, self.record, self.log = spec, record, log
+        self.metric = spec.study.objective.metric
+        self.start = time.monotonic()
+
+    def begin(self, plan) -> None:
+        nodes = len(plan.nodes)
+        resumed = f", resuming {', '.join(plan.resumed)}" if plan.resumed else ""
+        self.log(
+            f"study {self.spec.study.name}: {plan.remaining} trial(s) to run, {plan.max_concurrent} at a time "
+            f"on {nodes} node(s); scheduler {plan.scheduler}{resumed}"
+        )
+        self.log(f"  storage: {plan.study_dir}")
+
+    def event(self, kind: str, trial: TrialRecord) -> None:
+        if kind == "start":
+            self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
+        elif kind == "result" and trial.value is not None:
+            self._line(f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}")
+        elif kind == "end":
+            value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
+            error = f"  ({trial.error})" if trial.error else ""
+            self._line(
+                f"{trial.trial_id} {trial.state.lower()} at step {trial.steps}{value}{error}  | {self._counts()}"
+            )
+
+    def end(self) -> None:
+        self._line(f"done  | {self._counts()}")
+
+    def _counts(self) -> str:
+        states = [t.state for t in self.record.trials.values()]
+        best = self.record.best()
+        best_text = f"best {best.trial_id} {best.value:.4g}" if best else "best -"
+        return (
+            f"running {states.count('RUNNING')} · complete {states.count('COMPLETE')} · "
+            f"pruned {states.count('PRUNED')} · failed {states.count('FAILED') + states.count('INFEASIBLE')} · "
+            f"{best_text}"
+        )
+
+    def _line(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        self.log(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}")
+
+
+def short_params(params: dict) -> str:
+    """``scope=llm+vision r=16 lr.llm=0.0003``: a trial's params, short enough for one line."""
+    parts = []
+    for path, value in params.items():
+        key = path.removeprefix("training.").replace("learning_rate.", "lr.").replace("lora.", "")
+        text = (
+            "+".join(value)
+            if isinstance(value, list)
+            else f"{value:.3g}"
+            if isinstance(value, float)
+            else value
+        )
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

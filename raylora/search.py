@@ -1,0 +1,180 @@
+"""``raylora search``: the only place that starts Ray and runs Tune.
+
+Data flow: spec (validated on the driver) → Optuna define-by-run space → Tune (StudySearcher + ASHA) →
+one TorchTrainer per trial → ``train_loop`` on each worker → reports back → ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import capacity, space
+from .errors import SpecError, UserError
+from .spec import Spec
+from .study import StudyRecord, TrialRecord, open_optuna
+
+
+@dataclass
+class Plan:
+    """What a search will do, printed by ``--dry-run`` and before a real run."""
+
+    study_dir: Path
+    remaining: int
+    resumed: list[str]
+    max_concurrent: int
+    nodes: list[capacity.Node]
+    scheduler: str
+
+
+def study_dir(spec: Spec, storage: str | None) -> Path:
+    """``<storage>/<study.name>`` as an absolute path (Ray needs one)."""
+    root = storage or spec.study.storage
+    if "://" in root:
+        raise SpecError(
+            "study.storage", f"{root}: URI storage is not supported yet; give a local or NFS path"
+        )
+    return (Path(root).expanduser().resolve()) / spec.study.name
+
+
+def run(
+    spec: Spec,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[Plan, StudyRecord]:
+    """Run (or continue) the study; return the plan and the final record."""
+    directory = study_dir(spec, storage)
+    record = StudyRecord.open(directory, spec)
+    if record.trials and not resume and not dry_run:
+        raise UserError(
+            "study.name",
+            f"study {spec.study.name!r} already exists in {directory}; "
+            "continue it with --resume, or choose another study.name or --storage",
+        )
+    optuna_study = open_optuna(directory, spec) if not dry_run else None
+    pending = _prepare_resume(record, optuna_study) if optuna_study is not None else []
+    remaining = spec.study.num_trials - len(record.finished())
+    if remaining <= 0 and not dry_run:
+        return Plan(directory, 0, [], 0, [], _scheduler_name(spec)), record
+
+    _init_ray(address)
+    import ray
+
+    nodes = capacity.nodes_from_ray(ray.nodes())
+    capacity.check_fits(spec.resources, nodes)
+    wanted = spec.study.max_concurrent_trials
+    auto = capacity.max_concurrent(spec.resources, nodes, max(remaining, 1))
+    concurrent = auto if wanted == "auto" else min(wanted, max(remaining, 1))
+    plan = Plan(
+        directory, max(remaining, 0), [t.trial_id for t in pending], concurrent, nodes, _scheduler_name(spec)
+    )
+    if dry_run:
+        return plan, record
+
+    from .progress import Progress
+
+    progress = Progress(spec, record, log)
+    progress.begin(plan)
+    _tune(spec, plan, optuna_study, record, pending, progress)
+    progress.end()
+    return plan, record
+
+
+def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
+    """Fail Optuna trials a crash left RUNNING; return the unfinished slots to run again."""
+    import optuna
+
+    for frozen in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        optuna_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    return sorted(record.unfinished(), key=lambda t: t.trial_id)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in ("RAYLORA_HOME", "RAYLORA_INJECT_OOM") if k in os.environ}
+    # Tune's new output engine prints experiment banners even when silent; ours is in progress.py.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    if address is None:
+        # Trials use fractional CPUs, so a small local node starts more worker processes than Ray's
+        # default "expected" count and warns about it; that is by design here.
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+        runtime_env={"env_vars": env} if env else None,
+    )
+
+
+def _scheduler_name(spec: Spec) -> str:
+    scheduler = spec.study.scheduler
+    grace = scheduler.grace_steps or spec.training.eval_every
+    if scheduler.type == "fifo" or grace >= _max_steps(spec):
+        return "fifo"
+    return f"asha(grace={grace}, reduction={scheduler.reduction_factor:g})"
+
+
+def _max_steps(spec: Spec) -> int:
+    dist = space.distributions(spec).get("training.max_steps")
+    return max(dist.candidates()) if dist else spec.training.max_steps
+
+
+def _scheduler(spec: Spec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if _scheduler_name(spec) == "fifo":
+        return FIFOScheduler()
+    grace = spec.study.scheduler.grace_steps or spec.training.eval_every
+    # max_t below the last step, and no stop at max_t: a trial stopped at its final report keeps its
+    # Train placement group on Ray 2.60 and the study hangs. Rungs at earlier steps release fine.
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=_max_steps(spec) - 1,
+        grace_period=grace,
+        reduction_factor=spec.study.scheduler.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, progress) -> None:
+    import ray.tune
+
+    from .searcher import StudySearcher
+    from .trial import run_trial
+
+    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=progress.event)
+    trainable = ray.tune.with_parameters(
+        run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs")
+    )
+    trainable = ray.tune.with_resources(trainable, {"CPU": capacity.TRIAL_DRIVER_CPU})
+    tuner = ray.tune.Tuner(
+        trainable,
+        tune_config=ray.tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(spec),
+            metric=spec.study.objective.metric,
+            mode=spec.study.objective.mode,
+            num_samples=plan.remaining,
+            max_concurrent_trials=plan.max_concurrent,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=f"tune-{int(time.time())}",
+            storage_path=str(plan.study_dir / "tune"),
+            verbose=0,
+            failure_config=ray.tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()

@@ -1,0 +1,136 @@
+"""The Tune searcher: Optuna proposes trials, and is told honestly how each one ended.
+
+Ray's own ``OptunaSearch`` tells an ASHA-stopped trial to Optuna as COMPLETE with its low-budget value
+and an out-of-memory trial as FAIL (which samplers ignore). Here an early-stopped trial is PRUNED with its
+intermediate values, an OOM trial is marked infeasible with ``Trial.set_constraint`` (so TPE learns to
+avoid that region), and every other crash is FAIL with its reason. Trials get deterministic slot ids
+(``t000``, ``t001``, ...) that name their Ray Train runs, so an interrupted trial resumes from its
+checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ray.tune.search import Searcher
+
+from . import space
+from .study import StudyRecord, TrialRecord, slot_name
+from .trial import ERROR, STATUS
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .spec import Spec
+
+
+class StudySearcher(Searcher):
+    """Asks Optuna for each new trial; tells it COMPLETE, PRUNED, infeasible or FAIL at the end."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        study: optuna.Study,
+        record: StudyRecord,
+        pending: list[TrialRecord],
+        on_event: Callable[[str, TrialRecord], None] = lambda event, trial: None,
+    ):
+        objective = spec.study.objective
+        super().__init__(metric=objective.metric, mode=objective.mode)
+        self.spec = spec
+        self.study = study
+        self.record = record
+        self.pending = list(pending)
+        self.on_event = on_event
+        self.max_steps = _max_steps(spec)
+        self._sample = space.define_by_run(spec)
+        self._trials: dict[str, tuple[optuna.Trial, TrialRecord]] = {}
+        self._next_slot = len(record.trials)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.pending:
+            resumed = self.pending.pop(0)
+            self.study.enqueue_trial(_encoded(self.study, resumed), skip_if_exists=False)
+            slot = resumed.trial_id
+        else:
+            slot = slot_name(self._next_slot)
+            self._next_slot += 1
+        ot_trial = self.study.ask()
+        self._sample(ot_trial)
+        ot_trial.set_user_attr("slot", slot)
+        params = space.decode(self.spec, ot_trial.params)
+        trial = self.record.trials.get(slot) or TrialRecord(slot)
+        trial.state, trial.params, trial.optuna_number, trial.error = "RUNNING", params, ot_trial.number, None
+        self.record.trials[slot] = trial
+        self.record.save()
+        self._trials[trial_id] = (ot_trial, trial)
+        self.on_event("start", trial)
+        return {"slot": slot, "params": params}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial, trial = self._trials[trial_id]
+        if "step" not in result:
+            return
+        trial.steps = int(result["step"])
+        trial.nodes = list(result.get("nodes", trial.nodes))
+        value = result.get(self.metric)
+        if value is None:
+            return
+        ot_trial.report(float(value), trial.steps)
+        if trial.state == "RUNNING" and self.record.better(value, trial.value):
+            trial.value = float(value)
+            if result.get("checkpoint_path"):
+                trial.adapter_path = f"{result['checkpoint_path']}/adapter"
+        self.record.save()
+        self.on_event("result", trial)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        ot_trial, trial = self._trials.pop(trial_id)
+        result = result or {}
+        status = result.get(STATUS)
+        if status == "INFEASIBLE":
+            ot_trial.set_constraint("out_of_memory", 1.0)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            trial.state, trial.error, trial.value = "INFEASIBLE", result.get(ERROR), None
+        elif status == "FAILED" or error:
+            ot_trial.set_user_attr("error", result.get(ERROR) or "the trial driver crashed")
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            trial.state, trial.error, trial.value = (
+                "FAILED",
+                result.get(ERROR) or "the trial driver crashed",
+                None,
+            )
+        elif trial.steps >= self.max_steps(trial.params) and trial.value is not None:
+            ot_trial.set_constraint("out_of_memory", 0.0)
+            self.study.tell(ot_trial, trial.value)
+            trial.state = "COMPLETE"
+        elif trial.value is None:
+            message = f"the objective {self.metric} was never reported"
+            ot_trial.set_user_attr("error", message)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            trial.state, trial.error = "FAILED", message
+        else:
+            ot_trial.set_constraint("out_of_memory", 0.0)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            trial.state = "PRUNED"
+            trial.value = float(result.get(self.metric, trial.value))
+        self.record.save()
+        self.on_event("end", trial)
+
+
+def _max_steps(spec: Spec) -> Callable[[dict], int]:
+    def steps(params: dict) -> int:
+        return int(params.get("training.max_steps", spec.training.max_steps))
+
+    return steps
+
+
+def _encoded(study: optuna.Study, trial: TrialRecord) -> dict:
+    """The Optuna-stored params of a trial to run again (its interrupted attempt was failed on resume)."""
+    for frozen in study.get_trials(deepcopy=False):
+        if frozen.number == trial.optuna_number:
+            return dict(frozen.params)
+    return {}

@@ -1,0 +1,155 @@
+"""A study's persistent state under ``<storage>/<study.name>/``: the Optuna journal and ``summary.json``.
+
+``summary.json`` is what users and scripts read::
+
+    {"study": str, "objective": {"metric": str, "mode": "min"|"max"},
+     "best_trial": {"trial_id", "value", "params", "adapter_path", "mlflow_run_id"} | null,
+     "trials": [{"trial_id", "state", "params", "value", "steps", "adapter_path", "nodes", "error", ...}]}
+
+Trial states: COMPLETE (ran all steps; ``value`` is its best objective), PRUNED (stopped early by ASHA;
+``value`` is its last objective, at lower budget), INFEASIBLE (out of memory), FAILED (any other error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .spec import Spec
+
+FINISHED = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAILED")
+SUMMARY = "summary.json"
+JOURNAL = "optuna.journal"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the summary shows it."""
+
+    trial_id: str
+    state: str = "RUNNING"
+    params: dict[str, Any] = field(default_factory=dict)
+    value: float | None = None
+    steps: int = 0
+    adapter_path: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    error: str | None = None
+    optuna_number: int | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+class StudyRecord:
+    """The trials of one study, persisted atomically to ``summary.json`` on every change."""
+
+    def __init__(self, directory: Path, name: str, metric: str, mode: str):
+        self.directory = directory
+        self.name, self.metric, self.mode = name, metric, mode
+        self.trials: dict[str, TrialRecord] = {}
+
+    @classmethod
+    def open(cls, directory: Path, spec: Spec) -> StudyRecord:
+        """Load the study's summary if it exists, else start an empty one."""
+        objective = spec.study.objective
+        record = cls(directory, spec.study.name, objective.metric, objective.mode)
+        path = directory / SUMMARY
+        if path.is_file():
+            for row in json.loads(path.read_text())["trials"]:
+                known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
+                record.trials[row["trial_id"]] = TrialRecord(**known)
+        return record
+
+    def finished(self) -> list[TrialRecord]:
+        return [t for t in self.trials.values() if t.finished]
+
+    def unfinished(self) -> list[TrialRecord]:
+        return [t for t in self.trials.values() if not t.finished]
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Whether objective value ``a`` beats ``b``."""
+        return b is None or (a < b if self.mode == "min" else a > b)
+
+    def best(self) -> TrialRecord | None:
+        """The best COMPLETE trial (pruned trials stopped at a lower budget are not comparable)."""
+        best = None
+        for trial in self.trials.values():
+            if trial.state == "COMPLETE" and trial.value is not None:
+                if best is None or self.better(trial.value, best.value):
+                    best = trial
+        return best
+
+    def ranked(self) -> list[TrialRecord]:
+        """Finished trials, best first: COMPLETE by value, then PRUNED, INFEASIBLE, FAILED."""
+        order = {state: i for i, state in enumerate(FINISHED)}
+        sign = 1 if self.mode == "min" else -1
+
+        def key(t: TrialRecord):
+            value = sign * t.value if t.value is not None else float("inf")
+            return (order.get(t.state, 9), value)
+
+        return sorted(self.finished(), key=key)
+
+    def to_dict(self) -> dict:
+        best = self.best()
+        return {
+            "study": self.name,
+            "objective": {"metric": self.metric, "mode": self.mode},
+            "best_trial": None
+            if best is None
+            else {
+                "trial_id": best.trial_id,
+                "value": best.value,
+                "params": best.params,
+                "adapter_path": best.adapter_path,
+                "mlflow_run_id": best.mlflow_run_id,
+            },
+            "trials": [asdict(t) for t in sorted(self.trials.values(), key=lambda t: t.trial_id)],
+        }
+
+    def save(self) -> None:
+        """Write ``summary.json`` atomically, so a killed driver never leaves half a file."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{SUMMARY}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, self.directory / SUMMARY)
+
+
+def slot_name(index: int) -> str:
+    """The deterministic id of the study's ``index``-th trial (also its Ray Train run name)."""
+    return f"t{index:03d}"
+
+
+def open_optuna(directory: Path, spec: Spec) -> optuna.Study:
+    """The study's Optuna study in a journal file (safe on NFS, unlike SQLite), created if missing."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directory.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(directory / JOURNAL)))
+    sampler_spec = spec.study.sampler
+    if sampler_spec.type == "tpe":
+        with warnings.catch_warnings():
+            # multivariate + group is what makes TPE model conditional spaces; its "experimental" label
+            # is Optuna's, not something a user can act on.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                multivariate=True, group=True, constant_liar=True, seed=sampler_spec.seed
+            )
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=sampler_spec.seed)
+    direction = "minimize" if spec.study.objective.mode == "min" else "maximize"
+    return optuna.create_study(
+        storage=storage, sampler=sampler, study_name=spec.study.name, direction=direction, load_if_exists=True
+    )
