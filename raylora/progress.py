@@ -30,7 +30,10 @@ class Progress:
         if kind == "start":
             self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
         elif kind == "result" and trial.value is not None:
-            self._line(f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}")
+            resumed = f"  (resumed from step {trial.resumed_from_step})" if trial.resumed_from_step else ""
+            self._line(
+                f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}{resumed}"
+            )
         elif kind == "end":
             value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
             error = f"  ({trial.error})" if trial.error else ""

@@ -105,6 +105,8 @@ def _init_ray(address: str | None) -> None:
     env = {k: os.environ[k] for k in ("RAYLORA_HOME", "RAYLORA_INJECT_OOM") if k in os.environ}
     # Tune's new output engine prints experiment banners even when silent; ours is in progress.py.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # A failed trial's final report carries its status instead of the objective, by design.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if address is None:
         # Trials use fractional CPUs, so a small local node starts more worker processes than Ray's
         # default "expected" count and warns about it; that is by design here.
@@ -142,6 +144,8 @@ def _scheduler(spec: Spec):
     # Train placement group on Ray 2.60 and the study hangs. Rungs at earlier steps release fine.
     return ASHAScheduler(
         time_attr="step",
+        metric=spec.study.objective.metric,
+        mode=spec.study.objective.mode,
         max_t=_max_steps(spec) - 1,
         grace_period=grace,
         reduction_factor=spec.study.scheduler.reduction_factor,
@@ -165,8 +169,6 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, pr
         tune_config=ray.tune.TuneConfig(
             search_alg=searcher,
             scheduler=_scheduler(spec),
-            metric=spec.study.objective.metric,
-            mode=spec.study.objective.mode,
             num_samples=plan.remaining,
             max_concurrent_trials=plan.max_concurrent,
         ),

@@ -62,6 +62,7 @@ class StudySearcher(Searcher):
         params = space.decode(self.spec, ot_trial.params)
         trial = self.record.trials.get(slot) or TrialRecord(slot)
         trial.state, trial.params, trial.optuna_number, trial.error = "RUNNING", params, ot_trial.number, None
+        trial.steps = 0  # a resumed trial reports again from its checkpoint on
         self.record.trials[slot] = trial
         self.record.save()
         self._trials[trial_id] = (ot_trial, trial)
@@ -70,26 +71,38 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial, trial = self._trials[trial_id]
-        if "step" not in result:
-            return
-        trial.steps = int(result["step"])
+        if self._absorb(ot_trial, trial, result):
+            self.record.save()
+            self.on_event("result", trial)
+
+    def _absorb(self, ot_trial, trial: TrialRecord, result: dict) -> bool:
+        """Take a training report into the trial's record and Optuna; False if it holds no step."""
+        if "step" not in result or STATUS in result:
+            return False
+        step = int(result["step"])
+        if step <= trial.steps and trial.value is not None:
+            return False  # already seen (a stopping result arrives again at completion)
+        trial.steps = step
+        if result.get("resumed_from_step"):
+            trial.resumed_from_step = int(result["resumed_from_step"])
         trial.nodes = list(result.get("nodes", trial.nodes))
         value = result.get(self.metric)
         if value is None:
-            return
-        ot_trial.report(float(value), trial.steps)
-        if trial.state == "RUNNING" and self.record.better(value, trial.value):
+            return True
+        ot_trial.report(float(value), step)
+        trial.last_value = float(value)
+        if self.record.better(value, trial.value):
             trial.value = float(value)
             if result.get("checkpoint_path"):
                 trial.adapter_path = f"{result['checkpoint_path']}/adapter"
-        self.record.save()
-        self.on_event("result", trial)
+        return True
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
         ot_trial, trial = self._trials.pop(trial_id)
         result = result or {}
+        self._absorb(ot_trial, trial, result)
         status = result.get(STATUS)
         if status == "INFEASIBLE":
             ot_trial.set_constraint("out_of_memory", 1.0)
@@ -116,7 +129,7 @@ class StudySearcher(Searcher):
             ot_trial.set_constraint("out_of_memory", 0.0)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             trial.state = "PRUNED"
-            trial.value = float(result.get(self.metric, trial.value))
+            trial.value = trial.last_value
         self.record.save()
         self.on_event("end", trial)
 

@@ -43,6 +43,8 @@ class TrialRecord:
     error: str | None = None
     optuna_number: int | None = None
     mlflow_run_id: str | None = None
+    last_value: float | None = None
+    resumed_from_step: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -138,18 +140,22 @@ def open_optuna(directory: Path, spec: Spec) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(directory / JOURNAL)))
-    sampler_spec = spec.study.sampler
-    if sampler_spec.type == "tpe":
-        with warnings.catch_warnings():
-            # multivariate + group is what makes TPE model conditional spaces; its "experimental" label
-            # is Optuna's, not something a user can act on.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                multivariate=True, group=True, constant_liar=True, seed=sampler_spec.seed
-            )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=sampler_spec.seed)
     direction = "minimize" if spec.study.objective.mode == "min" else "maximize"
-    return optuna.create_study(
-        storage=storage, sampler=sampler, study_name=spec.study.name, direction=direction, load_if_exists=True
+    study = optuna.create_study(
+        storage=storage, study_name=spec.study.name, direction=direction, load_if_exists=True
     )
+    # A resumed study must not replay the random start-up samples it already ran.
+    study.sampler = _sampler(spec, seed=spec.study.sampler.seed + len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def _sampler(spec: Spec, seed: int):
+    import optuna
+
+    if spec.study.sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        # multivariate + group is what makes TPE model conditional spaces; its "experimental" label
+        # is Optuna's, not something a user can act on.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)

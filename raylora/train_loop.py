@@ -162,10 +162,10 @@ def train(config: dict, session) -> Outcome:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(training))
 
     # -- resume from the latest adapter checkpoint, if Ray restarted this trial
-    step = 0
+    step = resumed_from = 0
     resume = session.latest_checkpoint()
     if resume is not None:
-        step = _load_checkpoint(resume, peft_model, optimizer, scheduler)
+        step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler)
         for _ in range(step * training.gradient_accumulation_steps):
             next(batches)
 
@@ -201,6 +201,8 @@ def train(config: dict, session) -> Outcome:
             metrics["data/dropped_too_long"] = train_set.dropped_too_long
             metrics["peak_mem_mb"] = _peak_memory_mb(device)
             metrics["nodes"] = nodes
+            if resumed_from:
+                metrics["resumed_from_step"] = resumed_from
             session.report(
                 metrics,
                 lambda d, step=step: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),

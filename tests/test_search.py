@@ -1,0 +1,136 @@
+"""`raylora search` end to end on a real local Ray with a real Optuna journal (few, short trials)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = {
+    "study": {
+        "name": "s",
+        "num_trials": 3,
+        "max_concurrent_trials": 1,
+        # Random seed 59 proposes (r=8, lr=1e-2), then (r=8, lr=1e-7), then (r=4, lr=1e-2).
+        "sampler": {"type": "random", "seed": 59},
+        "scheduler": {"type": "asha", "grace_steps": 2, "reduction_factor": 2},
+    },
+    "data": {"image": {"min_pixels": 4096, "max_pixels": 65536}, "max_length": 512, "eval_samples": 8},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5},
+    "training": {
+        "max_steps": 6,
+        "eval_every": 2,
+        "per_device_train_batch_size": 2,
+        "click_eval_samples": 0,
+        "lora": {"scope": ["llm"]},
+    },
+    "search": {
+        "training.lora.r": {"choice": [8, 4]},
+        "training.learning_rate.llm": {"choice": [1.0e-2, 1.0e-7]},
+    },
+}
+
+
+def _write_spec(tmp_path: Path, **sections) -> Path:
+    spec = json.loads(json.dumps(STUDY))
+    for key, value in sections.items():
+        spec[key].update(value)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _search(spec: Path, storage: Path, *args: str, env: dict | None = None, **kw):
+    cmd = [sys.executable, "-m", "raylora", "search", str(spec), "--storage", str(storage), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
+                          timeout=600, **kw)
+
+
+def _optuna_trials(study_dir: Path):
+    storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
+    return optuna.load_study(study_name=study_dir.name, storage=storage).get_trials()
+
+
+def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
+    spec = _write_spec(tmp_path)
+    proc = _search(spec, tmp_path / "st", env={"RAYLORA_INJECT_OOM": "training.lora.r=4"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study_dir = tmp_path / "st" / "s"
+    summary = json.loads((study_dir / "summary.json").read_text())
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert [trials[t]["state"] for t in ("t000", "t001", "t002")] == ["COMPLETE", "PRUNED", "INFEASIBLE"]
+    assert trials["t000"]["steps"] == 6 and trials["t001"]["steps"] == 2
+    assert trials["t002"]["error"].startswith("out of memory")
+    assert trials["t001"]["value"] > trials["t000"]["value"]
+
+    best = summary["best_trial"]
+    assert best["trial_id"] == "t000" and best["value"] == trials["t000"]["value"]
+    assert best["params"] == {"training.lora.r": 8, "training.learning_rate.llm": 1e-2}
+    assert (Path(best["adapter_path"]) / "adapter_model.safetensors").is_file()
+    assert trials["t000"]["nodes"], "the nodes the workers ran on are recorded"
+
+    states = [(t.state, t.constraints.get("out_of_memory")) for t in _optuna_trials(study_dir)]
+    TS = optuna.trial.TrialState
+    assert states == [(TS.COMPLETE, 0.0), (TS.PRUNED, 0.0), (TS.PRUNED, 1.0)]
+    assert "t001 pruned at step 2" in proc.stdout and "Configuration for experiment" not in proc.stdout
+
+    before = (study_dir / "summary.json").read_text()
+    again = _search(spec, tmp_path / "st", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to do" in again.stdout
+    assert (study_dir / "summary.json").read_text() == before
+    assert len(_optuna_trials(study_dir)) == 3
+
+
+def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
+    spec = _write_spec(tmp_path, study={"num_trials": 2, "scheduler": {"type": "fifo"}},
+                       training={"max_steps": 8})
+    storage = tmp_path / "st"
+    summary_path = storage / "s" / "summary.json"
+    log = open(tmp_path / "first.log", "w")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raylora", "search", str(spec), "--storage", str(storage)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if summary_path.is_file() and json.loads(summary_path.read_text())["trials"][0]["steps"] >= 4:
+                break
+        else:
+            pytest.fail("the first trial never reached step 4:\n" + (tmp_path / "first.log").read_text())
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    interrupted = json.loads(summary_path.read_text())["trials"][0]
+    assert interrupted["state"] == "RUNNING"
+    assert _optuna_trials(storage / "s")[0].state == optuna.trial.TrialState.RUNNING
+
+    busy = _search(spec, storage)
+    assert busy.returncode == 2 and "--resume" in busy.stderr
+
+    proc = _search(spec, storage, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
+    t000 = summary["trials"][0]
+    assert t000["steps"] == 8 and t000["resumed_from_step"] >= 4
+    assert "resumed from step" in proc.stdout
+    states = [t.state for t in _optuna_trials(storage / "s")]
+    TS = optuna.trial.TrialState
+    assert TS.RUNNING not in states
+    assert states.count(TS.COMPLETE) == 2 and states[0] == TS.FAIL  # the killed attempt, failed on resume
+    assert summary["trials"][1]["params"] != t000["params"], "the resumed sampler does not replay samples"
