@@ -121,19 +121,20 @@ def search(
     ] = False,
 ) -> None:
     """Run a hyperparameter study: Optuna proposes, ASHA stops early, each trial is a Ray Train run."""
-    overrides = list(set_ or [])
-    if tracking_uri:
-        overrides.append(f"tracking.tracking_uri={tracking_uri}")
-    spec = _load_checked(spec_path, overrides)
+    spec = _load_checked(spec_path, list(set_ or []))
     from . import search as search_lib
 
-    plan, record = search_lib.run(spec, storage=storage, address=address, resume=resume, dry_run=dry_run)
+    plan, record = search_lib.run(
+        spec, storage=storage, address=address, tracking_uri=tracking_uri, resume=resume, dry_run=dry_run
+    )
     if dry_run:
         _print_plan(spec, plan)
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
     _print_leaderboard(record, plan.study_dir)
+    if plan.runs_link:
+        print(f"MLflow: {plan.runs_link}")
 
 
 def _print_plan(spec, plan) -> None:

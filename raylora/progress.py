@@ -26,7 +26,7 @@ class Progress:
         )
         self.log(f"  storage: {plan.study_dir}")
 
-    def event(self, kind: str, trial: TrialRecord) -> None:
+    def event(self, kind: str, trial: TrialRecord, result: dict) -> None:
         if kind == "start":
             self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
         elif kind == "result" and trial.value is not None:

@@ -29,6 +29,7 @@ class Plan:
     max_concurrent: int
     nodes: list[capacity.Node]
     scheduler: str
+    runs_link: str | None = None
 
 
 def study_dir(spec: Spec, storage: str | None) -> Path:
@@ -46,6 +47,7 @@ def run(
     *,
     storage: str | None = None,
     address: str | None = None,
+    tracking_uri: str | None = None,
     resume: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
@@ -79,13 +81,35 @@ def run(
     if dry_run:
         return plan, record
 
+    from . import tracking
     from .progress import Progress
 
     progress = Progress(spec, record, log)
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(spec, tracking_uri), log)
+    tracker.start_study(record)
     progress.begin(plan)
-    _tune(spec, plan, optuna_study, record, pending, progress)
+
+    def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
+        progress.event(kind, trial, result)
+        {"start": tracker.trial_started, "end": tracker.trial_ended}.get(kind, lambda t: None)(trial)
+        if kind == "result":
+            tracker.trial_result(trial, result)
+
+    _tune(spec, plan, optuna_study, record, pending, on_event)
     progress.end()
+    tracker.end_study(record)
+    _write_report(spec, plan.study_dir, record, optuna_study, tracker)
+    tracker.close()
+    record.save()
+    plan.runs_link = tracker.runs_link()
     return plan, record
+
+
+def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study, tracker) -> None:
+    from . import report
+
+    out = report.write(directory / "report", record, optuna_study)
+    tracker.log_report(out)
 
 
 def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
@@ -153,13 +177,13 @@ def _scheduler(spec: Spec):
     )
 
 
-def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, progress) -> None:
+def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on_event) -> None:
     import ray.tune
 
     from .searcher import StudySearcher
     from .trial import run_trial
 
-    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=progress.event)
+    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event)
     trainable = ray.tune.with_parameters(
         run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs")
     )

@@ -34,7 +34,7 @@ class StudySearcher(Searcher):
         study: optuna.Study,
         record: StudyRecord,
         pending: list[TrialRecord],
-        on_event: Callable[[str, TrialRecord], None] = lambda event, trial: None,
+        on_event: Callable[[str, TrialRecord, dict], None] = lambda event, trial, result: None,
     ):
         objective = spec.study.objective
         super().__init__(metric=objective.metric, mode=objective.mode)
@@ -66,14 +66,14 @@ class StudySearcher(Searcher):
         self.record.trials[slot] = trial
         self.record.save()
         self._trials[trial_id] = (ot_trial, trial)
-        self.on_event("start", trial)
+        self.on_event("start", trial, {})
         return {"slot": slot, "params": params}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial, trial = self._trials[trial_id]
         if self._absorb(ot_trial, trial, result):
+            self.on_event("result", trial, result)
             self.record.save()
-            self.on_event("result", trial)
 
     def _absorb(self, ot_trial, trial: TrialRecord, result: dict) -> bool:
         """Take a training report into the trial's record and Optuna; False if it holds no step."""
@@ -102,7 +102,8 @@ class StudySearcher(Searcher):
 
         ot_trial, trial = self._trials.pop(trial_id)
         result = result or {}
-        self._absorb(ot_trial, trial, result)
+        if self._absorb(ot_trial, trial, result):
+            self.on_event("result", trial, result)
         status = result.get(STATUS)
         if status == "INFEASIBLE":
             ot_trial.set_constraint("out_of_memory", 1.0)
@@ -130,8 +131,8 @@ class StudySearcher(Searcher):
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             trial.state = "PRUNED"
             trial.value = trial.last_value
+        self.on_event("end", trial, result)
         self.record.save()
-        self.on_event("end", trial)
 
 
 def _max_steps(spec: Spec) -> Callable[[dict], int]:
