@@ -137,6 +137,68 @@ def search(
         print(f"MLflow: {plan.runs_link}")
 
 
+@app.command()
+def report(
+    target: Annotated[
+        str, typer.Argument(help="A study folder (<storage>/<study>) or an MLflow experiment name.")
+    ],
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+) -> None:
+    """Regenerate a study's report (leaderboard, scope comparison, importances) and log it to MLflow."""
+    from . import report as report_lib
+
+    out = report_lib.regenerate(target, tracking_uri)
+    print((out / "leaderboard.md").read_text(), end="")
+    print(f"report: {out}")
+
+
+promote_app = typer.Typer(
+    no_args_is_help=True, help="Register a study's best adapter in the MLflow Model Registry."
+)
+app.add_typer(promote_app, name="promote")
+
+
+@promote_app.command("best")
+def promote_best(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="The study's MLflow experiment.")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Default: the study's objective.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="min or max (default: the study's).")] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="Registered model name.")] = None,
+    alias: Annotated[str, typer.Option("--alias", help="Alias to point at the new version.")] = "champion",
+    merge: Annotated[
+        Path | None, typer.Option("--merge", help="Also write a merged model (safetensors) to this folder.")
+    ] = None,
+) -> None:
+    """Pick the best finished, feasible trial; register its adapter as a pyfunc model; set the alias."""
+    import os
+
+    from . import promote
+
+    if mode not in (None, "min", "max"):
+        raise UserError("--mode", f"must be min or max, got {mode!r}")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if experiment is None:
+        raise UserError("--experiment", "name the study's MLflow experiment (by default the study name)")
+    result = promote.promote_best(
+        experiment=experiment,
+        tracking_uri=uri,
+        metric=metric,
+        mode=mode,
+        model_name=model_name or experiment,
+        alias=alias,
+        merge_dir=merge,
+    )
+    print(
+        f"registered {result.model_name} version {result.version} (@{result.alias}) from trial "
+        f"{result.trial_id} (run {result.run_id}), value {result.value:.4g}"
+    )
+    if result.merged_dir:
+        print(f"merged model: {result.merged_dir}")
+
+
 def _print_plan(spec, plan) -> None:
     print(
         f"study {spec.study.name}: {plan.remaining} trial(s), {plan.max_concurrent} at a time; "
@@ -192,6 +254,11 @@ def main() -> None:
     """Console entry point."""
     from .model import TrialError
 
+    import logging
+
+    # MLflow and its migrations log INFO lines on every new store; results are what we print.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         app(standalone_mode=False)
     except UserError as e:

@@ -32,6 +32,57 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     return directory
 
 
+def regenerate(target: str, tracking_uri: str | None = None) -> Path:
+    """Rebuild the report of a study folder, or of the study an MLflow experiment records; log it there."""
+    from mlflow import MlflowClient
+
+    from .errors import NothingToDo
+    from .study import JOURNAL
+
+    directory, parent = Path(target).expanduser(), None
+    client = MlflowClient(tracking_uri=tracking_uri) if tracking_uri or not directory.is_dir() else None
+    if not directory.is_dir():
+        experiment = client.get_experiment_by_name(target)
+        if experiment is None:
+            raise NothingToDo("report", f"{target} is neither a study folder nor an MLflow experiment")
+        runs = client.search_runs([experiment.experiment_id], "tags.`raylora.role` = 'study'", max_results=1)
+        if not runs:
+            raise NothingToDo("report", f"experiment {target} has no raylora study run")
+        parent = runs[0]
+        directory = Path(parent.data.tags.get("raylora.study_dir", ""))
+    if not (directory / SUMMARY).is_file():
+        raise NothingToDo("report", f"no {SUMMARY} in {directory}")
+    summary = json.loads((directory / SUMMARY).read_text())
+    record = StudyRecord(
+        directory, summary["study"], summary["objective"]["metric"], summary["objective"]["mode"]
+    )
+    record.trials = StudyRecord.open_summary(directory / SUMMARY)
+    study = _load_optuna(directory / JOURNAL, summary["study"])
+    out = write(directory / "report", record, study)
+    if client is not None and parent is None:
+        found = [
+            r
+            for e in client.search_experiments()
+            for r in client.search_runs(
+                [e.experiment_id], f"tags.`raylora.study_dir` = '{directory}'", max_results=1
+            )
+        ]
+        parent = found[0] if found else None
+    if parent is not None:
+        client.log_artifacts(parent.info.run_id, str(out), "report")
+    return out
+
+
+def _load_optuna(journal: Path, name: str):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not journal.is_file():
+        return None
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+
+
 def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -85,7 +85,7 @@ def run(
     from .progress import Progress
 
     progress = Progress(spec, record, log)
-    tracker = tracking.Tracker(spec, tracking.tracking_uri(spec, tracking_uri), log)
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(spec, tracking_uri), directory, log)
     tracker.start_study(record)
     progress.begin(plan)
 

@@ -64,12 +64,18 @@ class StudyRecord:
         """Load the study's summary if it exists, else start an empty one."""
         objective = spec.study.objective
         record = cls(directory, spec.study.name, objective.metric, objective.mode)
-        path = directory / SUMMARY
+        record.trials = cls.open_summary(directory / SUMMARY)
+        return record
+
+    @staticmethod
+    def open_summary(path: Path) -> dict[str, TrialRecord]:
+        """The trials of a ``summary.json`` (none if the file does not exist yet)."""
+        trials: dict[str, TrialRecord] = {}
         if path.is_file():
             for row in json.loads(path.read_text())["trials"]:
                 known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
-                record.trials[row["trial_id"]] = TrialRecord(**known)
-        return record
+                trials[row["trial_id"]] = TrialRecord(**known)
+        return trials
 
     def finished(self) -> list[TrialRecord]:
         return [t for t in self.trials.values() if t.finished]

@@ -15,7 +15,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -54,10 +55,10 @@ def fingerprint(path: str | None) -> str | None:
 class Tracker:
     """Records a study in MLflow from the driver's view of trials (no MLflow access needed on workers)."""
 
-    def __init__(self, spec: Spec, uri: str, log: Callable[[str], None] = print):
+    def __init__(self, spec: Spec, uri: str, study_dir: Path, log: Callable[[str], None] = print):
         from mlflow import MlflowClient
 
-        self.spec, self.uri, self.log = spec, uri, log
+        self.spec, self.uri, self.study_dir, self.log = spec, uri, study_dir, log
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = spec.tracking.experiment or spec.study.name
         self.experiment_id: str | None = None
@@ -143,6 +144,7 @@ class Tracker:
             "raylora.objective.metric": objective.metric,
             "raylora.objective.mode": objective.mode,
             "raylora.base_model": self.spec.model.name_or_path,
+            "raylora.study_dir": str(self.study_dir),
             **({"raylora.git_commit": commit} if (commit := _git_commit()) else {}),
         }
         run = self.client.create_run(self.experiment_id, run_name=self.spec.study.name, tags=tags)

@@ -53,9 +53,37 @@ def _write_spec(tmp_path: Path, **sections) -> Path:
 
 
 def _search(spec: Path, storage: Path, *args: str, env: dict | None = None, **kw):
-    cmd = [sys.executable, "-m", "raylora", "search", str(spec), "--storage", str(storage), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
-                          timeout=600, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "raylora",
+        "search",
+        str(spec),
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        _tracking(storage),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600, **kw
+    )
+
+
+def _tracking(storage: Path) -> str:
+    return f"sqlite:///{storage}/mlflow.db"
+
+
+def _child_runs(storage: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=_tracking(storage))
+    experiment = client.get_experiment_by_name("s")
+    return client, [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("raylora.role") == "trial"
+    ]
 
 
 def _optuna_trials(study_dir: Path):
@@ -85,6 +113,20 @@ def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
     TS = optuna.trial.TrialState
     assert states == [(TS.COMPLETE, 0.0), (TS.PRUNED, 0.0), (TS.PRUNED, 1.0)]
     assert "t001 pruned at step 2" in proc.stdout and "Configuration for experiment" not in proc.stdout
+    _, children = _child_runs(tmp_path / "st")
+    states = {
+        r.data.tags["raylora.trial_id"]: (r.data.tags["raylora.state"], r.info.status) for r in children
+    }
+    assert states == {
+        "t000": ("COMPLETE", "FINISHED"),
+        "t001": ("PRUNED", "FINISHED"),
+        "t002": ("INFEASIBLE", "FAILED"),
+    }
+    assert (
+        next(r for r in children if r.data.tags["raylora.trial_id"] == "t002")
+        .data.tags["raylora.error"]
+        .startswith("out of memory")
+    )
 
     before = (study_dir / "summary.json").read_text()
     again = _search(spec, tmp_path / "st", "--resume")
@@ -95,14 +137,28 @@ def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
 
 
 def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
-    spec = _write_spec(tmp_path, study={"num_trials": 2, "scheduler": {"type": "fifo"}},
-                       training={"max_steps": 8})
+    spec = _write_spec(
+        tmp_path, study={"num_trials": 2, "scheduler": {"type": "fifo"}}, training={"max_steps": 8}
+    )
     storage = tmp_path / "st"
     summary_path = storage / "s" / "summary.json"
     log = open(tmp_path / "first.log", "w")
     driver = subprocess.Popen(
-        [sys.executable, "-m", "raylora", "search", str(spec), "--storage", str(storage)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "raylora",
+            "search",
+            str(spec),
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            _tracking(storage),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -134,3 +190,10 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     assert TS.RUNNING not in states
     assert states.count(TS.COMPLETE) == 2 and states[0] == TS.FAIL  # the killed attempt, failed on resume
     assert summary["trials"][1]["params"] != t000["params"], "the resumed sampler does not replay samples"
+
+    client, children = _child_runs(storage)
+    assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"], "no duplicate runs"
+    assert all(r.info.status == "FINISHED" for r in children)
+    t000_run = next(r for r in children if r.data.tags["raylora.trial_id"] == "t000")
+    steps = [m.step for m in client.get_metric_history(t000_run.info.run_id, "eval/loss")]
+    assert steps[:2] == [2, 4] and steps[-1] == 8, steps  # one run holds both attempts

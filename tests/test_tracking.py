@@ -1,0 +1,95 @@
+"""A study recorded in MLflow, read back with MlflowClient: against a real `mlflow server` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+
+from mlflow_server import mlflow_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
+    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    spec["study"].update(
+        {"name": "tracked", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
+    )
+    spec["training"].update({"max_steps": 4, "eval_every": 2, "click_eval_samples": 2})
+    spec["data"]["eval_samples"] = 6
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        cmd = [
+            sys.executable,
+            "-m",
+            "raylora",
+            "search",
+            str(path),
+            "--storage",
+            str(tmp_path / "st"),
+            "--tracking-uri",
+            uri,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=os.environ)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"{uri}/#/experiments/" in proc.stdout
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("tracked")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if r.data.tags.get("raylora.role") == "study"]
+        children = [r for r in runs if r.data.tags.get("raylora.role") == "trial"]
+        assert len(parents) == 1 and len(children) == 2
+        parent = parents[0]
+        assert parent.info.status == "FINISHED"
+        assert parent.data.params["study.name"] == "tracked"
+        assert "search.training.lora.scope" in parent.data.params
+        assert parent.data.tags["raylora.version"]
+
+        summary = json.loads((tmp_path / "st" / "tracked" / "summary.json").read_text())
+        by_id = {t["trial_id"]: t for t in summary["trials"]}
+        assert (
+            summary["best_trial"]["mlflow_run_id"]
+            == by_id[summary["best_trial"]["trial_id"]]["mlflow_run_id"]
+        )
+        best_values = []
+        for child in children:
+            tags, params, metrics = child.data.tags, child.data.params, child.data.metrics
+            assert tags["mlflow.parentRunId"] == parent.info.run_id
+            trial = by_id[tags["raylora.trial_id"]]
+            assert trial["mlflow_run_id"] == child.info.run_id
+            assert tags["raylora.state"] == "COMPLETE" and child.info.status == "FINISHED"
+            for key, value in trial["params"].items():
+                expected = json.dumps(value) if isinstance(value, list) else str(value)
+                assert params[key] == expected
+            assert params["training.max_steps"] == "4"  # the resolved fixed values too
+            history = client.get_metric_history(child.info.run_id, "eval/loss")
+            assert [m.step for m in history] == [2, 4]
+            assert metrics["best_eval/loss"] == min(m.value for m in history) == trial["value"]
+            assert "eval/click_acc" in metrics and "best_eval/click_acc" in metrics
+            assert metrics["trainable_params/llm"] > 0
+            names = {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert {"adapter", "targets.json", "trial_config.yaml"} <= names
+            adapters = {a.path for a in client.list_artifacts(child.info.run_id, "adapter/best")}
+            assert "adapter/best/adapter_model.safetensors" in adapters
+            best_values.append(metrics["best_eval/loss"])
+        assert parent.data.metrics["best_eval/loss"] == min(best_values)
+        report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+        assert {
+            "report/leaderboard.csv",
+            "report/leaderboard.md",
+            "report/scope_comparison.png",
+            "report/importances.json",
+        } <= report
+
+        again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert len(client.search_runs([experiment.experiment_id])) == 3, "a resume never duplicates runs"
