@@ -191,6 +191,11 @@ class Spec(_Section):
         lora = self.training.lora
         if lora.target_modules is not None and "scope" in lora.model_fields_set:
             raise ValueError("training.lora: give scope or target_modules, not both")
+        metric = self.study.objective.metric
+        if metric.startswith("eval/") and self.data.eval is None:
+            raise ValueError(f"study.objective.metric {metric} needs data.eval (or use train/loss)")
+        if metric == "eval/click_acc" and self.training.click_eval_samples == 0:
+            raise ValueError("study.objective.metric eval/click_acc needs training.click_eval_samples > 0")
         return self
 
     def to_dict(self) -> dict:

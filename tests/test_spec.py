@@ -210,3 +210,10 @@ def test_scope_and_target_modules_exclusive(tmp_path):
     # --set of one replaces the other, which is what a user overriding a seed config means
     spec = _load(tmp_path, SEED_5_1, ["training.lora.scope=[llm, vision]"])
     assert spec.training.lora.target_modules is None
+
+
+def test_objective_needs_the_data_it_reads(tmp_path):
+    lines = _errors(tmp_path, "data: {eval: null}\n")
+    assert "study.objective.metric eval/loss needs data.eval" in lines[0]
+    spec = _load(tmp_path, "data: {eval: null}\nstudy: {objective: {metric: train/loss}}\n")
+    assert spec.data.eval is None

@@ -101,6 +101,7 @@ def test_nf4_llm_only_keeps_vision_and_mergers_full_precision(tmp_path):
         "training.max_steps=3",
         "training.eval_every=3",
         "data.eval=null",
+        "study.objective.metric=train/loss",
     )
     outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
     quantized = {
@@ -201,6 +202,7 @@ def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
         ]
     }
     text_only.write_text((json.dumps(row) + "\n") * 4)
-    spec = _spec("training.lora.scope=[llm, vision]", f"data.train={text_only}", "data.eval=null")
+    spec = _spec("training.lora.scope=[llm, vision]", f"data.train={text_only}", "data.eval=null",
+                 "study.objective.metric=train/loss")
     with pytest.raises(TrialError, match="LoRA on vision received no gradient"):
         train({"spec": spec.to_dict()}, LocalSession(tmp_path / "out", log=lambda line: None))
