@@ -14,6 +14,8 @@ from .spec import Resources
 
 # The Tune function trainable of a trial only waits on its TorchTrainer; it needs almost no CPU.
 TRIAL_DRIVER_CPU = 0.01
+# A custom resource that cluster configs put on CPU-only nodes, so trial drivers stay off GPU workers.
+TRIAL_DRIVER_RESOURCE = "trial_driver"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Node:
     address: str
     cpus: float
     gpus: float
+    trial_drivers: float = 0.0
 
 
 def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
@@ -34,10 +37,18 @@ def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
             n.get("NodeManagerAddress", ""),
             n["Resources"].get("CPU", 0.0),
             n["Resources"].get("GPU", 0.0),
+            n["Resources"].get(TRIAL_DRIVER_RESOURCE, 0.0),
         )
         for n in ray_nodes
         if n.get("Alive")
     ]
+
+
+def trial_driver_resources(nodes: list[Node]) -> dict[str, float]:
+    """What a trial's Tune driver asks for: pinned to ``trial_driver`` nodes when the cluster has them."""
+    if any(n.trial_drivers > 0 for n in nodes):
+        return {"CPU": TRIAL_DRIVER_CPU, TRIAL_DRIVER_RESOURCE: 0.01}
+    return {"CPU": TRIAL_DRIVER_CPU}
 
 
 def check_fits(resources: Resources, nodes: list[Node]) -> None:

@@ -252,9 +252,9 @@ def _load_checked(spec_path: Path, overrides: list[str]):
 
 def main() -> None:
     """Console entry point."""
-    from .model import TrialError
-
     import logging
+
+    from .model import TrialError
 
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):

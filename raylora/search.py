@@ -72,6 +72,8 @@ def run(
 
     nodes = capacity.nodes_from_ray(ray.nodes())
     capacity.check_fits(spec.resources, nodes)
+    if len(nodes) > 1 and not dry_run:
+        _check_shared(directory, nodes)
     wanted = spec.study.max_concurrent_trials
     auto = capacity.max_concurrent(spec.resources, nodes, max(remaining, 1))
     concurrent = auto if wanted == "auto" else min(wanted, max(remaining, 1))
@@ -122,27 +124,77 @@ def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
 
 
 def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
+    # Environment first: Ray reads some of it when it is imported.
     env = {k: os.environ[k] for k in ("RAYLORA_HOME", "RAYLORA_INJECT_OOM") if k in os.environ}
     # Tune's new output engine prints experiment banners even when silent; ours is in progress.py.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # An unreachable tracking server must fail fast into the tracker's outbox, not stall the study.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     # A failed trial's final report carries its status instead of the objective, by design.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if address is not None and "RAY_AUTH_MODE" not in os.environ and _has_ray_token():
+        os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.59+ clusters require it; say so instead of guessing
     if address is None:
         # Trials use fractional CPUs, so a small local node starts more worker processes than Ray's
         # default "expected" count and warns about it; that is by design here.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-        runtime_env={"env_vars": env} if env else None,
-    )
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+            runtime_env={"env_vars": env} if env else None,
+        )
+    except ConnectionError as e:
+        raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+
+
+def _check_shared(directory: Path, nodes: list[capacity.Node]) -> None:
+    """Refuse a storage path that not every node sees (Ray would only fail at the first checkpoint)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / f".raylora-shared-{uuid.uuid4().hex}"
+    marker.write_text("raylora storage check\n")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        checks = {
+            node.address: sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+            ).remote(str(marker))
+            for node in nodes
+        }
+        blind = [address for address, ref in checks.items() if not ray.get(ref, timeout=120)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(
+            "--storage",
+            f"{directory.parent} is not shared: node(s) {', '.join(blind)} cannot see it; on a cluster with "
+            "more than one node give an NFS/EFS path mounted on every node",
+        )
+
+
+def _has_ray_token() -> bool:
+    """A Ray auth token is at hand: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return Path(path).is_file()
 
 
 def _scheduler_name(spec: Spec) -> str:
@@ -187,7 +239,7 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
     trainable = ray.tune.with_parameters(
         run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs")
     )
-    trainable = ray.tune.with_resources(trainable, {"CPU": capacity.TRIAL_DRIVER_CPU})
+    trainable = ray.tune.with_resources(trainable, capacity.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
-
 from mlflow_server import mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -202,7 +202,11 @@ def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
         ]
     }
     text_only.write_text((json.dumps(row) + "\n") * 4)
-    spec = _spec("training.lora.scope=[llm, vision]", f"data.train={text_only}", "data.eval=null",
-                 "study.objective.metric=train/loss")
+    spec = _spec(
+        "training.lora.scope=[llm, vision]",
+        f"data.train={text_only}",
+        "data.eval=null",
+        "study.objective.metric=train/loss",
+    )
     with pytest.raises(TrialError, match="LoRA on vision received no gradient"):
         train({"spec": spec.to_dict()}, LocalSession(tmp_path / "out", log=lambda line: None))

@@ -1,0 +1,346 @@
+"""Promotion against real MLflow stores (SQLite, and one real ``mlflow server``) with real tiny adapters."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from raylora import builtin, promote
+from raylora import spec as spec_lib
+from raylora.errors import NothingToDo, UserError
+from raylora.train_loop import LocalSession, train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+FAST = ["training.max_steps=2", "training.eval_every=2", "training.click_eval_samples=0"]
+STUDY = "quickstart"
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapters(raylora_home, tmp_path_factory) -> dict[str, Path]:
+    """Two tiny trained adapters, trained once for the module: LoRA on [llm] and on [llm, vision]."""
+    out = {}
+    for name, scope in [("llm", "[llm]"), ("llm_vision", "[llm, vision]")]:
+        spec = spec_lib.load(QUICKSTART, [*FAST, f"training.lora.scope={scope}"])
+        directory = tmp_path_factory.mktemp(f"trial_{name}")
+        train({"spec": spec.to_dict()}, LocalSession(directory, log=lambda line: None))
+        out[name] = directory
+    return out
+
+
+def _make_study(
+    uri: str, adapters: dict[str, Path], artifact_location: str | None = None, trials=None
+) -> dict:
+    """An experiment as raylora's search driver writes it: a study run and one child run per trial."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(STUDY, artifact_location=artifact_location)
+    spec = spec_lib.load(QUICKSTART, FAST)
+    study_tags = {
+        "raylora.role": "study",
+        "raylora.study": STUDY,
+        "raylora.objective.metric": "eval/loss",
+        "raylora.objective.mode": "min",
+    }
+    parent = client.create_run(experiment_id, run_name=STUDY, tags=study_tags)
+    params = [Param(key, str(value)) for key, value in spec.flat().items()]
+    client.log_batch(parent.info.run_id, params=params)
+    fingerprint = hashlib.sha256(Path(builtin.resolve_data("builtin:gui-grounding", "train")).read_bytes())
+    trials = trials or [
+        ("t001", "COMPLETE", 1.0, "llm"),
+        ("t002", "COMPLETE", 0.5, "llm_vision"),
+        ("t003", "PRUNED", 0.1, "llm"),
+    ]
+    ids = {}
+    for trial_id, state, best, adapter in trials:
+        tags = {
+            "mlflow.parentRunId": parent.info.run_id,
+            "raylora.role": "trial",
+            "raylora.study": STUDY,
+            "raylora.trial_id": trial_id,
+            "raylora.state": state,
+            "raylora.base_model": "builtin:tiny-qwen3-vl",
+            "raylora.dataset_fingerprint": fingerprint.hexdigest(),
+        }
+        run_id = client.create_run(experiment_id, run_name=trial_id, tags=tags).info.run_id
+        client.log_param(run_id, "training.lora.scope", adapter)
+        for step in (1, 2):
+            client.log_metric(run_id, "train/loss", 7.0 - step, step=step)
+        client.log_metric(run_id, "eval/loss", best, step=2)
+        client.log_metric(run_id, "best_eval/loss", best)
+        client.log_artifacts(run_id, str(adapters[adapter] / "adapter"), "adapter/best")
+        client.log_artifact(run_id, str(adapters[adapter] / "targets.json"))
+        client.set_terminated(run_id, "FINISHED" if state in ("COMPLETE", "PRUNED") else "FAILED")
+        ids[trial_id] = run_id
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def blank_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database, migrated once: creating one costs seconds, copying it nothing."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("blank") / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{path}")
+    client.search_experiments()
+    client.search_registered_models()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(blank_db, tmp_path) -> str:
+    """A fresh SQLite store of this test's own."""
+    shutil.copy(blank_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture
+def study(sqlite_uri, adapters, tmp_path) -> dict:
+    """A study in a fresh SQLite store; returns the trial run ids by trial id."""
+    return _make_study(sqlite_uri, adapters, artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def _png() -> str:
+    train_file = Path(builtin.resolve_data("builtin:gui-grounding", "train"))
+    return str(train_file.parent / "shots" / "0.png")
+
+
+# -- select_best, pure --------------------------------------------------------------------------------
+
+
+def _run(trial_id, value, state="COMPLETE", status="FINISHED", role="trial", metric="best_eval/loss"):
+    tags = {"raylora.role": role, "raylora.state": state, "raylora.trial_id": trial_id}
+    metrics = {} if value is None else {metric: value}
+    return {"run_id": f"run-{trial_id}", "status": status, "tags": tags, "metrics": metrics}
+
+
+def test_select_best_by_mode_with_ties_to_the_lowest_trial_id():
+    runs = [_run("t10", 0.5), _run("t9", 0.5), _run("t2", 0.7), _run("t11", 0.7)]
+    assert promote.select_best(runs, "eval/loss", "min")["run_id"] == "run-t9"
+    assert promote.select_best(runs, "eval/loss", "max")["run_id"] == "run-t2"
+    assert promote.select_best(runs, "best_eval/loss", "min")["run_id"] == "run-t9"
+
+
+def test_select_best_ignores_pruned_failed_unfinished_and_non_trials():
+    runs = [
+        _run("t1", 0.9),
+        _run("t2", 0.1, state="PRUNED"),
+        _run("t3", 0.1, state="FAILED", status="FAILED"),
+        _run("t4", 0.1, state="INFEASIBLE"),
+        _run("t5", 0.1, status="RUNNING"),
+        _run("t6", 0.1, role="study"),
+        _run("t7", None),
+        _run("t8", math.nan),
+        _run("t9", 0.1, metric="best_eval/click_acc"),
+    ]
+    assert promote.select_best(runs, "eval/loss", "min")["run_id"] == "run-t1"
+
+
+def test_select_best_with_no_finished_trial_raises_nothing_to_do():
+    runs = [_run("t1", 0.1, state="PRUNED"), _run("t2", 0.2, state="FAILED", status="FAILED")]
+    with pytest.raises(NothingToDo, match=r"best_eval/loss; trials: 1 FAILED, 1 PRUNED"):
+        promote.select_best(runs, "eval/loss", "min")
+    with pytest.raises(NothingToDo, match="no trial runs"):
+        promote.select_best([], "eval/loss", "min")
+    with pytest.raises(UserError, match="--mode"):
+        promote.select_best(runs, "eval/loss", "lowest")
+
+
+# -- promotion on SQLite -------------------------------------------------------------------------------
+
+
+def test_promote_registers_the_best_complete_trial_once(sqlite_uri, study):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    before = client.get_run(study["t002"]).info
+    result = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+
+    assert (result.version, result.alias, result.trial_id, result.value) == ("1", "champion", "t002", 0.5)
+    assert result.run_id == study["t002"], "the pruned t003 (0.1) must not win"
+    version = client.get_model_version_by_alias("clicker", "champion")
+    assert (str(version.version), version.run_id) == ("1", study["t002"])
+    assert version.tags == {
+        "raylora.study": STUDY,
+        "raylora.trial_id": "t002",
+        "raylora.base_model": "builtin:tiny-qwen3-vl",
+        "raylora.dataset_fingerprint": client.get_run(study["t002"]).data.tags["raylora.dataset_fingerprint"],
+        "raylora.objective.metric": "eval/loss",
+        "raylora.objective.mode": "min",
+        "raylora.objective.value": "0.5",
+    }
+    after = client.get_run(study["t002"]).info
+    assert (after.status, after.end_time) == (before.status, before.end_time), "the trial's record is kept"
+
+    again = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+    assert (again.version, again.run_id) == ("1", study["t002"])
+    assert [str(v.version) for v in client.search_model_versions("name = 'clicker'")] == ["1"]
+    elsewhere = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker-b")
+    assert client.get_model_version("clicker-b", elsewhere.version).run_id == study["t002"]
+    experiment_id = client.get_experiment_by_name(STUDY).experiment_id
+    logged = client.search_logged_models(experiment_ids=[experiment_id])
+    assert [(m.name, m.source_run_id) for m in logged] == [("model", study["t002"])]
+
+
+def test_champion_pyfunc_generates_one_string_per_row(sqlite_uri, study):
+    import mlflow
+    import pandas as pd
+
+    promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+    mlflow.set_tracking_uri(sqlite_uri)
+    model = mlflow.pyfunc.load_model("models:/clicker@champion")
+    rows = pd.DataFrame({"image": [_png()], "instruction": ["click the OK button"]})
+    answers = model.predict(rows, params={"max_new_tokens": 8})
+    assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from raylora import data
+
+    out = tmp_path / "merged"
+    result = promote.promote_best(
+        experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker", merge_dir=out
+    )
+    assert result.merged_dir == out and list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+
+    merged = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert not [name for name, _ in merged.named_parameters() if "lora" in name]
+    base = AutoModelForImageTextToText.from_pretrained(builtin.resolve_model(builtin.TINY_MODEL))
+    reference = PeftModel.from_pretrained(base, adapters["llm_vision"] / "adapter").eval()
+
+    processor = AutoProcessor.from_pretrained(out)
+    image_kw = data.image_kwargs(4096, 65536, processor)
+    records = data.read(builtin.resolve_data(builtin.GUI_DATA, "eval"), limit=2)
+    batch = data.collate(
+        data.encode(records, processor, 512, image_kw).items, processor.tokenizer.pad_token_id
+    )
+    batch.pop("labels")
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        actual = merged(**batch).logits
+        with reference.disable_adapter():
+            untrained = reference(**batch).logits
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(untrained, expected, atol=1e-6), "the adapter changes nothing: vacuous test"
+
+
+def test_merging_a_4bit_trial_is_refused_before_anything_is_registered(sqlite_uri, study, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    client.log_param(study["t002"], "training.quantization", "nf4")
+    with pytest.raises(UserError, match=r"--merge: trial t002 trained its adapter on a 4-bit \(nf4\) base"):
+        promote.promote_best(
+            experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker", merge_dir=tmp_path / "m"
+        )
+    assert client.search_model_versions("name = 'clicker'") == []
+
+
+def test_missing_experiment_is_nothing_to_do(sqlite_uri):
+    with pytest.raises(
+        NothingToDo, match=re.escape(f"--experiment: no MLflow experiment named 'nope' at {sqlite_uri}")
+    ):
+        promote.promote_best(experiment="nope", tracking_uri=sqlite_uri, model_name="clicker")
+
+
+def test_experiment_without_a_complete_trial_is_nothing_to_do(sqlite_uri, adapters, tmp_path):
+    trials = [("t001", "PRUNED", 0.3, "llm"), ("t002", "FAILED", 0.2, "llm")]
+    _make_study(sqlite_uri, adapters, (tmp_path / "artifacts").as_uri(), trials=trials)
+    with pytest.raises(NothingToDo, match="no finished trial"):
+        promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+
+
+def test_another_metric_needs_its_mode(sqlite_uri, study):
+    with pytest.raises(UserError, match="--mode: give min or max for eval/click_acc"):
+        promote.promote_best(
+            experiment=STUDY, tracking_uri=sqlite_uri, metric="eval/click_acc", model_name="clicker"
+        )
+
+
+# -- promotion through a real tracking server -----------------------------------------------------------
+
+
+@pytest.fixture
+def server_uri(blank_db, tmp_path):
+    """A real ``mlflow server`` on loopback (SQLite backend, proxied artifacts), stopped at teardown."""
+    shutil.copy(blank_db, tmp_path / "server.db")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+        "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        "--workers", "1",
+    ]  # fmt: skip
+    log = (tmp_path / "server.log").open("w")
+    # Its own session, so teardown stops the server and the workers it forks, and nothing else.
+    # No job runner: it forks a pool of huey consumers this test has no use for.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, server, tmp_path / "server.log")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"mlflow server not healthy after {timeout}s:\n{log.read_text()[-2000:]}")
+
+
+def test_promote_and_load_through_a_tracking_server(server_uri, adapters):
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    study = _make_study(server_uri, adapters)
+    result = promote.promote_best(experiment=STUDY, tracking_uri=server_uri, model_name="clicker")
+    again = promote.promote_best(experiment=STUDY, tracking_uri=server_uri, model_name="clicker")
+
+    assert (result.version, result.run_id) == ("1", study["t002"]) and again.version == "1"
+    client = MlflowClient(server_uri)
+    assert client.get_model_version_by_alias("clicker", "champion").run_id == study["t002"]
+    mlflow.set_tracking_uri(server_uri)
+    model = mlflow.pyfunc.load_model("models:/clicker@champion")
+    answers = model.predict(pd.DataFrame({"image": [_png()], "instruction": ["click the OK button"]}))
+    assert len(answers) == 1 and isinstance(answers[0], str)
