@@ -208,7 +208,8 @@ def _print_plan(spec, plan) -> None:
         print(f"  node {node.address}: {node.cpus:g} CPU, {node.gpus:g} GPU")
     r = spec.resources
     print(
-        f"  each trial: {r.workers_per_trial} worker(s) × ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
+        f"  each trial: {r.workers_per_trial} worker(s) × "
+        f"({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
         f"{r.placement_strategy}, {r.strategy}"
     )
     for path, raw in spec.search.items():

@@ -21,7 +21,8 @@ class Progress:
         nodes = len(plan.nodes)
         resumed = f", resuming {', '.join(plan.resumed)}" if plan.resumed else ""
         self.log(
-            f"study {self.spec.study.name}: {plan.remaining} trial(s) to run, {plan.max_concurrent} at a time "
+            f"study {self.spec.study.name}: {plan.remaining} trial(s) to run, "
+            f"{plan.max_concurrent} at a time "
             f"on {nodes} node(s); scheduler {plan.scheduler}{resumed}"
         )
         self.log(f"  storage: {plan.study_dir}")
@@ -38,7 +39,8 @@ class Progress:
             value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
             error = f"  ({trial.error})" if trial.error else ""
             self._line(
-                f"{trial.trial_id} {trial.state.lower()} at step {trial.steps}{value}{error}  | {self._counts()}"
+                f"{trial.trial_id} {trial.state.lower()} at step {trial.steps}{value}{error}"
+                f"  | {self._counts()}"
             )
 
     def end(self) -> None:
@@ -50,7 +52,8 @@ class Progress:
         best_text = f"best {best.trial_id} {best.value:.4g}" if best else "best -"
         return (
             f"running {states.count('RUNNING')} · complete {states.count('COMPLETE')} · "
-            f"pruned {states.count('PRUNED')} · failed {states.count('FAILED') + states.count('INFEASIBLE')} · "
+            f"pruned {states.count('PRUNED')} · "
+            f"failed {states.count('FAILED') + states.count('INFEASIBLE')} · "
             f"{best_text}"
         )
 
