@@ -83,6 +83,58 @@ def validate(spec_path: SpecArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def estimate(
+    spec_path: SpecArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Predict a trial's peak accelerator memory per worker (weights, LoRA, optimizer, activations)."""
+    spec = _load_checked(spec_path, set_ or [])
+    rows = _estimates(spec)
+    if as_json:
+        print(json.dumps({label: est.to_dict() for label, est in rows}))
+        return
+    _print_estimates(spec, rows)
+
+
+def _estimates(spec) -> list:
+    """The fixed values' estimate, then one per searched value of each searched path."""
+    from . import estimate as estimate_lib
+    from . import space
+    from .progress import short_params
+
+    rows = [("fixed values", estimate_lib.estimate(spec))]
+    for path, dist in space.distributions(spec).items():
+        if path.startswith("training.learning_rate."):
+            continue  # learning rates move no memory
+        for value in dist.candidates():
+            rows.append((short_params({path: value}), estimate_lib.estimate(spec.with_values({path: value}))))
+    return rows
+
+
+def _print_estimates(spec, rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .estimate import GIB, fits
+
+    budget = spec.resources.gpu_memory_gb
+    table = Table(title=f"peak memory per worker ({spec.model.name_or_path})")
+    for column in ("trial shape", "weights", "LoRA+grads+optim", "activations", "total"):
+        table.add_column(column, justify="left" if column == "trial shape" else "right")
+    if budget:
+        table.add_column(f"fits {budget:g} GiB")
+    for label, est in rows:
+        state = est.lora_bytes + est.grads_bytes + est.optimizer_bytes
+        cells = [label, *(f"{v / GIB:.2f} GiB" for v in (est.weights_bytes, state, est.activations_bytes,
+                                                            est.total_bytes))]
+        if budget:
+            cells.append("yes" if fits(est, budget) else "NO")
+        table.add_row(*cells)
+    Console(width=120).print(table)
+
+
+@app.command()
 def train(
     spec_path: SpecArg,
     set_: SetOpt = None,
@@ -129,6 +181,7 @@ def search(
     )
     if dry_run:
         _print_plan(spec, plan)
+        _print_estimates(spec, _estimates(spec))
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")

@@ -67,7 +67,24 @@ class StudySearcher(Searcher):
         self.record.save()
         self._trials[trial_id] = (ot_trial, trial)
         self.on_event("start", trial, {})
-        return {"slot": slot, "params": params}
+        config = {"slot": slot, "params": params}
+        too_big = self._prescreen(params)
+        if too_big:
+            config["prescreened"] = too_big
+        return config
+
+    def _prescreen(self, params: dict) -> str | None:
+        """Why a sampled trial cannot fit ``resources.gpu_memory_gb`` (None when it fits or is unchecked)."""
+        budget = self.spec.resources.gpu_memory_gb
+        if budget is None:
+            return None
+        from . import estimate
+
+        predicted = estimate.estimate(self.spec.with_values(params))
+        if estimate.fits(predicted, budget):
+            return None
+        return (f"out of memory (predicted): {predicted.total_bytes / estimate.GIB:.1f} GiB estimated peak > "
+                f"90% of resources.gpu_memory_gb={budget:g}; not launched")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial, trial = self._trials[trial_id]

@@ -102,6 +102,9 @@ class Resources(_Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     max_failures: Annotated[int, Field(ge=0)] = 0
     """Worker failures a trial survives, restarting from its latest adapter checkpoint."""
+    gpu_memory_gb: PositiveFloat | None = None
+    """Memory of one GPU (GiB). When set, sampled trials whose estimated peak cannot fit are marked
+    INFEASIBLE without launching (see ``raylora estimate``)."""
 
 
 class Lora(_Section):

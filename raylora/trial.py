@@ -16,6 +16,9 @@ def run_trial(config: dict, base_spec: dict, runs_dir: str) -> None:
     """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``."""
     import ray.tune
 
+    if config.get("prescreened"):
+        ray.tune.report({STATUS: "INFEASIBLE", ERROR: config["prescreened"]})
+        return
     try:
         trainer = _trainer(config, base_spec, runs_dir)
         trainer.fit()

@@ -120,3 +120,12 @@ def test_help_and_validate_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_estimate_reports_every_searched_shape():
+    proc = raylora("estimate", "search_spaces/quickstart.yaml", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert "fixed values" in rows and "r=32" in rows and "scope=llm+vision+projector" in rows
+    assert rows["r=32"]["lora_bytes"] == 4 * rows["r=8"]["lora_bytes"]
+    assert all(row["total_bytes"] > row["weights_bytes"] > 0 for row in rows.values())

@@ -197,3 +197,15 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     t000_run = next(r for r in children if r.data.tags["raylora.trial_id"] == "t000")
     steps = [m.step for m in client.get_metric_history(t000_run.info.run_id, "eval/loss")]
     assert steps[:2] == [2, 4] and steps[-1] == 8, steps  # one run holds both attempts
+
+
+def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_path):
+    spec = _write_spec(tmp_path, study={"num_trials": 2},
+                       resources={"gpu_memory_gb": 0.001})  # 1 MiB: nothing fits
+    proc = _search(spec, tmp_path / "st")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "st" / "s" / "summary.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["INFEASIBLE", "INFEASIBLE"]
+    assert all("predicted" in t["error"] and t["steps"] == 0 for t in summary["trials"])
+    assert not (tmp_path / "st" / "s" / "runs").exists(), "no Train run was launched"
+    assert [t.constraints["out_of_memory"] for t in _optuna_trials(tmp_path / "st" / "s")] == [1.0, 1.0]
