@@ -126,8 +126,13 @@ def _print_estimates(spec, rows) -> None:
         table.add_column(f"fits {budget:g} GiB")
     for label, est in rows:
         state = est.lora_bytes + est.grads_bytes + est.optimizer_bytes
-        cells = [label, *(f"{v / GIB:.2f} GiB" for v in (est.weights_bytes, state, est.activations_bytes,
-                                                            est.total_bytes))]
+        cells = [
+            label,
+            *(
+                f"{v / GIB:.2f} GiB"
+                for v in (est.weights_bytes, state, est.activations_bytes, est.total_bytes)
+            ),
+        ]
         if budget:
             cells.append("yes" if fits(est, budget) else "NO")
         table.add_row(*cells)
@@ -233,8 +238,7 @@ def promote_best(
     if mode not in (None, "min", "max"):
         raise UserError("--mode", f"must be min or max, got {mode!r}")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if experiment is None:
-        raise UserError("--experiment", "name the study's MLflow experiment (by default the study name)")
+    experiment = experiment or _only_study_experiment(uri)
     result = promote.promote_best(
         experiment=experiment,
         tracking_uri=uri,
@@ -250,6 +254,23 @@ def promote_best(
     )
     if result.merged_dir:
         print(f"merged model: {result.merged_dir}")
+
+
+def _only_study_experiment(uri: str) -> str:
+    """The one experiment of this store that holds a raylora study, or a user error naming the choices."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    names = [
+        e.name
+        for e in client.search_experiments()
+        if client.search_runs([e.experiment_id], "tags.`raylora.role` = 'study'", max_results=1)
+    ]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UserError("--experiment", f"no raylora study in the MLflow store at {uri}")
+    raise UserError("--experiment", f"several studies at {uri}; name one of: {', '.join(sorted(names))}")
 
 
 def _print_plan(spec, plan) -> None:

@@ -199,6 +199,53 @@ def encode(records: list[Record], processor, max_length: int, image_kw: dict) ->
     return out
 
 
+def encode_file(
+    path: str | Path,
+    processor,
+    max_length: int,
+    image_kw: dict,
+    *,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+) -> Examples:
+    """:func:`read` + :func:`encode`, cached on disk: the trials of a study share one encoding.
+
+    The cache key covers the file (path, size, modification time), the processor's tokenizer and image
+    settings, ``max_length``, the image bounds and ``limit``; a changed input is encoded again.
+    """
+    import hashlib
+    import os
+
+    import torch
+
+    path = Path(path).expanduser()
+    stat = path.stat() if path.is_file() else None
+    key_parts = [
+        str(path.resolve()),
+        stat and (stat.st_size, stat.st_mtime_ns),
+        max_length,
+        limit,
+        json.dumps(image_kw, sort_keys=True, default=str),
+        processor.tokenizer.name_or_path,
+        len(processor.tokenizer),
+        json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str),
+    ]
+    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:24]
+    cached = cache_dir / f"{key}.pt" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            return torch.load(cached, weights_only=False)  # our own file, written below
+        except Exception:  # a torn or stale cache entry is simply rebuilt
+            pass
+    examples = encode(read(path, limit=limit), processor, max_length, image_kw)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(examples, tmp)
+        os.replace(tmp, cached)
+    return examples
+
+
 def prompt_inputs(record: Record, processor, image_kw: dict) -> dict:
     """Batch-of-one inputs for generating the answer to ``record``'s last user turn."""
     text = processor.apply_chat_template(record.prompt_messages(), tokenize=False, add_generation_prompt=True)

@@ -83,8 +83,10 @@ class StudySearcher(Searcher):
         predicted = estimate.estimate(self.spec.with_values(params))
         if estimate.fits(predicted, budget):
             return None
-        return (f"out of memory (predicted): {predicted.total_bytes / estimate.GIB:.1f} GiB estimated peak > "
-                f"90% of resources.gpu_memory_gb={budget:g}; not launched")
+        return (
+            f"out of memory (predicted): {predicted.total_bytes / estimate.GIB:.1f} GiB estimated peak > "
+            f"90% of resources.gpu_memory_gb={budget:g}; not launched"
+        )
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial, trial = self._trials[trial_id]

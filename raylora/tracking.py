@@ -56,8 +56,13 @@ class Tracker:
     """Records a study in MLflow from the driver's view of trials (no MLflow access needed on workers)."""
 
     def __init__(self, spec: Spec, uri: str, study_dir: Path, log: Callable[[str], None] = print):
+        import logging
+
         from mlflow import MlflowClient
 
+        # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.spec, self.uri, self.study_dir, self.log = spec, uri, study_dir, log
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = spec.tracking.experiment or spec.study.name

@@ -140,8 +140,13 @@ def train(config: dict, session) -> Outcome:
 
     # -- data
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    train_set = data.encode(
-        data.read(builtin.resolve_data(spec.data.train, "train")), processor, spec.data.max_length, image_kw
+    cache = builtin.raylora_home() / "cache" / "encoded"
+    train_set = data.encode_file(
+        builtin.resolve_data(spec.data.train, "train"),
+        processor,
+        spec.data.max_length,
+        image_kw,
+        cache_dir=cache,
     )
     if not train_set.items:
         raise model_lib.TrialError(
@@ -149,8 +154,14 @@ def train(config: dict, session) -> Outcome:
         )
     eval_set = None
     if spec.data.eval:
-        eval_records = data.read(builtin.resolve_data(spec.data.eval, "eval"), limit=spec.data.eval_samples)
-        eval_set = data.encode(eval_records, processor, spec.data.max_length, image_kw)
+        eval_set = data.encode_file(
+            builtin.resolve_data(spec.data.eval, "eval"),
+            processor,
+            spec.data.max_length,
+            image_kw,
+            limit=spec.data.eval_samples,
+            cache_dir=cache,
+        )
     pad_id = processor.tokenizer.pad_token_id
     batches = data.batches(
         train_set.items, training.per_device_train_batch_size, training.seed, session.rank, session.world_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +41,9 @@ def mlflow_server(root: Path, port: int | None = None):
         "1",
     ]
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # MLflow 3's job runner forks workers that outlive the server; tests need none of it.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -57,9 +61,6 @@ def mlflow_server(root: Path, port: int | None = None):
             time.sleep(0.5)
         yield uri
     finally:
-        import os
-        import signal
-
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)

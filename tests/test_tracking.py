@@ -92,3 +92,57 @@ def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
         again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]
         assert len(client.search_runs([experiment.experiment_id])) == 3, "a resume never duplicates runs"
+
+
+def test_secrets_never_reach_mlflow_params():
+    from raylora.tracking import scrub
+
+    kept = scrub({"training.lora.r": "16", "HF_TOKEN": "hf_x", "tracking.aws_secret_access_key": "s",
+                  "db_password": "p", "api_key": "k", "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct"})
+    assert kept == {"training.lora.r": "16", "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct"}
+
+
+def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
+    import time
+
+    from mlflow_server import free_port
+
+    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    spec["study"].update({"name": "outage", "num_trials": 2, "max_concurrent_trials": 1,
+                          "scheduler": {"type": "fifo"}})
+    spec["training"].update({"max_steps": 6, "eval_every": 2, "click_eval_samples": 0})
+    spec["data"]["eval_samples"] = 4
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    port = free_port()
+    summary = tmp_path / "st" / "outage" / "summary.json"
+
+    with mlflow_server(tmp_path / "mlflow", port=port) as uri:
+        cmd = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp_path / "st"),
+               "--tracking-uri", uri]
+        log = open(tmp_path / "driver.log", "w")
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not (summary.is_file() and json.loads(summary.read_text())["trials"][0]["steps"] >= 2):
+            assert time.monotonic() < deadline and driver.poll() is None, (tmp_path / "driver.log").read_text()
+            time.sleep(0.5)
+    # The server is down now, mid-trial; bring it back (same store) only after the second trial started.
+    while len(json.loads(summary.read_text())["trials"]) < 2:
+        assert time.monotonic() < deadline and driver.poll() is None, (tmp_path / "driver.log").read_text()
+        time.sleep(0.5)
+    with mlflow_server(tmp_path / "mlflow", port=port):
+        assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        out = (tmp_path / "driver.log").read_text()
+        assert "MLflow unreachable" in out and "reachable again" in out, out[-3000:]
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("outage")
+        children = [r for r in client.search_runs([experiment.experiment_id])
+                    if r.data.tags.get("raylora.role") == "trial"]
+        assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"]
+        for run in children:
+            assert run.info.status == "FINISHED" and run.data.tags["raylora.state"] == "COMPLETE"
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")]
+            assert steps == [2, 4, 6], steps
+            names = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+            assert "adapter/best" in names
