@@ -1,0 +1,204 @@
+"""GPU check: raylora's training loop on a Qwen3-VL-2B-shaped model against a bare Hugging Face Trainer.
+
+For each case — bf16 LoRA on [llm], bf16 LoRA on [llm, vision], nf4 LoRA on [llm] — this trains S steps with
+`raylora train` (the same recipe Ray Train workers run) on random weights saved once in the real checkpoint
+format, then the same model, LoRA and batches with `transformers.Trainer`. It prints tokens/s, model FLOPs
+utilization (6 × trained-path parameters × tokens/s over the GPU's dense bf16 peak; attention FLOPs left
+out, so MFU is slightly understated), peak memory (torch.cuda.max_memory_allocated) against
+`raylora.estimate`, and a final JSON line. Targets: MFU ≥ 45% for [llm] in bf16, and not below the Trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def qwen3_vl_2b_config():
+    from transformers import Qwen3VLConfig
+
+    text = dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=32768,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+        tie_word_embeddings=True,
+    )
+    vision = dict(
+        depth=24,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_heads=16,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=2048,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=[5, 11, 17],
+    )
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
+
+
+def save_random_checkpoint(out: Path) -> Path:
+    """Random 2B-shaped weights + the builtin processor, in the format from_pretrained reads."""
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from raylora import builtin
+
+    processor = AutoProcessor.from_pretrained(builtin.ensure_tiny_model())
+    config = qwen3_vl_2b_config()
+    tok = processor.tokenizer
+    for key, token in (
+        ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"),
+    ):
+        setattr(config, key, tok.convert_tokens_to_ids(token))
+    with torch.device("cuda"):
+        model = Qwen3VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def raylora_case(checkpoint: Path, scope: str, quant: str, steps: int, batch: int, out: Path) -> dict:
+    import torch
+
+    from raylora import estimate
+    from raylora import spec as spec_lib
+    from raylora.train_loop import LocalSession, train
+
+    spec = spec_lib.load(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        [
+            f"model.name_or_path={checkpoint}",
+            "model.dtype=bfloat16",
+            f"training.lora.scope={scope}",
+            f"training.quantization={quant}",
+            f"training.max_steps={steps}",
+            f"training.eval_every={steps}",
+            f"training.per_device_train_batch_size={batch}",
+            "training.click_eval_samples=0",
+            "data.eval=null",
+            "study.objective.metric=train/loss",
+            "data.image.min_pixels=200704",
+            "data.image.max_pixels=401408",
+            "data.max_length=4096",
+            "resources.gpus_per_worker=1",
+        ],
+    )
+    torch.cuda.reset_peak_memory_stats()
+    outcome = train({"spec": spec.to_dict()}, LocalSession(out, log=lambda line: None))
+    predicted = estimate.estimate(spec)
+    trained_path = sum(p.numel() for n, p in outcome.model.named_parameters() if "lora_" not in n)
+    return {
+        "tokens_per_s": outcome.metrics["tokens_per_s"],
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "estimate_gib": predicted.total_bytes / 2**30,
+        "params": trained_path,
+        "spec": spec,
+    }
+
+
+def trainer_case(spec, steps: int) -> dict:
+    """The same model, LoRA and data through a bare transformers.Trainer."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from raylora import builtin, data, model
+
+    built = model.build(spec, spec.model.name_or_path, torch.device("cuda"))
+    kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, built.processor)
+    items = data.encode_file(
+        builtin.resolve_data(spec.data.train, "train"), built.processor, spec.data.max_length, kw
+    ).items
+    pad = built.processor.tokenizer.pad_token_id
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        report_to=[],
+        bf16=True,
+        per_device_train_batch_size=spec.training.per_device_train_batch_size,
+        learning_rate=spec.training.learning_rate.llm,
+        logging_steps=steps,
+        save_strategy="no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=built.model,
+        args=args,
+        train_dataset=items,
+        data_collator=lambda batch: data.collate(batch, pad),
+    )
+    tokens = sum(int(it["input_ids"].numel()) for it in items[: steps * args.per_device_train_batch_size])
+    start = time.perf_counter()
+    trainer.train()
+    torch.cuda.synchronize()
+    return {"tokens_per_s": tokens / (time.perf_counter() - start)}
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 989.0) * 1e12
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_random_checkpoint(Path(tmp) / "qwen3-vl-2b-random")
+        for label, scope, quant in (
+            ("bf16 [llm]", "[llm]", "none"),
+            ("bf16 [llm, vision]", "[llm, vision]", "none"),
+            ("nf4 [llm]", "[llm]", "nf4"),
+        ):
+            case = raylora_case(
+                checkpoint, scope, quant, args.steps, args.batch, Path(tmp) / label.replace(" ", "_")
+            )
+            mfu = 6 * case["params"] * case["tokens_per_s"] / peak
+            row = {
+                "tokens_per_s": case["tokens_per_s"],
+                "mfu": mfu,
+                "peak_gib": case["peak_gib"],
+                "estimate_gib": case["estimate_gib"],
+                "estimate_error": case["estimate_gib"] / case["peak_gib"] - 1,
+            }
+            if quant == "none":
+                bare = trainer_case(case["spec"], args.steps)
+                row["trainer_tokens_per_s"] = bare["tokens_per_s"]
+                row["vs_trainer"] = case["tokens_per_s"] / bare["tokens_per_s"]
+            results[label] = row
+            print(
+                f"{label:20s} {row['tokens_per_s']:10.0f} tok/s  MFU {mfu:6.1%}  "
+                f"peak {row['peak_gib']:.1f} GiB "
+                f"(estimate {row['estimate_gib']:.1f}, {row['estimate_error']:+.0%})"
+                + (f"  vs Trainer {row['vs_trainer']:.2f}×" if "vs_trainer" in row else "")
+            )
+    print(json.dumps({"benchmark": "gpu_check", "device": name, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
