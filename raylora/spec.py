@@ -189,18 +189,6 @@ class Spec(_Section):
     """Dotted spec path → distribution; checked by ``raylora.space``."""
     tracking: Tracking = Tracking()
 
-    @model_validator(mode="after")
-    def _scope_or_targets(self) -> Spec:
-        lora = self.training.lora
-        if lora.target_modules is not None and "scope" in lora.model_fields_set:
-            raise ValueError("training.lora: give scope or target_modules, not both")
-        metric = self.study.objective.metric
-        if metric.startswith("eval/") and self.data.eval is None:
-            raise ValueError(f"study.objective.metric {metric} needs data.eval (or use train/loss)")
-        if metric == "eval/click_acc" and self.training.click_eval_samples == 0:
-            raise ValueError("study.objective.metric eval/click_acc needs training.click_eval_samples > 0")
-        return self
-
     def to_dict(self) -> dict:
         """Plain data that :meth:`from_dict` turns back into the same spec."""
         return self.model_dump(mode="python", exclude_unset=True)
@@ -337,9 +325,28 @@ def build(data: dict, prefixes: dict[str, str] | None = None, path: Path | None 
         spec = Spec.model_validate(data)
     except ValidationError as e:
         errors += [_spec_error(err, where) for err in e.errors() if err["loc"][:1] != ("search",)]
-    raise_all(errors)
+        raise_all(errors)
+    raise_all(errors + _cross_checks(spec, where))
     space.check_values(spec, where)
     return spec
+
+
+def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
+    """Rules that span sections, each reported at the path to change."""
+    errors: list[UserError] = []
+    lora = spec.training.lora
+    if lora.target_modules is not None and "scope" in lora.model_fields_set:
+        errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
+    metric = spec.study.objective.metric
+    if metric.startswith("eval/") and spec.data.eval is None:
+        errors.append(
+            SpecError(where("study.objective.metric"), f"{metric} needs data.eval (or use train/loss)")
+        )
+    if metric == "eval/click_acc" and spec.training.click_eval_samples == 0:
+        errors.append(
+            SpecError(where("study.objective.metric"), "eval/click_acc needs training.click_eval_samples > 0")
+        )
+    return errors
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

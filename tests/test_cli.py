@@ -56,7 +56,7 @@ def test_validate_reports_every_error_at_once(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(
         "model: {name_or_path: ./missing-model}\n"
-        "data: {train: ./missing.jsonl, eval: null}\n"
+        "data: {train: ./missing.jsonl, eval: ./missing-eval.jsonl}\n"
         "training:\n  lora: {r: 0, scope: [llm, eyes]}\n  learning_rate: {llm: -1e-4}\n"
         "search:\n  training.lora.rank: {choice: [1]}\n  training.lora.dropout: {uniform: [0.5, 0.1]}\n"
     )

@@ -200,8 +200,9 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_path):
-    spec = _write_spec(tmp_path, study={"num_trials": 2},
-                       resources={"gpu_memory_gb": 0.001})  # 1 MiB: nothing fits
+    spec = _write_spec(
+        tmp_path, study={"num_trials": 2}, resources={"gpu_memory_gb": 0.001}
+    )  # 1 MiB: nothing fits
     proc = _search(spec, tmp_path / "st")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "st" / "s" / "summary.json").read_text())

@@ -214,6 +214,6 @@ def test_scope_and_target_modules_exclusive(tmp_path):
 
 def test_objective_needs_the_data_it_reads(tmp_path):
     lines = _errors(tmp_path, "data: {eval: null}\n")
-    assert "study.objective.metric eval/loss needs data.eval" in lines[0]
+    assert "study.objective.metric: eval/loss needs data.eval" in lines[0]
     spec = _load(tmp_path, "data: {eval: null}\nstudy: {objective: {metric: train/loss}}\n")
     assert spec.data.eval is None

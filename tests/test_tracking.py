@@ -97,8 +97,16 @@ def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
 def test_secrets_never_reach_mlflow_params():
     from raylora.tracking import scrub
 
-    kept = scrub({"training.lora.r": "16", "HF_TOKEN": "hf_x", "tracking.aws_secret_access_key": "s",
-                  "db_password": "p", "api_key": "k", "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct"})
+    kept = scrub(
+        {
+            "training.lora.r": "16",
+            "HF_TOKEN": "hf_x",
+            "tracking.aws_secret_access_key": "s",
+            "db_password": "p",
+            "api_key": "k",
+            "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct",
+        }
+    )
     assert kept == {"training.lora.r": "16", "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct"}
 
 
@@ -108,8 +116,9 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
     from mlflow_server import free_port
 
     spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
-    spec["study"].update({"name": "outage", "num_trials": 2, "max_concurrent_trials": 1,
-                          "scheduler": {"type": "fifo"}})
+    spec["study"].update(
+        {"name": "outage", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
+    )
     spec["training"].update({"max_steps": 6, "eval_every": 2, "click_eval_samples": 0})
     spec["data"]["eval_samples"] = 4
     path = tmp_path / "study.yaml"
@@ -118,13 +127,24 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
     summary = tmp_path / "st" / "outage" / "summary.json"
 
     with mlflow_server(tmp_path / "mlflow", port=port) as uri:
-        cmd = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp_path / "st"),
-               "--tracking-uri", uri]
+        cmd = [
+            sys.executable,
+            "-m",
+            "raylora",
+            "search",
+            str(path),
+            "--storage",
+            str(tmp_path / "st"),
+            "--tracking-uri",
+            uri,
+        ]
         log = open(tmp_path / "driver.log", "w")
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not (summary.is_file() and json.loads(summary.read_text())["trials"][0]["steps"] >= 2):
-            assert time.monotonic() < deadline and driver.poll() is None, (tmp_path / "driver.log").read_text()
+            assert time.monotonic() < deadline and driver.poll() is None, (
+                tmp_path / "driver.log"
+            ).read_text()
             time.sleep(0.5)
     # The server is down now, mid-trial; bring it back (same store) only after the second trial started.
     while len(json.loads(summary.read_text())["trials"]) < 2:
@@ -137,8 +157,11 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
 
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name("outage")
-        children = [r for r in client.search_runs([experiment.experiment_id])
-                    if r.data.tags.get("raylora.role") == "trial"]
+        children = [
+            r
+            for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("raylora.role") == "trial"
+        ]
         assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"]
         for run in children:
             assert run.info.status == "FINISHED" and run.data.tags["raylora.state"] == "COMPLETE"
