@@ -262,7 +262,7 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
             scheduler=_scheduler(spec),
             num_samples=plan.remaining,
             max_concurrent_trials=plan.max_concurrent,
-            reuse_actors=True,  # a trial's driver process serves the next trial: no new process, no imports
+            reuse_actors=False,
         ),
         run_config=ray.tune.RunConfig(
             name=f"tune-{int(time.time())}",

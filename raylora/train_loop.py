@@ -185,6 +185,20 @@ def train(config: dict, session) -> Outcome:
     net.train()
     window = _Window()
     metrics: dict = {}
+
+    def report() -> dict:
+        out = {"step": step, **window.flush(session.world_size, distributed, device)}
+        out.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
+        out.update(_evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed))
+        out["data/dropped_too_long"] = train_set.dropped_too_long
+        out["peak_mem_mb"] = _peak_memory_mb(device)
+        out["nodes"] = nodes
+        if resumed_from:
+            out["resumed_from_step"] = resumed_from
+        at = step
+        session.report(out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets))
+        return out
+
     while step < training.max_steps:
         for _ in range(training.gradient_accumulation_steps):
             items = next(batches)
@@ -200,24 +214,12 @@ def train(config: dict, session) -> Outcome:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-
         if step % training.eval_every == 0 or step == training.max_steps:
-            metrics = {"step": step, **window.flush(session.world_size, distributed, device)}
-            metrics.update(
-                {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]}
-            )
-            metrics.update(
-                _evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed)
-            )
-            metrics["data/dropped_too_long"] = train_set.dropped_too_long
-            metrics["peak_mem_mb"] = _peak_memory_mb(device)
-            metrics["nodes"] = nodes
-            if resumed_from:
-                metrics["resumed_from_step"] = resumed_from
-            session.report(
-                metrics,
-                lambda d, step=step: _save_checkpoint(d, peft_model, optimizer, scheduler, step, targets),
-            )
+            metrics = report()
+    if not metrics:
+        # Restarted from a checkpoint at the last step (the run ended before its driver heard): say where
+        # the trial stands again, so the study records it as finished rather than as stopped early.
+        metrics = report()
 
     # -- finish
     session.finish(lambda d: _save_final(d, peft_model, targets))
@@ -263,7 +265,9 @@ class _Window:
 
     def flush(self, world_size: int, distributed: bool, device) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        loss = sum(self.losses) / max(1, len(self.losses))
+        if not self.losses:
+            return {}
+        loss = sum(self.losses) / len(self.losses)
         if distributed:
             loss = _all_reduce([loss], device)[0] / world_size
         out = {
