@@ -57,7 +57,8 @@ class Study(_Section):
     sampler: Sampler = Sampler()
     scheduler: Scheduler = Scheduler()
     storage: str = "raylora_studies"
-    """A local or NFS path, or a pyarrow filesystem URI (``s3://``, ``gs://``)."""
+    """A local path, or on a multi-node cluster a shared one (NFS/EFS mounted on every node).
+    Object-store URIs (``s3://``) are not supported yet."""
 
 
 class Model(_Section):
@@ -337,6 +338,13 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
     lora = spec.training.lora
     if lora.target_modules is not None and "scope" in lora.model_fields_set:
         errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
+    if spec.resources.strategy == "fsdp":
+        errors.append(
+            SpecError(
+                where("resources.strategy"),
+                "fsdp is not implemented yet: trials run DDP (use ddp, or nf4 to fit a GPU)",
+            )
+        )
     metric = spec.study.objective.metric
     if metric.startswith("eval/") and spec.data.eval is None:
         errors.append(

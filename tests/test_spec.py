@@ -115,6 +115,7 @@ def test_round_trip_through_plain_data(tmp_path):
         ("search: {study.num_trials: {choice: [3]}}", "study, resources and tracking are fixed"),
         ("search: {training.lora.scope: {choice: [[llm], [vison]]}}", "value ['vison'] is not valid"),
         ("search: {training.lora: {choice: [1]}}", "training.lora is a section, not a value"),
+        ("resources: {strategy: fsdp}", "resources.strategy: fsdp is not implemented yet"),
     ],
 )
 def test_bad_specs_name_the_path(tmp_path, text, expected):
