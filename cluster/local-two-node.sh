@@ -33,8 +33,8 @@ usage() {
 start() {
   # The token lives in ~/.ray/auth_token (created once if missing); it is never printed.
   "$ray_cli" get-auth-token --generate > /dev/null
+  # The dashboard serves the State API, which Ray Train uses to free a stopped trial's placement group.
   "$ray_cli" start --head --node-ip-address 127.0.0.1 --port "$port" --num-cpus 1 \
-    --include-dashboard false \
     --dashboard-agent-listen-port $((port + 1)) --ray-client-server-port $((port + 3)) \
     --object-store-memory 500000000
   "$ray_cli" start --address "$address" --node-ip-address 127.0.0.2 --num-cpus 1 \

@@ -161,7 +161,9 @@ def _init_ray(address: str | None) -> None:
     try:
         ray.init(
             address=address,
-            include_dashboard=False,
+            # Ray Train V2 frees a stopped trial's placement group through the State API, which the
+            # dashboard serves: without it an ASHA-stopped trial keeps its workers' CPUs and the study hangs.
+            include_dashboard=True if address is None else None,
             log_to_driver=False,
             logging_level=logging.ERROR,
             configure_logging=True,

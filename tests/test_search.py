@@ -92,7 +92,8 @@ def _optuna_trials(study_dir: Path):
 
 
 def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
-    spec = _write_spec(tmp_path)
+    # One CPU per worker: if a pruned trial kept its workers' placement group, the next could never start.
+    spec = _write_spec(tmp_path, resources={"cpus_per_worker": 1.0})
     proc = _search(spec, tmp_path / "st", env={"RAYLORA_INJECT_OOM": "training.lora.r=4"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "st" / "s"
