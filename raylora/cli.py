@@ -328,9 +328,13 @@ def _load_checked(spec_path: Path, overrides: list[str]):
 def main() -> None:
     """Console entry point."""
     import logging
+    import os
 
     from .model import TrialError
 
+    # Download, load and save progress bars of MLflow and transformers: the results are what we print.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
