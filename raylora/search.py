@@ -103,7 +103,7 @@ def run(
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
     tracker.close()
     record.save()
-    plan.runs_link = tracker.runs_link()
+    plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
     return plan, record
 
 
