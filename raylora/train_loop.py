@@ -94,7 +94,17 @@ class RaySession:
 
 def train_fn_per_worker(config: dict) -> None:
     """Ray Train's entry point: ``config["spec"]`` is a validated spec as plain data."""
+    if config["spec"].get("training", {}).get("quantization", "none") == "none":
+        _skip_bitsandbytes()
     train(config, RaySession())
+
+
+def _skip_bitsandbytes() -> None:
+    # This process is one trial's worker and never quantizes; PEFT and transformers import bitsandbytes
+    # eagerly whenever it is installed, which costs every trial's workers a second or more of start-up.
+    import sys
+
+    sys.modules.setdefault("bitsandbytes", None)
 
 
 # -- the recipe --------------------------------------------------------------------------------------
