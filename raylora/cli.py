@@ -231,13 +231,11 @@ def promote_best(
     ] = None,
 ) -> None:
     """Pick the best finished, feasible trial; register its adapter as a pyfunc model; set the alias."""
-    import os
-
-    from . import promote
+    from . import promote, tracking
 
     if mode not in (None, "min", "max"):
         raise UserError("--mode", f"must be min or max, got {mode!r}")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    uri = tracking.tracking_uri(tracking_uri)
     experiment = experiment or _only_study_experiment(uri)
     result = promote.promote_best(
         experiment=experiment,

@@ -320,6 +320,7 @@ def batches(items: list[dict], batch_size: int, seed: int, rank: int = 0, world:
     while True:
         order = list(range(len(shard)))
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+        # Full batches only; a shard smaller than one batch is yielded whole.
+        for i in range(0, max(len(order) - batch_size + 1, 1), batch_size):
             yield [shard[j] for j in order[i : i + batch_size]]
         epoch += 1

@@ -38,9 +38,14 @@ def regenerate(target: str, tracking_uri: str | None = None) -> Path:
 
     from .errors import NothingToDo
     from .study import JOURNAL
+    from .tracking import tracking_uri as resolve_uri
 
     directory, parent = Path(target).expanduser(), None
-    client = MlflowClient(tracking_uri=tracking_uri) if tracking_uri or not directory.is_dir() else None
+    client = (
+        MlflowClient(tracking_uri=resolve_uri(tracking_uri))
+        if tracking_uri or not directory.is_dir()
+        else None
+    )
     if not directory.is_dir():
         experiment = client.get_experiment_by_name(target)
         if experiment is None:

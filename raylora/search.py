@@ -87,7 +87,7 @@ def run(
     from .progress import Progress
 
     progress = Progress(spec, record, log)
-    tracker = tracking.Tracker(spec, tracking.tracking_uri(spec, tracking_uri), directory, log)
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), directory, log)
     tracker.start_study(record)
     progress.begin(plan)
 

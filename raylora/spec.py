@@ -210,7 +210,7 @@ class Spec(_Section):
         """A concrete spec (no ``search`` section) with dotted-path values set, validated."""
         data = self.model_dump(mode="python", exclude_unset=True, exclude={"search"})
         for path, value in values.items():
-            _set_path(data, path, value, "")
+            _set_path(data, path, value)
         return build(data)
 
     def flat(self) -> dict[str, Any]:
@@ -262,7 +262,7 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _set_path(data: dict, path: str, value: Any, where: str) -> None:
+def _set_path(data: dict, path: str, value: Any) -> None:
     parts = path.split(".")
     node = data
     for part in parts[:-1]:
@@ -378,7 +378,7 @@ def _set_override(data: dict, key: str, value: Any) -> None:
         data.get("training", {}).get("lora", {}).pop("target_modules", None)
     if key == "training.lora.target_modules":
         data.get("training", {}).get("lora", {}).pop("scope", None)
-    _set_path(data, key, value, f"--set {key}")
+    _set_path(data, key, value)
 
 
 _SEED_SFT = {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps"}

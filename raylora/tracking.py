@@ -30,9 +30,9 @@ BEST = {"train/loss": "min", "eval/loss": "min", "eval/click_acc": "max"}
 SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "credential")
 
 
-def tracking_uri(spec: Spec, override: str | None = None) -> str:
+def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
     """--tracking-uri, else the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)."""
-    uri = override or spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = override or (spec and spec.tracking.tracking_uri) or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 

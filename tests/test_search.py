@@ -52,8 +52,8 @@ def _write_spec(tmp_path: Path, **sections) -> Path:
     return path
 
 
-def _search(spec: Path, storage: Path, *args: str, env: dict | None = None, **kw):
-    cmd = [
+def _search_cmd(spec: Path, storage: Path, *args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "raylora",
@@ -65,6 +65,10 @@ def _search(spec: Path, storage: Path, *args: str, env: dict | None = None, **kw
         _tracking(storage),
         *args,
     ]
+
+
+def _search(spec: Path, storage: Path, *args: str, env: dict | None = None, **kw):
+    cmd = _search_cmd(spec, storage, *args)
     return subprocess.run(
         cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600, **kw
     )
@@ -145,17 +149,7 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     summary_path = storage / "s" / "summary.json"
     log = open(tmp_path / "first.log", "w")
     driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "raylora",
-            "search",
-            str(spec),
-            "--storage",
-            str(storage),
-            "--tracking-uri",
-            _tracking(storage),
-        ],
+        _search_cmd(spec, storage),
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
