@@ -67,6 +67,8 @@ def run(
     if remaining <= 0 and not dry_run:
         return Plan(directory, 0, [], 0, [], _scheduler_name(spec)), record
 
+    # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
+    opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, directory, log)
     _init_ray(address)
     import ray
 
@@ -83,11 +85,10 @@ def run(
     if dry_run:
         return plan, record
 
-    from . import tracking
     from .progress import Progress
 
     progress = Progress(spec, record, log)
-    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), directory, log)
+    tracker = opening.result()
     tracker.start_study(record)
     progress.begin(plan)
 
@@ -105,6 +106,23 @@ def run(
     record.save()
     plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
     return plan, record
+
+
+def _in_background(fn, *args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raylora")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)  # the submitted call still runs; nothing else will be
+    return future
+
+
+def _open_tracker(spec: Spec, tracking_uri: str | None, directory: Path, log: Callable[[str], None]):
+    from . import tracking
+
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), directory, log)
+    tracker.connect()
+    return tracker
 
 
 def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study, tracker) -> None:
@@ -126,8 +144,11 @@ def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
 # Ray Train V2 settings for short trials, exported to every trial's controller and workers: the controller
 # polls workers for reports every 2 s by default, which adds up to a report's latency and to teardown; the
 # preemption watcher is one more actor per trial and only matters on spot capacity (set
-# RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 to keep it). Values already in the environment win.
+# RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 to keep it). Trial drivers are reused, and Tune gives a stopped
+# trial's Train run only 2 s to end before it fails the next trial instead; a step on a large model takes
+# longer. Values already in the environment win.
 TRAIN_ENV = {
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "600",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -250,11 +271,18 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
     import ray.tune
 
     from .searcher import StudySearcher
-    from .trial import run_trial
+    from .trial import StopBoard, run_trial
 
-    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event)
+    board = ray.remote(num_cpus=0)(StopBoard).remote()
+
+    def on_event_and_stop(kind: str, trial: TrialRecord, result: dict) -> None:
+        if kind == "end" and trial.state == "PRUNED":
+            board.stop.remote(trial.trial_id)  # its workers end the Train run; its driver takes the next
+        on_event(kind, trial, result)
+
+    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
     trainable = ray.tune.with_parameters(
-        run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs")
+        run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs"), board=board
     )
     trainable = ray.tune.with_resources(trainable, capacity.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
@@ -264,7 +292,7 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
             scheduler=_scheduler(spec),
             num_samples=plan.remaining,
             max_concurrent_trials=plan.max_concurrent,
-            reuse_actors=False,
+            reuse_actors=True,
         ),
         run_config=ray.tune.RunConfig(
             name=f"tune-{int(time.time())}",

@@ -73,6 +73,13 @@ class Tracker:
         self.offline_since: float | None = None
         self.last_checkpoint: dict[str, str] = {}
 
+    def connect(self) -> None:
+        """Open the store now (a new SQLite store runs its migrations); an unreachable server can wait."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception:  # the outbox reports it at the first write
+            pass
+
     # -- the outbox ----------------------------------------------------------------------------------
 
     def _send(self, what: str, write: Callable[[], None]) -> None:

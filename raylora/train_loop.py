@@ -42,6 +42,9 @@ class LocalSession:
     def latest_checkpoint(self) -> Path | None:
         return None
 
+    def stop_requested(self, distributed: bool, device) -> bool:
+        return False
+
     def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
         self.history.append(metrics)
         self.log(_progress_line(metrics))
@@ -57,7 +60,7 @@ class LocalSession:
 class RaySession:
     """Inside a Ray Train worker: ``ray.train.report`` with adapter checkpoints written by rank 0."""
 
-    def __init__(self):
+    def __init__(self, board=None, trial_id: str | None = None):
         import ray
         import ray.train
 
@@ -66,6 +69,24 @@ class RaySession:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
+        self.board, self.trial_id = board, trial_id
+        self._asked = None
+
+    def stop_requested(self, distributed: bool, device) -> bool:
+        """Whether the scheduler stopped this trial; every worker gets rank 0's answer."""
+        import ray
+        import torch
+
+        stop = False
+        if self.board is not None and self.rank == 0:
+            # The answer to the previous step's question: one step late, and never waited for.
+            stop = self._asked is not None and ray.get(self._asked)
+            self._asked = self.board.is_stopped.remote(self.trial_id)
+        if distributed:
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
 
     def latest_checkpoint(self) -> Path | None:
         import ray.train
@@ -96,7 +117,7 @@ def train_fn_per_worker(config: dict) -> None:
     """Ray Train's entry point: ``config["spec"]`` is a validated spec as plain data."""
     if config["spec"].get("training", {}).get("quantization", "none") == "none":
         _skip_bitsandbytes()
-    train(config, RaySession())
+    train(config, RaySession(config.get("stop_board"), config.get("trial_id")))
 
 
 def _skip_bitsandbytes() -> None:
@@ -226,6 +247,8 @@ def train(config: dict, session) -> Outcome:
         step += 1
         if step % training.eval_every == 0 or step == training.max_steps:
             metrics = report()
+        if session.stop_requested(distributed, device):
+            return Outcome(metrics, peft_model)  # stopped early by the scheduler; nothing more to report
     if not metrics:
         # Restarted from a checkpoint at the last step (the run ended before its driver heard): say where
         # the trial stands again, so the study records it as finished rather than as stopped early.

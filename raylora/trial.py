@@ -12,22 +12,43 @@ STATUS = "raylora/status"
 ERROR = "raylora/error"
 
 
-def run_trial(config: dict, base_spec: dict, runs_dir: str) -> None:
-    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``."""
+class StopBoard:
+    """The trials the scheduler stopped early, asked by each trial's rank-0 worker as it trains.
+
+    Trial drivers are reused from one trial to the next (Tune ``reuse_actors``) instead of being started
+    afresh, so a stopped trial is not killed with its driver: its workers see it here and end their Train
+    run at the next step, which frees the driver for the next trial.
+    """
+
+    def __init__(self):
+        self.stopped: set[str] = set()
+
+    def stop(self, slot: str) -> None:
+        self.stopped.add(slot)
+
+    def is_stopped(self, slot: str) -> bool:
+        return slot in self.stopped
+
+
+def run_trial(config: dict, base_spec: dict, runs_dir: str, board=None) -> None:
+    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``.
+
+    ``board`` is a :class:`StopBoard` actor handle (None: the trial cannot be stopped from outside).
+    """
     import ray.tune
 
     if config.get("prescreened"):
         ray.tune.report({STATUS: "INFEASIBLE", ERROR: config["prescreened"]})
         return
     try:
-        trainer = _trainer(config, base_spec, runs_dir)
+        trainer = _trainer(config, base_spec, runs_dir, board)
         trainer.fit()
     except Exception as e:  # the trial ends here; the searcher tells Optuna what happened
         status, message = classify(e)
         ray.tune.report({STATUS: status, ERROR: message})
 
 
-def _trainer(config: dict, base_spec: dict, runs_dir: str):
+def _trainer(config: dict, base_spec: dict, runs_dir: str, board):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -41,7 +62,7 @@ def _trainer(config: dict, base_spec: dict, runs_dir: str):
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "trial_id": config["slot"]},
+        train_loop_config={"spec": spec.to_dict(), "trial_id": config["slot"], "stop_board": board},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
