@@ -30,10 +30,10 @@ class StopBoard:
         return slot in self.stopped
 
 
-def run_trial(config: dict, base_spec: dict, runs_dir: str, board=None) -> None:
+def run_trial(config: dict, base_spec: dict, runs_dir: str, board) -> None:
     """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``.
 
-    ``board`` is a :class:`StopBoard` actor handle (None: the trial cannot be stopped from outside).
+    ``board`` is the study's :class:`StopBoard` actor.
     """
     import ray.tune
 
@@ -51,10 +51,10 @@ def run_trial(config: dict, base_spec: dict, runs_dir: str, board=None) -> None:
 def _trainer(config: dict, base_spec: dict, runs_dir: str, board):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from .spec import Spec
     from .train_loop import train_fn_per_worker
+    from .tune_report import StoppableTuneReport
 
     spec = Spec.from_dict(base_spec).with_values(config["params"])
     resources, objective = spec.resources, spec.study.objective
@@ -73,7 +73,7 @@ def _trainer(config: dict, base_spec: dict, runs_dir: str, board):
         run_config=ray.train.RunConfig(
             name=config["slot"],
             storage_path=runs_dir,
-            callbacks=[TuneReportCallback()],
+            callbacks=[StoppableTuneReport(board, config["slot"])],
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             # Ray always keeps the latest checkpoint too, so a restart resumes from it.
             checkpoint_config=ray.train.CheckpointConfig(

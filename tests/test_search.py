@@ -97,14 +97,22 @@ def _optuna_trials(study_dir: Path):
 
 def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
     # One CPU per worker: if a pruned trial kept its workers' placement group, the next could never start.
-    spec = _write_spec(tmp_path, resources={"cpus_per_worker": 1.0})
+    # 40 steps: long enough that a pruned trial's workers must be told to stop, not just run out of steps.
+    spec = _write_spec(
+        tmp_path, resources={"cpus_per_worker": 1.0}, training={"max_steps": 40, "eval_every": 2}
+    )
     proc = _search(spec, tmp_path / "st", env={"RAYLORA_INJECT_OOM": "training.lora.r=4"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "st" / "s"
     summary = json.loads((study_dir / "summary.json").read_text())
     trials = {t["trial_id"]: t for t in summary["trials"]}
     assert [trials[t]["state"] for t in ("t000", "t001", "t002")] == ["COMPLETE", "PRUNED", "INFEASIBLE"]
-    assert trials["t000"]["steps"] == 6 and trials["t001"]["steps"] == 2
+    assert trials["t000"]["steps"] == 40 and trials["t001"]["steps"] == 2
+    # The pruned trial's Train run ended itself soon after (its trial driver went on to t002).
+    import torch
+
+    states = (study_dir / "runs" / "t001").glob("checkpoint_*/trainer_state.pt")
+    assert max(torch.load(p, weights_only=True)["step"] for p in states) < 40
     assert trials["t002"]["error"].startswith("out of memory")
     assert trials["t001"]["value"] > trials["t000"]["value"]
 
