@@ -12,22 +12,25 @@ STATUS = "raylora/status"
 ERROR = "raylora/error"
 
 
-def run_trial(config: dict, base_spec: dict, runs_dir: str) -> None:
-    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``."""
+def run_trial(config: dict, base_spec: dict, runs_dir: str, storage_filesystem=None) -> None:
+    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``.
+
+    ``runs_dir`` is a path on ``storage_filesystem`` (a pyarrow filesystem) when one is given.
+    """
     import ray.tune
 
     if config.get("prescreened"):
         ray.tune.report({STATUS: "INFEASIBLE", ERROR: config["prescreened"]})
         return
     try:
-        trainer = _trainer(config, base_spec, runs_dir)
+        trainer = _trainer(config, base_spec, runs_dir, storage_filesystem)
         trainer.fit()
     except Exception as e:  # the trial ends here; the searcher tells Optuna what happened
         status, message = classify(e)
         ray.tune.report({STATUS: status, ERROR: message})
 
 
-def _trainer(config: dict, base_spec: dict, runs_dir: str):
+def _trainer(config: dict, base_spec: dict, runs_dir: str, storage_filesystem=None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -52,6 +55,7 @@ def _trainer(config: dict, base_spec: dict, runs_dir: str):
         run_config=ray.train.RunConfig(
             name=config["slot"],
             storage_path=runs_dir,
+            storage_filesystem=storage_filesystem,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             # Ray always keeps the latest checkpoint too, so a restart resumes from it.
