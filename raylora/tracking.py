@@ -81,6 +81,9 @@ class Tracker:
         # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # An unreachable tracking server must fail fast into the outbox (MLflow retries for minutes).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.spec, self.uri, self.storage, self.log = spec, uri, storage, log
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = spec.tracking.experiment or spec.study.name
