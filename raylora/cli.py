@@ -152,6 +152,10 @@ def train(
     from .train_loop import LocalSession
     from .train_loop import train as run_train
 
+    if output is None and "://" in spec.study.storage:
+        raise UserError(
+            "--output", f"study.storage is a URI ({spec.study.storage.split('?')[0]}); give a folder"
+        )
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
     run_train({"spec": spec.to_dict()}, LocalSession(output))
     print(f"adapter: {output / 'adapter'}")
