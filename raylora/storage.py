@@ -25,6 +25,7 @@ from .errors import UserError
 PENDING = "mlflow_pending.json"  # MLflow records a run could not send (see tracking.py)
 STATE_FILES = ("summary.json", "optuna.journal", PENDING)
 REPORT = "report"
+UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 # Query parameters and user info that carry credentials never leave this module in a printed URI.
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
@@ -149,10 +150,16 @@ class UriStorage:
             raise UserError("--storage", f"cannot write to {self.location}: {_first_line(e)}") from None
 
     def pull(self) -> None:
-        """Make the local mirror hold exactly the study's state files as they are in the storage."""
+        """Make the local mirror hold exactly the study's state files as they are in the storage (unless
+        an earlier run here could not upload its last changes: then they are uploaded first)."""
         import pyarrow.fs
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        if (self.directory / UNPUSHED).exists():
+            self.log(f"uploading the study's state an earlier run kept in {self.directory}")
+            self._pushed.clear()
+            if not self.push(report=True):
+                raise UserError("--storage", f"cannot upload the study's state to {self.location}")
         selector = pyarrow.fs.FileSelector(self.fs_path, allow_not_found=True)
         remote = {info.base_name: info for info in self.filesystem.get_file_info(selector)}
         for name in STATE_FILES:
@@ -196,6 +203,7 @@ class UriStorage:
                     destination_filesystem=self.filesystem,
                 )
         except OSError as e:
+            (self.directory / UNPUSHED).touch()
             if not self._failing:
                 self.log(
                     f"could not upload the study's state to {self.location} ({_first_line(e)}); "
@@ -206,6 +214,7 @@ class UriStorage:
         if self._failing:
             self.log(f"the study's state is uploaded to {self.location} again")
         self._failing = False
+        (self.directory / UNPUSHED).unlink(missing_ok=True)
         return True
 
     def ray_path(self, sub: str):

@@ -219,3 +219,30 @@ def test_storage_uris_never_carry_credentials_into_mlflow():
     }
     storage = open_storage("s3://AKIA:s3cr3t@bucket/p?endpoint_override=host:9000&scheme=http", "s")
     assert storage.location == "s3://bucket/p/s?endpoint_override=host:9000&scheme=http"
+
+
+def test_state_a_failed_upload_kept_locally_is_uploaded_before_anything_is_downloaded(s3):
+    import boto3
+
+    from raylora.storage import open_storage
+
+    endpoint, fs = s3
+    root = f"s3://flaky/studies?endpoint_override={endpoint}&scheme=http"
+    bucket = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    bucket.create_bucket(Bucket="flaky")
+    lines = []
+    first = open_storage(root, "s", lines.append)
+    first.pull()
+    (first.directory / "summary.json").write_text('{"v": 1}')
+    assert first.push()
+    bucket.delete_object(Bucket="flaky", Key="studies/s/summary.json")
+    bucket.delete_bucket(Bucket="flaky")  # the storage goes away mid-study
+    (first.directory / "summary.json").write_text('{"v": 2}')
+    assert not first.push() and "kept in" in lines[-1]
+
+    bucket.create_bucket(Bucket="flaky")
+    again = open_storage(root, "s", lines.append)
+    again.pull()  # a new run on this machine: the newer local state is not overwritten
+    assert _read(fs, "flaky/studies/s/summary.json") == b'{"v": 2}'
+    assert (again.directory / "summary.json").read_text() == '{"v": 2}'
+    assert "uploading the study's state an earlier run kept" in lines[-1]
