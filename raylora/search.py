@@ -67,20 +67,10 @@ def run(
     optuna_study = open_optuna(directory, spec) if not dry_run else None
     pending = _prepare_resume(record, optuna_study) if optuna_study is not None else []
     remaining = spec.study.num_trials - len(record.finished())
-    uri = None
     if not dry_run and (directory / PENDING).is_file():
         from . import tracking
 
-        uri = tracking.tracking_uri(tracking_uri, spec)
-        saved_for = tracking.read_pending(where)["tracking_uri"]
-        if remaining <= 0 or saved_for != uri:
-            if not tracking.replay_pending(where, log) and remaining > 0:
-                raise UserError(
-                    "--tracking-uri",
-                    f"MLflow records of an earlier run wait in {where.display(PENDING)} for {saved_for}, "
-                    "which is unreachable; run again once it is back, or with --tracking-uri "
-                    f"{saved_for}",
-                )
+        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), remaining > 0, log)
     if remaining <= 0 and not dry_run:
         return Plan(directory, 0, [], 0, [], _scheduler_name(spec), storage=where), record
 
@@ -110,7 +100,7 @@ def run(
     from .progress import Progress
 
     progress = Progress(spec, record, log)
-    tracker = tracking.Tracker(spec, uri or tracking.tracking_uri(tracking_uri, spec), where, log)
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), where, log)
     tracker.start_study(record)
     progress.begin(plan)
 

@@ -411,6 +411,23 @@ def replay_pending(storage, log: Callable[[str], None] = print, wait_s: float = 
     return sent
 
 
+def send_pending(storage, uri: str, trials_to_run: bool, log: Callable[[str], None] = print) -> None:
+    """Before a search: send what an earlier run saved, unless this run's tracker will (same tracking URI
+    and trials to run). Records meant for another, unreachable tracking URI stop a run that would log
+    elsewhere, so they are never overwritten."""
+    saved_for = read_pending(storage)["tracking_uri"]
+    if trials_to_run and saved_for == uri:
+        return
+    if not replay_pending(storage, log) and trials_to_run:
+        from .errors import UserError
+
+        raise UserError(
+            "--tracking-uri",
+            f"MLflow records of an earlier run wait in {storage.display(PENDING)} for {saved_for}, which is "
+            f"unreachable; run again once it is back, or with --tracking-uri {saved_for}",
+        )
+
+
 @contextmanager
 def _none():
     yield None
