@@ -141,8 +141,13 @@ class UriStorage:
 
     def check(self) -> None:
         """Write and delete a marker under the study, or stop with one line saying why not."""
+        import pyarrow.fs
+
         marker = f"{self.fs_path}/.raylora-check-{uuid.uuid4().hex}"
+        bucket = self.fs_path.lstrip("/").split("/")[0]
         try:
+            if bucket and self.filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+                raise UserError("--storage", f"{self.location}: bucket {bucket!r} does not exist")
             with self.filesystem.open_output_stream(marker) as f:
                 f.write(b"raylora storage check\n")
             self.filesystem.delete_file(marker)
