@@ -152,6 +152,10 @@ def train(
     from .train_loop import LocalSession
     from .train_loop import train as run_train
 
+    if output is None and "://" in spec.study.storage:
+        raise UserError(
+            "--output", f"study.storage is a URI ({spec.study.storage.split('?')[0]}); give a folder"
+        )
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
     run_train({"spec": spec.to_dict()}, LocalSession(output))
     print(f"adapter: {output / 'adapter'}")
@@ -166,7 +170,12 @@ def search(
         str | None, typer.Option("--address", help="Ray cluster to attach to (default: a local Ray).")
     ] = None,
     storage: Annotated[
-        str | None, typer.Option("--storage", help="Where studies live (default: study.storage).")
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Where studies live: a folder (shared on a multi-node cluster) or a URI such as "
+            "s3://bucket/prefix or gs://bucket/prefix (default: study.storage).",
+        ),
     ] = None,
     tracking_uri: Annotated[
         str | None,
@@ -190,7 +199,7 @@ def search(
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
-    _print_leaderboard(record, plan.study_dir)
+    _print_leaderboard(record, plan.storage.display("summary.json"))
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
 
@@ -198,7 +207,8 @@ def search(
 @app.command()
 def report(
     target: Annotated[
-        str, typer.Argument(help="A study folder (<storage>/<study>) or an MLflow experiment name.")
+        str,
+        typer.Argument(help="A study folder or URI (<storage>/<study>), or an MLflow experiment name."),
     ],
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
@@ -274,7 +284,7 @@ def _only_study_experiment(uri: str) -> str:
 def _print_plan(spec, plan) -> None:
     print(
         f"study {spec.study.name}: {plan.remaining} trial(s), {plan.max_concurrent} at a time; "
-        f"scheduler {plan.scheduler}; storage {plan.study_dir}"
+        f"scheduler {plan.scheduler}; storage {plan.storage.display()}"
     )
     for node in plan.nodes:
         print(f"  node {node.address}: {node.cpus:g} CPU, {node.gpus:g} GPU")
@@ -288,7 +298,7 @@ def _print_plan(spec, plan) -> None:
         print(f"  search {path}: {raw}")
 
 
-def _print_leaderboard(record, study_dir: Path, top: int = 10) -> None:
+def _print_leaderboard(record, summary: str, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -311,7 +321,7 @@ def _print_leaderboard(record, study_dir: Path, top: int = 10) -> None:
             f"best: {best.trial_id} {record.metric}={best.value:.4g}  adapter: {best.adapter_path}",
             soft_wrap=True,
         )
-    console.print(f"summary: {study_dir / 'summary.json'}", soft_wrap=True)
+    console.print(f"summary: {summary}", soft_wrap=True)
 
 
 def _load_checked(spec_path: Path, overrides: list[str]):

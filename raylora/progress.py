@@ -25,7 +25,8 @@ class Progress:
             f"{plan.max_concurrent} at a time "
             f"on {nodes} node(s); scheduler {plan.scheduler}{resumed}"
         )
-        self.log(f"  storage: {plan.study_dir}")
+        local = f" (local copy {plan.study_dir})" if plan.storage.remote else ""
+        self.log(f"  storage: {plan.storage.display()}{local}")
 
     def event(self, kind: str, trial: TrialRecord, result: dict) -> None:
         if kind == "start":

@@ -1,6 +1,7 @@
 """The study report: leaderboard (CSV and Markdown), objective by scope, and parameter importances.
 
-Written under ``<storage>/<study>/report/`` and logged to the study's parent MLflow run.
+Written under ``<storage>/<study>/report/`` (uploaded there for URI storage) and logged to the study's
+parent MLflow run.
 """
 
 from __future__ import annotations
@@ -32,21 +33,21 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     return directory
 
 
-def regenerate(target: str, tracking_uri: str | None = None) -> Path:
-    """Rebuild the report of a study folder, or of the study an MLflow experiment records; log it there."""
+def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
+    """Rebuild the report of a study (folder or URI), or of the study an MLflow experiment records; log
+    it there. MLflow records an earlier run could not send are sent first."""
     from mlflow import MlflowClient
 
     from .errors import NothingToDo
+    from .storage import open_study
     from .study import JOURNAL
+    from .tracking import replay_pending
     from .tracking import tracking_uri as resolve_uri
 
-    directory, parent = Path(target).expanduser(), None
-    client = (
-        MlflowClient(tracking_uri=resolve_uri(tracking_uri))
-        if tracking_uri or not directory.is_dir()
-        else None
-    )
-    if not directory.is_dir():
+    is_study = "://" in target or Path(target).expanduser().is_dir()
+    client = MlflowClient(tracking_uri=resolve_uri(tracking_uri)) if tracking_uri or not is_study else None
+    parent = None
+    if not is_study:
         experiment = client.get_experiment_by_name(target)
         if experiment is None:
             raise NothingToDo("report", f"{target} is neither a study folder nor an MLflow experiment")
@@ -54,9 +55,14 @@ def regenerate(target: str, tracking_uri: str | None = None) -> Path:
         if not runs:
             raise NothingToDo("report", f"experiment {target} has no raylora study run")
         parent = runs[0]
-        directory = Path(parent.data.tags.get("raylora.study_dir", ""))
+        target = parent.data.tags.get("raylora.study_dir", "")
+    storage = open_study(target, log)
+    storage.check()
+    storage.pull()
+    directory = storage.directory
     if not (directory / SUMMARY).is_file():
-        raise NothingToDo("report", f"no {SUMMARY} in {directory}")
+        raise NothingToDo("report", f"no {SUMMARY} in {storage.location}")
+    replay_pending(storage, log)
     summary = json.loads((directory / SUMMARY).read_text())
     record = StudyRecord(
         directory, summary["study"], summary["objective"]["metric"], summary["objective"]["mode"]
@@ -64,12 +70,13 @@ def regenerate(target: str, tracking_uri: str | None = None) -> Path:
     record.trials = StudyRecord.open_summary(directory / SUMMARY)
     study = _load_optuna(directory / JOURNAL, summary["study"])
     out = write(directory / "report", record, study)
+    storage.push(report=True)
     if client is not None and parent is None:
         found = [
             r
             for e in client.search_experiments()
             for r in client.search_runs(
-                [e.experiment_id], f"tags.`raylora.study_dir` = '{directory}'", max_results=1
+                [e.experiment_id], f"tags.`raylora.study_dir` = '{storage.location}'", max_results=1
             )
         ]
         parent = found[0] if found else None

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import capacity, space
-from .errors import SpecError, UserError
+from .errors import UserError
 from .spec import Spec
+from .storage import PENDING, LocalStorage, UriStorage
 from .study import StudyRecord, TrialRecord, open_optuna
 
 
@@ -30,16 +31,14 @@ class Plan:
     nodes: list[capacity.Node]
     scheduler: str
     runs_link: str | None = None
+    storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
 
 
-def study_dir(spec: Spec, storage: str | None) -> Path:
-    """``<storage>/<study.name>`` as an absolute path (Ray needs one)."""
-    root = storage or spec.study.storage
-    if "://" in root:
-        raise SpecError(
-            "study.storage", f"{root}: URI storage is not supported yet; give a local or NFS path"
-        )
-    return (Path(root).expanduser().resolve()) / spec.study.name
+def study_storage(spec: Spec, storage: str | None, log: Callable[[str], None] = print):
+    """``<storage>/<study.name>``: a local or NFS folder, or a pyarrow URI (``s3://bucket/prefix``)."""
+    from .storage import open_storage
+
+    return open_storage(storage or spec.study.storage, spec.study.name, log)
 
 
 def run(
@@ -53,34 +52,48 @@ def run(
     log: Callable[[str], None] = print,
 ) -> tuple[Plan, StudyRecord]:
     """Run (or continue) the study; return the plan and the final record."""
-    directory = study_dir(spec, storage)
+    where = study_storage(spec, storage, log)
+    where.check()
+    where.pull()
+    directory = where.directory
     record = StudyRecord.open(directory, spec)
+    record.on_save = where.push
     if record.trials and not resume and not dry_run:
         raise UserError(
             "study.name",
-            f"study {spec.study.name!r} already exists in {directory}; "
+            f"study {spec.study.name!r} already exists in {where.location}; "
             "continue it with --resume, or choose another study.name or --storage",
         )
     optuna_study = open_optuna(directory, spec) if not dry_run else None
     pending = _prepare_resume(record, optuna_study) if optuna_study is not None else []
     remaining = spec.study.num_trials - len(record.finished())
+    if not dry_run and (directory / PENDING).is_file():
+        from . import tracking
+
+        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), remaining > 0, log)
     if remaining <= 0 and not dry_run:
-        return Plan(directory, 0, [], 0, [], _scheduler_name(spec)), record
+        return Plan(directory, 0, [], 0, [], _scheduler_name(spec), storage=where), record
 
     # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
-    opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, directory, log)
+    opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, where, log)
     _init_ray(address)
     import ray
 
     nodes = capacity.nodes_from_ray(ray.nodes())
     capacity.check_fits(spec.resources, nodes)
-    if len(nodes) > 1 and not dry_run:
-        _check_shared(directory, nodes)
+    if len(nodes) > 1 and not dry_run and not where.remote:
+        _check_shared(directory, nodes)  # object storage is shared by definition
     wanted = spec.study.max_concurrent_trials
     auto = capacity.max_concurrent(spec.resources, nodes, max(remaining, 1))
     concurrent = auto if wanted == "auto" else min(wanted, max(remaining, 1))
     plan = Plan(
-        directory, max(remaining, 0), [t.trial_id for t in pending], concurrent, nodes, _scheduler_name(spec)
+        directory,
+        max(remaining, 0),
+        [t.trial_id for t in pending],
+        concurrent,
+        nodes,
+        _scheduler_name(spec),
+        storage=where,
     )
     if dry_run:
         return plan, record
@@ -93,6 +106,11 @@ def run(
     progress.begin(plan)
 
     def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
+        # Ray reports checkpoints as paths on the storage's filesystem; URI storage names them s3://...
+        if result.get("checkpoint_path"):
+            result["checkpoint_path"] = where.uri(result["checkpoint_path"])
+        if trial.adapter_path:
+            trial.adapter_path = where.uri(trial.adapter_path)
         progress.event(kind, trial, result)
         {"start": tracker.trial_started, "end": tracker.trial_ended}.get(kind, lambda t: None)(trial)
         if kind == "result":
@@ -102,6 +120,7 @@ def run(
     progress.end()
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
+    where.push(report=True)
     tracker.close()
     record.save()
     plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
@@ -117,10 +136,10 @@ def _in_background(fn, *args):
     return future
 
 
-def _open_tracker(spec: Spec, tracking_uri: str | None, directory: Path, log: Callable[[str], None]):
+def _open_tracker(spec: Spec, tracking_uri: str | None, where, log: Callable[[str], None]):
     from . import tracking
 
-    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), directory, log)
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), where, log)
     tracker.connect()
     return tracker
 
@@ -281,8 +300,9 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
         on_event(kind, trial, result)
 
     searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
+    runs_dir, filesystem = plan.storage.ray_path("runs")
     trainable = ray.tune.with_parameters(
-        run_trial, base_spec=spec.to_dict(), runs_dir=str(plan.study_dir / "runs"), board=board
+        run_trial, base_spec=spec.to_dict(), runs_dir=runs_dir, storage_filesystem=filesystem, board=board
     )
     trainable = ray.tune.with_resources(trainable, capacity.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
@@ -296,7 +316,8 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
         ),
         run_config=ray.tune.RunConfig(
             name=f"tune-{int(time.time())}",
-            storage_path=str(plan.study_dir / "tune"),
+            storage_path=plan.storage.ray_path("tune")[0],
+            storage_filesystem=filesystem,
             verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=0),
         ),

@@ -110,7 +110,9 @@ class StudySearcher(Searcher):
             return True
         ot_trial.report(float(value), step)
         trial.last_value = float(value)
-        if self.record.better(value, trial.value):
+        # On a tie the newer checkpoint is the one Ray keeps (a trial resumed at its last step reports
+        # the same value again, and Ray deletes the older copy).
+        if self.record.better(value, trial.value) or value == trial.value:
             trial.value = float(value)
             if result.get("checkpoint_path"):
                 trial.adapter_path = f"{result['checkpoint_path']}/adapter"

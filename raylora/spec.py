@@ -57,8 +57,8 @@ class Study(_Section):
     sampler: Sampler = Sampler()
     scheduler: Scheduler = Scheduler()
     storage: str = "raylora_studies"
-    """A local path, or on a multi-node cluster a shared one (NFS/EFS mounted on every node).
-    Object-store URIs (``s3://``) are not supported yet."""
+    """A local path, on a multi-node cluster a shared one (NFS/EFS mounted on every node), or a pyarrow
+    filesystem URI (``s3://bucket/prefix``, ``gs://bucket/prefix``, query parameters allowed)."""
 
 
 class Model(_Section):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,12 +53,16 @@ class TrialRecord:
 
 
 class StudyRecord:
-    """The trials of one study, persisted atomically to ``summary.json`` on every change."""
+    """The trials of one study, persisted atomically to ``summary.json`` on every change.
+
+    ``on_save`` runs after every save: URI storage uploads the study's state there.
+    """
 
     def __init__(self, directory: Path, name: str, metric: str, mode: str):
         self.directory = directory
         self.name, self.metric, self.mode = name, metric, mode
         self.trials: dict[str, TrialRecord] = {}
+        self.on_save: Callable[[], object] = lambda: None
 
     @classmethod
     def open(cls, directory: Path, spec: Spec) -> StudyRecord:
@@ -130,6 +135,7 @@ class StudyRecord:
         tmp = self.directory / f".{SUMMARY}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp, self.directory / SUMMARY)
+        self.on_save()
 
 
 def slot_name(index: int) -> str:

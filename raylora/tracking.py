@@ -4,7 +4,8 @@ One experiment per study, one parent run per study, one child run per trial (nes
 ``mlflow.parentRunId``). Runs are found again by their ``raylora.*`` tags, so a resumed or retried trial
 continues its own run instead of creating a second one. Every write goes through an outbox: when the
 tracking server is unreachable the study goes on, and the writes are replayed in order once it is back
-(or at the end), and the user is told.
+(or at the end), and the user is told. Writes still queued when the study ends (or the driver dies) are in
+``<study>/mlflow_pending.json``; the next ``raylora search --resume`` or ``raylora report`` sends them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from .storage import PENDING
 
 if TYPE_CHECKING:
     from .spec import Spec
@@ -37,8 +41,15 @@ def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
 
 
 def scrub(values: dict[str, Any]) -> dict[str, Any]:
-    """Drop anything whose name says token, secret, password or key, so it never reaches MLflow."""
-    return {k: v for k, v in values.items() if not any(word in k.lower() for word in SECRET_WORDS)}
+    """Drop anything whose name says token, secret, password or key, and credentials inside URIs
+    (``s3://KEY:SECRET@bucket``, ``?secret_key=...``), so they never reach MLflow."""
+    from .storage import redact
+
+    return {
+        k: redact(v) if isinstance(v, str) else v
+        for k, v in values.items()
+        if not any(word in k.lower() for word in SECRET_WORDS)
+    }
 
 
 def fingerprint(path: str | None) -> str | None:
@@ -53,9 +64,16 @@ def fingerprint(path: str | None) -> str | None:
 
 
 class Tracker:
-    """Records a study in MLflow from the driver's view of trials (no MLflow access needed on workers)."""
+    """Records a study in MLflow from the driver's view of trials (no MLflow access needed on workers).
 
-    def __init__(self, spec: Spec, uri: str, study_dir: Path, log: Callable[[str], None] = print):
+    Every write is a plain record (what to write and the values to write, timestamps included) queued in
+    an outbox, so that records MLflow could not take yet are saved in the study as ``mlflow_pending.json``
+    and replayed by a later ``raylora search --resume`` or ``raylora report``. Replaying is idempotent:
+    runs are found by their tags, params and artifacts are rewritten with the same values, and MLflow
+    drops a metric identical to one it holds (same key, step, timestamp and value).
+    """
+
+    def __init__(self, spec: Spec, uri: str, storage, log: Callable[[str], None] = print):
         import logging
 
         from mlflow import MlflowClient
@@ -63,15 +81,24 @@ class Tracker:
         # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.spec, self.uri, self.study_dir, self.log = spec, uri, study_dir, log
+        # An unreachable tracking server must fail fast into the outbox (MLflow retries for minutes).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.spec, self.uri, self.storage, self.log = spec, uri, storage, log
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = spec.tracking.experiment or spec.study.name
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
-        self.outbox: list[tuple[str, Callable[[], None]]] = []
+        self.outbox: list[dict] = []
         self.offline_since: float | None = None
         self.last_checkpoint: dict[str, str] = {}
+        self.record: StudyRecord | None = None
+        self.replaying = 0  # records of an earlier run, loaded from the pending file
+
+    @property
+    def pending_path(self) -> Path:
+        return Path(self.storage.directory) / PENDING
 
     def connect(self) -> None:
         """Open the store now (a new SQLite store runs its migrations); an unreachable server can wait."""
@@ -82,16 +109,17 @@ class Tracker:
 
     # -- the outbox ----------------------------------------------------------------------------------
 
-    def _send(self, what: str, write: Callable[[], None]) -> None:
-        self.outbox.append((what, write))
+    def _send(self, write: str, **values: Any) -> None:
+        self.outbox.append({"write": write, **values})
         self.flush()
 
     def flush(self) -> bool:
-        """Replay queued writes in order; False (and the rest kept) while MLflow is unreachable."""
+        """Replay queued writes in order; False (the rest kept, and saved in the study) while MLflow is
+        unreachable."""
         while self.outbox:
-            what, write = self.outbox[0]
+            entry = self.outbox[0]
             try:
-                write()
+                getattr(self, f"_write_{entry['write']}")(entry)
             except Exception as e:  # server down, network, 5xx: keep it for later
                 if self.offline_since is None:
                     self.offline_since = time.monotonic()
@@ -99,37 +127,65 @@ class Tracker:
                         f"MLflow unreachable at {self.uri} ({type(e).__name__}); the study goes on and "
                         f"{len(self.outbox)} record(s) wait to be sent"
                     )
+                self._save_pending()
                 return False
             self.outbox.pop(0)
         if self.offline_since is not None:
             self.log(f"MLflow reachable again: every queued record was sent to {self.uri}")
             self.offline_since = None
+        if self.pending_path.exists():
+            self.pending_path.unlink()
+            self.storage.push()
+            if self.replaying:
+                self.log(f"MLflow: sent the {self.replaying} record(s) an earlier run could not send")
+                self.replaying = 0
         return True
 
-    def close(self, wait_s: float = 60.0) -> bool:
-        """Send what is left, retrying for up to ``wait_s`` seconds; say what could not be sent."""
+    def close(self, wait_s: float = 15.0) -> bool:
+        """Send what is left, retrying for up to ``wait_s`` seconds; save and say what could not be sent."""
         deadline = time.monotonic() + wait_s
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(2.0)
         if self.outbox:
+            self._save_pending()
             self.log(
-                f"MLflow still unreachable: {len(self.outbox)} record(s) were not sent; the study's "
-                "summary.json has every result, and `raylora search --resume` sends them again"
+                f"MLflow still unreachable at {self.uri}: {len(self.outbox)} record(s) saved to "
+                f"{self.storage.display(PENDING)}; `raylora search --resume` or `raylora report "
+                f"{self.storage.location}` sends them once it is back"
             )
             return False
         return True
 
+    def _save_pending(self) -> None:
+        """Write the outbox to the study (the experiment and parent run are found again on load)."""
+        records = [r for r in self.outbox if r["write"] not in ("experiment", "parent")]
+        if not records:
+            return
+        saved = {"tracking_uri": self.uri, "spec": self.spec.to_dict(), "records": records}
+        self.pending_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.pending_path.with_name(f".{PENDING}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(saved, indent=1) + "\n")
+        os.replace(tmp, self.pending_path)
+        self.storage.push()
+
     # -- the study ------------------------------------------------------------------------------------
 
-    def start_study(self, record: StudyRecord) -> None:
-        """Find or create the experiment and the study's parent run."""
-        self._send("experiment", self._ensure_experiment)
-        self._send("parent run", self._ensure_parent)
+    def start_study(self, record: StudyRecord, reopen: bool = True) -> None:
+        """Find or create the experiment and the study's parent run; first, replay what an earlier run
+        of this study saved for this tracking URI. ``reopen`` marks the parent run RUNNING again."""
+        self.record = record
         for trial in record.trials.values():
             if trial.mlflow_run_id:
                 self.runs[trial.trial_id] = trial.mlflow_run_id
+        saved = read_pending(self.storage)
+        earlier = saved["records"] if saved and saved["tracking_uri"] == self.uri else []
+        if earlier:
+            self.log(f"MLflow: sending {len(earlier)} record(s) an earlier run saved for {self.uri}")
+        self.replaying = len(earlier)
+        self.outbox[:0] = [{"write": "experiment"}, {"write": "parent", "reopen": reopen}, *earlier]
+        self.flush()
 
-    def _ensure_experiment(self) -> None:
+    def _write_experiment(self, entry: dict) -> None:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is not None:
             self.experiment_id = experiment.experiment_id
@@ -140,13 +196,14 @@ class Tracker:
             location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
 
-    def _ensure_parent(self) -> None:
+    def _write_parent(self, entry: dict) -> None:
         from mlflow.entities import Param, RunTag
 
         runs = self._find({"raylora.role": "study", "raylora.study": self.spec.study.name})
         if runs:
             self.parent_id = runs[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            if entry.get("reopen", True):
+                self.client.update_run(self.parent_id, status="RUNNING")
             return
         objective = self.spec.study.objective
         tags = {
@@ -156,7 +213,7 @@ class Tracker:
             "raylora.objective.metric": objective.metric,
             "raylora.objective.mode": objective.mode,
             "raylora.base_model": self.spec.model.name_or_path,
-            "raylora.study_dir": str(self.study_dir),
+            "raylora.study_dir": self.storage.location,
             **({"raylora.git_commit": commit} if (commit := _git_commit()) else {}),
         }
         run = self.client.create_run(self.experiment_id, run_name=self.spec.study.name, tags=tags)
@@ -169,6 +226,19 @@ class Tracker:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=5)
 
+    def _find_trial(self, trial_id: str) -> str | None:
+        found = self._find(
+            {"raylora.role": "trial", "raylora.study": self.spec.study.name, "raylora.trial_id": trial_id}
+        )
+        return found[0].info.run_id if found else None
+
+    def _run_id(self, trial_id: str) -> str:
+        run_id = self.runs.get(trial_id) or self._find_trial(trial_id)
+        if run_id is None:
+            raise LookupError(f"no MLflow run for trial {trial_id}")
+        self.runs[trial_id] = run_id
+        return run_id
+
     def _log_params(self, run_id: str, params: dict[str, str], Param, RunTag) -> None:
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -177,28 +247,20 @@ class Tracker:
     # -- trials ---------------------------------------------------------------------------------------
 
     def trial_started(self, trial: TrialRecord) -> None:
-        self._send(f"{trial.trial_id} run", lambda: self._ensure_trial_run(trial))
+        self._send("trial_run", trial_id=trial.trial_id, params=trial.params)
 
-    def _ensure_trial_run(self, trial: TrialRecord) -> None:
+    def _write_trial_run(self, entry: dict) -> None:
         from mlflow.entities import Param, RunStatus, RunTag
 
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            found = self._find(
-                {
-                    "raylora.role": "trial",
-                    "raylora.study": self.spec.study.name,
-                    "raylora.trial_id": trial.trial_id,
-                }
-            )
-            run_id = found[0].info.run_id if found else None
+        trial_id = entry["trial_id"]
+        run_id = self.runs.get(trial_id) or self._find_trial(trial_id)
         if run_id is None:
             spec = self.spec
             tags = {
                 "mlflow.parentRunId": self.parent_id,
                 "raylora.role": "trial",
                 "raylora.study": spec.study.name,
-                "raylora.trial_id": trial.trial_id,
+                "raylora.trial_id": trial_id,
                 "raylora.state": "RUNNING",
                 "raylora.base_model": spec.model.name_or_path,
                 **({"raylora.base_model_revision": spec.model.revision} if spec.model.revision else {}),
@@ -208,44 +270,52 @@ class Tracker:
                     else {}
                 ),
             }
-            run_id = self.client.create_run(
-                self.experiment_id, run_name=trial.trial_id, tags=tags
-            ).info.run_id
+            run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.client.set_tag(run_id, "raylora.state", "RUNNING")
-        self.runs[trial.trial_id] = run_id
-        trial.mlflow_run_id = run_id
-        concrete = self.spec.with_values(trial.params)
+        self.runs[trial_id] = run_id
+        if self.record is not None and trial_id in self.record.trials:
+            self.record.trials[trial_id].mlflow_run_id = run_id
+        concrete = self.spec.with_values(entry["params"])
         params = scrub({k: _param(v) for k, v in concrete.flat().items()})
         self._log_params(run_id, params, Param, RunTag)
 
     def trial_result(self, trial: TrialRecord, result: dict) -> None:
         if result.get("checkpoint_path"):
             self.last_checkpoint[trial.trial_id] = result["checkpoint_path"]
-        step = int(result.get("step", 0))
-        now = int(time.time() * 1000)
         values = {k: result[k] for k in TRIAL_METRICS if isinstance(result.get(k), (int, float))}
         values.update(
             {k: v for k, v in result.items() if k.startswith("lr/") and isinstance(v, (int, float))}
         )
-        self._send(f"{trial.trial_id} metrics", lambda: self._log_metrics(trial.trial_id, values, step, now))
+        self._send(
+            "metrics",
+            trial_id=trial.trial_id,
+            values=values,
+            step=int(result.get("step", 0)),
+            time=int(time.time() * 1000),
+        )
 
-    def _log_metrics(self, trial_id: str, values: dict, step: int, now: int) -> None:
+    def _write_metrics(self, entry: dict) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-        self.client.log_batch(self.runs[trial_id], metrics=metrics)
+        step, now = entry["step"], entry["time"]
+        metrics = [Metric(k, float(v), now, step) for k, v in entry["values"].items()]
+        self.client.log_batch(self._run_id(entry["trial_id"]), metrics=metrics)
 
     def trial_ended(self, trial: TrialRecord) -> None:
-        final = self.last_checkpoint.get(trial.trial_id)
-        self._send(f"{trial.trial_id} end", lambda: self._finish_trial(trial, final))
+        self._send(
+            "trial_end",
+            trial={k: getattr(trial, k) for k in ("trial_id", "params", "state", "error", "adapter_path")},
+            checkpoint=self.last_checkpoint.get(trial.trial_id),
+            time=int(time.time() * 1000),
+        )
 
-    def _finish_trial(self, trial: TrialRecord, final_checkpoint: str | None) -> None:
+    def _write_trial_end(self, entry: dict) -> None:
         from mlflow.entities import Metric, RunStatus
 
-        run_id = self.runs[trial.trial_id]
-        now = int(time.time() * 1000)
+        trial, checkpoint, now = entry["trial"], entry["checkpoint"], entry["time"]
+        run_id = self._run_id(trial["trial_id"])
         summaries = []
         for metric, mode in BEST.items():
             # From the run's own history, so a trial resumed after a crash counts all its steps.
@@ -254,56 +324,120 @@ class Tracker:
                 summaries.append(
                     Metric(f"best_{metric}", float(min(seen) if mode == "min" else max(seen)), now, 0)
                 )
-        checkpoint = Path(final_checkpoint) if final_checkpoint else None
-        targets = _read_json(checkpoint / "targets.json") if checkpoint else None
-        if targets:
-            for part, count in targets.get("trainable_params", {}).items():
+        storage = self.storage
+        with storage.local_copy(f"{checkpoint}/targets.json") if checkpoint else _none() as targets_file:
+            targets = _read_json(targets_file) if targets_file else None
+            for part, count in (targets or {}).get("trainable_params", {}).items():
                 summaries.append(Metric(f"trainable_params/{part}", float(count), now, 0))
-        if summaries:
-            self.client.log_batch(run_id, metrics=summaries)
-        if trial.adapter_path and Path(trial.adapter_path).is_dir():
-            self.client.log_artifacts(run_id, trial.adapter_path, "adapter/best")
-        if checkpoint and (checkpoint / "adapter").is_dir():
-            self.client.log_artifacts(run_id, str(checkpoint / "adapter"), "adapter/final")
-        if checkpoint and (checkpoint / "targets.json").is_file():
-            self.client.log_artifact(run_id, str(checkpoint / "targets.json"))
+            if summaries:
+                self.client.log_batch(run_id, metrics=summaries)
+            if targets_file:
+                self.client.log_artifact(run_id, str(targets_file))
+        # Adapters on URI storage are downloaded first; MLflow uploads from local files.
+        with storage.local_copy(trial["adapter_path"]) if trial["adapter_path"] else _none() as best:
+            if best and best.is_dir():
+                self.client.log_artifacts(run_id, str(best), "adapter/best")
+        with storage.local_copy(f"{checkpoint}/adapter") if checkpoint else _none() as final:
+            if final and final.is_dir():
+                self.client.log_artifacts(run_id, str(final), "adapter/final")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "trial_config.yaml"
-            concrete = self.spec.with_values(trial.params).to_dict()
+            concrete = self.spec.with_values(trial["params"]).to_dict()
             config.write_text(yaml.safe_dump(concrete, sort_keys=False))
             self.client.log_artifact(run_id, str(config))
-        self.client.set_tag(run_id, "raylora.state", trial.state)
-        if trial.error:
-            self.client.set_tag(run_id, "raylora.error", trial.error[:5000])
-        ok = trial.state in ("COMPLETE", "PRUNED")
+        self.client.set_tag(run_id, "raylora.state", trial["state"])
+        if trial["error"]:
+            self.client.set_tag(run_id, "raylora.error", trial["error"][:5000])
+        ok = trial["state"] in ("COMPLETE", "PRUNED")
         self.client.set_terminated(
             run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
         )
 
     def end_study(self, record: StudyRecord) -> None:
-        self._send("study summary", lambda: self._finish_study(record))
+        best = record.best()
+        self._send(
+            "study_end",
+            finished=len(record.finished()),
+            best_trial=best.trial_id if best else None,
+            best_value=best.value if best else None,
+            complete=len(record.finished()) >= self.spec.study.num_trials,
+            time=int(time.time() * 1000),
+        )
 
-    def _finish_study(self, record: StudyRecord) -> None:
+    def _write_study_end(self, entry: dict) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        best = record.best()
-        metrics = [Metric("trials_finished", float(len(record.finished())), now, 0)]
-        if best is not None:
-            metrics.append(Metric(f"best_{record.metric}", float(best.value), now, 0))
-            self.client.set_tag(self.parent_id, "raylora.best_trial", best.trial_id)
+        now = entry["time"]
+        metrics = [Metric("trials_finished", float(entry["finished"]), now, 0)]
+        if entry["best_trial"] is not None:
+            metric = self.spec.study.objective.metric
+            metrics.append(Metric(f"best_{metric}", float(entry["best_value"]), now, 0))
+            self.client.set_tag(self.parent_id, "raylora.best_trial", entry["best_trial"])
         self.client.log_batch(self.parent_id, metrics=metrics)
-        if len(record.finished()) >= self.spec.study.num_trials:
+        if entry["complete"]:
             self.client.set_terminated(self.parent_id, "FINISHED")
 
     def log_report(self, directory: Path) -> None:
-        self._send("report", lambda: self.client.log_artifacts(self.parent_id, str(directory), "report"))
+        """Log the study's ``report/`` folder (read when sent, so a replay logs the latest report)."""
+        self._send("report")
+
+    def _write_report(self, entry: dict) -> None:
+        directory = Path(self.storage.directory) / "report"
+        if directory.is_dir():
+            self.client.log_artifacts(self.parent_id, str(directory), "report")
 
     def runs_link(self) -> str | None:
         """The MLflow UI page of the study's runs, when the tracking URI is a server."""
         if self.uri.startswith("http") and self.experiment_id:
             return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
         return None
+
+
+def read_pending(storage) -> dict | None:
+    """The MLflow records an earlier run of the study saved because MLflow was unreachable (or None)."""
+    return _read_json(Path(storage.directory) / PENDING)
+
+
+def replay_pending(storage, log: Callable[[str], None] = print, wait_s: float = 15.0) -> bool:
+    """Send the records an earlier run saved to the tracking URI they were meant for; True when none
+    are left. The study's ``summary.json`` gets the MLflow run ids it did not have."""
+    from .spec import Spec
+    from .study import StudyRecord
+
+    saved = read_pending(storage)
+    if saved is None:
+        return True
+    spec = Spec.from_dict(saved["spec"])
+    record = StudyRecord.open(storage.directory, spec)
+    record.on_save = storage.push
+    tracker = Tracker(spec, saved["tracking_uri"], storage, log)
+    tracker.start_study(record, reopen=False)
+    sent = tracker.close(wait_s)
+    if record.trials:
+        record.save()
+    return sent
+
+
+def send_pending(storage, uri: str, trials_to_run: bool, log: Callable[[str], None] = print) -> None:
+    """Before a search: send what an earlier run saved, unless this run's tracker will (same tracking URI
+    and trials to run). Records meant for another, unreachable tracking URI stop a run that would log
+    elsewhere, so they are never overwritten."""
+    saved_for = read_pending(storage)["tracking_uri"]
+    if trials_to_run and saved_for == uri:
+        return
+    if not replay_pending(storage, log) and trials_to_run:
+        from .errors import UserError
+
+        raise UserError(
+            "--tracking-uri",
+            f"MLflow records of an earlier run wait in {storage.display(PENDING)} for {saved_for}, which is "
+            f"unreachable; run again once it is back, or with --tracking-uri {saved_for}",
+        )
+
+
+@contextmanager
+def _none():
+    yield None
 
 
 def _param(value: Any) -> str:
@@ -318,8 +452,8 @@ def _local(ref: str | None) -> str | None:
     return builtin.resolve_data(ref, "train") if builtin.is_builtin(ref) else ref
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_json(path: Path | None) -> dict | None:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def _version() -> str:

@@ -30,9 +30,10 @@ class StopBoard:
         return slot in self.stopped
 
 
-def run_trial(config: dict, base_spec: dict, runs_dir: str, board) -> None:
+def run_trial(config: dict, base_spec: dict, runs_dir: str, storage_filesystem, board) -> None:
     """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``.
 
+    ``runs_dir`` is a path on ``storage_filesystem`` (a pyarrow filesystem; None: the local one), and
     ``board`` is the study's :class:`StopBoard` actor.
     """
     import ray.tune
@@ -41,14 +42,14 @@ def run_trial(config: dict, base_spec: dict, runs_dir: str, board) -> None:
         ray.tune.report({STATUS: "INFEASIBLE", ERROR: config["prescreened"]})
         return
     try:
-        trainer = _trainer(config, base_spec, runs_dir, board)
+        trainer = _trainer(config, base_spec, runs_dir, storage_filesystem, board)
         trainer.fit()
     except Exception as e:  # the trial ends here; the searcher tells Optuna what happened
         status, message = classify(e)
         ray.tune.report({STATUS: status, ERROR: message})
 
 
-def _trainer(config: dict, base_spec: dict, runs_dir: str, board):
+def _trainer(config: dict, base_spec: dict, runs_dir: str, storage_filesystem, board):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -73,6 +74,7 @@ def _trainer(config: dict, base_spec: dict, runs_dir: str, board):
         run_config=ray.train.RunConfig(
             name=config["slot"],
             storage_path=runs_dir,
+            storage_filesystem=storage_filesystem,
             callbacks=[StoppableTuneReport(board, config["slot"])],
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             # Ray always keeps the latest checkpoint too, so a restart resumes from it.

@@ -169,3 +169,78 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
             assert steps == [2, 4, 6], steps
             names = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
             assert "adapter/best" in names
+
+
+def test_records_of_a_study_run_while_mlflow_is_down_are_saved_and_sent_exactly_once(tmp_path):
+    from mlflow_server import free_port
+
+    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    spec["study"].update(
+        {"name": "offline", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
+    )
+    spec["training"].update({"max_steps": 4, "eval_every": 2, "click_eval_samples": 0})
+    spec["data"]["eval_samples"] = 4
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there until the server starts below
+    study = tmp_path / "st" / "offline"
+    cmd = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp_path / "st")]
+    cmd += ["--tracking-uri", uri]
+
+    def run(command):
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pending = study / "mlflow_pending.json"
+    assert f"MLflow still unreachable at {uri}" in proc.stdout and str(pending) in proc.stdout, proc.stdout
+    saved = json.loads(pending.read_text())
+    assert saved["tracking_uri"] == uri
+    kinds = [r["write"] for r in saved["records"]]
+    assert (
+        kinds.count("trial_run") == 2
+        and kinds.count("metrics") == 4
+        and kinds[-2:] == ["study_end", "report"]
+    )
+    assert all(t["mlflow_run_id"] is None for t in json.loads((study / "summary.json").read_text())["trials"])
+
+    def recorded(client):
+        experiment = client.get_experiment_by_name("offline")
+        runs = client.search_runs([experiment.experiment_id])
+        children = {
+            r.data.tags["raylora.trial_id"]: r for r in runs if r.data.tags["raylora.role"] == "trial"
+        }
+        parents = [r for r in runs if r.data.tags["raylora.role"] == "study"]
+        assert len(runs) == 3 and len(parents) == 1 and sorted(children) == ["t000", "t001"]
+        assert parents[0].info.status == "FINISHED"
+        assert {"report/leaderboard.md"} <= {
+            a.path for a in client.list_artifacts(parents[0].info.run_id, "report")
+        }
+        for run_ in children.values():
+            run_id = run_.info.run_id
+            assert run_.info.status == "FINISHED" and run_.data.tags["raylora.state"] == "COMPLETE"
+            for metric in ("eval/loss", "train/loss"):
+                assert [m.step for m in client.get_metric_history(run_id, metric)] == [2, 4], metric
+            assert len(client.get_metric_history(run_id, "best_eval/loss")) == 1
+            for folder in ("adapter/best", "adapter/final"):
+                names = {a.path for a in client.list_artifacts(run_id, folder)}
+                assert f"{folder}/adapter_model.safetensors" in names
+            assert {"targets.json", "trial_config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
+        return {trial_id: r.info.run_id for trial_id, r in children.items()}
+
+    with mlflow_server(tmp_path / "mlflow", port=int(uri.rsplit(":", 1)[1])):
+        again = run(cmd + ["--resume"])
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"sent the {len(kinds)} record(s) an earlier run could not send" in again.stdout, again.stdout
+        assert "nothing to do" in again.stdout and not pending.exists()
+        client = MlflowClient(tracking_uri=uri)
+        run_ids = recorded(client)
+        trials = json.loads((study / "summary.json").read_text())["trials"]
+        assert {t["trial_id"]: t["mlflow_run_id"] for t in trials} == run_ids
+
+        # A replay cut short after MLflow took some records sends them again: nothing is duplicated.
+        pending.write_text(json.dumps(saved))
+        report = run([sys.executable, "-m", "raylora", "report", str(study)])
+        assert report.returncode == 0, report.stderr[-3000:]
+        assert "an earlier run could not send" in report.stdout and not pending.exists()
+        assert recorded(client) == run_ids
