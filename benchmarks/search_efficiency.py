@@ -50,7 +50,11 @@ def study(tmp: Path, name: str, seed: int, trials: int, sampler: str, scheduler:
         "--tracking-uri",
         f"sqlite:///{tmp}/mlflow.db",
     ]
-    subprocess.run(cmd, check=True, cwd=tmp, capture_output=True, env=os.environ)
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=os.environ)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{name}: raylora search exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     summary = json.loads((tmp / "st" / name / "summary.json").read_text())
     return sorted(summary["trials"], key=lambda t: t["trial_id"])
 
