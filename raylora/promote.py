@@ -272,7 +272,7 @@ def _log_pyfunc(client, best: _RunView, adapter: Path, params: dict[str, str]) -
             with mlflow.start_run(run_id=best.run_id):
                 info = mlflow.pyfunc.log_model(
                     name=LOGGED_MODEL_NAME,
-                    python_model=serving.LoraVisionModel(),
+                    python_model=str(Path(serving.__file__).with_name("serving_model.py")),
                     artifacts={serving.ADAPTER_ARTIFACT: str(adapter)},
                     model_config=_serving_config(best, params),
                     signature=serving.signature(),

@@ -1,8 +1,9 @@
 """The MLflow pyfunc model a promoted trial is served as: base model + LoRA adapter, one click per row.
 
 ``raylora promote`` logs :class:`LoraVisionModel` into the winning trial's MLflow run with the adapter as
-its one artifact. Loading (``mlflow.pyfunc.load_model("models:/NAME@champion")``) needs raylora importable:
-the model is pickled by reference to this class, so the code that runs is the installed raylora's.
+its one artifact, as a model from code (``serving_model.py``; nothing is pickled). Loading
+(``mlflow.pyfunc.load_model("models:/NAME@champion")``) needs raylora importable: the code that runs is the
+installed raylora's.
 
 Input: a DataFrame with columns ``image`` (a path to a screenshot on the serving machine) and
 ``instruction`` (text). Output: one generated string per row, e.g. ``"click(412, 230)"``.
