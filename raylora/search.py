@@ -103,6 +103,7 @@ def run(
     progress = Progress(spec, record, log)
     tracker = opening.result()
     tracker.start_study(record)
+    tracker.end_stale_runs(record)
     progress.begin(plan)
 
     def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
@@ -152,11 +153,31 @@ def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study
 
 
 def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
-    """Fail Optuna trials a crash left RUNNING; return the unfinished slots to run again."""
+    """Settle what a crash left behind; return the unfinished slots to run again.
+
+    Optuna is told first when a trial ends, then ``summary.json`` is saved: a trial Optuna already
+    finished is finished in the summary too (not run a second time), and Optuna trials still RUNNING fail.
+    """
     import optuna
 
-    for frozen in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        optuna_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    TS = optuna.trial.TrialState
+    told = {t.number: t for t in optuna_study.get_trials(deepcopy=False) if t.state != TS.RUNNING}
+    settled = [t for t in record.unfinished() if t.optuna_number in told]
+    for trial in settled:
+        frozen = told[trial.optuna_number]
+        if frozen.state == TS.COMPLETE:
+            trial.state, trial.value = "COMPLETE", frozen.value
+        elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
+            trial.state, trial.value, trial.error = "INFEASIBLE", None, "out of memory"
+        elif frozen.state == TS.PRUNED:
+            trial.state, trial.value = "PRUNED", trial.last_value
+        else:
+            trial.state, trial.value = "FAILED", None
+            trial.error = frozen.user_attrs.get("error", "failed")
+    if settled:
+        record.save()
+    for frozen in optuna_study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        optuna_study.tell(frozen.number, state=TS.FAIL)
     return sorted(record.unfinished(), key=lambda t: t.trial_id)
 
 

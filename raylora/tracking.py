@@ -303,6 +303,22 @@ class Tracker:
         metrics = [Metric(k, float(v), now, step) for k, v in entry["values"].items()]
         self.client.log_batch(self._run_id(entry["trial_id"]), metrics=metrics)
 
+    def end_stale_runs(self, record: StudyRecord) -> None:
+        """End the runs of trials that finished while a killed driver could not say so (resume only)."""
+        finished = {t.trial_id: t for t in record.finished()}
+        if not finished or self.experiment_id is None:
+            return
+        study = self.spec.study.name
+        query = f"tags.`raylora.role` = 'trial' and tags.`raylora.study` = '{study}' and status = 'RUNNING'"
+        try:
+            runs = self.client.search_runs([self.experiment_id], filter_string=query)
+        except Exception:  # unreachable: the runs stay as they are until a later resume
+            return
+        for run in runs:
+            trial = finished.get(run.data.tags.get("raylora.trial_id", ""))
+            if trial is not None:
+                self.trial_ended(trial)
+
     def trial_ended(self, trial: TrialRecord) -> None:
         self._send(
             "trial_end",

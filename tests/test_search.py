@@ -213,3 +213,36 @@ def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_pat
     assert all("predicted" in t["error"] and t["steps"] == 0 for t in summary["trials"])
     assert not (tmp_path / "st" / "s" / "runs").exists(), "no Train run was launched"
     assert [t.constraints["out_of_memory"] for t in _optuna_trials(tmp_path / "st" / "s")] == [1.0, 1.0]
+
+
+def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_path):
+    # A driver killed between telling Optuna and saving summary.json: the trial is finished, not re-run.
+    from raylora.search import _prepare_resume
+    from raylora.spec import Spec
+    from raylora.study import StudyRecord, TrialRecord, open_optuna
+
+    spec = Spec.from_dict(yaml.safe_load(_write_spec(tmp_path).read_text()))
+    directory = tmp_path / "s"
+    study = open_optuna(directory, spec)
+    record = StudyRecord.open(directory, spec)
+    outcomes = {"t000": 6.5, "t001": "pruned", "t002": "oom", "t003": "running"}
+    for number, (slot, outcome) in enumerate(outcomes.items()):
+        trial = study.ask()
+        record.trials[slot] = TrialRecord(slot, optuna_number=number, steps=2, last_value=7.0)
+        if outcome in ("pruned", "oom"):
+            trial.set_constraint("out_of_memory", 1.0 if outcome == "oom" else 0.0)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif outcome != "running":
+            study.tell(trial, outcome)
+
+    again = _prepare_resume(record, study)
+
+    assert [t.trial_id for t in again] == ["t003"]
+    states = {t.trial_id: (t.state, t.value) for t in StudyRecord.open(directory, spec).trials.values()}
+    assert states == {
+        "t000": ("COMPLETE", 6.5),
+        "t001": ("PRUNED", 7.0),
+        "t002": ("INFEASIBLE", None),
+        "t003": ("RUNNING", None),
+    }
+    assert [t.state for t in study.get_trials()][-1] == optuna.trial.TrialState.FAIL
