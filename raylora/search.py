@@ -204,9 +204,6 @@ def _init_ray(address: str | None) -> None:
     env = {k: os.environ[k] for k in passed if k in os.environ}
     # Tune's new output engine prints experiment banners even when silent; ours is in progress.py.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # An unreachable tracking server must fail fast into the tracker's outbox, not stall the study.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     # A failed trial's final report carries its status instead of the objective, by design.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if address is not None and "RAY_AUTH_MODE" not in os.environ and _has_ray_token():

@@ -77,8 +77,10 @@ class RaySession:
         import ray
         import torch
 
+        if self.board is None:
+            return False
         stop = False
-        if self.board is not None and self.rank == 0:
+        if self.rank == 0:
             # The answer to the previous step's question: one step late, and never waited for.
             stop = self._asked is not None and ray.get(self._asked)
             self._asked = self.board.is_stopped.remote(self.trial_id)

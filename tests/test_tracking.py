@@ -15,28 +15,31 @@ from mlflow_server import mlflow_server
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
+def _study(tmp_path: Path, name: str, max_steps: int, click_eval_samples: int, eval_samples: int) -> Path:
+    """A 2-trial FIFO quickstart study YAML; returns its path."""
     spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     spec["study"].update(
-        {"name": "tracked", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
+        {"name": name, "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
     )
-    spec["training"].update({"max_steps": 4, "eval_every": 2, "click_eval_samples": 2})
-    spec["data"]["eval_samples"] = 6
+    spec["training"].update(
+        {"max_steps": max_steps, "eval_every": 2, "click_eval_samples": click_eval_samples}
+    )
+    spec["data"]["eval_samples"] = eval_samples
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _search_cmd(path: Path, tmp_path: Path, uri: str) -> list[str]:
+    storage = str(tmp_path / "st")
+    return [sys.executable, "-m", "raylora", "search", str(path), "--storage", storage, "--tracking-uri", uri]
+
+
+def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
+    path = _study(tmp_path, "tracked", max_steps=4, click_eval_samples=2, eval_samples=6)
 
     with mlflow_server(tmp_path / "mlflow") as uri:
-        cmd = [
-            sys.executable,
-            "-m",
-            "raylora",
-            "search",
-            str(path),
-            "--storage",
-            str(tmp_path / "st"),
-            "--tracking-uri",
-            uri,
-        ]
+        cmd = _search_cmd(path, tmp_path, uri)
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=os.environ)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"{uri}/#/experiments/" in proc.stdout
@@ -115,29 +118,12 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
 
     from mlflow_server import free_port
 
-    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
-    spec["study"].update(
-        {"name": "outage", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
-    )
-    spec["training"].update({"max_steps": 6, "eval_every": 2, "click_eval_samples": 0})
-    spec["data"]["eval_samples"] = 4
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _study(tmp_path, "outage", max_steps=6, click_eval_samples=0, eval_samples=4)
     port = free_port()
     summary = tmp_path / "st" / "outage" / "summary.json"
 
     with mlflow_server(tmp_path / "mlflow", port=port) as uri:
-        cmd = [
-            sys.executable,
-            "-m",
-            "raylora",
-            "search",
-            str(path),
-            "--storage",
-            str(tmp_path / "st"),
-            "--tracking-uri",
-            uri,
-        ]
+        cmd = _search_cmd(path, tmp_path, uri)
         log = open(tmp_path / "driver.log", "w")
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
@@ -174,18 +160,10 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
 def test_records_of_a_study_run_while_mlflow_is_down_are_saved_and_sent_exactly_once(tmp_path):
     from mlflow_server import free_port
 
-    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
-    spec["study"].update(
-        {"name": "offline", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
-    )
-    spec["training"].update({"max_steps": 4, "eval_every": 2, "click_eval_samples": 0})
-    spec["data"]["eval_samples"] = 4
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _study(tmp_path, "offline", max_steps=4, click_eval_samples=0, eval_samples=4)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there until the server starts below
     study = tmp_path / "st" / "offline"
-    cmd = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp_path / "st")]
-    cmd += ["--tracking-uri", uri]
+    cmd = _search_cmd(path, tmp_path, uri)
 
     def run(command):
         return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
