@@ -308,20 +308,21 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
     import ray.tune
 
     from .searcher import StudySearcher
-    from .trial import StopBoard, run_trial
+    from .trial import run_trial
 
-    board = ray.remote(num_cpus=0)(StopBoard).remote()
+    pool = _pool(spec, plan)
 
     def on_event_and_stop(kind: str, trial: TrialRecord, result: dict) -> None:
+        if kind == "launch":
+            pool.warm.remote()  # workers start while Tune starts the trial's driver
+            return
         if kind == "end" and trial.state == "PRUNED":
-            board.stop.remote(trial.trial_id)  # its workers end the Train run; its driver takes the next
+            pool.stop.remote(trial.trial_id)  # its workers end it at their next step and take the next trial
         on_event(kind, trial, result)
 
     searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
-    runs_dir, filesystem = plan.storage.ray_path("runs")
-    trainable = ray.tune.with_parameters(
-        run_trial, base_spec=spec.to_dict(), runs_dir=runs_dir, storage_filesystem=filesystem, board=board
-    )
+    filesystem = plan.storage.ray_path("runs")[1]
+    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
     trainable = ray.tune.with_resources(trainable, capacity.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
         trainable,
@@ -340,4 +341,39 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
             failure_config=ray.tune.FailureConfig(max_failures=0),
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        ray.get(pool.close.remote())
+
+
+def _pool(spec: Spec, plan: Plan):
+    """The study's :class:`~raylora.pool.TrialPool` actor, on this node (its runners' controllers too)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .pool import TrialPool
+
+    resources, objective = spec.resources, spec.study.objective
+    runs_dir, filesystem = plan.storage.ray_path("runs")
+    quantization = space.distributions(spec).get("training.quantization")
+    options = quantization.candidates() if quantization else (spec.training.quantization,)
+    runner = {
+        "workers": resources.workers_per_trial,
+        "cpus_per_worker": resources.cpus_per_worker,
+        "gpus_per_worker": resources.gpus_per_worker,
+        "placement_strategy": resources.placement_strategy,
+        "max_failures": resources.max_failures,
+        "pools_dir": plan.storage.ray_path("pools")[0],
+        "filesystem": filesystem,
+        "checkpoints": {
+            "runs_dir": runs_dir,
+            "filesystem": filesystem,
+            "metric": objective.metric,
+            "mode": objective.mode,
+        },
+        "may_quantize": any(q != "none" for q in options),
+    }
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    actor = ray.remote(num_cpus=0, max_concurrency=1000, scheduling_strategy=here)(TrialPool)
+    return actor.remote(runner, plan.max_concurrent)

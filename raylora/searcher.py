@@ -71,6 +71,8 @@ class StudySearcher(Searcher):
         too_big = self._prescreen(params)
         if too_big:
             config["prescreened"] = too_big
+        else:
+            self.on_event("launch", trial, {})
         return config
 
     def _prescreen(self, params: dict) -> str | None:

@@ -3,8 +3,9 @@
     setup → model → data → optimizer → resume → loop (train, check gradients, evaluate, report) → finish
 
 The recipe talks to the outside world only through a session: :class:`LocalSession` for a standalone
-run that writes ``adapter/``, ``metrics.json`` and ``targets.json`` to a folder, and :class:`RaySession`
-inside a Ray Train worker, which reports metrics and adapter-only checkpoints to Ray.
+run that writes ``adapter/``, ``metrics.json`` and ``targets.json`` to a folder, and
+:class:`raylora.pool.PoolSession` inside a Ray Train worker, which reports metrics and adapter-only
+checkpoints to the study's trial pool.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,79 +55,6 @@ class LocalSession:
         summary = dict(self.history[-1]) if self.history else {}
         summary["history"] = self.history
         (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-class RaySession:
-    """Inside a Ray Train worker: ``ray.train.report`` with adapter checkpoints written by rank 0."""
-
-    def __init__(self, board=None, trial_id: str | None = None):
-        import ray
-        import ray.train
-
-        context = ray.train.get_context()
-        self.node = ray.util.get_node_ip_address()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.local_rank = context.get_local_rank()
-        self.board, self.trial_id = board, trial_id
-        self._asked = None
-
-    def stop_requested(self, distributed: bool, device) -> bool:
-        """Whether the scheduler stopped this trial; every worker gets rank 0's answer."""
-        import ray
-        import torch
-
-        if self.board is None:
-            return False
-        stop = False
-        if self.rank == 0:
-            # The answer to the previous step's question: one step late, and never waited for.
-            stop = self._asked is not None and ray.get(self._asked)
-            self._asked = self.board.is_stopped.remote(self.trial_id)
-        if distributed:
-            flag = torch.tensor([float(stop)], device=device)
-            torch.distributed.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        return stop
-
-    def latest_checkpoint(self) -> Path | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        local = Path(tempfile.mkdtemp(prefix="raylora-resume-"))
-        with checkpoint.as_directory() as path:
-            shutil.copytree(path, local, dirs_exist_ok=True)
-        return local
-
-    def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
-        import ray.train
-
-        if write_checkpoint is None or self.rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
-            write_checkpoint(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    def finish(self, write_final: Callable[[Path], None]) -> None:
-        """The last reported checkpoint already holds the final adapter."""
-
-
-def train_fn_per_worker(config: dict) -> None:
-    """Ray Train's entry point: ``config["spec"]`` is a validated spec as plain data."""
-    if config["spec"].get("training", {}).get("quantization", "none") == "none":
-        _skip_bitsandbytes()
-    train(config, RaySession(config.get("stop_board"), config.get("trial_id")))
-
-
-def _skip_bitsandbytes() -> None:
-    # This process is one trial's worker and never quantizes; PEFT and transformers import bitsandbytes
-    # eagerly whenever it is installed, which costs every trial's workers a second or more of start-up.
-    import sys
-
-    sys.modules.setdefault("bitsandbytes", None)
 
 
 # -- the recipe --------------------------------------------------------------------------------------
