@@ -126,8 +126,8 @@ def test_strict_spread_beyond_the_cluster_is_refused_before_launch(cluster, tmp_
 
 def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
     spec = _study(
-        tmp_path, "killed", {"workers_per_trial": 1, "max_failures": 1}, {"max_steps": 12, "eval_every": 2}
-    )
+        tmp_path, "killed", {"workers_per_trial": 1, "max_failures": 1}, {"max_steps": 40, "eval_every": 2}
+    )  # 40 steps: a warm worker trains a few steps per second, and the kill must land mid-trial
     summary = tmp_path / "st" / "killed" / "summary.json"
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(
@@ -136,7 +136,7 @@ def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.1)
             if summary.is_file() and json.loads(summary.read_text())["trials"][0]["steps"] >= 4:
                 break
         else:
@@ -150,7 +150,7 @@ def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
         if driver.poll() is None:
             driver.kill()
     (trial,) = json.loads(summary.read_text())["trials"]
-    assert trial["state"] == "COMPLETE" and trial["steps"] == 12, trial
+    assert trial["state"] == "COMPLETE" and trial["steps"] == 40, trial
     assert trial["resumed_from_step"] >= 4, trial
 
 
