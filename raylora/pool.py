@@ -45,6 +45,7 @@ class _Runner:
     thread: threading.Thread | None = None
     current: str | None = None
     alive: bool = True
+    served: int = 0
 
 
 class TrialPool:
@@ -64,14 +65,18 @@ class TrialPool:
         self.runners: dict[int, _Runner] = {}
         self.stopped: set[str] = set()
         self.closing = False
+        self.broken: tuple[str, str] | None = None  # why no worker group can start; trials fail with it
 
     # -- the Tune side --------------------------------------------------------------------------------
 
     def submit(self, slot: str, spec: dict) -> None:
         """Queue trial ``slot`` (a resumed trial is queued again and resumes from its checkpoint)."""
         with self.cond:
-            self.jobs[slot] = _Job(spec)
+            self.jobs[slot] = job = _Job(spec)
             self.stopped.discard(slot)
+            if self.broken:
+                job.state, job.error = "failed", self.broken
+                return
             self.queue.append(slot)
             self._grow(len(self.queue))
             self.cond.notify_all()
@@ -137,6 +142,7 @@ class TrialPool:
                 if slot in self.stopped or job.state != "queued":
                     continue
                 job.state, job.runner, state.current = "running", runner, slot
+                state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None
 
@@ -189,14 +195,25 @@ class TrialPool:
         try:
             self._trainer(rid, handle).fit()
             error = None
-        except Exception as e:  # the Train run itself failed (out of restarts, no resources...)
+        except Exception as e:  # the Train run ran out of restarts, or could not start
             error = classify(e)
         with self.cond:
             state.alive = False
-            if state.current is not None:
-                job = self.jobs[state.current]
-                self._end(state, job, "failed", error or ("FAILED", "the trial's worker group ended"))
-            if self.queue and not self.closing:
+            slot, state.current = state.current, None
+            if slot is not None:
+                job = self.jobs[slot]
+                job.attempts += 1
+                if error and job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
+                    job.state = "queued"  # its next runner resumes it from its checkpoint
+                    self.queue.appendleft(slot)
+                else:
+                    self._end(state, job, "failed", error or ("FAILED", "its worker group ended"))
+            if not state.served and not self.closing:
+                # This group never reached a trial: another would not either. Fail what waits, loudly.
+                self.broken = error or ("FAILED", "the worker group ended before its first trial")
+                while self.queue:
+                    self._end(state, self.jobs[self.queue.popleft()], "failed", self.broken)
+            elif self.queue and not self.closing:
                 self._start_runner()
 
     def _trainer(self, rid: int, handle):
@@ -225,8 +242,9 @@ class TrialPool:
                 name=f"runner-{rid}-{int(time.time())}",
                 storage_path=s["pools_dir"],
                 storage_filesystem=s["filesystem"],
-                # Every trial that raises restarts the group once; each trial's own limit is max_failures.
-                failure_config=ray.train.FailureConfig(max_failures=-1),
+                # A trial that raises restarts the group once (its workers may wait in a collective), and
+                # a killed worker once; once out of restarts, the pool starts a fresh runner.
+                failure_config=ray.train.FailureConfig(max_failures=s["max_failures"] + 3),
             ),
         )
 

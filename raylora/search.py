@@ -97,6 +97,9 @@ def run(
     )
     if dry_run:
         return plan, record
+    pool = _pool(spec, plan)
+    if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
+        pool.warm.remote()  # the first workers start while MLflow and Tune get ready
 
     from .progress import Progress
 
@@ -117,7 +120,7 @@ def run(
         if kind == "result":
             tracker.trial_result(trial, result)
 
-    _tune(spec, plan, optuna_study, record, pending, on_event)
+    _tune(spec, plan, pool, optuna_study, record, pending, on_event)
     progress.end()
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
@@ -181,15 +184,12 @@ def _prepare_resume(record: StudyRecord, optuna_study) -> list[TrialRecord]:
     return sorted(record.unfinished(), key=lambda t: t.trial_id)
 
 
-# Ray Train V2 settings for short trials, exported to every trial's controller and workers: the controller
-# polls workers for reports every 2 s by default, which adds up to a report's latency and to teardown; the
-# preemption watcher is one more actor per trial and only matters on spot capacity (set
-# RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 to keep it). Trial drivers are reused, and Tune gives a stopped
-# trial's Train run only 2 s to end before it fails the next trial instead; a step on a large model takes
-# longer. Values already in the environment win.
+# Ray settings exported to the trial drivers and the runners' controllers and workers. Trial drivers are
+# reused, and Tune gives a stopped trial's driver only 2 s to return before it fails the next trial instead.
+# The preemption watcher is one more actor per runner and only matters on spot capacity (set
+# RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 to keep it). Values already in the environment win.
 TRAIN_ENV = {
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "600",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
@@ -219,8 +219,8 @@ def _init_ray(address: str | None) -> None:
     try:
         ray.init(
             address=address,
-            # Ray Train V2 frees a stopped trial's placement group through the State API, which the
-            # dashboard serves: without it an ASHA-stopped trial keeps its workers' CPUs and the study hangs.
+            # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's placement
+            # group when its controller dies; it is also where users watch a local study's processes.
             include_dashboard=True if address is None else None,
             log_to_driver=False,
             logging_level=logging.ERROR,
@@ -304,13 +304,11 @@ def _scheduler(spec: Spec):
     )
 
 
-def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on_event) -> None:
+def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event) -> None:
     import ray.tune
 
     from .searcher import StudySearcher
     from .trial import run_trial
-
-    pool = _pool(spec, plan)
 
     def on_event_and_stop(kind: str, trial: TrialRecord, result: dict) -> None:
         if kind == "launch":
@@ -344,7 +342,7 @@ def _tune(spec: Spec, plan: Plan, optuna_study, record: StudyRecord, pending, on
     try:
         tuner.fit()
     finally:
-        ray.get(pool.close.remote())
+        pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
 
 
 def _pool(spec: Spec, plan: Plan):
