@@ -1,0 +1,141 @@
+"""The trial pool's bookkeeping and checkpoint policy, without Ray (the Ray paths run in test_search,
+test_cluster and test_storage)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs
+import pytest
+
+from raylora.pool import EXIT, Checkpoints, TrialPool, _Runner
+
+SETTINGS = {"max_failures": 1}
+
+
+def _pool(max_failures: int = 1) -> TrialPool:
+    # max_runners=0: nothing starts a Train run here; runner 0 is registered by hand.
+    pool = TrialPool({"max_failures": max_failures}, max_runners=0)
+    pool.runners[0] = _Runner()
+    return pool
+
+
+def test_a_trial_goes_from_queue_to_runner_to_done_with_its_reports():
+    pool = _pool()
+    pool.submit("t000", {"spec": 1})
+    assert pool.poll("t000", 0, timeout=0) == ([], "queued", None)
+    assert pool.next_job(0, fresh=True, timeout=0) == {"trial_id": "t000", "spec": {"spec": 1}}
+    pool.report("t000", {"step": 2})
+    pool.report("t000", {"step": 4})
+    assert pool.poll("t000", 1, timeout=0) == ([{"step": 4}], "running", None)
+    pool.finished(0, "t000")
+    assert pool.poll("t000", 2, timeout=0) == ([], "done", None)
+    assert pool.next_job(0, fresh=False, timeout=0) is None  # nothing queued
+    pool.closing = True
+    assert pool.next_job(0, fresh=False, timeout=0) == EXIT
+
+
+def test_a_restarted_group_gets_its_trial_back_until_out_of_restarts():
+    pool = _pool(max_failures=1)
+    pool.submit("t000", {})
+    pool.submit("t001", {})
+    assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t000"
+    # A worker died: the new group's first call resumes t000 once ...
+    assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t000"
+    # ... and after a second death t000 fails and the group moves on.
+    assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t001"
+    _, state, error = pool.poll("t000", 0, timeout=0)
+    assert state == "failed" and error[0] == "FAILED" and "worker died" in error[1]
+
+
+def test_a_trial_that_raised_is_failed_once_with_the_first_reason():
+    pool = _pool()
+    pool.submit("t000", {})
+    pool.next_job(0, fresh=True, timeout=0)
+    pool.failed(0, "t000", "INFEASIBLE", "out of memory: rank 1")
+    pool.failed(0, "t000", "FAILED", "a later rank's error")  # ignored: the trial already ended
+    assert pool.poll("t000", 0, timeout=0) == ([], "failed", ("INFEASIBLE", "out of memory: rank 1"))
+    # Its group restarts (fresh) with nothing in flight: no attempt is charged to anything.
+    assert pool.next_job(0, fresh=True, timeout=0) is None
+
+
+def test_a_stopped_trial_drops_its_reports_and_a_stopped_queued_trial_never_starts():
+    pool = _pool()
+    pool.submit("t000", {})
+    pool.submit("t001", {})
+    pool.next_job(0, fresh=True, timeout=0)
+    pool.stop("t000")
+    pool.report("t000", {"step": 6})
+    assert pool.poll("t000", 0, timeout=0) == ([], "stopped", None)
+    assert pool.is_stopped("t000")
+    pool.finished(0, "t000")
+    pool.stop("t001")
+    assert pool.next_job(0, fresh=False, timeout=0) is None
+
+
+def test_a_group_that_never_reaches_a_trial_fails_the_waiting_trials_instead_of_looping():
+    class Broken(TrialPool):
+        def _trainer(self, rid, handle):
+            raise RuntimeError("no GPU driver on this node")
+
+    pool = Broken(SETTINGS, max_runners=0)
+    pool.submit("t000", {})
+    pool.submit("t001", {})
+    pool.runners[0] = _Runner()
+    pool._run(0, handle=None)
+    for slot in ("t000", "t001"):
+        assert pool.poll(slot, 0, timeout=0) == (
+            [],
+            "failed",
+            ("FAILED", "RuntimeError: no GPU driver on this node"),
+        )
+    pool.submit("t002", {})  # later trials fail at once with the same reason
+    assert pool.poll("t002", 0, timeout=0)[1:] == (
+        "failed",
+        ("FAILED", "RuntimeError: no GPU driver on this node"),
+    )
+
+
+def test_a_runner_out_of_restarts_requeues_its_trial_while_it_has_restarts_left():
+    class OutOfRestarts(TrialPool):
+        def _trainer(self, rid, handle):
+            raise RuntimeError("worker group failed 4 times")
+
+        def _start_runner(self):
+            self.started = getattr(self, "started", 0) + 1
+
+    pool = OutOfRestarts(SETTINGS, max_runners=1)
+    pool.runners[0] = _Runner()
+    pool.submit("t000", {})
+    pool.next_job(0, fresh=True, timeout=0)
+    pool._run(0, handle=None)
+    assert pool.poll("t000", 0, timeout=0)[1] == "queued" and pool.started == 1
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "pyarrow"])
+def test_checkpoints_keep_the_latest_and_the_best_the_newer_on_a_tie(tmp_path, remote):
+    root = tmp_path / "runs"
+    filesystem = pyarrow.fs.LocalFileSystem() if remote else None
+    checkpoints = Checkpoints(str(root), filesystem, "eval/loss", "min").for_trial("t000")
+    assert checkpoints.latest() is None
+
+    def save(step: int, loss: float | None) -> str:
+        local = tmp_path / f"ckpt{step}"
+        (local / "adapter").mkdir(parents=True)
+        (local / "adapter" / "weights").write_text(str(step))
+        return checkpoints.save(local, step, {} if loss is None else {"eval/loss": loss})
+
+    first = save(2, 5.0)
+    assert first == f"{root}/t000/checkpoint_s0000002"
+    save(4, 4.0)
+    save(6, 4.5)
+    assert checkpoints.names() == ["checkpoint_s0000004", "checkpoint_s0000006"]  # best, latest
+    save(8, 4.0)  # ties the best: the newer one is kept
+    assert checkpoints.names() == ["checkpoint_s0000008"]
+    save(10, None)  # no objective in this report: latest only
+    assert checkpoints.names() == ["checkpoint_s0000008", "checkpoint_s0000010"]
+
+    latest = checkpoints.latest()
+    assert (latest / "adapter" / "weights").read_text() == "10"
+    assert json.loads((latest / "report.json").read_text()) == {"step": 10, "eval/loss": None}
+    assert (latest == root / "t000" / "checkpoint_s0000010") is not remote  # remote ones are downloaded
