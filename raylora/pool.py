@@ -37,7 +37,6 @@ class _Job:
     state: str = "queued"  # queued | running | done | failed
     error: tuple[str, str] | None = None
     attempts: int = 0
-    runner: int | None = None
 
 
 @dataclass
@@ -141,7 +140,7 @@ class TrialPool:
                 job = self.jobs[slot]
                 if slot in self.stopped or job.state != "queued":
                     continue
-                job.state, job.runner, state.current = "running", runner, slot
+                job.state, state.current = "running", slot
                 state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None

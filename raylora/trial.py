@@ -33,7 +33,11 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
         return
     cursor = 0
     while True:
-        reports, state, error = ray.get(pool.poll.remote(slot, cursor, 5.0))
+        try:
+            reports, state, error = ray.get(pool.poll.remote(slot, cursor, 5.0))
+        except Exception as e:  # the pool itself is gone (its node died): this trial cannot go on
+            ray.tune.report(dict(zip((STATUS, ERROR), classify(e), strict=True)))
+            return
         if state == "stopped":
             return  # stopped by the scheduler: its workers end it at their next step
         for metrics in reports:
