@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import SpecError
 from .spec import Resources
 
-# The Tune function trainable of a trial only waits on its TorchTrainer; it needs almost no CPU.
+# The Tune function trainable of a trial only waits on the trial pool; it needs almost no CPU.
 TRIAL_DRIVER_CPU = 0.01
 # A custom resource that cluster configs put on CPU-only nodes, so trial drivers stay off GPU workers.
 TRIAL_DRIVER_RESOURCE = "trial_driver"

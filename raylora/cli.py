@@ -186,7 +186,7 @@ def search(
         bool, typer.Option("--dry-run", help="Validate, resolve the space, check resources; train nothing.")
     ] = False,
 ) -> None:
-    """Run a hyperparameter study: Optuna proposes, ASHA stops early, each trial is a Ray Train run."""
+    """Run a hyperparameter study: Optuna proposes, ASHA stops early, trials train on Ray Train workers."""
     spec = _load_checked(spec_path, list(set_ or []))
     from . import search as search_lib
 

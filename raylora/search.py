@@ -1,7 +1,8 @@
 """``raylora search``: the only place that starts Ray and runs Tune.
 
 Data flow: spec (validated on the driver) → Optuna define-by-run space → Tune (StudySearcher + ASHA) →
-one TorchTrainer per trial → ``train_loop`` on each worker → reports back → ``summary.json``.
+the trial pool (one long-lived TorchTrainer per concurrent trial) → ``train_loop`` on each worker →
+reports back → ``summary.json``.
 """
 
 from __future__ import annotations

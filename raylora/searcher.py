@@ -4,7 +4,7 @@ Ray's own ``OptunaSearch`` tells an ASHA-stopped trial to Optuna as COMPLETE wit
 and an out-of-memory trial as FAIL (which samplers ignore). Here an early-stopped trial is PRUNED with its
 intermediate values, an OOM trial is marked infeasible with ``Trial.set_constraint`` (so TPE learns to
 avoid that region), and every other crash is FAIL with its reason. Trials get deterministic slot ids
-(``t000``, ``t001``, ...) that name their Ray Train runs, so an interrupted trial resumes from its
+(``t000``, ``t001``, ...) that name their checkpoint folders, so an interrupted trial resumes from its
 checkpoint.
 """
 

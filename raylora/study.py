@@ -139,7 +139,7 @@ class StudyRecord:
 
 
 def slot_name(index: int) -> str:
-    """The deterministic id of the study's ``index``-th trial (also its Ray Train run name)."""
+    """The deterministic id of the study's ``index``-th trial (also its checkpoint folder's name)."""
     return f"t{index:03d}"
 
 
