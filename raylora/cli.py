@@ -202,6 +202,10 @@ def search(
     _print_leaderboard(record, plan.storage.display("summary.json"))
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
+    if plan.unfinished:
+        unfinished = ", ".join(plan.unfinished)
+        print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
+        sys.exit(130)
 
 
 @app.command()

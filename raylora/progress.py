@@ -45,7 +45,8 @@ class Progress:
             )
 
     def end(self) -> None:
-        self._line(f"done  | {self._counts()}")
+        unfinished = any(t.state == "RUNNING" for t in self.record.trials.values())
+        self._line(f"{'stopped' if unfinished else 'done'}  | {self._counts()}")
 
     def _counts(self) -> str:
         states = [t.state for t in self.record.trials.values()]

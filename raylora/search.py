@@ -33,6 +33,7 @@ class Plan:
     scheduler: str
     runs_link: str | None = None
     storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
+    unfinished: list[str] | None = None  # trials an interrupted study left for --resume
 
 
 def study_storage(spec: Spec, storage: str | None, log: Callable[[str], None] = print):
@@ -129,6 +130,8 @@ def run(
     tracker.close()
     record.save()
     plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
+    # Tune returns early on Ctrl-C: whatever still runs was interrupted, and resumes from its checkpoint.
+    plan.unfinished = sorted(t.trial_id for t in record.trials.values() if t.state == "RUNNING")
     return plan, record
 
 
