@@ -41,7 +41,6 @@ class _Job:
 
 @dataclass
 class _Runner:
-    thread: threading.Thread | None = None
     current: str | None = None
     alive: bool = True
     served: int = 0
@@ -105,15 +104,11 @@ class TrialPool:
     def is_stopped(self, slot: str) -> bool:
         return slot in self.stopped
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Let every runner's workers exit and wait for its Train run to end."""
+    def close(self) -> None:
+        """Let every runner's workers exit (their Train runs then end on their own)."""
         with self.cond:
             self.closing = True
             self.cond.notify_all()
-            threads = [r.thread for r in self.runners.values() if r.thread is not None]
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- the workers' side (rank 0 of each runner) ---------------------------------------------------
 
@@ -180,12 +175,9 @@ class TrialPool:
         import ray
 
         rid = len(self.runners)
-        self.runners[rid] = state = _Runner()
+        self.runners[rid] = _Runner()
         handle = ray.get_runtime_context().current_actor
-        state.thread = threading.Thread(
-            target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}"
-        )
-        state.thread.start()
+        threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
 
     def _run(self, rid: int, handle) -> None:
         from .trial import classify
@@ -329,21 +321,22 @@ class Checkpoints:
     def folder(self) -> str:
         return f"{self.runs_dir}/{self.slot}"
 
+    @property
+    def fs(self):
+        import pyarrow.fs
+
+        return self.filesystem or pyarrow.fs.LocalFileSystem()
+
     def names(self) -> list[str]:
         """The trial's checkpoint folder names, oldest first."""
-        if self.filesystem is None:
-            folder = Path(self.folder)
-            found = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-        else:
-            import pyarrow.fs
+        import pyarrow.fs
 
-            selector = pyarrow.fs.FileSelector(self.folder, allow_not_found=True)
-            found = [
-                i.base_name
-                for i in self.filesystem.get_file_info(selector)
-                if i.type == pyarrow.fs.FileType.Directory
-            ]
-        return sorted(n for n in found if n.startswith(CHECKPOINT_PREFIX))
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.folder, allow_not_found=True))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+        )
 
     def latest(self) -> Path | None:
         """A local folder holding the trial's latest checkpoint (downloaded if remote), or None."""
@@ -364,18 +357,14 @@ class Checkpoints:
     def save(self, local: Path, step: int, metrics: dict) -> str:
         """Store folder ``local`` as the checkpoint of ``step``; return its path; drop superseded ones."""
         import json
-        import shutil
+
+        import pyarrow.fs
 
         (local / REPORT_FILE).write_text(json.dumps({"step": step, self.metric: metrics.get(self.metric)}))
         name = f"{CHECKPOINT_PREFIX}{step:07d}"
         path = f"{self.folder}/{name}"
-        if self.filesystem is None:
-            shutil.copytree(local, path, dirs_exist_ok=True)
-        else:
-            import pyarrow.fs
-
-            self.filesystem.create_dir(path, recursive=True)
-            pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.filesystem)
+        self.fs.create_dir(path, recursive=True)
+        pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.fs)
         self._prune(name)
         return path
 
@@ -395,27 +384,17 @@ class Checkpoints:
                 best, best_value = name, value
         for _, name in scored:
             if name not in (best, latest):
-                self._delete(f"{self.folder}/{name}")
+                try:
+                    self.fs.delete_dir(f"{self.folder}/{name}")
+                except OSError:
+                    pass  # gone already
 
     def _read(self, path: str) -> str | None:
         try:
-            if self.filesystem is None:
-                return Path(path).read_text()
-            with self.filesystem.open_input_stream(path) as f:
+            with self.fs.open_input_stream(path) as f:
                 return f.read().decode()
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
-
-    def _delete(self, path: str) -> None:
-        import shutil
-
-        if self.filesystem is None:
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                self.filesystem.delete_dir(path)
-            except (FileNotFoundError, OSError):
-                pass
 
 
 class PoolSession:

@@ -45,8 +45,7 @@ class Progress:
             )
 
     def end(self) -> None:
-        unfinished = any(t.state == "RUNNING" for t in self.record.trials.values())
-        self._line(f"{'stopped' if unfinished else 'done'}  | {self._counts()}")
+        self._line(f"{'stopped' if self.record.unfinished() else 'done'}  | {self._counts()}")
 
     def _counts(self) -> str:
         states = [t.state for t in self.record.trials.values()]

@@ -131,7 +131,7 @@ def run(
     record.save()
     plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
     # Tune returns early on Ctrl-C: whatever still runs was interrupted, and resumes from its checkpoint.
-    plan.unfinished = sorted(t.trial_id for t in record.trials.values() if t.state == "RUNNING")
+    plan.unfinished = sorted(t.trial_id for t in record.unfinished())
     return plan, record
 
 
@@ -323,7 +323,7 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         on_event(kind, trial, result)
 
     searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
-    filesystem = plan.storage.ray_path("runs")[1]
+    tune_dir, filesystem = plan.storage.ray_path("tune")
     trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
     trainable = ray.tune.with_resources(trainable, capacity.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
@@ -337,7 +337,7 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         ),
         run_config=ray.tune.RunConfig(
             name=f"tune-{int(time.time())}",
-            storage_path=plan.storage.ray_path("tune")[0],
+            storage_path=tune_dir,
             storage_filesystem=filesystem,
             verbose=0,
             failure_config=ray.tune.FailureConfig(max_failures=0),

@@ -21,22 +21,21 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
     from .spec import Spec
 
     if config.get("prescreened"):
-        ray.tune.report({STATUS: "INFEASIBLE", ERROR: config["prescreened"]})
+        _end("INFEASIBLE", config["prescreened"])
         return
     slot = config["slot"]
     try:
         spec = Spec.from_dict(base_spec).with_values(config["params"])
         ray.get(pool.submit.remote(slot, spec.to_dict()))
     except Exception as e:  # the trial ends here; the searcher tells Optuna what happened
-        status, message = classify(e)
-        ray.tune.report({STATUS: status, ERROR: message})
+        _end(*classify(e))
         return
     cursor = 0
     while True:
         try:
             reports, state, error = ray.get(pool.poll.remote(slot, cursor, 5.0))
         except Exception as e:  # the pool itself is gone (its node died): this trial cannot go on
-            ray.tune.report(dict(zip((STATUS, ERROR), classify(e), strict=True)))
+            _end(*classify(e))
             return
         if state == "stopped":
             return  # stopped by the scheduler: its workers end it at their next step
@@ -44,10 +43,17 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
             ray.tune.report(metrics)
         cursor += len(reports)
         if state == "failed":
-            ray.tune.report({STATUS: error[0], ERROR: error[1]})
+            _end(*error)
             return
         if state == "done":
             return
+
+
+def _end(status: str, message: str) -> None:
+    """A trial's final report when it did not train to the end: its status and one-line reason."""
+    import ray.tune
+
+    ray.tune.report({STATUS: status, ERROR: message})
 
 
 def classify(error: BaseException) -> tuple[str, str]:
