@@ -171,8 +171,7 @@ class UriStorage:
             local = self.directory / name
             if name in remote and remote[name].type == pyarrow.fs.FileType.File:
                 tmp = self.directory / f".{name}.{os.getpid()}.tmp"
-                with self.filesystem.open_input_stream(f"{self.fs_path}/{name}") as f:
-                    tmp.write_bytes(f.read())
+                tmp.write_bytes(read_whole(self.filesystem, f"{self.fs_path}/{name}"))
                 os.replace(tmp, local)
                 self._pushed[name] = _signature(local)
             else:
@@ -244,6 +243,21 @@ class UriStorage:
             local = Path(tmp) / info.base_name
             _download(self.filesystem, path, local, info.type == pyarrow.fs.FileType.Directory)
             yield local
+
+
+def read_whole(filesystem, path: str, attempts: int = 5) -> bytes:
+    """File ``path`` as one consistent version, even while a running study rewrites it.
+
+    pyarrow's S3 streams take the object's size when opened: an object replaced by a shorter one before
+    the read comes back padded with stray bytes, a longer one cut short. A read whose length matches
+    the object's size afterwards is whole.
+    """
+    for _ in range(attempts):
+        with filesystem.open_input_stream(path) as f:
+            data = f.read()
+        if filesystem.get_file_info(path).size == len(data):
+            return data
+    raise OSError(f"{path} kept changing while it was read ({attempts} attempts)")
 
 
 def _download(filesystem, path: str, local: Path, folder: bool) -> None:
