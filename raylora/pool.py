@@ -292,6 +292,8 @@ def _next_job(pool, runner: int, fresh: bool, rank: int):
 
 
 def _release_memory() -> None:
+    """Free a finished trial's memory and restart the peak-memory count, so the next trial's
+    ``peak_mem_mb`` is its own and not the worker's largest so far."""
     import gc
 
     import torch
@@ -300,6 +302,11 @@ def _release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: resets the process's peak resident memory (VmHWM, and so ru_maxrss)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere a CPU trial's peak includes the earlier trials on this worker
 
 
 @dataclass

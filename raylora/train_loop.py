@@ -287,7 +287,7 @@ def _peak_memory_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
-    # The process's peak resident memory: on a pooled worker, the largest of the trials it ran so far.
+    # The process's peak resident memory since this trial began (the pool resets it between trials).
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

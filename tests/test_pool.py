@@ -4,6 +4,7 @@ test_cluster and test_storage)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pyarrow.fs
 import pytest
@@ -139,3 +140,20 @@ def test_checkpoints_keep_the_latest_and_the_best_the_newer_on_a_tie(tmp_path, r
     assert (latest / "adapter" / "weights").read_text() == "10"
     assert json.loads((latest / "report.json").read_text()) == {"step": 10, "eval/loss": None}
     assert (latest == root / "t000" / "checkpoint_s0000010") is not remote  # remote ones are downloaded
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak is reset through /proc")
+def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
+    import torch
+
+    from raylora.pool import _release_memory
+    from raylora.train_loop import _peak_memory_mb
+
+    cpu = torch.device("cpu")
+    _release_memory()
+    before = _peak_memory_mb(cpu)
+    big = torch.ones(512 * 2**20 // 4)  # an earlier trial's 512 MiB
+    assert _peak_memory_mb(cpu) >= before + 400
+    del big
+    _release_memory()  # between trials
+    assert _peak_memory_mb(cpu) < before + 100
