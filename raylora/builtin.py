@@ -10,6 +10,7 @@ Two references are built in:
 
 Every artifact is built in a temporary directory beside its target and published with ``os.rename``, so
 several processes (e.g. Ray workers on one machine) may ask for it at once and all see one complete copy.
+The model is always built outside a torch.distributed process group (see ``ensure_tiny_model``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import pathlib
 import random
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ TINY_MODEL = "builtin:tiny-qwen3-vl"
 GUI_DATA = "builtin:gui-grounding"
 
 # Bump when the bytes written change, so existing homes rebuild instead of reusing a stale layout.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: homes where a rank-1 worker published a model without weights rebuild
 MARKER_FILE = "raylora_builtin.json"
 
 _MODEL_DIR = f"tiny-qwen3-vl-v{FORMAT_VERSION}"
@@ -237,8 +240,25 @@ def ensure_tiny_model(home: pathlib.Path | None = None) -> pathlib.Path:
     tokenizer, processor and chat template), so ``AutoModelForImageTextToText.from_pretrained`` and
     ``AutoProcessor.from_pretrained`` load it unchanged. Weights are seeded: every home gets the same model.
     """
-    target = pathlib.Path(home or raylora_home()) / "models" / _MODEL_DIR
+    home = pathlib.Path(home or raylora_home())
+    target = home / "models" / _MODEL_DIR
+    if not (target / MARKER_FILE).is_file() and _in_process_group():
+        # transformers' save_pretrained writes no config or weights on a rank other than 0 of an
+        # initialized torch.distributed group: a Ray Train worker builds the model in a process of its own.
+        _run_alone(f"from raylora.builtin import ensure_tiny_model; ensure_tiny_model({str(home)!r})")
+        return target
     return _publish(target, _write_tiny_model, {"name": TINY_MODEL})
+
+
+def _in_process_group() -> bool:
+    torch = sys.modules.get("torch")  # not imported: no process group either
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _run_alone(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building a builtin artifact failed:\n{proc.stderr[-3000:]}")
 
 
 def _write_tiny_model(out: pathlib.Path) -> None:

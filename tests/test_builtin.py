@@ -293,3 +293,31 @@ def test_concurrent_ensure_yields_one_valid_copy(tmp_path, model_dir):
         type(AutoModelForImageTextToText.from_pretrained(model_path)).__name__
         == "Qwen3VLForConditionalGeneration"
     )
+
+
+def _ensure_as_rank(rank: int, home: str, port: int, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # a worker on another node reaches the build first
+            results.put(str(builtin.ensure_tiny_model(home)))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_worker_of_a_distributed_group_builds_a_complete_model(tmp_path, model_dir):
+    """transformers saves nothing but on rank 0 of a process group: rank 1's build must still be whole."""
+    from mlflow_server import free_port
+
+    context = multiprocessing.get_context("spawn")
+    results, port = context.Queue(), free_port()
+    ranks = [context.Process(target=_ensure_as_rank, args=(r, str(tmp_path), port, results)) for r in (0, 1)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=300)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    built = pathlib.Path(results.get(timeout=5))
+    assert _tree_digest(built) == _tree_digest(model_dir)

@@ -1,8 +1,10 @@
 """A two-node Ray cluster on loopback (head 127.0.0.1, second node 127.0.0.2): SPREAD trials and a worker
-killed mid-trial. Note: teardown runs `ray stop --force`, which stops every Ray process of this user."""
+killed mid-trial. Each node starts in a session of its own, and the kill and teardown reach only the
+processes of those sessions: other Ray work on the machine is left alone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -38,18 +41,53 @@ def cluster(tmp_path_factory):
         "false",
         *common,
     ]
-    subprocess.run(head, check=True, capture_output=True, env=env, timeout=120)
+    node = [RAY, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.2", *common]
+    sessions = set()
     try:
-        subprocess.run(
-            [RAY, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.2", *common],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
-        yield f"127.0.0.1:{port}"
+        for command in (head, node):
+            # Every process a node starts (GCS, raylet, workers) stays in the session of its `ray start`.
+            start = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            sessions.add(start.pid)
+            out, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, out.decode()[-3000:]
+        yield Cluster(f"127.0.0.1:{port}", frozenset(sessions))
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        _stop(sessions)
+
+
+class Cluster(NamedTuple):
+    address: str
+    sessions: frozenset[int]
+
+    def processes(self, name: str) -> list[int]:
+        """The pids of this cluster's processes whose command line contains ``name``."""
+        return [pid for pid, command in _processes(self.sessions) if name in command]
+
+
+def _processes(sessions) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # it exited meanwhile
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) in sessions:  # field 6: the session id
+                found.append((int(entry.name), command))
+    return found
+
+
+def _stop(sessions) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, _ in _processes(sessions):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while _processes(sessions) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def _study(tmp_path: Path, name: str, resources: dict, training: dict) -> Path:
@@ -100,7 +138,7 @@ def test_spread_trial_runs_its_workers_on_both_nodes(cluster, tmp_path):
         {"max_steps": 4, "eval_every": 2},
     )
     proc = subprocess.run(
-        _cmd(spec, tmp_path, cluster), capture_output=True, text=True, cwd=tmp_path, timeout=600
+        _cmd(spec, tmp_path, cluster.address), capture_output=True, text=True, cwd=tmp_path, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 node(s)" in proc.stdout
@@ -118,7 +156,7 @@ def test_strict_spread_beyond_the_cluster_is_refused_before_launch(cluster, tmp_
         {"max_steps": 2, "eval_every": 2},
     )
     proc = subprocess.run(
-        _cmd(spec, tmp_path, cluster), capture_output=True, text=True, cwd=tmp_path, timeout=300
+        _cmd(spec, tmp_path, cluster.address), capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "STRICT_SPREAD" in proc.stderr and "Traceback" not in proc.stderr
@@ -131,7 +169,7 @@ def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
     summary = tmp_path / "st" / "killed" / "summary.json"
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(
-        _cmd(spec, tmp_path, cluster), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+        _cmd(spec, tmp_path, cluster.address), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 300
@@ -141,8 +179,7 @@ def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
                 break
         else:
             pytest.fail("trial never reached step 4:\n" + (tmp_path / "driver.log").read_text()[-3000:])
-        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
-        pids = [int(p) for p in workers.stdout.split()]
+        pids = cluster.processes("ray::RayTrainWorker")
         assert pids, "no Ray Train worker process found"
         os.kill(pids[0], signal.SIGKILL)
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
