@@ -222,7 +222,7 @@ def _init_ray(address: str | None) -> None:
         return
     try:
         ray.init(
-            address=address,
+            address=address if address is not None else _default_address(),
             # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's placement
             # group when its controller dies; it is also where users watch a local study's processes.
             include_dashboard=True if address is None else None,
@@ -233,6 +233,25 @@ def _init_ray(address: str | None) -> None:
         )
     except ConnectionError as e:
         raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+
+
+def _default_address() -> str | None:
+    """What ``ray.init`` gets without ``--address``: None lets Ray pick ``RAY_ADDRESS`` or the cluster a
+    ``ray start`` on this machine recorded; "local" starts a fresh local Ray when that record is stale (its
+    cluster was killed without ``ray stop``), where Ray would wait for the dead cluster forever."""
+    import socket
+
+    import ray._private.utils
+
+    recorded = ray._private.utils.read_ray_address()
+    if os.environ.get("RAY_ADDRESS") or not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return "local"
+    return None
 
 
 def _check_shared(directory: Path, nodes: list[capacity.Node]) -> None:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -27,7 +28,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def cluster(tmp_path_factory):
     port = free_port()
     # Ray 2.59+ clusters use token auth; the joining node must be told (raylora's driver finds the token).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    # Its own temp root, short for Ray's socket paths: the cluster's sessions and the address `ray start`
+    # records stay out of /tmp/ray, where a plain ray.init() elsewhere would find them after teardown.
+    ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_TMPDIR": ray_tmp,
+    }
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     head = [
         RAY,
@@ -55,6 +64,7 @@ def cluster(tmp_path_factory):
         yield Cluster(f"127.0.0.1:{port}", frozenset(sessions))
     finally:
         _stop(sessions)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 class Cluster(NamedTuple):
