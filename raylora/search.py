@@ -243,8 +243,10 @@ def _default_address() -> str | None:
 
     import ray._private.utils
 
+    if os.environ.get("RAY_ADDRESS"):
+        return None
     recorded = ray._private.utils.read_ray_address()
-    if os.environ.get("RAY_ADDRESS") or not recorded:
+    if not recorded:
         return None
     host, _, port = recorded.rpartition(":")
     try:

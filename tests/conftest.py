@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,14 @@ def raylora_home(tmp_path_factory) -> Path:
     home = Path(os.environ.get("RAYLORA_TEST_HOME") or tmp_path_factory.mktemp("raylora_home"))
     os.environ["RAYLORA_HOME"] = str(home)
     return home
+
+
+@pytest.fixture(scope="module")
+def ray_tmpdir() -> Iterator[Path]:
+    """A private Ray temp root (``RAY_TMPDIR``), short because Ray's socket paths live under it."""
+    path = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -25,17 +24,16 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_tmpdir):
     port = free_port()
     # Ray 2.59+ clusters use token auth; the joining node must be told (raylora's driver finds the token).
-    # Its own temp root, short for Ray's socket paths: the cluster's sessions and the address `ray start`
-    # records stay out of /tmp/ray, where a plain ray.init() elsewhere would find them after teardown.
-    ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+    # Its own temp root: the cluster's sessions and the address `ray start` records stay out of /tmp/ray,
+    # where a plain ray.init() elsewhere would find them after teardown.
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
-        "RAY_TMPDIR": ray_tmp,
+        "RAY_TMPDIR": str(ray_tmpdir),
     }
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     head = [
@@ -64,7 +62,6 @@ def cluster(tmp_path_factory):
         yield Cluster(f"127.0.0.1:{port}", frozenset(sessions))
     finally:
         _stop(sessions)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 class Cluster(NamedTuple):

@@ -297,26 +297,19 @@ def test_ctrl_c_ends_the_study_with_130_and_says_how_to_resume(tmp_path):
     assert json.loads(summary_path.read_text())["trials"][0]["state"] == "RUNNING"
 
 
-def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path):
+def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path, ray_tmpdir):
     """A cluster killed without `ray stop` leaves its address in <ray tmp>/ray_current_cluster: Ray alone
     would wait on that dead address forever."""
-    import shutil
-    import tempfile
-
     from mlflow_server import free_port
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: Ray's socket paths live under it
-    try:
-        (ray_tmp / "ray").mkdir()
-        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nobody there
-        proc = subprocess.run(
-            _search_cmd(_write_spec(tmp_path), tmp_path / "st", "--dry-run"),
-            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    (ray_tmpdir / "ray").mkdir()
+    (ray_tmpdir / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nobody there
+    proc = subprocess.run(
+        _search_cmd(_write_spec(tmp_path), tmp_path / "st", "--dry-run"),
+        env={**os.environ, "RAY_TMPDIR": str(ray_tmpdir)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  node " in proc.stdout, proc.stdout

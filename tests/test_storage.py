@@ -262,15 +262,14 @@ def test_state_files_are_read_whole_while_a_running_study_rewrites_them(s3):
     class Rewriting:
         """The real S3 filesystem, with the study saving a shorter summary just after a read opens."""
 
-        def __init__(self):
-            self.rewrites = 0
+        rewritten = False
 
         def open_input_stream(self, p):
             stream = fs.open_input_stream(p)
-            if not self.rewrites:
+            if not self.rewritten:
                 with fs.open_output_stream(p) as f:
                     f.write(b'{"value": 6.85}')
-                self.rewrites += 1
+                self.rewritten = True
             return stream
 
         def get_file_info(self, p):
