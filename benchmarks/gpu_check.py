@@ -84,9 +84,8 @@ def save_random_checkpoint(out: Path) -> Path:
 def raylora_case(checkpoint: Path, scope: str, quant: str, steps: int, batch: int, out: Path) -> dict:
     import torch
 
-    from raylora import estimate
     from raylora import spec as spec_lib
-    from raylora.train_loop import LocalSession, train
+    from raylora.train import LocalSession, estimate, train
 
     spec = spec_lib.load(
         ROOT / "search_spaces" / "quickstart.yaml",
@@ -108,7 +107,7 @@ def raylora_case(checkpoint: Path, scope: str, quant: str, steps: int, batch: in
         ],
     )
     torch.cuda.reset_peak_memory_stats()
-    outcome = train({"spec": spec.to_dict()}, LocalSession(out, log=lambda line: None))
+    outcome = train(spec, LocalSession(out, log=lambda line: None))
     predicted = estimate.estimate(spec)
     trained_path = sum(p.numel() for n, p in outcome.model.named_parameters() if "lora_" not in n)
     return {
@@ -125,7 +124,8 @@ def trainer_case(spec, steps: int) -> dict:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from raylora import builtin, data, model
+    from raylora import builtin
+    from raylora.train import data, model
 
     built = model.build(spec, spec.model.name_or_path, torch.device("cuda"))
     kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, built.processor)

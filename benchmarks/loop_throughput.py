@@ -5,16 +5,17 @@ What is measured
 Training samples per second over S optimizer steps of the builtin tiny Qwen3-VL with LoRA on the LLM
 (``training.lora.scope: [llm]``), per-device batch N, on this machine's CPU (or its GPU if torch sees one):
 
-* **raylora**: ``raylora.train_loop.train({"spec": ...}, LocalSession(tmp))`` with evaluation off
+* **raylora**: ``raylora.train.train(spec, LocalSession(tmp))`` with evaluation off
   (``data.eval: null``) and ``eval_every = max_steps = S``, so it reports once, at the end. The number is the
   ``samples_per_s`` it reports: its own window, opened just before the first step and closed at the report
   after step S. Model build, data encoding and the final adapter save fall outside that window.
-* **bare**: the model from the same ``raylora.model.build`` (so the modules, dtype, LoRA targets, dropout
-  and activation checkpointing are identical), AdamW over the same ``raylora.model.param_groups``, then a
-  plain loop -- forward, ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()`` -- over the
-  very batches raylora draws (``raylora.data.batches`` with the same seed, encoded with
-  ``raylora.data.encode`` and collated with ``raylora.data.collate`` before the clock starts). Timed from the
-  first step to the end of step S, like raylora's window.
+* **bare**: the model from the same ``raylora.train.model.build`` (so the modules, dtype, LoRA targets,
+  dropout and activation checkpointing are identical), AdamW over the same
+  ``raylora.train.model.param_groups``, then a plain loop -- forward, ``loss.backward()``,
+  ``optimizer.step()``, ``optimizer.zero_grad()`` -- over the very batches raylora draws
+  (``raylora.train.data.batches`` with the same seed, encoded with ``raylora.train.data.encode`` and
+  collated with ``raylora.train.data.collate`` before the clock starts). Timed from the first step to the
+  end of step S, like raylora's window.
 
 Why it is fair
 --------------
@@ -79,10 +80,10 @@ def make_spec(steps: int, batch: int):
 
 def run_raylora(spec) -> float:
     """Samples/s as raylora's own loop reports it."""
-    from raylora.train_loop import LocalSession, train
+    from raylora.train import LocalSession, train
 
     with tempfile.TemporaryDirectory(prefix="raylora-bench-") as tmp:
-        outcome = train({"spec": spec.to_dict()}, LocalSession(tmp, log=lambda line: None))
+        outcome = train(spec, LocalSession(tmp, log=lambda line: None))
     if outcome.metrics.get("step") != spec.training.max_steps:
         raise RuntimeError(f"raylora stopped early: {outcome.metrics}")
     return float(outcome.metrics["samples_per_s"])
@@ -90,8 +91,9 @@ def run_raylora(spec) -> float:
 
 def prepare_batches(spec) -> list[dict]:
     """The batches raylora's loop draws, in its order, collated ahead of time."""
-    from raylora import builtin, data
-    from raylora import model as model_lib
+    from raylora import builtin
+    from raylora.train import data
+    from raylora.train import model as model_lib
 
     path = builtin.resolve_model(spec.model.name_or_path)
     processor = model_lib.load_processor(spec, path)
@@ -108,7 +110,7 @@ def run_bare(spec, batches: list[dict]) -> float:
     import torch
 
     from raylora import builtin
-    from raylora import model as model_lib
+    from raylora.train import model as model_lib
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(spec.training.seed)

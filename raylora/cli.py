@@ -44,7 +44,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Modules, base parameters and LoRA parameters per scope, from the config alone (no weights)."""
-    from . import builtin, scopes
+    from . import builtin
+    from .train import scopes
 
     try:
         report = scopes.inspect(builtin.resolve_model(model), r=r, scopes=scope or None)
@@ -99,9 +100,9 @@ def estimate(
 
 def _estimates(spec) -> list:
     """The fixed values' estimate, then one per searched value of each searched path."""
-    from . import estimate as estimate_lib
-    from . import space
-    from .progress import short_params
+    from .spec import space
+    from .study.progress import short_params
+    from .train import estimate as estimate_lib
 
     rows = [("fixed values", estimate_lib.estimate(spec))]
     for path, dist in space.distributions(spec).items():
@@ -116,7 +117,7 @@ def _print_estimates(spec, rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .estimate import GIB, fits
+    from .train.estimate import GIB, fits
 
     budget = spec.resources.gpu_memory_gb
     table = Table(title=f"peak memory per worker ({spec.model.name_or_path})")
@@ -149,15 +150,15 @@ def train(
 ) -> None:
     """Train one trial with the spec's fixed values (no search), standalone in this process."""
     spec = _load_checked(spec_path, set_ or [])
-    from .train_loop import LocalSession
-    from .train_loop import train as run_train
+    from .train import LocalSession
+    from .train import train as run_train
 
     if output is None and "://" in spec.study.storage:
         raise UserError(
             "--output", f"study.storage is a URI ({spec.study.storage.split('?')[0]}); give a folder"
         )
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
-    run_train({"spec": spec.to_dict()}, LocalSession(output))
+    run_train(spec, LocalSession(output))
     print(f"adapter: {output / 'adapter'}")
     print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
 
@@ -188,9 +189,9 @@ def search(
 ) -> None:
     """Run a hyperparameter study: Optuna proposes, ASHA stops early, trials train on Ray Train workers."""
     spec = _load_checked(spec_path, list(set_ or []))
-    from . import search as search_lib
+    from .study import driver
 
-    plan, record = search_lib.run(
+    plan, record = driver.run(
         spec, storage=storage, address=address, tracking_uri=tracking_uri, resume=resume, dry_run=dry_run
     )
     if dry_run:
@@ -217,7 +218,7 @@ def report(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
     """Regenerate a study's report (leaderboard, scope comparison, importances) and log it to MLflow."""
-    from . import report as report_lib
+    from .tracking import report as report_lib
 
     out = report_lib.regenerate(target, tracking_uri)
     print((out / "leaderboard.md").read_text(), end="")
@@ -238,25 +239,31 @@ def promote_best(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="Default: the study's objective.")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="min or max (default: the study's).")] = None,
-    model_name: Annotated[str | None, typer.Option("--model-name", help="Registered model name.")] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            help="Registered model name (default: tracking.registered_model, else the experiment).",
+        ),
+    ] = None,
     alias: Annotated[str, typer.Option("--alias", help="Alias to point at the new version.")] = "champion",
     merge: Annotated[
         Path | None, typer.Option("--merge", help="Also write a merged model (safetensors) to this folder.")
     ] = None,
 ) -> None:
     """Pick the best finished, feasible trial; register its adapter as a pyfunc model; set the alias."""
-    from . import promote, tracking
+    from .tracking import promote, tracker
 
     if mode not in (None, "min", "max"):
         raise UserError("--mode", f"must be min or max, got {mode!r}")
-    uri = tracking.tracking_uri(tracking_uri)
+    uri = tracker.tracking_uri(tracking_uri)
     experiment = experiment or _only_study_experiment(uri)
     result = promote.promote_best(
         experiment=experiment,
         tracking_uri=uri,
         metric=metric,
         mode=mode,
-        model_name=model_name or experiment,
+        model_name=model_name,
         alias=alias,
         merge_dir=merge,
     )
@@ -272,11 +279,14 @@ def _only_study_experiment(uri: str) -> str:
     """The one experiment of this store that holds a raylora study, or a user error naming the choices."""
     from mlflow import MlflowClient
 
+    from .tracking import tags
+
     client = MlflowClient(tracking_uri=uri)
+    study_runs = tags.query({tags.ROLE: tags.STUDY_ROLE})
     names = [
         e.name
         for e in client.search_experiments()
-        if client.search_runs([e.experiment_id], "tags.`raylora.role` = 'study'", max_results=1)
+        if client.search_runs([e.experiment_id], study_runs, max_results=1)
     ]
     if len(names) == 1:
         return names[0]
@@ -306,7 +316,7 @@ def _print_leaderboard(record, summary: str, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .progress import short_params
+    from .study.progress import short_params
 
     table = Table(title=f"{record.name}: {record.metric} ({record.mode})")
     for column in ("#", "trial", "state", record.metric, "steps", "params"):
@@ -329,8 +339,8 @@ def _print_leaderboard(record, summary: str, top: int = 10) -> None:
 
 
 def _load_checked(spec_path: Path, overrides: list[str]):
-    from . import preflight
     from . import spec as spec_lib
+    from .train import preflight
 
     spec = spec_lib.load(spec_path, overrides)
     preflight.local_inputs(spec)
@@ -340,13 +350,11 @@ def _load_checked(spec_path: Path, overrides: list[str]):
 def main() -> None:
     """Console entry point."""
     import logging
-    import os
 
-    from .model import TrialError
+    from . import environment
+    from .errors import TrialError
 
-    # Download, load and save progress bars of MLflow and transformers: the results are what we print.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    environment.set_defaults(environment.CLI)
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

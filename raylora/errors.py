@@ -43,9 +43,20 @@ class UserErrors(UserError):
         return [line for e in self.errors for line in e.lines()]
 
 
+class TrialError(RuntimeError):
+    """A trial that cannot go on for a reason worth telling the user (not a bug in raylora)."""
+
+
 def raise_all(errors: list[UserError]) -> None:
     """Raise nothing, the one error, or all of them together."""
     if len(errors) == 1:
         raise errors[0]
     if errors:
         raise UserErrors(errors)
+
+
+def first_line(error: BaseException, limit: int = 500) -> str:
+    """The line of an exception's message worth showing (Ray's remote tracebacks end in the error)."""
+    text = str(error).strip() or type(error).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if len(lines) > 1 and "Traceback" in text else lines[0])[:limit]

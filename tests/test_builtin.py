@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from raylora import builtin
+from raylora import builtin, environment
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_gui_dataset_is_not_rebuilt_and_replaces_incomplete_dirs(tmp_path):
 
 def test_resolvers(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYLORA_HOME", str(tmp_path))
-    assert builtin.raylora_home() == tmp_path
+    assert environment.home() == tmp_path
     assert builtin.is_builtin(builtin.TINY_MODEL) and not builtin.is_builtin("Qwen/Qwen3-VL-2B-Instruct")
     assert builtin.resolve_model("Qwen/Qwen3-VL-2B-Instruct") == "Qwen/Qwen3-VL-2B-Instruct"
     assert builtin.resolve_data("my/train.jsonl", "train") == "my/train.jsonl"
@@ -258,7 +258,7 @@ def test_resolvers(tmp_path, monkeypatch):
 
 def test_default_home(monkeypatch):
     monkeypatch.delenv("RAYLORA_HOME", raising=False)
-    assert builtin.raylora_home() == pathlib.Path.home() / ".cache" / "raylora"
+    assert environment.home() == pathlib.Path.home() / ".cache" / "raylora"
 
 
 def _ensure_all(home: str, barrier, results) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from raylora import builtin, data, model
+from raylora import builtin
 from raylora import spec as spec_lib
 from raylora.errors import DataError
-from raylora.evaluate import is_hit, parse_click
+from raylora.train import data, model
+from raylora.train.evaluate import is_hit, parse_click
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from raylora import builtin, estimate, scopes
-from raylora import model as model_lib
+from raylora import builtin
 from raylora import spec as spec_lib
 from raylora.errors import SpecError
+from raylora.train import estimate, scopes
+from raylora.train import quantization as quantization_lib
+from raylora.train import model as model_lib
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 QWEN3_VL_4B_PARAMS = 4_437_815_808
@@ -114,7 +116,7 @@ def test_nf4_weights_match_the_real_4bit_model(tiny_path, quantization, dtype):
     linear4 = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     names = {n.removeprefix("base_model.model.").removesuffix(".base_layer") for n in linear4}
     meta = scopes.meta_model(scopes.load_config(tiny_path))
-    assert names == estimate.quantized_modules(meta, "qwen3_vl", quantization)
+    assert names == quantization_lib.quantized_modules(meta, "qwen3_vl", quantization)
 
     frozen = [p for p in model.parameters() if not p.requires_grad]
     states: dict[int, torch.Tensor] = {}

@@ -9,7 +9,9 @@ import sys
 import pyarrow.fs
 import pytest
 
-from raylora.pool import EXIT, Checkpoints, TrialPool, _Runner
+from raylora.study.checkpoints import Checkpoints
+from raylora.study.pool import TrialPool, _Runner
+from raylora.study.states import EXIT
 
 SETTINGS = {"max_failures": 1}
 
@@ -146,8 +148,8 @@ def test_checkpoints_keep_the_latest_and_the_best_the_newer_on_a_tie(tmp_path, r
 def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
     import torch
 
-    from raylora.pool import _release_memory
-    from raylora.train_loop import _peak_memory_mb
+    from raylora.study.pool_worker import _release_memory
+    from raylora.train.recipe import _peak_memory_mb
 
     cpu = torch.device("cpu")
     _release_memory()

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from raylora import builtin, promote
+from raylora import builtin
 from raylora import spec as spec_lib
 from raylora.errors import NothingToDo, UserError
-from raylora.train_loop import LocalSession, train
+from raylora.tracking import promote
+from raylora.train import LocalSession, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -38,7 +39,7 @@ def adapters(raylora_home, tmp_path_factory) -> dict[str, Path]:
     for name, scope in [("llm", "[llm]"), ("llm_vision", "[llm, vision]")]:
         spec = spec_lib.load(QUICKSTART, [*FAST, f"training.lora.scope={scope}"])
         directory = tmp_path_factory.mktemp(f"trial_{name}")
-        train({"spec": spec.to_dict()}, LocalSession(directory, log=lambda line: None))
+        train(spec, LocalSession(directory, log=lambda line: None))
         out[name] = directory
     return out
 
@@ -217,7 +218,7 @@ def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tm
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from raylora import data
+    from raylora.train import data
 
     out = tmp_path / "merged"
     result = promote.promote_best(

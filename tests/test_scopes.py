@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from raylora import scopes as sc
-from raylora.scopes import (
+from raylora.train import scopes as sc
+from raylora.train.scopes import (
     PARTS,
     SCOPES,
     Resolution,
@@ -361,6 +361,6 @@ def test_import_is_cheap():
     import subprocess
     import sys
 
-    code = "import sys, raylora.scopes; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, raylora.train.scopes; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

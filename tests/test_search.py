@@ -217,9 +217,9 @@ def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_pat
 
 def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_path):
     # A driver killed between telling Optuna and saving summary.json: the trial is finished, not re-run.
-    from raylora.search import _prepare_resume
     from raylora.spec import Spec
-    from raylora.study import StudyRecord, TrialRecord, open_optuna
+    from raylora.study.optuna_searcher import open_optuna, settle_interrupted
+    from raylora.study.record import StudyRecord, TrialRecord
 
     spec = Spec.from_dict(yaml.safe_load(_write_spec(tmp_path).read_text()))
     directory = tmp_path / "s"
@@ -235,7 +235,7 @@ def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_
         elif outcome != "running":
             study.tell(trial, outcome)
 
-    again = _prepare_resume(record, study)
+    again = settle_interrupted(record, study)
 
     assert [t.trial_id for t in again] == ["t003"]
     states = {t.trial_id: (t.state, t.value) for t in StudyRecord.open(directory, spec).trials.values()}

@@ -6,6 +6,7 @@ import pytest
 
 from raylora import spec as spec_lib
 from raylora.errors import UserError
+from raylora.spec.paths import leaf_paths
 
 
 def _errors(tmp_path, text: str, overrides=()) -> list[str]:
@@ -52,7 +53,7 @@ def test_defaults_and_paths(tmp_path):
         "training.learning_rate.projector",
     ):
         assert path in flat, path
-        assert path in spec_lib.leaf_paths()
+        assert path in leaf_paths(spec_lib.Spec)
 
 
 def test_overrides_parse_yaml(tmp_path):

@@ -213,8 +213,8 @@ def test_missing_bucket_is_one_line_and_exit_2(s3, tmp_path):
 
 
 def test_storage_uris_never_carry_credentials_into_mlflow():
-    from raylora.storage import open_storage
-    from raylora.tracking import scrub
+    from raylora.tracking.secrets import scrub
+    from raylora.tracking.storage import open_storage
 
     uri = "s3://AKIA:s3cr3t@bucket/p?endpoint_override=host:9000&secret_key=s3cr3t&scheme=http"
     assert scrub({"study.storage": uri}) == {
@@ -227,7 +227,7 @@ def test_storage_uris_never_carry_credentials_into_mlflow():
 def test_state_a_failed_upload_kept_locally_is_uploaded_before_anything_is_downloaded(s3):
     import boto3
 
-    from raylora.storage import open_storage
+    from raylora.tracking.storage import open_storage
 
     endpoint, fs = s3
     root = f"s3://flaky/studies?endpoint_override={endpoint}&scheme=http"
@@ -252,7 +252,7 @@ def test_state_a_failed_upload_kept_locally_is_uploaded_before_anything_is_downl
 
 
 def test_state_files_are_read_whole_while_a_running_study_rewrites_them(s3):
-    from raylora.storage import read_whole
+    from raylora.tracking.storage import read_whole
 
     _, fs = s3
     path = "bucket/rewritten/summary.json"

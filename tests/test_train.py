@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raylora import spec as spec_lib
-from raylora.train_loop import LocalSession, train
+from raylora.train import LocalSession, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -32,7 +32,8 @@ def _load_adapter(adapter_dir: Path):
 
 
 def _first_eval_batch(spec):
-    from raylora import builtin, data, model
+    from raylora import builtin
+    from raylora.train import data, model
 
     processor = model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
@@ -43,7 +44,7 @@ def _first_eval_batch(spec):
 
 def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path):
     spec = _spec("training.lora.scope=[llm, vision]", "training.gradient_checkpointing=true")
-    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+    outcome = train(spec, LocalSession(tmp_path, log=lambda line: None))
 
     adapter = tmp_path / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
@@ -84,7 +85,7 @@ def test_nf4_trains_lora_on_a_4bit_base(tmp_path):
         "training.max_steps=3",
         "training.eval_every=3",
     )
-    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+    outcome = train(spec, LocalSession(tmp_path, log=lambda line: None))
     base = outcome.model.get_base_model()
     quantized = {n for n, m in base.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert any(".visual.blocks." in n for n in quantized) and any(".language_model." in n for n in quantized)
@@ -103,7 +104,7 @@ def test_nf4_llm_only_keeps_vision_and_mergers_full_precision(tmp_path):
         "data.eval=null",
         "study.objective.metric=train/loss",
     )
-    outcome = train({"spec": spec.to_dict()}, LocalSession(tmp_path, log=lambda line: None))
+    outcome = train(spec, LocalSession(tmp_path, log=lambda line: None))
     quantized = {
         n for n, m in outcome.model.get_base_model().named_modules() if isinstance(m, bnb.nn.Linear4bit)
     }
@@ -192,7 +193,7 @@ def test_bad_dataset_lines_exit_2_naming_file_and_line(tmp_path, row, expected):
 
 def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
     """Vision LoRA on text-only data would silently train nothing: the first step says so."""
-    from raylora.model import TrialError
+    from raylora.errors import TrialError
 
     text_only = tmp_path / "text.jsonl"
     row = {
@@ -209,4 +210,4 @@ def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
         "study.objective.metric=train/loss",
     )
     with pytest.raises(TrialError, match="LoRA on vision received no gradient"):
-        train({"spec": spec.to_dict()}, LocalSession(tmp_path / "out", log=lambda line: None))
+        train(spec, LocalSession(tmp_path / "out", log=lambda line: None))

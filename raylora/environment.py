@@ -1,0 +1,80 @@
+"""Every environment variable raylora reads or sets, each declared once with the reason for it.
+
+Read:
+
+* ``RAYLORA_HOME`` — where the built-in model and data, the encoded-data cache and URI studies' local
+  mirrors live (default ``~/.cache/raylora``); passed on to Ray workers.
+* ``RAYLORA_INJECT_OOM`` — fault injection for tests (``raylora.train.faults``); passed on to Ray workers.
+* ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
+  ``tracking.tracking_uri`` is given.
+
+Set (values already in the environment win, except where a comment says why not): :data:`CLI`,
+:data:`MLFLOW`, :data:`RAY_TRAIN` (also passed to every Ray worker), :data:`RAY_DRIVER`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME = "RAYLORA_HOME"
+INJECT_OOM = "RAYLORA_INJECT_OOM"
+TRACKING_URI = "MLFLOW_TRACKING_URI"
+
+# Set by the command line before anything else: the results are what raylora prints.
+CLI = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # load/save bars of transformers and the hub on every run
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per logged adapter
+}
+
+# Set before the first MLflow client exists.
+MLFLOW = {
+    # An unreachable tracking server must fail fast into raylora's outbox; MLflow retries for minutes.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+# Exported to the trial drivers and the runners' controllers and workers (Ray reads some on import).
+RAY_TRAIN = {
+    # Trial drivers are reused, and Tune gives a stopped trial's driver only 2 s to return before it
+    # fails the next trial instead.
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "600",
+    # One more actor per runner that only matters on spot capacity (set it to 1 to keep it).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Workers' prints are raylora's own progress lines; Train's patch would prefix each one again.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Train's Prometheus metrics cost a thread per worker and nothing here reads them.
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+# Set on the search driver only; these two are forced, since raylora depends on them.
+RAY_DRIVER = {
+    # Tune's new output engine prints experiment banners even when silent; raylora prints its own.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # A failed trial's final report carries its status instead of the objective, by design.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+# A local node with fractional-CPU trials starts more worker processes than Ray's default "expected"
+# count and warns about each; that is by design here.
+RAY_LOCAL_STARTUP = "RAY_worker_maximum_startup_concurrency"
+# Ray 2.59+ clusters require token authentication; set when a token is at hand and the user set no mode.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def home() -> Path:
+    """Where raylora keeps built artifacts and caches: ``$RAYLORA_HOME`` or ``~/.cache/raylora``."""
+    value = os.environ.get(HOME)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "raylora"
+
+
+def set_defaults(values: dict[str, str]) -> None:
+    """Set each variable the user has not set already."""
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+
+
+def for_workers() -> dict[str, str]:
+    """The variables a Ray runtime environment passes on to every worker."""
+    passed = (HOME, INJECT_OOM, *RAY_TRAIN)
+    return {key: os.environ[key] for key in passed if key in os.environ}

@@ -1,0 +1,12 @@
+"""What to run: the study spec's schema, its dotted paths, YAML loading and the search space.
+
+Never imports torch: ``raylora validate`` and the search driver read specs without it. ::
+
+    spec = raylora.spec.load("search_spaces/quickstart.yaml", ["training.lora.r=32"])
+    concrete = spec.with_values({"training.lora.scope": ["llm", "vision"]})
+"""
+
+from .load import build, load
+from .schema import Spec
+
+__all__ = ["Spec", "build", "load"]

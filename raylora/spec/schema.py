@@ -1,0 +1,277 @@
+"""The study spec's schema: strict, typed, frozen sections, and the rules that span them.
+
+The spec is validated once on the driver and frozen; workers get ``spec.to_dict()`` and rebuild the same
+object with :meth:`Spec.from_dict`. :func:`validate` turns pydantic's errors into ``SpecError`` objects that
+name the dotted path (see :mod:`raylora.spec.paths`) and report every problem at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import SpecError, UserError, raise_all
+from . import paths
+
+Positive = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Scope = Literal["llm", "llm.attn", "llm.mlp", "vision", "vision.attn", "vision.mlp", "projector", "deepstack"]
+LR_PARTS = ("llm", "vision", "projector")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+
+
+class Objective(_Section):
+    metric: Literal["eval/loss", "eval/click_acc", "train/loss"] = "eval/loss"
+    """The metric the study optimizes, as reported by every trial."""
+    mode: Literal["min", "max"] = "min"
+
+
+class Sampler(_Section):
+    type: Literal["tpe", "random"] = "tpe"
+    """``tpe``: multivariate, grouped TPE (conditional spaces); ``random``: a baseline."""
+    seed: int = 0
+
+
+class Scheduler(_Section):
+    type: Literal["asha", "fifo"] = "asha"
+    """``asha`` stops weak trials at rungs of the reported training step; ``fifo`` never stops early."""
+    grace_steps: Positive | None = None
+    """Steps every trial runs before it can be stopped (default: ``training.eval_every``)."""
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class Study(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)] = "raylora-study"
+    """Names the study folder under ``storage``, the Optuna study and the MLflow experiment."""
+    objective: Objective = Objective()
+    num_trials: Positive = 8
+    max_concurrent_trials: Literal["auto"] | Positive = "auto"
+    """``auto``: as many trials as the cluster's resources hold at once."""
+    sampler: Sampler = Sampler()
+    scheduler: Scheduler = Scheduler()
+    storage: str = "raylora_studies"
+    """A local path, on a multi-node cluster a shared one (NFS/EFS mounted on every node), or a pyarrow
+    filesystem URI (``s3://bucket/prefix``, ``gs://bucket/prefix``, query parameters allowed)."""
+
+
+class Model(_Section):
+    name_or_path: str = "builtin:tiny-qwen3-vl"
+    """A hub id, a local checkpoint folder, or ``builtin:tiny-qwen3-vl``."""
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """``auto``: bfloat16 on GPUs that support it, float32 on CPU."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+
+class Image(_Section):
+    min_pixels: Positive | None = None
+    """Smallest image area after resizing (one visual token per 32×32 pixels on Qwen3-VL)."""
+    max_pixels: Positive | None = None
+    """Largest image area after resizing; the main knob on image tokens and vision memory."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Image:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
+        return self
+
+
+class Data(_Section):
+    train: str = "builtin:gui-grounding"
+    """JSONL or Parquet of chat records, or ``builtin:gui-grounding``."""
+    eval: str | None = "builtin:gui-grounding"
+    image: Image = Image()
+    max_length: Positive = 2048
+    """Longer samples are dropped and counted, never truncated (an image span must stay whole)."""
+    eval_samples: Positive | None = None
+    """Evaluate on at most this many eval records (default: all)."""
+
+
+class Resources(_Section):
+    workers_per_trial: Positive = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    """Worker failures a trial survives, restarting from its latest adapter checkpoint."""
+    gpu_memory_gb: PositiveFloat | None = None
+    """Memory of one GPU (GiB). When set, sampled trials whose estimated peak cannot fit are marked
+    INFEASIBLE without launching (see ``raylora estimate``)."""
+
+
+class Lora(_Section):
+    enabled: Literal[True] = True
+    """Accepted for seed-style configs; raylora always trains a LoRA adapter."""
+    r: Positive = 16
+    alpha: PositiveFloat | None = None
+    """LoRA alpha; default ``2 × r`` (or ``alpha_ratio × r``)."""
+    alpha_ratio: PositiveFloat | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    scope: Annotated[list[Scope], Field(min_length=1)] = ["llm"]
+    """Parts LoRA trains: llm, llm.attn, llm.mlp, vision, vision.attn, vision.mlp, projector, deepstack."""
+    target_modules: Annotated[list[str], Field(min_length=1)] | None = None
+    """PEFT-style module names instead of ``scope``; each must match a real module."""
+
+    @model_validator(mode="after")
+    def _one_alpha(self) -> Lora:
+        if self.alpha is not None and self.alpha_ratio is not None:
+            raise ValueError("give alpha or alpha_ratio, not both")
+        return self
+
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha PEFT gets."""
+        if self.alpha is not None:
+            return self.alpha
+        return (self.alpha_ratio or 2.0) * self.r
+
+
+class LearningRate(_Section):
+    llm: PositiveFloat = 2e-4
+    vision: PositiveFloat = 2e-5
+    projector: PositiveFloat = 1e-4
+    """Used for the projector (merger) and the deepstack mergers."""
+
+
+class Training(_Section):
+    max_steps: Positive = 100
+    eval_every: Positive = 25
+    per_device_train_batch_size: Positive = 1
+    per_device_eval_batch_size: Positive = 4
+    gradient_accumulation_steps: Positive = 1
+    gradient_checkpointing: bool = True
+    """Non-reentrant activation checkpointing (reentrant starves vision LoRA of gradients)."""
+    quantization: Literal["none", "nf4", "nf4-llm-only"] = "none"
+    """``nf4``: 4-bit base weights but lm_head; ``nf4-llm-only`` keeps vision and mergers unquantized too."""
+    lora: Lora = Lora()
+    learning_rate: LearningRate = LearningRate()
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    max_grad_norm: PositiveFloat | None = 1.0
+    seed: int = 0
+    click_eval_samples: Annotated[int, Field(ge=0)] = 16
+    """Eval records scored by greedy generation for ``eval/click_acc`` (0 turns it off)."""
+    max_new_tokens: Positive = 24
+
+    @model_validator(mode="after")
+    def _eval_within_run(self) -> Training:
+        if self.eval_every > self.max_steps:
+            raise ValueError(f"eval_every ({self.eval_every}) must be <= max_steps ({self.max_steps})")
+        return self
+
+
+class Tracking(_Section):
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working
+    directory. ``--tracking-uri`` overrides it."""
+    experiment: str | None = None
+    """Default: the study name."""
+    registered_model: str | None = None
+
+
+class Spec(_Section):
+    """A whole study: what to train, on what, with which resources, and what to search."""
+
+    study: Study = Study()
+    model: Model = Model()
+    data: Data = Data()
+    resources: Resources = Resources()
+    training: Training = Training()
+    search: dict[str, Any] = {}
+    """Dotted spec path → distribution; checked by :mod:`raylora.spec.space`."""
+    tracking: Tracking = Tracking()
+
+    def to_dict(self) -> dict:
+        """Plain data that :meth:`from_dict` turns back into the same spec."""
+        return self.model_dump(mode="python", exclude_unset=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Spec:
+        """Rebuild a spec already validated elsewhere (e.g. on the driver)."""
+        return cls.model_validate(data)
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted path."""
+        return paths.get(self, path)
+
+    def with_values(self, values: dict[str, Any]) -> Spec:
+        """A concrete spec (no ``search`` section) with dotted-path values set, validated."""
+        data = self.model_dump(mode="python", exclude_unset=True, exclude={"search"})
+        for path, value in values.items():
+            paths.set_in(data, path, value)
+        return validate(data)
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf as ``{dotted.path: value}`` (the search section excluded)."""
+        return paths.flatten(self.model_dump(mode="python", exclude={"search"}))
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+
+def validate(data: dict, where: Callable[[str], str] = lambda p: p) -> Spec:
+    """Plain data → a frozen spec; every schema and cross-section problem raised together, each at
+    ``where(dotted_path)``. The search section's entries are checked by :mod:`raylora.spec.space`."""
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise_all([_spec_error(err, where) for err in e.errors() if err["loc"][:1] != ("search",)])
+        raise
+    raise_all(_cross_checks(spec, where))
+    return spec
+
+
+def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
+    """Rules that span sections, each reported at the path to change."""
+    errors: list[UserError] = []
+    lora = spec.training.lora
+    if lora.target_modules is not None and "scope" in lora.model_fields_set:
+        errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
+    if spec.resources.strategy == "fsdp":
+        errors.append(
+            SpecError(
+                where("resources.strategy"),
+                "fsdp is not implemented yet: trials run DDP (use ddp, or nf4 to fit a GPU)",
+            )
+        )
+    metric = spec.study.objective.metric
+    if metric.startswith("eval/") and spec.data.eval is None:
+        errors.append(
+            SpecError(where("study.objective.metric"), f"{metric} needs data.eval (or use train/loss)")
+        )
+    if metric == "eval/click_acc" and spec.training.click_eval_samples == 0:
+        errors.append(
+            SpecError(where("study.objective.metric"), "eval/click_acc needs training.click_eval_samples > 0")
+        )
+    return errors
+
+
+def _spec_error(err: dict, where: Callable[[str], str]) -> SpecError:
+    dotted = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            dotted += f"[{part}]"
+        elif part in _PYDANTIC_UNION_TAGS or part.startswith(("literal[", "function-")):
+            continue
+        else:
+            dotted = f"{dotted}.{part}" if dotted else str(part)
+    at = where(dotted or "spec")
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return SpecError(at, f"unknown key (allowed: {', '.join(paths.allowed_keys(Spec, dotted))})")
+    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    message = message[0].lower() + message[1:]
+    if kind in ("missing", "model_type", "dict_type") or isinstance(value, dict):
+        return SpecError(at, message)
+    return SpecError(at, f"{message}, got {value!r}")
+
+
+_PYDANTIC_UNION_TAGS = ("int", "float", "str", "list[...]", "bool", "constrained-int", "constrained-float")

@@ -1,0 +1,109 @@
+"""A study's adapter checkpoints: ``<study>/runs/<slot>/checkpoint_s<step>``, on local disk or any pyarrow
+filesystem, keeping each trial's latest and its best.
+
+Written by rank 0 of the worker group training the trial (:class:`raylora.study.pool_worker.PoolSession`);
+read back when a trial resumes on any runner, and by the driver when it logs adapters to MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CHECKPOINT_PREFIX = "checkpoint_s"
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class Checkpoints:
+    """A study's adapter checkpoints: ``<runs_dir>/<slot>/checkpoint_s<step>``, on local disk or a pyarrow
+    filesystem (None: local), keeping each trial's latest and its best by the objective (the newer one on
+    a tie, as Ray Train's own rule)."""
+
+    runs_dir: str
+    filesystem: object
+    metric: str
+    mode: str
+    slot: str | None = None
+
+    def for_trial(self, slot: str) -> Checkpoints:
+        return replace(self, slot=slot)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.runs_dir}/{self.slot}"
+
+    @property
+    def fs(self):
+        import pyarrow.fs
+
+        return self.filesystem or pyarrow.fs.LocalFileSystem()
+
+    def names(self) -> list[str]:
+        """The trial's checkpoint folder names, oldest first."""
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.folder, allow_not_found=True))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+        )
+
+    def latest(self) -> Path | None:
+        """A local folder holding the trial's latest checkpoint (downloaded if remote), or None."""
+        names = self.names()
+        if not names:
+            return None
+        path = f"{self.folder}/{names[-1]}"
+        if self.filesystem is None:
+            return Path(path)
+        import tempfile
+
+        import pyarrow.fs
+
+        local = Path(tempfile.mkdtemp(prefix="raylora-resume-"))
+        pyarrow.fs.copy_files(path, str(local), source_filesystem=self.filesystem)
+        return local
+
+    def save(self, local: Path, step: int, metrics: dict) -> str:
+        """Store folder ``local`` as the checkpoint of ``step``; return its path; drop superseded ones."""
+        import json
+
+        import pyarrow.fs
+
+        (local / REPORT_FILE).write_text(json.dumps({"step": step, self.metric: metrics.get(self.metric)}))
+        name = f"{CHECKPOINT_PREFIX}{step:07d}"
+        path = f"{self.folder}/{name}"
+        self.fs.create_dir(path, recursive=True)
+        pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.fs)
+        self._prune(name)
+        return path
+
+    def _prune(self, latest: str) -> None:
+        import json
+        import math
+
+        sign = 1.0 if self.mode == "min" else -1.0
+        scored = []
+        for name in self.names():
+            value = self._read(f"{self.folder}/{name}/{REPORT_FILE}")
+            value = json.loads(value).get(self.metric) if value else None
+            scored.append((sign * value if isinstance(value, (int, float)) else math.inf, name))
+        best, best_value = latest, math.inf
+        for value, name in scored:  # oldest first, so the newer one wins a tie
+            if value <= best_value:
+                best, best_value = name, value
+        for _, name in scored:
+            if name not in (best, latest):
+                try:
+                    self.fs.delete_dir(f"{self.folder}/{name}")
+                except OSError:
+                    pass  # gone already
+
+    def _read(self, path: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read().decode()
+        except OSError:
+            return None

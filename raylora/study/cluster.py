@@ -1,0 +1,119 @@
+"""Ray start-up for a study: attach to a cluster or start a local one, and check shared storage.
+
+Nothing else in raylora calls ``ray.init``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .. import environment
+from ..errors import UserError
+from .placement import Node
+
+
+def init_ray(address: str | None) -> None:
+    """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one."""
+    # Environment first: Ray reads some of it when it is imported.
+    environment.set_defaults(environment.RAY_TRAIN)
+    os.environ.update(environment.RAY_DRIVER)
+    if address is not None and environment.RAY_AUTH_MODE not in os.environ and _has_ray_token():
+        os.environ[environment.RAY_AUTH_MODE] = "token"
+    if address is None:
+        environment.set_defaults({environment.RAY_LOCAL_STARTUP: str(max(8, os.cpu_count() or 1))})
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(
+            address=address if address is not None else _default_address(),
+            # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's placement
+            # group when its controller dies; it is also where users watch a local study's processes.
+            include_dashboard=True if address is None else None,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+            runtime_env={"env_vars": environment.for_workers()},
+        )
+    except ConnectionError as e:
+        raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+
+
+def _default_address() -> str | None:
+    """What ``ray.init`` gets without ``--address``: None lets Ray pick ``RAY_ADDRESS`` or the cluster a
+    ``ray start`` on this machine recorded; "local" starts a fresh local Ray when that record is stale (its
+    cluster was killed without ``ray stop``), where Ray would wait for the dead cluster forever."""
+    import socket
+
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    recorded = _recorded_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return "local"
+    return None
+
+
+def _recorded_address() -> str | None:
+    """The head address the last ``ray start`` on this machine recorded, if any.
+
+    Ray has no public function for this: ``ray.init`` reads the record itself and then waits on it. The
+    record's place is documented behaviour (Ray's temp root, ``/tmp/ray`` unless ``RAY_TMPDIR`` or, on
+    Linux, ``TMPDIR`` moves it; file ``ray_current_cluster``); the private helpers that read it moved
+    between Ray releases, so raylora reads the file itself.
+    """
+    linux_tmp = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None
+    root = os.environ.get("RAY_TMPDIR") or linux_tmp or "/tmp"
+    try:
+        return (Path(root) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_shared(directory: Path, nodes: list[Node]) -> None:
+    """Refuse a storage path that not every node sees (Ray would only fail at the first checkpoint)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / f".raylora-shared-{uuid.uuid4().hex}"
+    marker.write_text("raylora storage check\n")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        checks = {
+            node.address: sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+            ).remote(str(marker))
+            for node in nodes
+        }
+        blind = [address for address, ref in checks.items() if not ray.get(ref, timeout=120)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(
+            "--storage",
+            f"{directory.parent} is not shared: node(s) {', '.join(blind)} cannot see it; on a cluster with "
+            "more than one node give an NFS/EFS path mounted on every node",
+        )
+
+
+def _has_ray_token() -> bool:
+    """A Ray auth token is at hand: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return Path(path).is_file()

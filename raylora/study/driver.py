@@ -1,0 +1,263 @@
+"""The study driver behind ``raylora search``: the only place that runs Tune.
+
+Data flow: spec (validated on the driver) → Optuna define-by-run space → Tune (StudySearcher + ASHA) →
+the trial pool (one long-lived TorchTrainer per concurrent trial) → the training recipe on each worker →
+reports back → ``summary.json`` and MLflow (the driver is their one writer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..spec import Spec, space
+from ..tracking.storage import PENDING, LocalStorage, UriStorage
+from . import cluster, placement
+from .record import StudyRecord, TrialRecord
+from .states import TrialState
+
+
+@dataclass
+class Plan:
+    """What a search will do, printed by ``--dry-run`` and before a real run."""
+
+    study_dir: Path
+    remaining: int
+    resumed: list[str]
+    max_concurrent: int
+    nodes: list[placement.Node]
+    scheduler: str
+    runs_link: str | None = None
+    storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
+    unfinished: list[str] | None = None  # trials an interrupted study left for --resume
+
+
+def study_storage(spec: Spec, storage: str | None, log: Callable[[str], None] = print):
+    """``<storage>/<study.name>``: a local or NFS folder, or a pyarrow URI (``s3://bucket/prefix``)."""
+    from ..tracking.storage import open_storage
+
+    return open_storage(storage or spec.study.storage, spec.study.name, log)
+
+
+def run(
+    spec: Spec,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[Plan, StudyRecord]:
+    """Run (or continue) the study; return the plan and the final record."""
+    where = study_storage(spec, storage, log)
+    where.check()
+    where.pull()
+    directory = where.directory
+    record = StudyRecord.open(directory, spec)
+    record.on_save = where.push
+    if record.trials and not resume and not dry_run:
+        raise UserError(
+            "study.name",
+            f"study {spec.study.name!r} already exists in {where.location}; "
+            "continue it with --resume, or choose another study.name or --storage",
+        )
+    optuna_study = pending = None
+    if not dry_run:
+        from .optuna_searcher import open_optuna, settle_interrupted
+
+        optuna_study = open_optuna(directory, spec)
+        pending = settle_interrupted(record, optuna_study)
+    remaining = spec.study.num_trials - len(record.finished())
+    if not dry_run and (directory / PENDING).is_file():
+        from ..tracking import tracker as tracking
+
+        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), remaining > 0, log)
+    if remaining <= 0 and not dry_run:
+        return Plan(directory, 0, [], 0, [], _scheduler_name(spec), storage=where), record
+
+    # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
+    opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, where, log)
+    cluster.init_ray(address)
+    import ray
+
+    nodes = placement.nodes_from_ray(ray.nodes())
+    placement.check_fits(spec.resources, nodes)
+    if len(nodes) > 1 and not dry_run and not where.remote:
+        cluster.check_shared(directory, nodes)  # object storage is shared by definition
+    wanted = spec.study.max_concurrent_trials
+    auto = placement.max_concurrent(spec.resources, nodes, max(remaining, 1))
+    concurrent = auto if wanted == "auto" else min(wanted, max(remaining, 1))
+    plan = Plan(
+        directory,
+        max(remaining, 0),
+        [t.trial_id for t in pending or []],
+        concurrent,
+        nodes,
+        _scheduler_name(spec),
+        storage=where,
+    )
+    if dry_run:
+        return plan, record
+    pool = _pool(spec, plan)
+    if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
+        pool.warm.remote()  # the first workers start while MLflow and Tune get ready
+
+    from .progress import Progress
+
+    progress = Progress(spec, record, log)
+    tracker = opening.result()
+    tracker.start_study(record)
+    tracker.end_stale_runs(record)
+    progress.begin(plan)
+
+    def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
+        # Ray reports checkpoints as paths on the storage's filesystem; URI storage names them s3://...
+        if result.get("checkpoint_path"):
+            result["checkpoint_path"] = where.uri(result["checkpoint_path"])
+        if trial.adapter_path:
+            trial.adapter_path = where.uri(trial.adapter_path)
+        progress.event(kind, trial, result)
+        {"start": tracker.trial_started, "end": tracker.trial_ended}.get(kind, lambda t: None)(trial)
+        if kind == "result":
+            tracker.trial_result(trial, result)
+
+    _tune(spec, plan, pool, optuna_study, record, pending, on_event)
+    progress.end()
+    tracker.end_study(record)
+    _write_report(spec, plan.study_dir, record, optuna_study, tracker)
+    where.push(report=True)
+    tracker.close()
+    record.save()
+    plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
+    # Tune returns early on Ctrl-C: whatever still runs was interrupted, and resumes from its checkpoint.
+    plan.unfinished = sorted(t.trial_id for t in record.unfinished())
+    return plan, record
+
+
+def _in_background(fn, *args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raylora")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)  # the submitted call still runs; nothing else will be
+    return future
+
+
+def _open_tracker(spec: Spec, tracking_uri: str | None, where, log: Callable[[str], None]):
+    from ..tracking import tracker as tracking
+
+    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), where, log)
+    tracker.connect()
+    return tracker
+
+
+def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study, tracker) -> None:
+    from ..tracking import report
+
+    out = report.write(directory / "report", record, optuna_study)
+    tracker.log_report(out)
+
+
+def _scheduler_name(spec: Spec) -> str:
+    scheduler = spec.study.scheduler
+    grace = scheduler.grace_steps or spec.training.eval_every
+    if scheduler.type == "fifo" or grace >= space.largest_max_steps(spec):
+        return "fifo"
+    return f"asha(grace={grace}, reduction={scheduler.reduction_factor:g})"
+
+
+def _scheduler(spec: Spec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if _scheduler_name(spec) == "fifo":
+        return FIFOScheduler()
+    grace = spec.study.scheduler.grace_steps or spec.training.eval_every
+    # max_t below the last step, and no stop at max_t: a trial stopped at its final report keeps its
+    # Train placement group on Ray 2.60 and the study hangs. Rungs at earlier steps release fine.
+    return ASHAScheduler(
+        time_attr="step",
+        metric=spec.study.objective.metric,
+        mode=spec.study.objective.mode,
+        max_t=space.largest_max_steps(spec) - 1,
+        grace_period=grace,
+        reduction_factor=spec.study.scheduler.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event) -> None:
+    import ray.tune
+
+    from .optuna_searcher import StudySearcher
+    from .trainable import run_trial
+
+    def on_event_and_stop(kind: str, trial: TrialRecord, result: dict) -> None:
+        if kind == "launch":
+            pool.warm.remote()  # workers start while Tune starts the trial's driver
+            return
+        if kind == "end" and trial.state == TrialState.PRUNED:
+            pool.stop.remote(trial.trial_id)  # its workers end it at their next step and take the next trial
+        on_event(kind, trial, result)
+
+    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
+    tune_dir, filesystem = plan.storage.ray_path("tune")
+    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
+    trainable = ray.tune.with_resources(trainable, placement.trial_driver_resources(plan.nodes))
+    tuner = ray.tune.Tuner(
+        trainable,
+        tune_config=ray.tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(spec),
+            num_samples=plan.remaining,
+            max_concurrent_trials=plan.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=f"tune-{int(time.time())}",
+            storage_path=tune_dir,
+            storage_filesystem=filesystem,
+            verbose=0,
+            failure_config=ray.tune.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
+
+
+def _pool(spec: Spec, plan: Plan):
+    """The study's :class:`~raylora.study.pool.TrialPool` actor, on this node (and so its runners'
+    controllers)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .pool import TrialPool
+
+    resources, objective = spec.resources, spec.study.objective
+    runs_dir, filesystem = plan.storage.ray_path("runs")
+    quantization = space.distributions(spec).get("training.quantization")
+    options = quantization.candidates() if quantization else (spec.training.quantization,)
+    runner = {
+        "workers": resources.workers_per_trial,
+        "cpus_per_worker": resources.cpus_per_worker,
+        "gpus_per_worker": resources.gpus_per_worker,
+        "placement_strategy": resources.placement_strategy,
+        "max_failures": resources.max_failures,
+        "pools_dir": plan.storage.ray_path("pools")[0],
+        "filesystem": filesystem,
+        "checkpoints": {
+            "runs_dir": runs_dir,
+            "filesystem": filesystem,
+            "metric": objective.metric,
+            "mode": objective.mode,
+        },
+        "may_quantize": any(q != "none" for q in options),
+    }
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    actor = ray.remote(num_cpus=0, max_concurrency=1000, scheduling_strategy=here)(TrialPool)
+    return actor.remote(runner, plan.max_concurrent)

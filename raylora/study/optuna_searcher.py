@@ -1,0 +1,232 @@
+"""Everything Optuna: the study's journal, its sampler, and the Tune searcher that asks and tells it.
+
+This module is the one place a trial's state changes: :class:`StudySearcher` moves each trial from RUNNING
+to its final :class:`~raylora.study.states.TrialState` as Tune reports it, and
+:func:`settle_interrupted` settles what a killed driver left behind.
+
+Ray's own ``OptunaSearch`` tells an ASHA-stopped trial to Optuna as COMPLETE with its low-budget value
+and an out-of-memory trial as FAIL (which samplers ignore). Here an early-stopped trial is PRUNED with its
+intermediate values, an OOM trial is marked infeasible with ``Trial.set_constraint`` (so TPE learns to
+avoid that region), and every other crash is FAIL with its reason. Trials get deterministic slot ids
+(``t000``, ``t001``, ...) that name their checkpoint folders, so an interrupted trial resumes from its
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ray.tune.search import Searcher
+
+from ..spec import space
+from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
+from .states import ERROR, STATUS, TrialState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import optuna
+
+    from ..spec import Spec
+
+
+class StudySearcher(Searcher):
+    """Asks Optuna for each new trial; tells it COMPLETE, PRUNED, infeasible or FAIL at the end."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        study: optuna.Study,
+        record: StudyRecord,
+        pending: list[TrialRecord],
+        on_event: Callable[[str, TrialRecord, dict], None] = lambda event, trial, result: None,
+    ):
+        objective = spec.study.objective
+        super().__init__(metric=objective.metric, mode=objective.mode)
+        self.spec = spec
+        self.study = study
+        self.record = record
+        self.pending = list(pending)
+        self.on_event = on_event
+        self._sample = space.define_by_run(spec)
+        self._trials: dict[str, tuple[optuna.Trial, TrialRecord]] = {}
+        self._next_slot = len(record.trials)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.pending:
+            resumed = self.pending.pop(0)
+            self.study.enqueue_trial(_encoded(self.study, resumed), skip_if_exists=False)
+            slot = resumed.trial_id
+        else:
+            slot = slot_name(self._next_slot)
+            self._next_slot += 1
+        ot_trial = self.study.ask()
+        self._sample(ot_trial)
+        ot_trial.set_user_attr("slot", slot)
+        params = space.decode(self.spec, ot_trial.params)
+        trial = self.record.trials.get(slot) or TrialRecord(slot)
+        trial.state, trial.params, trial.error = TrialState.RUNNING, params, None
+        trial.optuna_number = ot_trial.number
+        trial.steps = 0  # a resumed trial reports again from its checkpoint on
+        self.record.trials[slot] = trial
+        self.record.save()
+        self._trials[trial_id] = (ot_trial, trial)
+        self.on_event("start", trial, {})
+        config = {"slot": slot, "params": params}
+        too_big = self._prescreen(params)
+        if too_big:
+            config["prescreened"] = too_big
+        else:
+            self.on_event("launch", trial, {})
+        return config
+
+    def _prescreen(self, params: dict) -> str | None:
+        """Why a sampled trial cannot fit ``resources.gpu_memory_gb`` (None when it fits or is unchecked)."""
+        budget = self.spec.resources.gpu_memory_gb
+        if budget is None:
+            return None
+        from ..train import estimate
+
+        predicted = estimate.estimate(self.spec.with_values(params))
+        if estimate.fits(predicted, budget):
+            return None
+        return (
+            f"out of memory (predicted): {predicted.total_bytes / estimate.GIB:.1f} GiB estimated peak > "
+            f"90% of resources.gpu_memory_gb={budget:g}; not launched"
+        )
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial, trial = self._trials[trial_id]
+        if self._absorb(ot_trial, trial, result):
+            self.on_event("result", trial, result)
+            self.record.save()
+
+    def _absorb(self, ot_trial, trial: TrialRecord, result: dict) -> bool:
+        """Take a training report into the trial's record and Optuna; False if it holds no step."""
+        if "step" not in result or STATUS in result:
+            return False
+        step = int(result["step"])
+        if step <= trial.steps and trial.value is not None:
+            return False  # already seen (a stopping result arrives again at completion)
+        trial.steps = step
+        if result.get("resumed_from_step"):
+            trial.resumed_from_step = int(result["resumed_from_step"])
+        trial.nodes = list(result.get("nodes", trial.nodes))
+        value = result.get(self.metric)
+        if value is None:
+            return True
+        ot_trial.report(float(value), step)
+        trial.last_value = float(value)
+        # On a tie the newer checkpoint is the one Ray keeps (a trial resumed at its last step reports
+        # the same value again, and Ray deletes the older copy).
+        if self.record.better(value, trial.value) or value == trial.value:
+            trial.value = float(value)
+            if result.get("checkpoint_path"):
+                trial.adapter_path = f"{result['checkpoint_path']}/adapter"
+        return True
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        ot_trial, trial = self._trials.pop(trial_id)
+        result = result or {}
+        if self._absorb(ot_trial, trial, result):
+            self.on_event("result", trial, result)
+        status = result.get(STATUS)
+        if status == TrialState.INFEASIBLE:
+            ot_trial.set_constraint("out_of_memory", 1.0)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            trial.state, trial.error, trial.value = TrialState.INFEASIBLE, result.get(ERROR), None
+        elif status == TrialState.FAILED or error:
+            ot_trial.set_user_attr("error", result.get(ERROR) or "the trial driver crashed")
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            trial.state, trial.error, trial.value = (
+                TrialState.FAILED,
+                result.get(ERROR) or "the trial driver crashed",
+                None,
+            )
+        elif trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None:
+            ot_trial.set_constraint("out_of_memory", 0.0)
+            self.study.tell(ot_trial, trial.value)
+            trial.state = TrialState.COMPLETE
+        elif trial.value is None:
+            message = f"the objective {self.metric} was never reported"
+            ot_trial.set_user_attr("error", message)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            trial.state, trial.error = TrialState.FAILED, message
+        else:
+            ot_trial.set_constraint("out_of_memory", 0.0)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            trial.state = TrialState.PRUNED
+            trial.value = trial.last_value
+        self.on_event("end", trial, result)
+        self.record.save()
+
+
+def _encoded(study: optuna.Study, trial: TrialRecord) -> dict:
+    """The Optuna-stored params of a trial to run again (its interrupted attempt was failed on resume)."""
+    for frozen in study.get_trials(deepcopy=False):
+        if frozen.number == trial.optuna_number:
+            return dict(frozen.params)
+    return {}
+
+
+def settle_interrupted(record: StudyRecord, optuna_study: optuna.Study) -> list[TrialRecord]:
+    """Settle what a crash left behind; return the unfinished slots to run again.
+
+    Optuna is told first when a trial ends, then ``summary.json`` is saved: a trial Optuna already
+    finished is finished in the summary too (not run a second time), and Optuna trials still RUNNING fail.
+    """
+    import optuna
+
+    TS = optuna.trial.TrialState
+    told = {t.number: t for t in optuna_study.get_trials(deepcopy=False) if t.state != TS.RUNNING}
+    settled = [t for t in record.unfinished() if t.optuna_number in told]
+    for trial in settled:
+        frozen = told[trial.optuna_number]
+        if frozen.state == TS.COMPLETE:
+            trial.state, trial.value = TrialState.COMPLETE, frozen.value
+        elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
+            trial.state, trial.value, trial.error = TrialState.INFEASIBLE, None, "out of memory"
+        elif frozen.state == TS.PRUNED:
+            trial.state, trial.value = TrialState.PRUNED, trial.last_value
+        else:
+            trial.state, trial.value = TrialState.FAILED, None
+            trial.error = frozen.user_attrs.get("error", "failed")
+    if settled:
+        record.save()
+    for frozen in optuna_study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        optuna_study.tell(frozen.number, state=TS.FAIL)
+    return sorted(record.unfinished(), key=lambda t: t.trial_id)
+
+
+def open_optuna(directory: Path, spec: Spec) -> optuna.Study:
+    """The study's Optuna study in a journal file (safe on NFS, unlike SQLite), created if missing."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directory.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(directory / JOURNAL)))
+    direction = "minimize" if spec.study.objective.mode == "min" else "maximize"
+    study = optuna.create_study(
+        storage=storage, study_name=spec.study.name, direction=direction, load_if_exists=True
+    )
+    # A resumed study must not replay the random start-up samples it already ran.
+    study.sampler = _sampler(spec, seed=spec.study.sampler.seed + len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def _sampler(spec: Spec, seed: int):
+    import optuna
+
+    if spec.study.sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        # multivariate + group is what makes TPE model conditional spaces; its "experimental" label
+        # is Optuna's, not something a user can act on.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)

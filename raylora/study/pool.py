@@ -1,0 +1,247 @@
+"""The trial pool actor: the study's queue of trials and the runner threads that own its worker groups.
+
+A fresh ``TorchTrainer`` per trial starts a Train controller, its helper actors and every worker process
+again, and each worker imports torch, transformers and PEFT again: on a small node that is most of a short
+trial's time, and on a GPU cluster it adds a CUDA context and a process group per trial. Here each of the
+study's concurrent trial slots is one ``TorchTrainer`` run whose workers (DDP across nodes, placed by Ray
+Train as before) take trial after trial from :class:`TrialPool`:
+
+    Tune trial driver ──submit/poll──▶ TrialPool actor ◀──next_job/report/finished── rank 0 of a runner
+
+* A trial's adapter checkpoints are written by rank 0 to ``<study>/runs/<slot>/checkpoint_s<step>``
+  (:class:`~raylora.study.checkpoints.Checkpoints`), keeping the latest and the best; a trial restarted
+  on any runner resumes there.
+* A worker that dies, or a trial that raises, ends the runner's worker group; Ray Train starts it again and
+  the pool hands the interrupted trial back (up to ``resources.max_failures`` times) or moves on. A trial
+  that raised is reported FAILED (INFEASIBLE for out of memory) first, so one bad trial never takes the
+  study down and never leaves a worker waiting in a collective.
+* The scheduler's early stops reach the workers through :meth:`TrialPool.is_stopped`, asked once per step.
+
+This file is the actor's process; :mod:`raylora.study.pool_worker` is what each worker process runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .states import EXIT, JobState, TrialState
+
+
+@dataclass
+class _Job:
+    spec: dict
+    reports: list[dict] = field(default_factory=list)
+    state: JobState = JobState.QUEUED
+    error: tuple[str, str] | None = None
+    attempts: int = 0
+
+
+@dataclass
+class _Runner:
+    current: str | None = None
+    alive: bool = True
+    served: int = 0
+
+
+class TrialPool:
+    """The study's trial queue and its runners (run as a threaded Ray actor).
+
+    ``runner`` holds what every runner's ``TorchTrainer`` needs: ``workers``, ``cpus_per_worker``,
+    ``gpus_per_worker``, ``placement_strategy``, ``max_failures`` (restarts per trial), ``pools_dir`` and
+    ``filesystem`` (where Ray Train keeps the runners' own state) and the ``checkpoints`` settings
+    (:class:`~raylora.study.checkpoints.Checkpoints`' arguments), plus ``may_quantize``.
+    """
+
+    def __init__(self, runner: dict, max_runners: int):
+        self.settings, self.max_runners = runner, max_runners
+        self.cond = threading.Condition()
+        self.queue: deque[str] = deque()
+        self.jobs: dict[str, _Job] = {}
+        self.runners: dict[int, _Runner] = {}
+        self.stopped: set[str] = set()
+        self.closing = False
+        self.broken: tuple[str, str] | None = None  # why no worker group can start; trials fail with it
+
+    # -- the Tune side --------------------------------------------------------------------------------
+
+    def submit(self, slot: str, spec: dict) -> None:
+        """Queue trial ``slot`` (a resumed trial is queued again and resumes from its checkpoint)."""
+        with self.cond:
+            self.jobs[slot] = job = _Job(spec)
+            self.stopped.discard(slot)
+            if self.broken:
+                job.state, job.error = JobState.FAILED, self.broken
+                return
+            self.queue.append(slot)
+            self._grow(len(self.queue))
+            self.cond.notify_all()
+
+    def warm(self) -> None:
+        """A trial is about to be submitted: have a runner ready (its workers start meanwhile)."""
+        with self.cond:
+            self._grow(len(self.queue) + 1)
+
+    def poll(self, slot: str, cursor: int, timeout: float) -> tuple[list[dict], str, tuple | None]:
+        """``(reports after cursor, state, error)``, waiting up to ``timeout`` s for something new."""
+        with self.cond:
+            job = self.jobs[slot]
+            self.cond.wait_for(
+                lambda: (
+                    len(job.reports) > cursor
+                    or job.state in (JobState.DONE, JobState.FAILED)
+                    or slot in self.stopped
+                ),
+                timeout=timeout,
+            )
+            state = JobState.STOPPED if slot in self.stopped else job.state
+            return job.reports[cursor:], state, job.error
+
+    def stop(self, slot: str) -> None:
+        """The scheduler stopped ``slot``: its workers end it at their next step and take the next trial."""
+        with self.cond:
+            self.stopped.add(slot)
+            self.cond.notify_all()
+
+    def is_stopped(self, slot: str) -> bool:
+        return slot in self.stopped
+
+    def close(self) -> None:
+        """Let every runner's workers exit (their Train runs then end on their own)."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+
+    # -- the workers' side (rank 0 of each runner) ---------------------------------------------------
+
+    def next_job(self, runner: int, fresh: bool, timeout: float) -> dict | str | None:
+        """The runner's next trial (``{"trial_id", "spec"}``), None for nothing yet, or ``EXIT``.
+
+        ``fresh``: the first call of a newly started worker group. If the runner was in the middle of a
+        trial, its workers died: the trial is handed back to resume, or failed once out of restarts.
+        """
+        with self.cond:
+            state = self.runners[runner]
+            if fresh and state.current is not None:
+                slot, job = state.current, self.jobs[state.current]
+                job.attempts += 1
+                if job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
+                    return {"trial_id": slot, "spec": job.spec}
+                reason = f"a worker died and the trial was restarted {job.attempts - 1} time(s) already"
+                self._end(state, job, JobState.FAILED, (TrialState.FAILED, f"WorkerDied: {reason}"))
+            self.cond.wait_for(lambda: self.queue or self.closing, timeout=timeout)
+            if self.closing:
+                return EXIT
+            while self.queue:
+                slot = self.queue.popleft()
+                job = self.jobs[slot]
+                if slot in self.stopped or job.state != JobState.QUEUED:
+                    continue
+                job.state, state.current = JobState.RUNNING, slot
+                state.served += 1
+                return {"trial_id": slot, "spec": job.spec}
+            return None
+
+    def report(self, slot: str, metrics: dict) -> None:
+        with self.cond:
+            if slot not in self.stopped:
+                self.jobs[slot].reports.append(metrics)
+                self.cond.notify_all()
+
+    def finished(self, runner: int, slot: str) -> None:
+        with self.cond:
+            self._end(self.runners[runner], self.jobs[slot], JobState.DONE, None)
+
+    def failed(self, runner: int, slot: str, status: str, message: str) -> None:
+        """Trial ``slot`` raised on some worker; the first report wins (its group restarts next)."""
+        with self.cond:
+            state = self.runners[runner]
+            if state.current == slot:
+                self._end(state, self.jobs[slot], JobState.FAILED, (status, message))
+
+    # -- runners ---------------------------------------------------------------------------------------
+
+    def _end(self, runner: _Runner, job: _Job, state: JobState, error: tuple | None) -> None:
+        job.state, job.error = state, error
+        if runner.current is not None and self.jobs.get(runner.current) is job:
+            runner.current = None
+        self.cond.notify_all()
+
+    def _grow(self, wanted: int) -> None:
+        """Start a runner if fewer than ``wanted`` are free and the study allows one more."""
+        live = [r for r in self.runners.values() if r.alive]
+        if sum(r.current is None for r in live) < wanted and len(live) < self.max_runners:
+            self._start_runner()
+
+    def _start_runner(self) -> None:
+        import ray
+
+        rid = len(self.runners)
+        self.runners[rid] = _Runner()
+        handle = ray.get_runtime_context().current_actor
+        threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
+
+    def _run(self, rid: int, handle) -> None:
+        from .states import classify
+
+        state = self.runners[rid]
+        try:
+            self._trainer(rid, handle).fit()
+            error = None
+        except Exception as e:  # the Train run ran out of restarts, or could not start
+            error = classify(e)
+        with self.cond:
+            state.alive = False
+            slot, state.current = state.current, None
+            if slot is not None:
+                job = self.jobs[slot]
+                job.attempts += 1
+                if error and job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
+                    job.state = JobState.QUEUED  # its next runner resumes it from its checkpoint
+                    self.queue.appendleft(slot)
+                else:
+                    error = error or (TrialState.FAILED, "its worker group ended")
+                    self._end(state, job, JobState.FAILED, error)
+            if not state.served and not self.closing:
+                # This group never reached a trial: another would not either. Fail what waits, loudly.
+                self.broken = error or (TrialState.FAILED, "the worker group ended before its first trial")
+                while self.queue:
+                    self._end(state, self.jobs[self.queue.popleft()], JobState.FAILED, self.broken)
+            elif self.queue and not self.closing:
+                self._start_runner()
+
+    def _trainer(self, rid: int, handle):
+        import ray.train
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        s = self.settings
+        use_gpu = s["gpus_per_worker"] > 0
+        per_worker = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
+        from .pool_worker import serve_trials
+
+        return TorchTrainer(
+            serve_trials,
+            train_loop_config={
+                "pool": handle,
+                "runner": rid,
+                "checkpoints": s["checkpoints"],
+                "may_quantize": s["may_quantize"],
+            },
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=s["workers"],
+                use_gpu=use_gpu,
+                resources_per_worker=per_worker,
+                placement_strategy=s["placement_strategy"],
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"runner-{rid}-{int(time.time())}",
+                storage_path=s["pools_dir"],
+                storage_filesystem=s["filesystem"],
+                # A trial that raises restarts the group once (its workers may wait in a collective), and
+                # a killed worker once; once out of restarts, the pool starts a fresh runner.
+                failure_config=ray.train.FailureConfig(max_failures=s["max_failures"] + 3),
+            ),
+        )

@@ -1,0 +1,141 @@
+"""The trial pool's worker side: the loop each Ray Train worker of a runner runs, and its session.
+
+Rank 0 asks the :class:`~raylora.study.pool.TrialPool` actor for the next trial and broadcasts it to the
+other ranks; every rank then runs the training recipe with a :class:`PoolSession`, which writes adapter
+checkpoints (:class:`~raylora.study.checkpoints.Checkpoints`) and sends reports back to the pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoints import Checkpoints
+from .states import EXIT, classify
+
+
+def serve_trials(config: dict) -> None:
+    """Ray Train's entry point for a runner: train the trials the pool hands out until it says exit."""
+    import ray
+    import ray.train
+
+    from ..spec import Spec
+    from ..train import quantization
+    from ..train.recipe import train
+
+    if not config["may_quantize"]:
+        quantization.keep_out()
+    pool, runner = config["pool"], config["runner"]
+    checkpoints = Checkpoints(**config["checkpoints"])
+    rank = ray.train.get_context().get_world_rank()
+    fresh = True
+    while True:
+        job = _next_job(pool, runner, fresh, rank)
+        fresh = False
+        if job == EXIT:
+            return
+        if job is None:
+            continue
+        slot = job["trial_id"]
+        session = PoolSession(pool, slot, checkpoints.for_trial(slot))
+        try:
+            train(Spec.from_dict(job["spec"]), session)
+        except Exception as e:
+            ray.get(pool.failed.remote(runner, slot, *classify(e)))
+            raise  # the other workers may be waiting in a collective: Ray Train restarts the group
+        finally:
+            session.close()
+        if rank == 0:
+            ray.get(pool.finished.remote(runner, slot))
+        _release_memory()
+
+
+def _next_job(pool, runner: int, fresh: bool, rank: int):
+    import ray
+    import torch
+
+    job = ray.get(pool.next_job.remote(runner, fresh, 5.0)) if rank == 0 else None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [job]
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        torch.distributed.broadcast_object_list(box, src=0, device=device)
+        job = box[0]
+    return job
+
+
+def _release_memory() -> None:
+    """Free a finished trial's memory and restart the peak-memory count, so the next trial's
+    ``peak_mem_mb`` is its own and not the worker's largest so far."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: resets the process's peak resident memory (VmHWM, and so ru_maxrss)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere a CPU trial's peak includes the earlier trials on this worker
+
+
+class PoolSession:
+    """The training recipe's :class:`~raylora.train.session.Session` on a runner's worker: rank 0 writes
+    adapter checkpoints to :class:`Checkpoints` and sends the reports to the pool; every worker gets rank
+    0's stop answer."""
+
+    def __init__(self, pool, trial_id: str, checkpoints: Checkpoints):
+        import ray
+        import ray.train
+
+        context = ray.train.get_context()
+        self.node = ray.util.get_node_ip_address()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.local_rank = context.get_local_rank()
+        self.pool, self.trial_id, self.checkpoints = pool, trial_id, checkpoints
+        self._asked = None
+        self._resume: Path | None = None
+
+    def stop_requested(self, distributed: bool, device) -> bool:
+        """Whether the scheduler stopped this trial, asked once per step and never waited for."""
+        import ray
+        import torch
+
+        stop = False
+        if self.rank == 0:
+            # The answer to the previous step's question: one step late.
+            stop = self._asked is not None and ray.get(self._asked)
+            self._asked = self.pool.is_stopped.remote(self.trial_id)
+        if distributed:
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
+
+    def latest_checkpoint(self) -> Path | None:
+        self._resume = self.checkpoints.latest()
+        return self._resume
+
+    def report(self, metrics: dict, write_checkpoint=None) -> None:
+        import tempfile
+
+        import ray
+
+        if self.rank != 0:
+            return
+        out = dict(metrics)
+        if write_checkpoint is not None:
+            with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
+                write_checkpoint(Path(tmp))
+                out["checkpoint_path"] = self.checkpoints.save(Path(tmp), int(metrics["step"]), metrics)
+        ray.get(self.pool.report.remote(self.trial_id, out))
+
+    def finish(self, write_final) -> None:
+        """The last reported checkpoint already holds the final adapter."""
+
+    def close(self) -> None:
+        import shutil
+
+        if self._resume is not None and self.checkpoints.filesystem is not None:
+            shutil.rmtree(self._resume, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""A study's persistent state under ``<storage>/<study.name>/``: the Optuna journal and ``summary.json``.
+
+``summary.json`` is what users and scripts read (``optuna.journal`` is kept by
+:mod:`raylora.study.optuna_searcher`)::
+
+    {"study": str, "objective": {"metric": str, "mode": "min"|"max"},
+     "best_trial": {"trial_id", "value", "params", "adapter_path", "mlflow_run_id"} | null,
+     "trials": [{"trial_id", "state", "params", "value", "steps", "adapter_path", "nodes", "error", ...}]}
+
+Trial states are :class:`raylora.study.states.TrialState`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .states import FINISHED, TrialState
+
+if TYPE_CHECKING:
+    from ..spec import Spec
+
+SUMMARY = "summary.json"
+JOURNAL = "optuna.journal"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the summary shows it."""
+
+    trial_id: str
+    state: TrialState = TrialState.RUNNING
+    params: dict[str, Any] = field(default_factory=dict)
+    value: float | None = None
+    steps: int = 0
+    adapter_path: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    error: str | None = None
+    optuna_number: int | None = None
+    mlflow_run_id: str | None = None
+    last_value: float | None = None
+    resumed_from_step: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+class StudyRecord:
+    """The trials of one study, persisted atomically to ``summary.json`` on every change.
+
+    ``on_save`` runs after every save: URI storage uploads the study's state there.
+    """
+
+    def __init__(self, directory: Path, name: str, metric: str, mode: str):
+        self.directory = directory
+        self.name, self.metric, self.mode = name, metric, mode
+        self.trials: dict[str, TrialRecord] = {}
+        self.on_save: Callable[[], object] = lambda: None
+
+    @classmethod
+    def open(cls, directory: Path, spec: Spec) -> StudyRecord:
+        """Load the study's summary if it exists, else start an empty one."""
+        objective = spec.study.objective
+        record = cls(directory, spec.study.name, objective.metric, objective.mode)
+        record.trials = cls.open_summary(directory / SUMMARY)
+        return record
+
+    @staticmethod
+    def open_summary(path: Path) -> dict[str, TrialRecord]:
+        """The trials of a ``summary.json`` (none if the file does not exist yet)."""
+        trials: dict[str, TrialRecord] = {}
+        if path.is_file():
+            for row in json.loads(path.read_text())["trials"]:
+                known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
+                known["state"] = TrialState(known.get("state", TrialState.RUNNING))
+                trials[row["trial_id"]] = TrialRecord(**known)
+        return trials
+
+    def finished(self) -> list[TrialRecord]:
+        return [t for t in self.trials.values() if t.finished]
+
+    def unfinished(self) -> list[TrialRecord]:
+        return [t for t in self.trials.values() if not t.finished]
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Whether objective value ``a`` beats ``b``."""
+        return b is None or (a < b if self.mode == "min" else a > b)
+
+    def best(self) -> TrialRecord | None:
+        """The best COMPLETE trial (pruned trials stopped at a lower budget are not comparable)."""
+        best = None
+        for trial in self.trials.values():
+            if trial.state == TrialState.COMPLETE and trial.value is not None:
+                if best is None or self.better(trial.value, best.value):
+                    best = trial
+        return best
+
+    def ranked(self) -> list[TrialRecord]:
+        """Finished trials, best first: COMPLETE by value, then PRUNED, INFEASIBLE, FAILED."""
+        order = {state: i for i, state in enumerate(FINISHED)}
+        sign = 1 if self.mode == "min" else -1
+
+        def key(t: TrialRecord):
+            value = sign * t.value if t.value is not None else float("inf")
+            return (order.get(t.state, 9), value)
+
+        return sorted(self.finished(), key=key)
+
+    def to_dict(self) -> dict:
+        best = self.best()
+        return {
+            "study": self.name,
+            "objective": {"metric": self.metric, "mode": self.mode},
+            "best_trial": None
+            if best is None
+            else {
+                "trial_id": best.trial_id,
+                "value": best.value,
+                "params": best.params,
+                "adapter_path": best.adapter_path,
+                "mlflow_run_id": best.mlflow_run_id,
+            },
+            "trials": [asdict(t) for t in sorted(self.trials.values(), key=lambda t: t.trial_id)],
+        }
+
+    def save(self) -> None:
+        """Write ``summary.json`` atomically, so a killed driver never leaves half a file."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{SUMMARY}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, self.directory / SUMMARY)
+        self.on_save()
+
+
+def slot_name(index: int) -> str:
+    """The deterministic id of the study's ``index``-th trial (also its checkpoint folder's name)."""
+    return f"t{index:03d}"

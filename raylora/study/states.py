@@ -1,0 +1,89 @@
+"""The closed vocabularies of a study's life: a trial's state, a pool job's state, and how an exception
+out of a trial becomes one.
+
+Trial states (``summary.json``, MLflow's ``raylora.state`` tag, the leaderboard):
+
+    RUNNING ──▶ COMPLETE     trained every step; its value is its best objective
+            ├─▶ PRUNED       stopped early by ASHA; its value is its last objective, at a lower budget
+            ├─▶ INFEASIBLE   out of memory (measured, or predicted by the memory estimate)
+            └─▶ FAILED       any other error, with its reason
+
+Every transition is made by :class:`raylora.study.optuna_searcher.StudySearcher` (or, for what a killed
+driver left, by the driver's resume); nothing else assigns a trial's state.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Word(str, Enum):
+    """A string enum that prints as its value (as ``enum.StrEnum`` does from Python 3.11)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class TrialState(_Word):
+    """A trial's state in the study."""
+
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    INFEASIBLE = "INFEASIBLE"
+    FAILED = "FAILED"
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.INFEASIBLE, TrialState.FAILED)
+"""Finished states, in the leaderboard's order."""
+
+
+class JobState(_Word):
+    """A trial's state in the trial pool, as its Tune trial driver sees it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"  # by the scheduler: its workers end it at their next step
+
+
+EXIT = "exit"
+"""The pool's answer to a runner asking for its next trial when the study is over."""
+
+# Keys of a trial driver's final report when the trial did not train to the end.
+STATUS = "raylora/status"
+ERROR = "raylora/error"
+
+
+def classify(error: BaseException) -> tuple[TrialState, str]:
+    """(INFEASIBLE | FAILED, one-line reason) for an exception out of a trial or a ``TorchTrainer.fit``."""
+    from ..errors import first_line
+
+    causes = list(_causes(error))
+    if any(_is_oom(e) for e in causes):
+        return TrialState.INFEASIBLE, "out of memory: " + first_line(next(e for e in causes if _is_oom(e)))
+    root = causes[-1] if causes else error
+    return TrialState.FAILED, f"{type(root).__name__}: {first_line(root)}"
+
+
+def _causes(error: BaseException):
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        failures = getattr(e, "worker_failures", None) or {}
+        stack.extend(failures.values())
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+
+
+def _is_oom(error: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return "OutOfMemoryError" in names or "CUDA out of memory" in str(error)

@@ -1,0 +1,380 @@
+"""Promote a study's best finished trial to the MLflow Model Registry, and optionally merge it.
+
+Reads what raylora's search driver writes to MLflow: one experiment per study with a parent run
+(``raylora.role=study``, objective in ``raylora.objective.{metric,mode}``) and one child run per trial
+(``raylora.role=trial``, ``raylora.state``, ``best_<metric>`` summaries, ``adapter/best`` artifacts).
+
+Promotion logs a pyfunc model (:class:`raylora.serving.LoraVisionModel`, adapter as its artifact) into the
+winning trial's run, registers it as a version of ``model_name`` whose ``run_id`` is that run, tags the
+version with the trial's lineage and points ``alias`` at it. Promoting the same winner again reuses the
+existing version and logged model. ``merge_dir`` also writes base + adapter merged into plain weights, for
+serving engines that ignore LoRA on the vision tower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NothingToDo, UserError
+from ..study.states import TrialState
+from ..train.quantization import FOUR_BIT
+from . import tags
+from .tags import BASE_MODEL, BASE_REVISION, ROLE, STATE, TRIAL_ID
+
+DEFAULT_METRIC, DEFAULT_MODE = "eval/loss", "min"
+LOGGED_MODEL_NAME = "model"
+ADAPTER_ARTIFACTS = ("adapter/best", "adapter/final")
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """What a promotion did: the registered version, the trial behind it, and the merged export if any."""
+
+    model_name: str
+    version: str
+    alias: str
+    run_id: str
+    trial_id: str | None
+    value: float
+    merged_dir: Path | None = None
+
+
+# -- choosing the winner (pure) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RunView:
+    run_id: str | None
+    status: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, str]
+
+
+def _view(run: Any) -> _RunView:
+    """An mlflow ``Run``, or a dict: flat (run_id, status, tags, metrics, params) or {info, data}."""
+    if not isinstance(run, dict):
+        info, data = run.info, run.data
+        return _RunView(info.run_id, info.status, dict(data.tags), dict(data.metrics), dict(data.params))
+    info, data = run.get("info", run), run.get("data", run)
+    return _RunView(
+        info.get("run_id"),
+        info.get("status"),
+        dict(data.get("tags") or {}),
+        dict(data.get("metrics") or {}),
+        dict(data.get("params") or {}),
+    )
+
+
+def summary_key(metric: str) -> str:
+    """The trial summary metric for an objective: ``eval/loss`` → ``best_eval/loss``."""
+    return metric if metric.startswith("best_") else f"best_{metric}"
+
+
+def select_best(runs: Sequence[Any], metric: str, mode: str) -> Any:
+    """The best finished trial among ``runs`` (mlflow Runs or dicts), returned as given.
+
+    Only trial runs (``raylora.role=trial``) in state COMPLETE whose run finished and that report
+    ``best_<metric>`` compete; ``mode`` is ``min`` or ``max``; ties go to the lowest trial id.
+    Raises NothingToDo when none qualifies.
+    """
+    if mode not in ("min", "max"):
+        raise UserError("--mode", f"must be min or max, got {mode!r}")
+    key = summary_key(metric)
+    views = [(_view(run), run) for run in runs]
+    candidates = [(view, run) for view, run in views if _competes(view, key)]
+    if not candidates:
+        raise NothingToDo("--experiment", _why_none(views, key))
+    sign = 1.0 if mode == "min" else -1.0
+    _, run = min(candidates, key=lambda c: (sign * c[0].metrics[key], _trial_order(c[0].tags.get(TRIAL_ID))))
+    return run
+
+
+def _competes(view: _RunView, key: str) -> bool:
+    finished = view.status in (None, "FINISHED")
+    value = view.metrics.get(key)
+    has_value = value is not None and not math.isnan(value)
+    complete = view.tags.get(STATE) == TrialState.COMPLETE
+    return view.tags.get(ROLE) == tags.TRIAL_ROLE and complete and finished and has_value
+
+
+def _why_none(views: list[tuple[_RunView, Any]], key: str) -> str:
+    trials = [view for view, _ in views if view.tags.get(ROLE) == tags.TRIAL_ROLE]
+    if not trials:
+        return "no trial runs (tag raylora.role=trial)"
+    states: dict[str, int] = {}
+    for view in trials:
+        state = view.tags.get(STATE, "no state")
+        states[state] = states.get(state, 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"no finished trial (state COMPLETE) reports {key}; trials: {counts}"
+
+
+def _trial_order(trial_id: str | None) -> tuple:
+    # t9 before t10; runs without a trial id after all others.
+    parts = re.split(r"(\d+)", trial_id or "")
+    natural = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+    return (0 if trial_id else 1, natural)
+
+
+# -- promotion ---------------------------------------------------------------------------------------
+
+
+def promote_best(
+    *,
+    experiment: str,
+    tracking_uri: str | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
+    model_name: str | None = None,
+    alias: str = "champion",
+    merge_dir: Path | None = None,
+) -> PromoteResult:
+    """Register the best finished trial of ``experiment`` as a version of ``model_name`` under ``alias``.
+
+    ``metric``/``mode`` default to the study's objective (``eval/loss``, ``min`` when the study run has
+    none). Idempotent: a version of ``model_name`` already made from the winning run is reused and only
+    the alias is set again. ``model_name`` defaults to the study's ``tracking.registered_model``, else the
+    experiment's name. With ``merge_dir``, also writes the merged model and its processor there.
+    ``tracking_uri`` (when given) becomes this process's MLflow tracking URI.
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise NothingToDo("--experiment", f"no MLflow experiment named {experiment!r} at {uri}")
+    runs = _all_runs(client, found.experiment_id)
+    study = _study_run(runs)
+    metric, mode = _objective(study, metric, mode)
+    try:
+        best = _view(select_best(runs, metric, mode))
+    except NothingToDo as e:
+        raise NothingToDo("--experiment", f"{experiment!r} at {uri}: {e.message}") from None
+    params = {**(study.params if study else {}), **best.params}
+    model_name = model_name or _registered_model(study) or experiment
+    if merge_dir is not None:
+        _check_mergeable(best, params)
+
+    version = _existing_version(client, model_name, best.run_id)
+    merged = None
+    with tempfile.TemporaryDirectory(prefix="raylora-promote-") as tmp:
+        adapter = _download_adapter(client, best, Path(tmp)) if version is None or merge_dir else None
+        if version is None:
+            model_uri = _logged_model_uri(client, found.experiment_id, best.run_id)
+            if model_uri is None:
+                model_uri = _log_pyfunc(client, best, adapter, params)
+            # models:/<model_id> → the store records the logged model's source run as the version's run_id.
+            version = mlflow.register_model(model_uri, model_name, tags=_lineage(best, study, metric, mode))
+        client.set_registered_model_alias(model_name, alias, version.version)
+        if merge_dir is not None:
+            merged = merge(adapter, Path(merge_dir), best.tags.get(BASE_MODEL), best.tags.get(BASE_REVISION))
+            _write_provenance(merged, model_name, str(version.version), best, metric)
+    return PromoteResult(
+        model_name=model_name,
+        version=str(version.version),
+        alias=alias,
+        run_id=best.run_id,
+        trial_id=best.tags.get(TRIAL_ID),
+        value=best.metrics[summary_key(metric)],
+        merged_dir=merged,
+    )
+
+
+def _all_runs(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _study_run(runs: list) -> _RunView | None:
+    # search_runs returns newest first: a study resumed into a new parent run uses its latest objective.
+    studies = [view for view in map(_view, runs) if view.tags.get(ROLE) == tags.STUDY_ROLE]
+    return studies[0] if studies else None
+
+
+def _objective(study: _RunView | None, metric: str | None, mode: str | None) -> tuple[str, str]:
+    values = study.tags if study else {}
+    study_metric = values.get(tags.OBJECTIVE_METRIC, DEFAULT_METRIC)
+    study_mode = values.get(tags.OBJECTIVE_MODE, DEFAULT_MODE)
+    metric = (metric or study_metric).removeprefix("best_")
+    if mode is None:
+        if metric != study_metric:
+            # The study's mode belongs to its own metric; guessing a direction could promote the worst trial.
+            raise UserError(
+                "--mode", f"give min or max for {metric} (the study's objective is {study_metric})"
+            )
+        mode = study_mode
+    return metric, mode
+
+
+def _registered_model(study: _RunView | None) -> str | None:
+    """The study spec's ``tracking.registered_model`` (logged as a param of the parent run), if set."""
+    name = study.params.get("tracking.registered_model") if study else None
+    return name if name not in (None, "", "None") else None
+
+
+def _existing_version(client, model_name: str, run_id: str):
+    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    ready = [v for v in versions if v.status == "READY"]
+    return min(ready, key=lambda v: int(v.version)) if ready else None
+
+
+def _logged_model_uri(client, experiment_id: str, run_id: str) -> str | None:
+    """A pyfunc model an earlier promotion already logged into the run (it may have failed to register)."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL_NAME}'",
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    return ready[0].model_uri if ready else None
+
+
+def _download_adapter(client, best: _RunView, dest: Path) -> Path:
+    import mlflow
+
+    for path in ADAPTER_ARTIFACTS:
+        if any(f.path.endswith("adapter_config.json") for f in client.list_artifacts(best.run_id, path)):
+            local = mlflow.artifacts.download_artifacts(
+                run_id=best.run_id,
+                artifact_path=path,
+                dst_path=str(dest / "download"),
+                tracking_uri=client.tracking_uri,
+            )
+            return Path(shutil.move(local, dest / "adapter"))  # the model's artifact is named after it
+    trial = best.tags.get(TRIAL_ID, best.run_id)
+    raise NothingToDo(
+        "--experiment", f"trial {trial} (run {best.run_id}) has no adapter/best or adapter/final"
+    )
+
+
+def _log_pyfunc(client, best: _RunView, adapter: Path, params: dict[str, str]) -> str:
+    """Log the serving model into the trial's own run; return its ``models:/<model_id>`` URI."""
+    import mlflow
+
+    from . import serving
+
+    end_time = client.get_run(best.run_id).info.end_time
+    try:
+        with warnings.catch_warnings():
+            # An input example would make MLflow load the model and generate at logging time.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            with mlflow.start_run(run_id=best.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=LOGGED_MODEL_NAME,
+                    python_model=str(Path(serving.__file__).with_name("serving_model.py")),
+                    artifacts={serving.ADAPTER_ARTIFACT: str(adapter)},
+                    model_config=_serving_config(best, params),
+                    signature=serving.signature(),
+                    pip_requirements=_requirements(),
+                    tags={ROLE: "promoted"},
+                )
+    finally:
+        # Resuming the run marked it RUNNING (FAILED on error) and ends it now: keep the trial's record.
+        client.set_terminated(best.run_id, status="FINISHED", end_time=end_time)
+    return info.model_uri
+
+
+def _serving_config(best: _RunView, params: dict[str, str]) -> dict:
+    config = {
+        "base_model": best.tags.get(BASE_MODEL),
+        "base_model_revision": best.tags.get(BASE_REVISION),
+        "min_pixels": _int_or_none(params.get("data.image.min_pixels")),
+        "max_pixels": _int_or_none(params.get("data.image.max_pixels")),
+    }
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _requirements() -> list[str]:
+    """Pinned to this environment; raylora itself must be installed wherever the model is loaded."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("raylora", "mlflow", "torch", "torchvision", "transformers", "peft", "pillow"):
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _lineage(best: _RunView, study: _RunView | None, metric: str, mode: str) -> dict[str, str]:
+    inherited = {**(study.tags if study else {}), **best.tags}
+    lineage = {key: inherited[key] for key in tags.LINEAGE if inherited.get(key)}
+    lineage[tags.OBJECTIVE_METRIC] = metric
+    lineage[tags.OBJECTIVE_MODE] = mode
+    lineage["raylora.objective.value"] = repr(best.metrics[summary_key(metric)])
+    return lineage
+
+
+# -- merging -----------------------------------------------------------------------------------------
+
+
+def _check_mergeable(best: _RunView, params: dict[str, str]) -> None:
+    quantization = params.get("training.quantization", "none")
+    if quantization in FOUR_BIT or params.get("training.use_4bit", "").lower() == "true":
+        trial = best.tags.get(TRIAL_ID, best.run_id)
+        raise UserError(
+            "--merge",
+            f"trial {trial} trained its adapter on a 4-bit ({quantization}) base; merged full-precision "
+            "weights would not be the model that was evaluated. Serve the registered adapter model instead",
+        )
+
+
+def merge(
+    adapter_dir: Path, out_dir: Path, base_model: str | None = None, revision: str | None = None
+) -> Path:
+    """Base + adapter → ``merge_and_unload()`` → ``out_dir`` (safetensors) with the base's processor.
+
+    ``AutoModelForImageTextToText.from_pretrained(out_dir)`` then loads it with no PEFT involved.
+    """
+    from transformers import AutoConfig
+
+    from .serving import base_model_path, load_with_adapter
+
+    base = base_model_path(adapter_dir, base_model)
+    if getattr(AutoConfig.from_pretrained(base, revision=revision), "quantization_config", None):
+        raise UserError(
+            "--merge", f"base model {base} is a quantized checkpoint; merge into its full-precision original"
+        )
+    model, processor = load_with_adapter(adapter_dir, base_model, revision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.merge_and_unload().save_pretrained(out_dir)  # transformers 5 always writes safetensors
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _write_provenance(out_dir: Path, model_name: str, version: str, best: _RunView, metric: str) -> None:
+    provenance = {
+        "registered_model": model_name,
+        "version": version,
+        "run_id": best.run_id,
+        "objective": {"metric": metric, "value": best.metrics[summary_key(metric)]},
+        "lineage": {key: best.tags[key] for key in tags.LINEAGE if key in best.tags},
+    }
+    (out_dir / "raylora_merge.json").write_text(json.dumps(provenance, indent=2) + "\n")

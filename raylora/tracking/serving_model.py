@@ -1,0 +1,11 @@
+"""The file ``raylora promote`` logs as an MLflow model from code: loading it builds the serving model.
+
+MLflow stores this file with the model and runs it at load time instead of unpickling an object, so what
+runs is the installed raylora's :class:`raylora.tracking.serving.LoraVisionModel`.
+"""
+
+import mlflow.models
+
+from raylora.tracking.serving import LoraVisionModel
+
+mlflow.models.set_model(LoraVisionModel())

@@ -1,0 +1,36 @@
+"""The MLflow tag names raylora writes and searches by: one place, so a query and a write never drift.
+
+A study is one parent run (``ROLE = STUDY``) and one child run per trial (``ROLE = TRIAL``); runs are
+found again by these tags, never by name.
+"""
+
+from __future__ import annotations
+
+ROLE = "raylora.role"
+STUDY_ROLE = "study"
+TRIAL_ROLE = "trial"
+
+STUDY = "raylora.study"  # the study name, on the parent and every trial
+STUDY_DIR = "raylora.study_dir"  # the study's storage location, on the parent
+VERSION = "raylora.version"
+GIT_COMMIT = "raylora.git_commit"
+OBJECTIVE_METRIC = "raylora.objective.metric"
+OBJECTIVE_MODE = "raylora.objective.mode"
+BEST_TRIAL = "raylora.best_trial"
+
+TRIAL_ID = "raylora.trial_id"
+STATE = "raylora.state"  # a raylora.study.states.TrialState
+ERROR = "raylora.error"
+BASE_MODEL = "raylora.base_model"
+BASE_REVISION = "raylora.base_model_revision"
+DATASET_FINGERPRINT = "raylora.dataset_fingerprint"
+
+# Copied onto a registered model version, so it names the study and trial it came from.
+LINEAGE = (STUDY, TRIAL_ID, BASE_MODEL, BASE_REVISION, DATASET_FINGERPRINT)
+
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under the study's
+
+
+def query(values: dict[str, str]) -> str:
+    """An MLflow ``filter_string`` matching runs with all these tag values."""
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in values.items())

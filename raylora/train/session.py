@@ -1,0 +1,77 @@
+"""The recipe's boundary: what a training run needs from whoever runs it.
+
+:func:`raylora.train.recipe.train` talks to the outside world only through a :class:`Session`:
+:class:`LocalSession` here for ``raylora train``, and :class:`raylora.study.pool_worker.PoolSession` on a
+Ray Train worker of the study's trial pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Session(Protocol):
+    """Where a run sits (rank, world, node) and where its results go."""
+
+    rank: int
+    """This worker's rank in the run (0 alone)."""
+    world_size: int
+    """Workers training this trial together (DDP)."""
+    local_rank: int
+    """This worker's rank on its node: its CUDA device."""
+    node: str
+    """This worker's node, as reported in the trial's ``nodes``."""
+
+    def latest_checkpoint(self) -> Path | None:
+        """A local folder holding the trial's latest checkpoint to resume from, or None to start fresh."""
+        ...
+
+    def stop_requested(self, distributed: bool, device: Any) -> bool:
+        """Whether the study stopped this trial; asked after every step, the same answer on every rank."""
+        ...
+
+    def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
+        """Take the metrics of an evaluation; ``write_checkpoint(folder)`` writes the matching checkpoint."""
+        ...
+
+    def finish(self, write_final: Callable[[Path], None]) -> None:
+        """The run trained to the end: ``write_final(folder)`` writes the final adapter."""
+        ...
+
+
+class LocalSession:
+    """One process, no Ray: results go to ``output_dir``."""
+
+    rank, world_size, local_rank = 0, 1, 0
+    node = "local"
+
+    def __init__(self, output_dir: str | Path, log: Callable[[str], None] = print):
+        self.output_dir = Path(output_dir)
+        self.log = log
+        self.history: list[dict] = []
+
+    def latest_checkpoint(self) -> Path | None:
+        return None
+
+    def stop_requested(self, distributed: bool, device) -> bool:
+        return False
+
+    def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
+        self.history.append(metrics)
+        self.log(_progress_line(metrics))
+
+    def finish(self, write_final: Callable[[Path], None]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_final(self.output_dir)
+        summary = dict(self.history[-1]) if self.history else {}
+        summary["history"] = self.history
+        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _progress_line(metrics: dict) -> str:
+    keys = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s")
+    parts = [f"step {metrics['step']}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+    return "  ".join(parts)
