@@ -270,6 +270,7 @@ def _ensure_all(home: str, barrier, results) -> None:
     results.put((str(model), str(train)))
 
 
+@pytest.mark.slow
 def test_concurrent_ensure_yields_one_valid_copy(tmp_path, model_dir):
     from transformers import AutoModelForImageTextToText
 
@@ -307,6 +308,7 @@ def _ensure_as_rank(rank: int, home: str, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_worker_of_a_distributed_group_builds_a_complete_model(tmp_path, model_dir):
     """transformers saves nothing but on rank 0 of a process group: rank 1's build must still be whole."""
     from mlflow_server import free_port

@@ -26,6 +26,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_inspect_qwen3_vl_4b_exact_counts():
     proc = raylora("inspect", str(ROOT / "tests/configs/qwen3_vl_4b.json"), "--r", "16", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -38,6 +39,7 @@ def test_inspect_qwen3_vl_4b_exact_counts():
     assert (scopes["deepstack"]["modules"], scopes["deepstack"]["lora_params"]) == (6, 712_704)
 
 
+@pytest.mark.slow
 def test_inspect_table_and_missing_model():
     proc = raylora("inspect", str(ROOT / "tests/configs/qwen2_5_vl_tiny.json"), "--scope", "vision.mlp")
     assert proc.returncode == 0, proc.stderr
@@ -90,6 +92,7 @@ def test_empty_missing_and_broken_spec_files(tmp_path):
     assert_user_error(proc, f"{broken}:", "YAML syntax error")
 
 
+@pytest.mark.slow
 def test_seed_5_2_target_modules_name_the_real_vision_modules(tmp_path):
     spec = tmp_path / "seed.yaml"
     spec.write_text(
@@ -122,6 +125,7 @@ def test_help_and_validate_do_not_import_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_estimate_reports_every_searched_shape():
     proc = raylora("estimate", "search_spaces/quickstart.yaml", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 import yaml
 from mlflow_server import free_port
 
+pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 server, or trains
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -26,7 +29,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @pytest.fixture(scope="module")
 def cluster(ray_tmpdir):
     port = free_port()
-    # Ray 2.59+ clusters use token auth; the joining node must be told (raylora's driver finds the token).
+    # Ray 2.59+ clusters use token auth, and `ray start` does not make a token: on a fresh machine none
+    # exists yet. This cluster's own token goes in RAY_AUTH_TOKEN_PATH, where the nodes and raylora's
+    # driver (a child of this process) find it.
+    token = ray_tmpdir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    saved = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     # Its own temp root: the cluster's sessions and the address `ray start` records stay out of /tmp/ray,
     # where a plain ray.init() elsewhere would find them after teardown.
     env = {
@@ -62,6 +71,10 @@ def cluster(ray_tmpdir):
         yield Cluster(f"127.0.0.1:{port}", frozenset(sessions))
     finally:
         _stop(sessions)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        else:
+            os.environ["RAY_AUTH_TOKEN_PATH"] = saved
 
 
 class Cluster(NamedTuple):

@@ -11,8 +11,8 @@ from raylora import builtin
 from raylora import spec as spec_lib
 from raylora.errors import SpecError
 from raylora.train import estimate, scopes
-from raylora.train import quantization as quantization_lib
 from raylora.train import model as model_lib
+from raylora.train import quantization as quantization_lib
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 QWEN3_VL_4B_PARAMS = 4_437_815_808

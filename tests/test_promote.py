@@ -329,6 +329,7 @@ def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout: float 
     pytest.fail(f"mlflow server not healthy after {timeout}s:\n{log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_promote_and_load_through_a_tracking_server(server_uri, adapters):
     import mlflow
     import pandas as pd

@@ -16,6 +16,8 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 server, or trains
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STUDY = {

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 server, or trains
+
 ROOT = Path(__file__).resolve().parents[1]
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -121,7 +123,9 @@ def test_study_on_s3_checkpoints_adapters_mlflow_and_resume_from_a_fresh_machine
     # The study's state is in the bucket.
     summary = json.loads(_read(fs, "bucket/studies/qs/summary.json"))
     t000, t001 = summary["trials"]
-    assert [t000["state"], t001["state"]] == ["COMPLETE", "COMPLETE"], (t000, t001, proc.stdout[-3000:])
+    assert [t000["state"], t001["state"]] == ["COMPLETE", "COMPLETE"], (
+        json.dumps([t000, t001]) + proc.stdout[-3000:]
+    )
     assert t000["resumed_from_step"] is None, "the finished trial was not run again"
     assert t001["steps"] == 30 and t001["resumed_from_step"] >= 2, "resumed from its checkpoint in S3"
     import optuna

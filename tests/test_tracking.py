@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow_server import mlflow_server
+
+pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 server, or trains
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -113,6 +113,7 @@ def test_nf4_llm_only_keeps_vision_and_mergers_full_precision(tmp_path):
     assert parts["projector"] > 0 and parts["deepstack"] > 0 and parts["vision"] == 0
 
 
+@pytest.mark.slow
 def test_cli_train_is_warning_clean(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "default"}

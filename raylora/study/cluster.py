@@ -15,15 +15,20 @@ from ..errors import UserError
 from .placement import Node
 
 
-def init_ray(address: str | None) -> None:
-    """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one."""
-    # Environment first: Ray reads some of it when it is imported.
+def configure(address: str | None) -> None:
+    """Set Ray's environment for this driver. Call it before anything imports ray: Ray reads some of
+    these variables (the auth mode among them) once, when it is imported."""
     environment.set_defaults(environment.RAY_TRAIN)
     os.environ.update(environment.RAY_DRIVER)
     if address is not None and environment.RAY_AUTH_MODE not in os.environ and _has_ray_token():
         os.environ[environment.RAY_AUTH_MODE] = "token"
     if address is None:
         environment.set_defaults({environment.RAY_LOCAL_STARTUP: str(max(8, os.cpu_count() or 1))})
+
+
+def init_ray(address: str | None) -> None:
+    """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one."""
+    configure(address)
     import ray
 
     if ray.is_initialized():

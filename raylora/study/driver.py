@@ -53,6 +53,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> tuple[Plan, StudyRecord]:
     """Run (or continue) the study; return the plan and the final record."""
+    cluster.configure(address)  # before the first import of ray, below
     where = study_storage(spec, storage, log)
     where.check()
     where.pull()
