@@ -16,14 +16,17 @@ import typer
 from .errors import UserError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Measure which parts of a Qwen3-VL model LoRA should train: studies on Ray, recorded in MLflow.",
 )
 
 SpecArg = Annotated[
-    Path, typer.Argument(help="The study spec YAML (see search_spaces/).", show_default=False)
+    Path,
+    typer.Argument(
+        metavar="SPEC", help="The study spec YAML (`raylora init` writes one).", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -74,6 +77,22 @@ def _print_inspect(report: dict, r: int) -> None:
             console.print(f"[bold]{part}[/bold] targets: " + ", ".join(names), soft_wrap=True)
     for note in report.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True)
+
+
+@app.command()
+def init(
+    starter: Annotated[
+        str, typer.Argument(help="quickstart, scope_study or qlora_budget.", show_default=True)
+    ] = "quickstart",
+    directory: Annotated[Path, typer.Argument(help="Where to write <starter>.yaml.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented starter spec to edit (like `tune cp`): what it studies, how to run it, its cost."""
+    from .spec import starters
+
+    target = starters.write(starter, directory, force)
+    print(f"wrote {target}")
+    print(f"next: raylora validate {target}  then  raylora search {target}")
 
 
 @app.command()
@@ -164,6 +183,103 @@ def train(
 
 
 @app.command()
+def predict(
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="ADAPTER_OR_MODEL",
+            help="An adapter folder (or a `raylora train` output), a base model (hub id, folder, "
+            "builtin:tiny-qwen3-vl), or an MLflow model URI (models:/NAME@champion).",
+        ),
+    ],
+    image: Annotated[Path | None, typer.Option("--image", help="A screenshot (PNG, JPEG).")] = None,
+    instruction: Annotated[str | None, typer.Option("--instruction", help="What to do on it.")] = None,
+    data_file: Annotated[
+        Path | None,
+        typer.Option("--data", help="Answer every record of a dataset instead; JSONL out, one line each."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write the JSONL here (default: standard output).")
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="The adapter's base, if not the one it names.")
+    ] = None,
+    min_pixels: Annotated[int | None, typer.Option("--min-pixels", min=1)] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", min=1, help="Image area bounds, as data.image in training.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 24,
+) -> None:
+    """Answer a screenshot (or a whole dataset) with a trained adapter or a base model: the model's text and
+    the click it names, through the same code as the promoted MLflow model."""
+    if (data_file is None) == (image is None or instruction is None):
+        raise UserError("predict", "give --image and --instruction, or --data FILE")
+    if image is not None and not image.is_file():
+        raise UserError("--image", f"{image}: no such file")
+    _check_model_ref(model)
+    records = _read_records(data_file) if data_file is not None else None
+    from .tracking import serving
+
+    answering = serving.open_model(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+    if records is None:
+        text = answering.click(image, instruction, max_new_tokens)
+        print(f"answer: {json.dumps(text, ensure_ascii=False)}")  # one line, quoted as the model wrote it
+        print(_click_line(text, image))
+        return
+    out = output.open("w") if output else sys.stdout
+    try:
+        for index, record in enumerate(records):
+            text = serving.answer_record(answering, record, max_new_tokens)
+            print(json.dumps({"index": index, "output": text, "click": _click(text)}), file=out, flush=True)
+            if output:
+                print(f"\r{index + 1}/{len(records)} answered", end="", file=sys.stderr, flush=True)
+    finally:
+        if output:
+            out.close()
+            print(f"\nwrote {output}", file=sys.stderr)
+
+
+def _check_model_ref(ref: str) -> None:
+    import re
+
+    if ref.startswith(("models:/", "runs:/", "builtin:")) or Path(ref).exists():
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref):  # a hub id: owner/name
+        raise UserError(
+            "predict", f"{ref}: not a folder, a hub id (owner/name), builtin:... or an MLflow models:/ URI"
+        )
+
+
+def _read_records(path: Path):
+    from .train import data
+
+    if not path.is_file():
+        raise UserError("--data", f"{path}: no such file")
+    return data.read(path)
+
+
+def _click(text: str) -> list[float] | None:
+    from .train.evaluate import parse_click
+
+    point = parse_click(text)
+    return list(point) if point else None
+
+
+def _click_line(text: str, image: Path) -> str:
+    point = _click(text)
+    if point is None:
+        return "click: none (the answer names no click(x, y))"
+    from PIL import Image
+
+    width, height = Image.open(image).size
+    x, y = point
+    return (
+        f"click: ({x:g}, {y:g}) in 0-1000 → pixel ({round(x * width / 1000)}, {round(y * height / 1000)}) "
+        f"of the {width}×{height} {image.name}"
+    )
+
+
+@app.command()
 def search(
     spec_path: SpecArg,
     set_: SetOpt = None,
@@ -201,8 +317,12 @@ def search(
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
     _print_leaderboard(record, plan.storage.display("summary.json"))
+    print(f"report: {plan.storage.display('report/leaderboard.md')}")
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
+    if plan.dashboard_url:
+        print(f"Ray dashboard: {plan.dashboard_url} (while this Ray runs)")
+    print(f"Optuna: optuna-dashboard {plan.study_dir / 'optuna.journal'}  (pip install 'raylora[dashboard]')")
     if plan.unfinished:
         unfinished = ", ".join(plan.unfinished)
         print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
@@ -372,10 +492,17 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
+    except typer.TyperException as e:  # usage errors of typer's own copy of click (typer 0.26+)
+        sys.exit(_usage_error(e))
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        raise
+
+def _usage_error(error: typer.TyperException) -> int:
+    """Print a usage error as one line with where to get help (a command without arguments prints its
+    help instead); return the exit code."""
+    ctx = getattr(error, "ctx", None)
+    if type(error).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())
+        return 0
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"error: {error.format_message()}{hint}", file=sys.stderr)
+    return getattr(error, "exit_code", 2) or 2

@@ -5,6 +5,8 @@ Read:
 * ``RAYLORA_HOME`` — where the built-in model and data, the encoded-data cache and URI studies' local
   mirrors live (default ``~/.cache/raylora``); passed on to Ray workers.
 * ``RAYLORA_INJECT_OOM`` — fault injection for tests (``raylora.train.faults``); passed on to Ray workers.
+* ``RAYLORA_PROGRESS_EVERY_S`` — seconds between plain progress lines when output is not a terminal
+  (``ray job logs``, ``kubectl logs``, CI); default 30.
 * ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
   ``tracking.tracking_uri`` is given.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 HOME = "RAYLORA_HOME"
 INJECT_OOM = "RAYLORA_INJECT_OOM"
+PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 # Set by the command line before anything else: the results are what raylora prints.
@@ -66,6 +69,14 @@ def home() -> Path:
     """Where raylora keeps built artifacts and caches: ``$RAYLORA_HOME`` or ``~/.cache/raylora``."""
     value = os.environ.get(HOME)
     return Path(value).expanduser() if value else Path.home() / ".cache" / "raylora"
+
+
+def progress_every_s() -> float:
+    """Seconds between plain progress lines (``$RAYLORA_PROGRESS_EVERY_S``, default 30)."""
+    try:
+        return max(0.0, float(os.environ.get(PROGRESS_EVERY_S, "30")))
+    except ValueError:
+        return 30.0
 
 
 def set_defaults(values: dict[str, str]) -> None:

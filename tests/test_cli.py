@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+RAYLORA = [str(Path(sys.executable).with_name("raylora"))]  # the console script, as users type it
 
 
 def raylora(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -133,3 +134,32 @@ def test_estimate_reports_every_searched_shape():
     assert "fixed values" in rows and "r=32" in rows and "scope=llm+vision+projector" in rows
     assert rows["r=32"]["lora_bytes"] == 4 * rows["r=8"]["lora_bytes"]
     assert all(row["total_bytes"] > row["weights_bytes"] > 0 for row in rows.values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serch"], "error: No such command 'serch'. Did you mean 'search'? (see 'raylora --help')"),
+        (["search"], "error: Missing argument 'SPEC'. (see 'raylora search --help')"),
+        (["search", "--bogus", "x.yaml"], "error: No such option: --bogus (see 'raylora search --help')"),
+        (["inspect", "x", "--r", "zero"], "error: Invalid value for '--r'"),
+        (["promote", "bestt"], "error: No such command 'bestt'. Did you mean 'best'?"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    proc = subprocess.run([*RAYLORA, *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["promote"]])
+def test_a_command_without_arguments_prints_its_help(args):
+    proc = subprocess.run([*RAYLORA, *args], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Usage: raylora" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_shell_completion_is_offered():
+    proc = subprocess.run([*RAYLORA, "--help"], capture_output=True, text=True)
+    assert "--install-completion" in proc.stdout

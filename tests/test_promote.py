@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -211,6 +212,74 @@ def test_champion_pyfunc_generates_one_string_per_row(sqlite_uri, study):
     rows = pd.DataFrame({"image": [_png()], "instruction": ["click the OK button"]})
     answers = model.predict(rows, params={"max_new_tokens": 8})
     assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+
+
+# Hide this checkout's raylora (its editable-install finder and the repository on sys.path) and run
+# MLflow's own command line: what a machine without raylora installed does with the promoted model.
+_WITHOUT_RAYLORA = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and "raylora" not in p]
+try:
+    import raylora
+except ImportError:
+    pass
+else:
+    raise SystemExit(f"raylora is still importable from {raylora.__file__}")
+from mlflow.cli import cli
+sys.argv[0] = "mlflow"
+cli()
+"""
+
+
+@pytest.mark.slow
+def test_promoted_model_carries_its_code_and_serves_without_raylora_installed(sqlite_uri, study, tmp_path):
+    import mlflow
+    import yaml
+
+    promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+    local = Path(mlflow.artifacts.download_artifacts("models:/clicker@champion", tracking_uri=sqlite_uri))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["code"] == "code"
+    assert (local / "code" / "raylora" / "tracking" / "serving.py").is_file()
+    requirements = (local / "requirements.txt").read_text().splitlines()
+    assert not any(r.startswith("raylora") for r in requirements), requirements
+    assert any(r.startswith("peft==") for r in requirements) and any(
+        r.startswith("torch==") for r in requirements
+    )
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(
+        json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": ["image", "instruction"],
+                    "data": [[_png(), "click the OK button"]],
+                }
+            }
+        )
+    )
+    out = tmp_path / "out.json"
+    cmd = [
+        sys.executable,
+        "-c",
+        _WITHOUT_RAYLORA,
+        "models",
+        "predict",
+        "-m",
+        "models:/clicker@champion",
+        "-i",
+        str(rows),
+        "-o",
+        str(out),
+        "--env-manager",
+        "local",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    answers = json.loads(out.read_text())["predictions"]
+    assert len(answers) == 1 and isinstance(answers[0], str)
 
 
 def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tmp_path):

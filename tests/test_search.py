@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,15 @@ STUDY = {
         "training.learning_rate.llm": {"choice": [1.0e-2, 1.0e-7]},
     },
 }
+
+
+def _load_adapter(adapter_dir: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"])
+    return PeftModel.from_pretrained(base, adapter_dir)
 
 
 def _write_spec(tmp_path: Path, **sections) -> Path:
@@ -153,7 +163,10 @@ def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
 
 def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     spec = _write_spec(
-        tmp_path, study={"num_trials": 2, "scheduler": {"type": "fifo"}}, training={"max_steps": 40}
+        tmp_path,
+        study={"num_trials": 2, "scheduler": {"type": "fifo"}},
+        resources={"workers_per_trial": 2},  # both ranks read the checkpoint the trial resumes from
+        training={"max_steps": 40},
     )  # 40 steps: warm workers train a few steps per second, and the kill must land mid-trial
     storage = tmp_path / "st"
     summary_path = storage / "s" / "summary.json"
@@ -195,6 +208,8 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     assert TS.RUNNING not in states
     assert states.count(TS.COMPLETE) == 2 and states[0] == TS.FAIL  # the killed attempt, failed on resume
     assert summary["trials"][1]["params"] != t000["params"], "the resumed sampler does not replay samples"
+    for trial in summary["trials"]:  # every adapter the summary names exists and loads in vanilla PEFT
+        _load_adapter(Path(trial["adapter_path"]))
 
     client, children = _child_runs(storage)
     assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"], "no duplicate runs"
@@ -315,3 +330,23 @@ def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path, ray_tmpdir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  node " in proc.stdout, proc.stdout
+
+
+def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
+    # Not a terminal (captured): plain lines, one per running trial every RAYLORA_PROGRESS_EVERY_S.
+    spec = _write_spec(
+        tmp_path,
+        study={"num_trials": 1, "scheduler": {"type": "fifo"}},
+        training={"max_steps": 40, "eval_every": 40},
+    )
+    proc = _search(spec, tmp_path / "st", env={"RAYLORA_PROGRESS_EVERY_S": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [
+        int(m.group(1))
+        for m in re.finditer(r"\] t000 step (\d+)/40 · [\d.]+ samples/s · eta \d+:\d\d", proc.stdout)
+    ]
+    assert steps and steps == sorted(steps) and steps[0] < 40, proc.stdout
+    study_dir = tmp_path / "st" / "s"
+    assert f"report: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
+    assert f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}" in proc.stdout
+    assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", proc.stdout), proc.stdout

@@ -95,7 +95,6 @@ def test_round_trip_through_plain_data(tmp_path):
         ("training: {lora: {scope: [llm, visoin]}}", "training.lora.scope[1]: must be 'llm'"),
         ("training: {lora: {scope: []}}", "training.lora.scope: list should have at least 1 item"),
         ("training: {quantization: int8}", "training.quantization: must be 'none', 'nf4' or 'nf4-llm-only'"),
-        ("training: {max_steps: 10, eval_every: 20}", "eval_every (20) must be <= max_steps (10)"),
         ("training: {lora: {alpha: 16, alpha_ratio: 2}}", "give alpha or alpha_ratio, not both"),
         ("study: {scheduler: {type: hyperband}}", "study.scheduler.type: must be 'asha' or 'fifo'"),
         ("resources: {placement_strategy: spread}", "resources.placement_strategy: must be 'PACK'"),
@@ -219,3 +218,15 @@ def test_objective_needs_the_data_it_reads(tmp_path):
     assert "study.objective.metric: eval/loss needs data.eval" in lines[0]
     spec = _load(tmp_path, "data: {eval: null}\nstudy: {objective: {metric: train/loss}}\n")
     assert spec.data.eval is None
+
+
+def test_overrides_that_a_user_reasonably_types_are_accepted(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("training: {max_steps: 40, eval_every: 10, lora: {r: 8, alpha_ratio: 2}}\n")
+    # Fewer steps than eval_every: evaluate at the end.
+    spec = spec_lib.load(path, ["training.max_steps=6"])
+    assert (spec.training.max_steps, spec.training.eval_every) == (6, 10)
+    # alpha replaces the spec's alpha_ratio (and the other way round) instead of clashing with it.
+    assert spec_lib.load(path, ["training.lora.alpha=4"]).training.lora.lora_alpha == 4
+    path.write_text("training: {lora: {r: 8, alpha: 4}}\n")
+    assert spec_lib.load(path, ["training.lora.alpha_ratio=3"]).training.lora.lora_alpha == 24

@@ -212,3 +212,36 @@ def test_a_scope_that_gets_no_gradient_fails_the_trial(tmp_path):
     )
     with pytest.raises(TrialError, match="LoRA on vision received no gradient"):
         train(spec, LocalSession(tmp_path / "out", log=lambda line: None))
+
+
+class _CheckpointingSession(LocalSession):
+    """A standalone session that also keeps each reported checkpoint, and resumes from a given one,
+    as the trial pool's session does on local storage."""
+
+    def __init__(self, output_dir: Path, resume: Path | None = None):
+        super().__init__(output_dir, log=lambda line: None)
+        self.resume = resume
+
+    def latest_checkpoint(self) -> Path | None:
+        return self.resume
+
+    def report(self, metrics: dict, write_checkpoint=None) -> None:
+        super().report(metrics)
+        if write_checkpoint is not None:
+            folder = self.output_dir / f"checkpoint_s{metrics['step']:07d}"
+            folder.mkdir(parents=True)
+            write_checkpoint(folder)
+
+
+def test_resuming_keeps_the_checkpoint_it_resumed_from(tmp_path):
+    spec = _spec("training.max_steps=2", "training.eval_every=2", "data.eval_samples=2")
+    train(spec, _CheckpointingSession(tmp_path / "first"))
+    checkpoint = tmp_path / "first" / "checkpoint_s0000002"
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+
+    longer = _spec("training.max_steps=4", "training.eval_every=2", "data.eval_samples=2")
+    outcome = train(longer, _CheckpointingSession(tmp_path / "second", resume=checkpoint))
+    assert outcome.metrics["step"] == 4 and outcome.metrics["resumed_from_step"] == 2
+    # On local storage that folder is the trial's real checkpoint: it may hold the trial's best adapter.
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    _load_adapter(checkpoint / "adapter")

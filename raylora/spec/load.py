@@ -82,6 +82,10 @@ def _set_override(data: dict, key: str, value: Any) -> None:
         data.get("training", {}).get("lora", {}).pop("target_modules", None)
     if key == "training.lora.target_modules":
         data.get("training", {}).get("lora", {}).pop("scope", None)
+    # An override of alpha (or alpha_ratio) replaces the spec's choice of the other.
+    if key in ("training.lora.alpha", "training.lora.alpha_ratio"):
+        other = "alpha_ratio" if key.endswith(".alpha") else "alpha"
+        data.get("training", {}).get("lora", {}).pop(other, None)
     paths.set_in(data, key, value)
 
 

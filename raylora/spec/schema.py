@@ -142,7 +142,10 @@ class LearningRate(_Section):
 
 class Training(_Section):
     max_steps: Positive = 100
+    """Optimizer steps per trial."""
     eval_every: Positive = 25
+    """Evaluate (and checkpoint) every this many steps, and always at the last step; larger than
+    ``max_steps`` means at the end only."""
     per_device_train_batch_size: Positive = 1
     per_device_eval_batch_size: Positive = 4
     gradient_accumulation_steps: Positive = 1
@@ -160,12 +163,6 @@ class Training(_Section):
     click_eval_samples: Annotated[int, Field(ge=0)] = 16
     """Eval records scored by greedy generation for ``eval/click_acc`` (0 turns it off)."""
     max_new_tokens: Positive = 24
-
-    @model_validator(mode="after")
-    def _eval_within_run(self) -> Training:
-        if self.eval_every > self.max_steps:
-            raise ValueError(f"eval_every ({self.eval_every}) must be <= max_steps ({self.max_steps})")
-        return self
 
 
 class Tracking(_Section):

@@ -43,7 +43,7 @@ def load(path: Path) -> tuple[dict, dict[str, int]]:
         raise SpecError(str(path), "no such spec file")
     text = path.read_text()
     if not text.strip():
-        raise SpecError(str(path), "the spec file is empty; see search_spaces/quickstart.yaml for an example")
+        raise SpecError(str(path), "the spec file is empty; `raylora init` writes a commented example")
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
@@ -52,7 +52,7 @@ def load(path: Path) -> tuple[dict, dict[str, int]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SpecError(where, f"YAML syntax error: {_problem(e)}") from None
     if data is None:
-        raise SpecError(str(path), "the spec file is empty; see search_spaces/quickstart.yaml for an example")
+        raise SpecError(str(path), "the spec file is empty; `raylora init` writes a commented example")
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1", f"the spec must be a mapping of sections, got {type(data).__name__}")
     lines: dict[str, int] = {}

@@ -26,15 +26,16 @@ def configure(address: str | None) -> None:
         environment.set_defaults({environment.RAY_LOCAL_STARTUP: str(max(8, os.cpu_count() or 1))})
 
 
-def init_ray(address: str | None) -> None:
-    """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one."""
+def init_ray(address: str | None) -> str | None:
+    """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one;
+    return the Ray dashboard's URL when there is one."""
     configure(address)
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     try:
-        ray.init(
+        context = ray.init(
             address=address if address is not None else _default_address(),
             # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's placement
             # group when its controller dies; it is also where users watch a local study's processes.
@@ -46,6 +47,8 @@ def init_ray(address: str | None) -> None:
         )
     except ConnectionError as e:
         raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def _default_address() -> str | None:

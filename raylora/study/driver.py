@@ -33,6 +33,7 @@ class Plan:
     runs_link: str | None = None
     storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
     unfinished: list[str] | None = None  # trials an interrupted study left for --resume
+    dashboard_url: str | None = None  # the Ray dashboard, when Ray serves one
 
 
 def study_storage(spec: Spec, storage: str | None, log: Callable[[str], None] = print):
@@ -82,7 +83,7 @@ def run(
 
     # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
     opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, where, log)
-    cluster.init_ray(address)
+    dashboard_url = cluster.init_ray(address)
     import ray
 
     nodes = placement.nodes_from_ray(ray.nodes())
@@ -100,6 +101,7 @@ def run(
         nodes,
         _scheduler_name(spec),
         storage=where,
+        dashboard_url=dashboard_url,
     )
     if dry_run:
         return plan, record
@@ -114,6 +116,7 @@ def run(
     tracker.start_study(record)
     tracker.end_stale_runs(record)
     progress.begin(plan)
+    progress.watch(pool)
 
     def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
         # Ray reports checkpoints as paths on the storage's filesystem; URI storage names them s3://...
@@ -126,8 +129,10 @@ def run(
         if kind == "result":
             tracker.trial_result(trial, result)
 
-    _tune(spec, plan, pool, optuna_study, record, pending, on_event)
-    progress.end()
+    try:
+        _tune(spec, plan, pool, optuna_study, record, pending, on_event)
+    finally:
+        progress.end()
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
     where.push(report=True)

@@ -64,6 +64,7 @@ class TrialPool:
         self.stopped: set[str] = set()
         self.closing = False
         self.broken: tuple[str, str] | None = None  # why no worker group can start; trials fail with it
+        self.live: dict[str, dict] = {}  # slot -> rank 0's latest step (see progress)
 
     # -- the Tune side --------------------------------------------------------------------------------
 
@@ -108,6 +109,15 @@ class TrialPool:
     def is_stopped(self, slot: str) -> bool:
         return slot in self.stopped
 
+    def snapshot(self) -> dict[str, dict]:
+        """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}``."""
+        with self.cond:
+            return {
+                slot: dict(self.live[slot])
+                for slot, job in self.jobs.items()
+                if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
+            }
+
     def close(self) -> None:
         """Let every runner's workers exit (their Train runs then end on their own)."""
         with self.cond:
@@ -143,6 +153,11 @@ class TrialPool:
                 state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None
+
+    def progress(self, slot: str, values: dict) -> None:
+        """Rank 0's latest step of trial ``slot`` (between evaluations; for the live view only)."""
+        with self.cond:
+            self.live[slot] = {**values, "at": time.time()}
 
     def report(self, slot: str, metrics: dict) -> None:
         with self.cond:

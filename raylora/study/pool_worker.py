@@ -96,6 +96,8 @@ class PoolSession:
         self.pool, self.trial_id, self.checkpoints = pool, trial_id, checkpoints
         self._asked = None
         self._resume: Path | None = None
+        self._told = float("-inf")
+        self._first: tuple[int, float] | None = None
 
     def stop_requested(self, distributed: bool, device) -> bool:
         """Whether the scheduler stopped this trial, asked once per step and never waited for."""
@@ -112,6 +114,23 @@ class PoolSession:
             torch.distributed.broadcast(flag, src=0)
             stop = bool(flag.item())
         return stop
+
+    def progress(self, step: int, max_steps: int, running: dict) -> None:
+        """Rank 0 tells the pool where the trial is, at most every 2 s (fire and forget)."""
+        import time
+
+        now = time.monotonic()
+        if self.rank != 0:
+            return
+        if self._first is None:
+            self._first = (step, now)
+        if now - self._told < 2.0 and step < max_steps:
+            return
+        self._told = now
+        first_step, first_time = self._first
+        rate = (step - first_step) / (now - first_time) if now > first_time else None
+        values = {"step": step, "max_steps": max_steps, "steps_per_s": rate, **running}
+        self.pool.progress.remote(self.trial_id, values)
 
     def latest_checkpoint(self) -> Path | None:
         self._resume = self.checkpoints.latest()

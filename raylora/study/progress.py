@@ -1,22 +1,51 @@
-"""What the user sees during ``raylora search``: one compact line per trial event, not Ray's tables."""
+"""What the user sees during ``raylora search``: trial events as they happen, and where each running trial
+is between its evaluations.
+
+On a terminal, a live view under the event lines: trials done of the total and the best so far, then one
+row per running trial (step of max_steps, samples/s, ETA, its latest objective). Elsewhere (``ray job
+logs``, ``kubectl logs``, CI) plain lines only: the events, and one line per running trial every
+``RAYLORA_PROGRESS_EVERY_S`` seconds (30 by default). Steps between evaluations come from the trial pool,
+which rank 0 of each trial tells every couple of seconds (:meth:`TrialPool.progress`).
+"""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable
 
+from .. import environment
 from ..spec import Spec
 from .record import StudyRecord, TrialRecord
 from .states import TrialState
 
 
 class Progress:
-    """Prints trial starts, evaluations and ends with running / finished / pruned counts and the best."""
+    """Prints trial starts, evaluations and ends with running / finished / pruned counts and the best;
+    with :meth:`watch`, also each running trial's step between evaluations."""
 
-    def __init__(self, spec: Spec, record: StudyRecord, log: Callable[[str], None]):
+    def __init__(self, spec: Spec, record: StudyRecord, log: Callable[[str], None], live: bool | None = None):
         self.spec, self.record, self.log = spec, record, log
         self.metric = spec.study.objective.metric
         self.start = time.monotonic()
+        self.live = sys.stdout.isatty() if live is None else live
+        self.every_s = environment.progress_every_s()
+        self.total = spec.study.num_trials
+        self.steps: dict[str, dict] = {}  # slot -> the pool's latest step report
+        self._view = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its searcher, and with it this object: the live view and its thread stay here.
+        state = dict(self.__dict__)
+        state.update(_view=None, _thread=None, _lock=None, _stop=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _stop=threading.Event())
 
     def begin(self, plan) -> None:
         nodes = len(plan.nodes)
@@ -28,6 +57,19 @@ class Progress:
         )
         local = f" (local copy {plan.study_dir})" if plan.storage.remote else ""
         self.log(f"  storage: {plan.storage.display()}{local}")
+        if plan.dashboard_url:
+            self.log(f"  Ray dashboard: {plan.dashboard_url}")
+
+    def watch(self, pool) -> None:
+        """Follow the running trials' steps from the trial pool until :meth:`end`."""
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._view = Live(self._table(), console=Console(), refresh_per_second=2, transient=True)
+            self._view.start()
+        self._thread = threading.Thread(target=self._follow, args=(pool,), daemon=True, name="progress")
+        self._thread.start()
 
     def event(self, kind: str, trial: TrialRecord, result: dict) -> None:
         if kind == "start":
@@ -38,6 +80,8 @@ class Progress:
                 f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}{resumed}"
             )
         elif kind == "end":
+            with self._lock:
+                self.steps.pop(trial.trial_id, None)
             value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
             error = f"  ({trial.error})" if trial.error else ""
             self._line(
@@ -46,7 +90,67 @@ class Progress:
             )
 
     def end(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._view is not None:
+            self._view.stop()
+            self._view = None
         self._line(f"{'stopped' if self.record.unfinished() else 'done'}  | {self._counts()}")
+
+    # -- between evaluations ------------------------------------------------------------------------
+
+    def _follow(self, pool) -> None:
+        import ray
+
+        last_line = time.monotonic()
+        while not self._stop.wait(1.0 if self.live else min(self.every_s, 5.0)):
+            try:
+                snapshot = ray.get(pool.snapshot.remote(), timeout=10)
+            except Exception:  # the pool is busy or gone: the events still say what happens
+                continue
+            with self._lock:
+                self.steps = snapshot
+            if self._view is not None:
+                self._view.update(self._table())
+            elif time.monotonic() - last_line >= self.every_s:
+                last_line = time.monotonic()
+                for slot, values in sorted(snapshot.items()):
+                    self._line(f"{slot} {_step_text(values)}{self._objective(slot)}")
+
+    def _objective(self, slot: str) -> str:
+        trial = self.record.trials.get(slot)
+        if trial is None or trial.last_value is None:
+            return ""
+        return f" · {self.metric} {trial.last_value:.4g} at step {trial.steps}"
+
+    def _table(self):
+        from rich.table import Table
+
+        finished = len(self.record.finished())
+        best = self.record.best()
+        best_text = (
+            f"best {best.trial_id} {self.metric} {best.value:.4g}" if best else "no finished trial yet"
+        )
+        table = Table(title=f"{finished}/{self.total} trials done · {best_text}", title_justify="left")
+        for column in ("trial", "step", "samples/s", "ETA", f"latest {self.metric}", "params"):
+            table.add_column(column)
+        with self._lock:
+            steps = dict(self.steps)
+        for trial in sorted(self.record.unfinished(), key=lambda t: t.trial_id):
+            values = steps.get(trial.trial_id, {})
+            step = f"{values['step']}/{values['max_steps']}" if values else "starting"
+            rate = values.get("samples_per_s")
+            latest = f"{trial.last_value:.4g} @ {trial.steps}" if trial.last_value is not None else "-"
+            table.add_row(
+                trial.trial_id,
+                step,
+                f"{rate:.2f}" if rate else "-",
+                _eta(values) or "-",
+                latest,
+                short_params(trial.params),
+            )
+        return table
 
     def _counts(self) -> str:
         states = [t.state for t in self.record.trials.values()]
@@ -62,7 +166,31 @@ class Progress:
 
     def _line(self, text: str) -> None:
         elapsed = int(time.monotonic() - self.start)
-        self.log(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}")
+        line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}"
+        if self._view is not None:
+            self._view.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        else:
+            self.log(line)
+
+
+def _step_text(values: dict) -> str:
+    parts = [f"step {values['step']}/{values['max_steps']}"]
+    if values.get("samples_per_s"):
+        parts.append(f"{values['samples_per_s']:.2f} samples/s")
+    if eta := _eta(values):
+        parts.append(f"eta {eta}")
+    if values.get("train/loss") is not None:
+        parts.append(f"train/loss {values['train/loss']:.4g}")
+    return " · ".join(parts)
+
+
+def _eta(values: dict) -> str | None:
+    """Time left for a trial at its current rate (steps left × seconds per step), as m:ss."""
+    rate, step = values.get("steps_per_s"), values.get("step")
+    if not rate or step is None:
+        return None
+    seconds = int((values["max_steps"] - step) / rate)
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def short_params(params: dict) -> str:

@@ -14,20 +14,10 @@ driver left, by the driver's resume); nothing else assigns a trial's state.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class _Word(str, Enum):
-    """A string enum that prints as its value (as ``enum.StrEnum`` does from Python 3.11)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-class TrialState(_Word):
+class TrialState(StrEnum):
     """A trial's state in the study."""
 
     RUNNING = "RUNNING"
@@ -41,7 +31,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.INFEASIBLE, Trial
 """Finished states, in the leaderboard's order."""
 
 
-class JobState(_Word):
+class JobState(StrEnum):
     """A trial's state in the trial pool, as its Tune trial driver sees it."""
 
     QUEUED = "queued"

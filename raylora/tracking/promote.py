@@ -267,29 +267,37 @@ def _download_adapter(client, best: _RunView, dest: Path) -> Path:
 
 
 def _log_pyfunc(client, best: _RunView, adapter: Path, params: dict[str, str]) -> str:
-    """Log the serving model into the trial's own run; return its ``models:/<model_id>`` URI."""
+    """Log the serving model into the trial's own run; return its ``models:/<model_id>`` URI.
+
+    The model carries raylora's own code (``code_paths``) and pins only published libraries, so it loads
+    and serves wherever MLflow rebuilds its environment, raylora installed there or not.
+    """
     import mlflow
 
     from . import serving
 
     end_time = client.get_run(best.run_id).info.end_time
-    try:
-        with warnings.catch_warnings():
-            # An input example would make MLflow load the model and generate at logging time.
-            warnings.filterwarnings("ignore", message=".*An input example was not provided")
-            with mlflow.start_run(run_id=best.run_id):
-                info = mlflow.pyfunc.log_model(
-                    name=LOGGED_MODEL_NAME,
-                    python_model=str(Path(serving.__file__).with_name("serving_model.py")),
-                    artifacts={serving.ADAPTER_ARTIFACT: str(adapter)},
-                    model_config=_serving_config(best, params),
-                    signature=serving.signature(),
-                    pip_requirements=_requirements(),
-                    tags={ROLE: "promoted"},
-                )
-    finally:
-        # Resuming the run marked it RUNNING (FAILED on error) and ends it now: keep the trial's record.
-        client.set_terminated(best.run_id, status="FINISHED", end_time=end_time)
+    with tempfile.TemporaryDirectory(prefix="raylora-code-") as code:
+        package = Path(serving.__file__).parents[1]
+        shutil.copytree(package, Path(code) / "raylora", ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            with warnings.catch_warnings():
+                # An input example would make MLflow load the model and generate at logging time.
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
+                with mlflow.start_run(run_id=best.run_id):
+                    info = mlflow.pyfunc.log_model(
+                        name=LOGGED_MODEL_NAME,
+                        python_model=str(Path(serving.__file__).with_name("serving_model.py")),
+                        artifacts={serving.ADAPTER_ARTIFACT: str(adapter)},
+                        code_paths=[str(Path(code) / "raylora")],
+                        model_config=_serving_config(best, params),
+                        signature=serving.signature(),
+                        pip_requirements=_requirements(),
+                        tags={ROLE: "promoted"},
+                    )
+        finally:
+            # Resuming the run marked it RUNNING (FAILED on error) and ends it now: keep the trial's record.
+            client.set_terminated(best.run_id, status="FINISHED", end_time=end_time)
     return info.model_uri
 
 
@@ -310,12 +318,26 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+# What the serving model imports (raylora's own code travels with the model, see _log_pyfunc).
+SERVING_PACKAGES = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "transformers",
+    "peft",
+    "safetensors",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+)
+
+
 def _requirements() -> list[str]:
-    """Pinned to this environment; raylora itself must be installed wherever the model is loaded."""
+    """The serving model's libraries, pinned to this environment's versions (all published on PyPI)."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("raylora", "mlflow", "torch", "torchvision", "transformers", "peft", "pillow"):
+    for package in SERVING_PACKAGES:
         try:
             pins.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:

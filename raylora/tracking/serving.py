@@ -1,10 +1,10 @@
 """The MLflow pyfunc model a promoted trial is served as: base model + LoRA adapter, one click per row.
 
 ``raylora promote`` logs :class:`LoraVisionModel` into the winning trial's MLflow run with the adapter as
-its one artifact, as a model from code (``serving_model.py``; nothing is pickled). Loading
-(``mlflow.pyfunc.load_model("models:/NAME@champion")``) needs raylora importable: the code that runs is the
-installed raylora's. Models logged before raylora's subpackages import ``raylora.serving``, which
-re-exports this module.
+its one artifact, as a model from code (``serving_model.py``; nothing is pickled) that carries raylora's
+own code (``code_paths``) and pins only published libraries: it loads wherever MLflow rebuilds its
+environment, raylora installed there or not. Models logged before raylora's subpackages import
+``raylora.serving``, which re-exports this module.
 
 Input: a DataFrame with columns ``image`` (a path to a screenshot on the serving machine) and
 ``instruction`` (text). Output: one generated string per row, e.g. ``"click(412, 230)"``.
@@ -63,6 +63,60 @@ def load_with_adapter(adapter_dir: str | Path, base_model: str | None = None, re
         return PeftModel.from_pretrained(model, str(adapter_dir)), processor
 
 
+class Predictor:
+    """A model ready to answer: base (+ LoRA adapter), processor, greedy generation. Shared by the MLflow
+    pyfunc and ``raylora predict``, so both answer the same way."""
+
+    def __init__(self, model, processor, min_pixels: int | None = None, max_pixels: int | None = None):
+        import torch
+
+        from ..train import model as model_lib
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.processor = model.to(self.device).eval(), processor
+        model_lib.align_generation(self.model.generation_config, processor.tokenizer)
+        self.image_kw = data.image_kwargs(min_pixels, max_pixels, processor)
+
+    @classmethod
+    def load(cls, ref: str | Path, base_model: str | None = None, revision: str | None = None, **pixels):
+        """From an adapter folder (``adapter_config.json``; a ``raylora train`` output or a checkpoint
+        holding ``adapter/`` works too), or a base model alone (a hub id, a folder, ``builtin:...``)."""
+        adapter = adapter_folder(ref)
+        if adapter is not None:
+            return cls(*load_with_adapter(adapter, base_model, revision), **pixels)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        path = builtin.resolve_model(str(ref))
+        processor = AutoProcessor.from_pretrained(path, revision=revision)
+        model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype="auto")
+        return cls(model, processor, **pixels)
+
+    def answer(self, messages: list[dict], images: list, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+        """The greedy continuation of a conversation (its images in order)."""
+        import torch
+
+        inputs = data.prompt_inputs(self.processor, messages, images, self.image_kw)
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        prompt_length = inputs["input_ids"].shape[1]
+        return self.processor.tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
+
+    def click(self, image: Any, instruction: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+        """The answer to one instruction about one screenshot (a path or bytes)."""
+        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        return self.answer(turn, [data.load_image(image)], max_new_tokens)
+
+
+def adapter_folder(ref: str | Path) -> Path | None:
+    """The PEFT adapter folder ``ref`` names (itself, or its ``adapter/``), or None for a base model."""
+    path = Path(ref)
+    for folder in (path, path / "adapter"):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    return None
+
+
 class LoraVisionModel(mlflow.pyfunc.PythonModel):
     """Qwen3-VL base + PEFT LoRA adapter, loaded with vanilla transformers/PEFT; greedy generation.
 
@@ -72,18 +126,14 @@ class LoraVisionModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         """Load the base model, the adapter from the model's ``adapter`` artifact, and the processor."""
-        import torch
-
-        from ..train import model as model_lib
-
         config = context.model_config or {}
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, self.processor = load_with_adapter(
-            context.artifacts[ADAPTER_ARTIFACT], config.get("base_model"), config.get("base_model_revision")
+        self.predictor = Predictor.load(
+            context.artifacts[ADAPTER_ARTIFACT],
+            config.get("base_model"),
+            config.get("base_model_revision"),
+            min_pixels=config.get("min_pixels"),
+            max_pixels=config.get("max_pixels"),
         )
-        self.model = model.to(self.device).eval()
-        model_lib.align_generation(self.model.generation_config, self.processor.tokenizer)
-        self.image_kw = data.image_kwargs(config.get("min_pixels"), config.get("max_pixels"), self.processor)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         """One greedy answer per row of ``image`` + ``instruction``."""
@@ -92,18 +142,37 @@ class LoraVisionModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"model input lacks column(s) {sorted(missing)}; expected image and instruction")
         rows = model_input[["image", "instruction"]].itertuples(index=False)
-        return [self._answer(image, instruction, max_new_tokens) for image, instruction in rows]
+        return [self.predictor.click(image, instruction, max_new_tokens) for image, instruction in rows]
 
-    def _answer(self, image: Any, instruction: str, max_new_tokens: int) -> str:
-        import torch
 
-        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        inputs = data.prompt_inputs(self.processor, turn, [data.load_image(image)], self.image_kw)
-        inputs = {key: value.to(self.device) for key, value in inputs.items()}
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        prompt_length = inputs["input_ids"].shape[1]
-        return self.processor.tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
+class RegisteredModel:
+    """A logged or registered MLflow model (``models:/NAME@champion``, ``runs:/...``) answering through its
+    own pyfunc, as a serving endpoint would."""
+
+    def __init__(self, uri: str):
+        self.model = mlflow.pyfunc.load_model(uri)
+
+    def click(self, image: Any, instruction: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+        """The model's answer to one instruction about one screenshot (a path)."""
+        rows = pd.DataFrame({"image": [str(image)], "instruction": [instruction]})
+        return self.model.predict(rows, params={"max_new_tokens": max_new_tokens})[0]
+
+
+def open_model(ref: str, base_model: str | None = None, **pixels) -> Predictor | RegisteredModel:
+    """What ``raylora predict`` answers with: an MLflow model URI, an adapter folder, or a base model."""
+    if ref.startswith(("models:/", "runs:/")):
+        return RegisteredModel(ref)
+    return Predictor.load(ref, base_model, **pixels)
+
+
+def answer_record(model: Predictor | RegisteredModel, record: data.Record, max_new_tokens: int) -> str:
+    """The model's answer to a data record's prompt (its conversation up to the last assistant turn)."""
+    if isinstance(model, Predictor):
+        images = [data.load_image(ref) for ref in record.images]
+        return model.answer(record.prompt_messages(), images, max_new_tokens)
+    if len(record.images) != 1 or not isinstance(record.images[0], (str, Path)):
+        raise ValueError(f"{record.where}: an MLflow model answers one screenshot given as a path")
+    return model.click(record.images[0], record.instruction(), max_new_tokens)
 
 
 def signature():

@@ -1,7 +1,8 @@
 """The file ``raylora promote`` logs as an MLflow model from code: loading it builds the serving model.
 
-MLflow stores this file with the model and runs it at load time instead of unpickling an object, so what
-runs is the installed raylora's :class:`raylora.tracking.serving.LoraVisionModel`.
+MLflow stores this file with the model and runs it at load time instead of unpickling an object; the
+model's own copy of raylora (its ``code/`` folder, first on ``sys.path``) provides
+:class:`raylora.tracking.serving.LoraVisionModel`.
 """
 
 import mlflow.models

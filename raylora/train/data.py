@@ -41,6 +41,10 @@ class Record:
         last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
         return self.messages[:last]
 
+    def instruction(self) -> str:
+        """The text of the user turn the last assistant turn answers."""
+        return _text_of(self.prompt_messages()[-1]["content"])
+
     def answer(self) -> str:
         """The text of the last assistant turn."""
         last = [m for m in self.messages if m["role"] == "assistant"][-1]

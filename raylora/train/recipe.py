@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +142,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        session.progress(step, training.max_steps, window.running())
         if step % training.eval_every == 0 or step == training.max_steps:
             metrics = report()
         if session.stop_requested(distributed, device):
@@ -193,6 +193,13 @@ class _Window:
         self.losses.append(loss)
         self.samples += samples
         self.tokens += tokens
+
+    def running(self) -> dict:
+        """This rank's loss and throughput since the last report, for live progress (no collective)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if not self.losses:
+            return {}
+        return {"train/loss": self.losses[-1], "samples_per_s": self.samples / elapsed}
 
     def flush(self, world_size: int, distributed: bool, device) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -295,5 +302,6 @@ def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler) -> int:
     state = torch.load(directory / STATE_FILE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    shutil.rmtree(directory, ignore_errors=True)
+    # The folder is the session's: on local storage it is the trial's real checkpoint (its adapter may be
+    # the trial's best, and other ranks read it too); a downloaded copy is removed by the session.
     return int(state["step"])

@@ -8,6 +8,8 @@ Ray Train worker of the study's trial pool.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +35,11 @@ class Session(Protocol):
         """Whether the study stopped this trial; asked after every step, the same answer on every rank."""
         ...
 
+    def progress(self, step: int, max_steps: int, running: dict) -> None:
+        """After every optimizer step: where training is (``running``: this rank's latest ``train/loss``
+        and ``samples_per_s``). Must be cheap: it is called every step and never waited for."""
+        ...
+
     def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
         """Take the metrics of an evaluation; ``write_checkpoint(folder)`` writes the matching checkpoint."""
         ...
@@ -43,15 +50,32 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """One process, no Ray: results go to ``output_dir``."""
+    """One process, no Ray: results go to ``output_dir``.
+
+    ``live``: a step bar with the loss on a terminal (default: when standard output is one); otherwise a
+    plain progress line every ``environment.progress_every_s()`` seconds between evaluations.
+    """
 
     rank, world_size, local_rank = 0, 1, 0
     node = "local"
 
-    def __init__(self, output_dir: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, output_dir: str | Path, log: Callable[[str], None] = print, live: bool | None = None):
+        from .. import environment
+
         self.output_dir = Path(output_dir)
         self.log = log
         self.history: list[dict] = []
+        self.live = sys.stdout.isatty() if live is None else live
+        self.every_s = environment.progress_every_s()
+        self._bar = None
+        self._last_line = time.monotonic()
+
+    def progress(self, step: int, max_steps: int, running: dict) -> None:
+        if self.live:
+            self._advance(step, max_steps, running)
+        elif time.monotonic() - self._last_line >= self.every_s:
+            self._last_line = time.monotonic()
+            self.log(_progress_line({"step": f"{step}/{max_steps}", **running}))
 
     def latest_checkpoint(self) -> Path | None:
         return None
@@ -61,17 +85,50 @@ class LocalSession:
 
     def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None) -> None:
         self.history.append(metrics)
+        self._last_line = time.monotonic()
         self.log(_progress_line(metrics))
 
     def finish(self, write_final: Callable[[Path], None]) -> None:
+        self.close()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_final(self.output_dir)
         summary = dict(self.history[-1]) if self.history else {}
         summary["history"] = self.history
         (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
 
+    def close(self) -> None:
+        """Take the step bar off the terminal."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _advance(self, step: int, max_steps: int, running: dict) -> None:
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+            )
+            self._task = self._bar.add_task("train", total=max_steps, loss="-", rate="")
+            self._bar.start()
+        loss = running.get("train/loss")
+        rate = running.get("samples_per_s")
+        self._bar.update(
+            self._task,
+            completed=step,
+            loss=f"{loss:.4g}" if loss is not None else "-",
+            rate=f"{rate:.2f} samples/s" if rate else "",
+        )
+
 
 def _progress_line(metrics: dict) -> str:
     keys = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s")
-    parts = [f"step {metrics['step']}"] + [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+    parts = [f"step {metrics['step']}"] + [
+        f"{k} {metrics[k]:.4g}" for k in keys if metrics.get(k) is not None
+    ]
     return "  ".join(parts)

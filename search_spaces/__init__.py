@@ -1,0 +1,1 @@
+"""Starter specs, shipped inside the package as ``raylora.search_spaces`` (``raylora init`` copies one)."""

@@ -1,0 +1,79 @@
+"""`raylora predict`: a trained adapter (or a base model) answers a screenshot or a whole dataset, the way
+the promoted MLflow model does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import raylora
+from raylora import builtin
+
+ROOT = Path(__file__).resolve().parents[1]
+RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    overrides = ["training.max_steps=2", "training.eval_every=2", "data.eval_samples=2"]
+    raylora.train_trial(raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", overrides), out)
+    return out
+
+
+def _eval_file() -> Path:
+    return Path(builtin.resolve_data(builtin.GUI_DATA, "eval"))
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*RAYLORA, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.slow
+def test_one_screenshot_gets_the_models_text_and_its_click(trained):
+    shot = _eval_file().parent / "shots" / "64.png"
+    proc = _run("predict", str(trained), "--image", str(shot), "--instruction", "click the OK button")
+    assert proc.returncode == 0, proc.stderr
+    answer, click = proc.stdout.splitlines()[:2]
+    assert answer.startswith("answer: ")
+    assert click.startswith("click: "), proc.stdout
+    from raylora.tracking.serving import Predictor
+
+    # The same answer as the code path the promoted MLflow model runs.
+    expected = Predictor.load(trained).click(shot, "click the OK button")
+    assert answer == f"answer: {json.dumps(expected, ensure_ascii=False)}"
+
+
+@pytest.mark.slow
+def test_a_dataset_gets_one_jsonl_line_per_record(trained, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    proc = _run("predict", str(trained / "adapter"), "--data", str(_eval_file()), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(len(_eval_file().read_text().splitlines())))
+    assert all(isinstance(r["output"], str) and (r["click"] is None or len(r["click"]) == 2) for r in rows)
+
+
+@pytest.mark.slow
+def test_a_base_model_alone_answers_too():
+    shot = _eval_file().parent / "shots" / "64.png"
+    proc = _run("predict", builtin.TINY_MODEL, "--image", str(shot), "--instruction", "click the OK button")
+    assert proc.returncode == 0 and proc.stdout.startswith("answer: "), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "nowhere"], "error: predict: give --image and --instruction, or --data FILE"),
+        (["predict", "no such model", "--data", "x.jsonl"], "error: predict: no such model: not a folder"),
+        (["predict", "builtin:tiny-qwen3-vl", "--image", "no.png", "--instruction", "x"], "error: --image"),
+    ],
+)
+def test_mistakes_are_one_line(args, message):
+    proc = _run(*args)
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
