@@ -169,7 +169,7 @@ def train(
 ) -> None:
     """Train one trial with the spec's fixed values (no search), standalone in this process."""
     spec = _load_checked(spec_path, set_ or [])
-    from .train import LocalSession
+    from .train import LocalSession, download
     from .train import train as run_train
 
     if output is None and "://" in spec.study.storage:
@@ -177,7 +177,12 @@ def train(
             "--output", f"study.storage is a URI ({spec.study.storage.split('?')[0]}); give a folder"
         )
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
-    run_train(spec, LocalSession(output))
+    download.ensure_local(spec.model.name_or_path, spec.model.revision)
+    session = LocalSession(output)
+    try:
+        run_train(spec, session)
+    finally:
+        session.close()  # the step bar leaves the terminal on an error too
     print(f"adapter: {output / 'adapter'}")
     print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
 
@@ -240,11 +245,12 @@ def predict(
 
 
 def _check_model_ref(ref: str) -> None:
-    import re
 
     if ref.startswith(("models:/", "runs:/", "builtin:")) or Path(ref).exists():
         return
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref):  # a hub id: owner/name
+    from .train.download import is_hub_id
+
+    if not is_hub_id(ref):
         raise UserError(
             "predict", f"{ref}: not a folder, a hub id (owner/name), builtin:... or an MLflow models:/ URI"
         )
@@ -472,7 +478,7 @@ def main() -> None:
     import logging
 
     from . import environment
-    from .errors import TrialError
+    from .errors import EnvironmentFault, TrialError
 
     environment.set_defaults(environment.CLI)
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
@@ -486,6 +492,9 @@ def main() -> None:
         sys.exit(2)
     except TrialError as e:
         print(f"trial failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    except EnvironmentFault as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)

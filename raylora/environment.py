@@ -24,9 +24,9 @@ INJECT_OOM = "RAYLORA_INJECT_OOM"
 PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
-# Set by the command line before anything else: the results are what raylora prints.
+# Set by the command line before anything else: the results are what raylora prints. (Hub downloads show
+# their own progress: raylora.train.download; loading a model shows none: raylora.train.model.build.)
 CLI = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # load/save bars of transformers and the hub on every run
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per logged adapter
 }
 

@@ -1,7 +1,7 @@
 """User-facing errors: each carries where the mistake is (a dotted spec path or ``file:line``).
 
 The CLI turns any :class:`UserError` into one line per problem on stderr and exit code 2, with no
-traceback. Everything else is a bug and exits 1.
+traceback; an :class:`EnvironmentFault` into one line and exit code 1. Everything else is a bug and exits 1.
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ class UserErrors(UserError):
 
     def lines(self) -> list[str]:
         return [line for e in self.errors for line in e.lines()]
+
+
+class EnvironmentFault(Exception):
+    """Not the user's mistake and not a bug: the machine or a service cannot do what is asked (Ray's node
+    did not start, storage is full or read-only). The CLI prints one line and exits 1; nothing is lost."""
+
+    def __init__(self, where: str, message: str):
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class TrialError(RuntimeError):

@@ -144,6 +144,38 @@ def test_checkpoints_keep_the_latest_and_the_best_the_newer_on_a_tie(tmp_path, r
     assert (latest == root / "t000" / "checkpoint_s0000010") is not remote  # remote ones are downloaded
 
 
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "pyarrow"])
+def test_a_torn_checkpoint_is_never_resumed_from_and_is_cleared(tmp_path, remote):
+    # A writer killed mid-write (the driver killed during an upload, a full disk) leaves a folder without
+    # its report.json: the previous checkpoint stays the latest, and the next save clears the torn one.
+    root = tmp_path / "runs"
+    filesystem = pyarrow.fs.LocalFileSystem() if remote else None
+    checkpoints = Checkpoints(str(root), filesystem, "eval/loss", "min").for_trial("t000")
+    local = tmp_path / "ckpt"
+    (local / "adapter").mkdir(parents=True)
+    (local / "adapter" / "adapter_model.safetensors").write_text("weights at 2")
+    checkpoints.save(local, 2, {"eval/loss": 5.0})
+    torn = root / "t000" / "checkpoint_s0000004"
+    (torn / "adapter").mkdir(parents=True)
+    (torn / "adapter" / "adapter_model.safetensors").write_text("")  # 0 bytes, no report.json
+    assert checkpoints.names() == ["checkpoint_s0000002"]
+    assert (checkpoints.latest() / "adapter" / "adapter_model.safetensors").read_text() == "weights at 2"
+    checkpoints.save(local, 6, {"eval/loss": 6.0})
+    assert not torn.exists()
+    assert sorted(p.name for p in (root / "t000").iterdir()) == ["checkpoint_s0000002", "checkpoint_s0000006"]
+
+
+def test_the_same_step_saved_again_replaces_it_whole(tmp_path):
+    checkpoints = Checkpoints(str(tmp_path / "runs"), None, "eval/loss", "min").for_trial("t000")
+    for text in ("first", "second"):
+        local = tmp_path / text
+        (local / "adapter").mkdir(parents=True)
+        (local / "adapter" / "weights").write_text(text)
+        checkpoints.save(local, 4, {"eval/loss": 1.0})
+    assert (checkpoints.latest() / "adapter" / "weights").read_text() == "second"
+    assert [p.name for p in (tmp_path / "runs" / "t000").iterdir()] == ["checkpoint_s0000004"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak is reset through /proc")
 def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
     import torch

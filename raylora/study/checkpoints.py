@@ -1,6 +1,11 @@
 """A study's adapter checkpoints: ``<study>/runs/<slot>/checkpoint_s<step>``, on local disk or any pyarrow
 filesystem, keeping each trial's latest and its best.
 
+A checkpoint is whole or it is not one. On a local (or NFS) filesystem it is written under a hidden
+temporary name and renamed into place; on object storage its ``report.json`` is uploaded last, as the
+mark that every other file is there. Readers see only complete checkpoints, so a writer killed mid-write
+(a driver killed, a full disk) leaves the previous checkpoint as the one to resume from.
+
 Written by rank 0 of the worker group training the trial (:class:`raylora.study.pool_worker.PoolSession`);
 read back when a trial resumes on any runner, and by the driver when it logs adapters to MLflow.
 """
@@ -40,7 +45,10 @@ class Checkpoints:
         return self.filesystem or pyarrow.fs.LocalFileSystem()
 
     def names(self) -> list[str]:
-        """The trial's checkpoint folder names, oldest first."""
+        """The trial's complete checkpoint folder names, oldest first."""
+        return [name for name in self._folders() if self._complete(name)]
+
+    def _folders(self) -> list[str]:
         import pyarrow.fs
 
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.folder, allow_not_found=True))
@@ -50,8 +58,14 @@ class Checkpoints:
             if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
         )
 
+    def _complete(self, name: str) -> bool:
+        import pyarrow.fs
+
+        info = self.fs.get_file_info(f"{self.folder}/{name}/{REPORT_FILE}")
+        return info.type == pyarrow.fs.FileType.File
+
     def latest(self) -> Path | None:
-        """A local folder holding the trial's latest checkpoint (downloaded if remote), or None."""
+        """A local folder holding the trial's latest complete checkpoint (downloaded if remote), or None."""
         names = self.names()
         if not names:
             return None
@@ -67,18 +81,46 @@ class Checkpoints:
         return local
 
     def save(self, local: Path, step: int, metrics: dict) -> str:
-        """Store folder ``local`` as the checkpoint of ``step``; return its path; drop superseded ones."""
+        """Store folder ``local`` as the checkpoint of ``step``, whole or not at all; return its path; drop
+        superseded ones."""
         import json
 
-        import pyarrow.fs
-
-        (local / REPORT_FILE).write_text(json.dumps({"step": step, self.metric: metrics.get(self.metric)}))
         name = f"{CHECKPOINT_PREFIX}{step:07d}"
         path = f"{self.folder}/{name}"
-        self.fs.create_dir(path, recursive=True)
-        pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.fs)
+        report = json.dumps({"step": step, self.metric: metrics.get(self.metric)})
+        if self.filesystem is None:
+            self._save_local(local, path, report)
+        else:
+            self._save_remote(local, path, report)
         self._prune(name)
         return path
+
+    def _save_local(self, local: Path, path: str, report: str) -> None:
+        import os
+        import shutil
+        import uuid
+
+        (local / REPORT_FILE).write_text(report)
+        target = Path(path)
+        staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(local, staging)
+            if target.exists():  # the same step again (a trial resumed at its last checkpoint)
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _save_remote(self, local: Path, path: str, report: str) -> None:
+        import pyarrow.fs
+
+        if self.fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            self.fs.delete_dir(path)  # the same step again: never mark stale files complete
+        self.fs.create_dir(path, recursive=True)
+        pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.fs)
+        with self.fs.open_output_stream(f"{path}/{REPORT_FILE}") as f:  # last: the checkpoint is whole
+            f.write(report.encode())
 
     def _prune(self, latest: str) -> None:
         import json
@@ -94,12 +136,12 @@ class Checkpoints:
         for value, name in scored:  # oldest first, so the newer one wins a tie
             if value <= best_value:
                 best, best_value = name, value
-        for _, name in scored:
-            if name not in (best, latest):
-                try:
-                    self.fs.delete_dir(f"{self.folder}/{name}")
-                except OSError:
-                    pass  # gone already
+        torn = [name for name in self._folders() if not self._complete(name)]
+        for name in [name for _, name in scored if name not in (best, latest)] + torn:
+            try:
+                self.fs.delete_dir(f"{self.folder}/{name}")
+            except OSError:
+                pass  # gone already
 
     def _read(self, path: str) -> str | None:
         try:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .. import environment
-from ..errors import UserError
+from ..errors import EnvironmentFault, UserError
 from .placement import Node
 
 
@@ -47,8 +47,21 @@ def init_ray(address: str | None) -> str | None:
         )
     except ConnectionError as e:
         raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+    except Exception as e:
+        if address is None and "timed out during startup" in str(e):
+            raise local_start_timeout() from None
+        raise
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def local_start_timeout() -> EnvironmentFault:
+    """Ray's local node did not come up in time (Ray waits 30 s for its raylet): say what to do."""
+    return EnvironmentFault(
+        "ray",
+        "the local Ray node did not start within Ray's 30 s (the machine is overloaded, or short of "
+        "memory); retry when it is less busy, or start Ray yourself (`ray start --head`) and pass --address",
+    )
 
 
 def _default_address() -> str | None:

@@ -81,6 +81,10 @@ def run(
     if remaining <= 0 and not dry_run:
         return Plan(directory, 0, [], 0, [], _scheduler_name(spec), storage=where), record
 
+    if not dry_run:  # the driver's node downloads a hub model once, where the user sees it
+        from ..train import download
+
+        download.ensure_local(spec.model.name_or_path, spec.model.revision, log)
     # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
     opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, where, log)
     dashboard_url = cluster.init_ray(address)

@@ -81,6 +81,9 @@ class Predictor:
     def load(cls, ref: str | Path, base_model: str | None = None, revision: str | None = None, **pixels):
         """From an adapter folder (``adapter_config.json``; a ``raylora train`` output or a checkpoint
         holding ``adapter/`` works too), or a base model alone (a hub id, a folder, ``builtin:...``)."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # loading is no progress worth a bar; downloads are fetched first
         adapter = adapter_folder(ref)
         if adapter is not None:
             return cls(*load_with_adapter(adapter, base_model, revision), **pixels)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ..errors import SpecError, UserError, raise_all
 from ..spec import Spec
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from . import download
 
 
 def local_inputs(spec: Spec) -> None:
@@ -58,7 +56,7 @@ def _model_dir(ref: str) -> Path | None:
                 "model.name_or_path", f"{ref} has no config.json; is it a model checkpoint folder?"
             )
         return path
-    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+    if download.is_hub_id(ref):
         return None
     raise SpecError(
         "model.name_or_path", f"no such model folder: {ref} (give a local folder or a hub id org/name)"
