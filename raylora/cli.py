@@ -351,6 +351,73 @@ def report(
     print(f"report: {out}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset the way raylora reads it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Annotated[
+        str,
+        typer.Argument(metavar="PATH_OR_SPEC", help="A dataset (file, dataset_info.json#NAME) or a spec."),
+    ],
+    fmt: Annotated[str | None, typer.Option("--format", help="auto, chat, sharegpt, qwen, ...")] = None,
+    coordinates: Annotated[str | None, typer.Option("--coordinates", help="qwen3vl, mai-ui, ...")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="click, qwen3vl, mai-ui")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Read at most this many records.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Format, records, images, image and supervised tokens, records too long, coordinate range, and one
+    record rendered with its supervised span marked ⟦...⟧."""
+    from . import spec as spec_lib
+    from .train import data_report
+
+    overrides = [
+        f"data.{k}={v}"
+        for k, v in (("format", fmt), ("coordinates", coordinates), ("template", template))
+        if v
+    ]
+    if data_report.is_spec(target):
+        spec = spec_lib.load(target, overrides)
+        refs = [spec.data.train] + (
+            [spec.data.eval] if spec.data.eval and spec.data.eval != spec.data.train else []
+        )
+    else:
+        spec = spec_lib.build({"data": {"train": target}})
+        spec = spec.with_values({o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides})
+        refs = [target]
+    from . import builtin
+
+    for ref in refs:
+        path = builtin.resolve_data(ref, "train") if builtin.is_builtin(ref) else ref
+        report = {"path": ref, **data_report.inspect(path, spec, limit)}
+        if as_json:
+            print(json.dumps(report))
+        else:
+            _print_data_report(report)
+
+
+def _print_data_report(report: dict) -> None:
+    coords = report["coordinates"]
+    print(f"{report['path']}: {report['format']} · {report['records']} records · {report['images']} images")
+    print(
+        f"  image tokens {report['image_tokens_total']:,}"
+        f" · supervised tokens {report['supervised_tokens_total']:,}"
+        f" · dropped as longer than {report['max_length']}: {report['dropped_too_long']}"
+    )
+    print(
+        f"  coordinates {coords['convention']}: x {coords['x']} y {coords['y']}"
+        + ("" if coords.get("within_range", True) else "  ← OUTSIDE the convention's range")
+    )
+    for field, counts in report["categories"].items():
+        print(f"  {field}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if "example" in report:
+        print(f"  {report['example']['where']}, supervised span in ⟦⟧:")
+        print("    " + report["example"]["rendered"].replace("\n", "\n    "))
+
+
 promote_app = typer.Typer(
     no_args_is_help=True, help="Register a study's best adapter in the MLflow Model Registry."
 )

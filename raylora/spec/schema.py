@@ -84,8 +84,19 @@ class Image(_Section):
 
 class Data(_Section):
     train: str = "builtin:gui-grounding"
-    """JSONL or Parquet of chat records, or ``builtin:gui-grounding``."""
+    """A dataset file (JSONL, JSON array, Parquet), ``path/dataset_info.json#NAME``, or
+    ``builtin:gui-grounding``."""
     eval: str | None = "builtin:gui-grounding"
+    format: Literal["auto", "chat", "sharegpt", "qwen", "screenspot", "screenspot-pro"] = "auto"
+    """How the records are written (``auto``: detected from the first record): chat, sharegpt, qwen,
+    screenspot, screenspot-pro (see ``raylora.train.formats``)."""
+    coordinates: Literal["qwen3vl", "mai-ui", "pixels", "resized-pixels", "unit"] = "qwen3vl"
+    """The coordinate convention of the data's answers and boxes (and of ``click`` answers made from
+    grounding annotations): qwen3vl 0–1000, mai-ui 0–999, pixels of the image, pixels of the
+    processor-resized image, unit 0–1."""
+    template: Literal["click", "qwen3vl", "mai-ui"] = "click"
+    """How grounding annotations (ScreenSpot) become prompt and answer: ``click(x, y)``, Qwen3-VL's
+    ``{"point_2d": [x, y]}`` (0–1000), or MAI-UI's ``<answer>{"coordinate": [x, y]}</answer>`` (0–999)."""
     image: Image = Image()
     max_length: Positive = 2048
     """Longer samples are dropped and counted, never truncated (an image span must stay whole)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from . import formats
 
 IGNORE_INDEX = -100
 
@@ -35,6 +36,9 @@ class Record:
     images: list[Any]
     bbox: tuple[float, float, float, float] | None
     where: str
+    categories: dict = field(default_factory=dict)
+    """Fields per-category metrics split by (ScreenSpot's ``data_type``, ``platform``, ...)."""
+    id: Any = None
 
     def prompt_messages(self) -> list[dict]:
         """The conversation up to (not including) its last assistant turn."""
@@ -63,15 +67,20 @@ class Examples:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def read(path: str | Path, limit: int | None = None) -> list[Record]:
-    """Read and validate every record of a JSONL or Parquet file; the first bad one raises DataError."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(str(path), "no such data file")
-    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+def read(
+    path: str | Path,
+    limit: int | None = None,
+    fmt: str = "auto",
+    coordinates: str = "qwen3vl",
+    template: str = "click",
+) -> list[Record]:
+    """Read and validate the records of a dataset in any of :mod:`raylora.train.formats`; the first bad one
+    raises DataError naming it."""
     records = []
-    for where, row in rows:
-        records.append(_record(row, where, path.parent))
+    for where, row, root in formats.rows(str(path), fmt, coordinates, template):
+        if isinstance(row, DataError):
+            raise row
+        records.append(_record(row, where, root))
         if limit is not None and len(records) >= limit:
             break
     if not records:
@@ -79,31 +88,27 @@ def read(path: str | Path, limit: int | None = None) -> list[Record]:
     return records
 
 
-def _jsonl_rows(path: Path):
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}", f"malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def _parquet_rows(path: Path):
-    import pyarrow.parquet as pq
-
+def problems(
+    path: str | Path, fmt: str = "auto", coordinates: str = "qwen3vl", template: str = "click", most: int = 20
+) -> list[DataError]:
+    """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``."""
+    found: list[DataError] = []
+    count = 0
     try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a broken file
-        raise DataError(str(path), f"cannot read Parquet: {e}") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
-        if isinstance(row.get("messages"), str):
+        for where, row, root in formats.rows(str(path), fmt, coordinates, template):
+            count += 1
             try:
-                row["messages"] = json.loads(row["messages"])
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:row {number}", f"messages is not valid JSON ({e.msg})") from None
-        yield f"{path}:row {number}", row
+                if isinstance(row, DataError):
+                    raise row
+                _record(row, where, root)
+            except DataError as e:
+                found.append(e)
+                if len(found) >= most:
+                    found.append(DataError(str(path), f"stopped after {most} bad records"))
+                    break
+    except DataError as e:  # the file itself: missing, empty, not a dataset
+        return [e]
+    return found
 
 
 def _record(row: Any, where: str, root: Path) -> Record:
@@ -132,19 +137,70 @@ def _record(row: Any, where: str, root: Path) -> Record:
         messages.append({"role": message["role"], "content": items})
     if not any(m["role"] == "assistant" and _text_of(m["content"]).strip() for m in messages):
         raise DataError(where, "no assistant turn with text: there is nothing to learn from this record")
-    return Record(messages, images, _bbox(row.get("bbox"), where), where)
+    categories = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
+    return Record(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
 
 
 def _image_ref(value: Any, root: Path, where: str) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        return bytes(value["bytes"])  # a Hugging Face datasets Image column
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        value = value["path"]
     if not isinstance(value, str) or not value:
-        raise DataError(where, "an image item needs an image path (relative to the data file) or bytes")
+        raise DataError(where, "an image needs a path (relative to the data file), a URI or bytes")
+    if value.startswith("data:"):
+        return _data_uri(value, where)
+    if value.startswith(("http://", "https://")):
+        return _fetched(value, where)
+    if value.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        value = unquote(urlsplit(value).path)
     path = Path(value).expanduser()
     path = path if path.is_absolute() else root / path
     if not path.is_file():
         raise DataError(where, f"image not found: {path}")
     return str(path)
+
+
+def _data_uri(value: str, where: str) -> bytes:
+    import base64
+
+    header, _, payload = value.partition(",")
+    if ";base64" not in header:
+        raise DataError(where, "a data: image URI must be base64 (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except ValueError as e:
+        raise DataError(where, f"a data: image URI that is not valid base64 ({e})") from None
+
+
+def _fetched(url: str, where: str) -> str:
+    """An http(s) image, fetched once into ``$RAYLORA_HOME/cache/images`` (offline: a clear error)."""
+    import hashlib
+    import os
+    import urllib.request
+
+    from .. import environment
+
+    suffix = Path(url.split("?")[0]).suffix[:8] or ".img"
+    target = (
+        environment.home() / "cache" / "images" / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
+    )
+    if target.is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = response.read()
+    except OSError as e:
+        raise DataError(where, f"cannot fetch image {url}: {e}") from None
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(body)
+    os.replace(tmp, target)
+    return str(target)
 
 
 def _bbox(value: Any, where: str) -> tuple[float, float, float, float] | None:
@@ -211,6 +267,9 @@ def encode_file(
     *,
     limit: int | None = None,
     cache_dir: Path | None = None,
+    fmt: str = "auto",
+    coordinates: str = "qwen3vl",
+    template: str = "click",
 ) -> Examples:
     """:func:`read` + :func:`encode`, cached on disk: the trials of a study share one encoding.
 
@@ -222,13 +281,15 @@ def encode_file(
 
     import torch
 
-    path = Path(path).expanduser()
+    path_ref = str(path)
+    path = Path(path_ref.split("#")[0]).expanduser()
     stat = path.stat() if path.is_file() else None
     key_parts = [
         str(path.resolve()),
         stat and (stat.st_size, stat.st_mtime_ns),
         max_length,
         limit,
+        (fmt, coordinates, template),
         json.dumps(image_kw, sort_keys=True, default=str),
         processor.tokenizer.name_or_path,
         len(processor.tokenizer),
@@ -241,7 +302,8 @@ def encode_file(
             return torch.load(cached, weights_only=False)  # our own file, written below
         except Exception:  # a torn or stale cache entry is simply rebuilt
             pass
-    examples = encode(read(path, limit=limit), processor, max_length, image_kw)
+    records = read(path_ref, limit, fmt, coordinates, template)
+    examples = encode(records, processor, max_length, image_kw)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")

@@ -11,11 +11,13 @@ import re
 from . import data
 
 _CLICK = re.compile(r"click\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
+_POINT = re.compile(r'"(?:point_2d|coordinate)"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]')
 
 
 def parse_click(text: str) -> tuple[float, float] | None:
-    """The first ``click(x, y)`` in ``text``, or None."""
-    match = _CLICK.search(text)
+    """The point of an answer in any template's style — ``click(x, y)``, ``{"point_2d": [x, y]}``, MAI-UI's
+    ``<answer>{"coordinate": [x, y]}</answer>`` — or None."""
+    match = _CLICK.search(text) or _POINT.search(text)
     return (float(match.group(1)), float(match.group(2))) if match else None
 
 

@@ -28,7 +28,7 @@ def local_inputs(spec: Spec) -> None:
                 )
             continue
         try:
-            _check_data(ref, f"data.{key}")
+            _check_data(spec, ref, f"data.{key}")
         except UserError as e:
             errors.append(e)
     if spec.model.name_or_path == builtin.TINY_MODEL and spec.training.lora.target_modules is not None:
@@ -63,15 +63,16 @@ def _model_dir(ref: str) -> Path | None:
     )
 
 
-def _check_data(ref: str, where: str) -> None:
+def _check_data(spec: Spec, ref: str, where: str) -> None:
     from . import data
 
-    path = Path(ref).expanduser()
+    path = Path(ref.split("#")[0]).expanduser()
     if not path.is_file():
         raise SpecError(where, f"no such data file: {ref}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise SpecError(where, f"{ref}: data must be .jsonl or .parquet")
-    data.read(path)
+        raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
+    bad = data.problems(ref, spec.data.format, spec.data.coordinates, spec.data.template)
+    raise_all(bad)
 
 
 def _check_targets(spec: Spec, model_dir: Path) -> None:

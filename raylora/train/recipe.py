@@ -67,6 +67,11 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- data
+    data_format = {
+        "fmt": spec.data.format,
+        "coordinates": spec.data.coordinates,
+        "template": spec.data.template,
+    }
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     cache = environment.home() / "cache" / "encoded"
     train_set = data.encode_file(
@@ -75,6 +80,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         spec.data.max_length,
         image_kw,
         cache_dir=cache,
+        **data_format,
     )
     if not train_set.items:
         raise TrialError(
@@ -89,6 +95,7 @@ def train(spec: Spec, session: Session) -> Outcome:
             image_kw,
             limit=spec.data.eval_samples,
             cache_dir=cache,
+            **data_format,
         )
     pad_id = processor.tokenizer.pad_token_id
     batches = data.batches(

@@ -1,0 +1,104 @@
+"""``raylora data inspect``: how raylora reads a dataset, before any compute is spent on it.
+
+The detected format, the records and images, the image tokens at the spec's pixel bounds, the supervised
+tokens, the records that would be dropped as too long, the range of coordinates seen against the declared
+convention, and one record rendered with its supervised span marked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from . import coordinates, data, formats, templates
+
+MARK_START, MARK_END = "⟦", "⟧"
+
+
+def inspect(ref: str, spec, limit: int | None = None) -> dict:
+    """The report for dataset ``ref`` read as ``spec.data`` says (format, coordinates, template)."""
+    from .. import builtin
+    from . import model as model_lib
+
+    fmt = spec.data.format
+    if fmt == "auto":
+        where, row, _ = next(formats.rows(ref, "chat", spec.data.coordinates, spec.data.template))
+        fmt = formats.detect(row, where)
+    records = data.read(ref, limit, spec.data.format, spec.data.coordinates, spec.data.template)
+    answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
+    processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
+    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    encoded = data.encode(records, processor, spec.data.max_length, image_kw)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    image_tokens = sum(int((item["input_ids"] == image_token).sum()) for item in encoded.items)
+    supervised = sum(int((item["labels"] != data.IGNORE_INDEX).sum()) for item in encoded.items)
+    report = {
+        "format": fmt,
+        "records": len(records),
+        "images": sum(len(r.images) for r in records),
+        "image_tokens_total": image_tokens,
+        "supervised_tokens_total": supervised,
+        "dropped_too_long": encoded.dropped_too_long,
+        "max_length": spec.data.max_length,
+        "coordinates": _coordinate_range(records, answer_convention),
+        "template": spec.data.template,
+        "categories": _categories(records),
+    }
+    if encoded.items:
+        first = encoded.records[0].where
+        report["example"] = {"where": first, "rendered": _rendered(encoded.items[0], processor)}
+    return report
+
+
+def _coordinate_range(records: list[data.Record], convention: str) -> dict:
+    """The x and y range of the points in the answers and the boxes, against the convention's range."""
+    from .evaluate import parse_click
+
+    xs, ys = [], []
+    for record in records:
+        if point := parse_click(record.answer()):
+            xs.append(point[0])
+            ys.append(point[1])
+        if record.bbox is not None:
+            xs += [record.bbox[0], record.bbox[2]]
+            ys += [record.bbox[1], record.bbox[3]]
+    chosen = coordinates.get(convention)
+    out = {
+        "convention": convention,
+        "x": [min(xs), max(xs)] if xs else None,
+        "y": [min(ys), max(ys)] if ys else None,
+    }
+    if chosen.relative is not None and xs:
+        out["within_range"] = all(0 <= v <= chosen.relative for v in xs + ys)
+    return out
+
+
+def _categories(records: list[data.Record]) -> dict:
+    out: dict[str, dict[str, int]] = {}
+    for record in records:
+        for field, value in record.categories.items():
+            out.setdefault(field, {}).setdefault(value, 0)
+            out[field][value] += 1
+    return out
+
+
+def _rendered(item: dict, processor) -> str:
+    """The first sample as the model reads it, image pads collapsed, the supervised span marked ⟦...⟧."""
+    tokenizer = processor.tokenizer
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    pieces, inside = [], False
+    for token, label in zip(ids, labels, strict=True):
+        supervised = label != data.IGNORE_INDEX
+        if supervised != inside:
+            pieces.append(MARK_START if supervised else MARK_END)
+            inside = supervised
+        pieces.append(tokenizer.decode([token]))
+    if inside:
+        pieces.append(MARK_END)
+    text = "".join(pieces)
+    return re.sub(r"(<\|image_pad\|>)+", lambda m: f"<|image_pad|>×{len(m.group(0)) // 13}", text)
+
+
+def is_spec(path: str) -> bool:
+    """Whether ``path`` names a study spec (YAML) rather than a dataset."""
+    return Path(path).suffix in (".yaml", ".yml")

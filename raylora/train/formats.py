@@ -1,0 +1,313 @@
+"""The dataset formats GUI-agent teams already have, read as they are and turned into chat rows.
+
+    chat            transformers chat records: ``messages`` with typed content items (JSONL, Parquet)
+    sharegpt        LLaMA-Factory / ms-swift: ``messages`` (role/content) or ``conversations`` (from/value)
+                    with top-level ``images`` and ``<image>`` placeholders; a JSON array or JSONL; or an entry
+                    of a LLaMA-Factory ``dataset_info.json`` given as ``path/to/dataset_info.json#NAME``
+    qwen            Qwen's fine-tuning scripts: ``image`` (a path or a list) + ``conversations``
+    screenspot      ScreenSpot v1/v2 annotations: ``img_filename``, ``bbox`` [x, y, w, h] pixels,
+                    ``instruction``, ``data_type``, ``data_source``
+    screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size``,
+                    ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
+
+Every format becomes the ``chat`` row :func:`raylora.train.data.read` validates, with ``categories`` (the
+fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
+answer template (:mod:`raylora.train.templates`). A format read wrongly fails loudly: a placeholder count
+that does not match the images, a box outside its image, a record of another format — each names the
+record (``file.jsonl:LINE``, ``file.json[INDEX]``, ``file.parquet:row N``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from . import coordinates, templates
+
+FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro")
+PLACEHOLDER = "<image>"
+
+# LLaMA-Factory's sharegpt defaults (data/README.md): the columns and role tags a dataset_info entry may
+# override.
+_SHAREGPT_COLUMNS = {"messages": "conversations", "images": "images", "system": None}
+_SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "system_tag": "system",
+}
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def rows(ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "click") -> Iterator:
+    """``(where, chat row, root)`` for every record of dataset ``ref`` read as ``fmt`` (``auto``: detected
+    from the first record); ``root`` is the folder relative image paths are read from."""
+    path, entry = _split_entry(ref)
+    options: dict = {}
+    if entry is not None:
+        path, fmt, options = _dataset_info(path, entry)
+    raw = _raw_rows(path)
+    first = next(raw, None)
+    if first is None:
+        raise DataError(str(path), "no records (the file is empty)")
+    where, row = first
+    if isinstance(row, DataError):
+        raise row
+    fmt = detect(row, where) if fmt == "auto" else fmt
+    convert = _CONVERTERS[fmt]
+    for where, row in _chain(first, raw):
+        if isinstance(row, DataError):
+            yield where, row, path.parent
+            continue
+        try:
+            yield where, convert(row, where, path.parent, coords, template, **options), path.parent
+        except DataError as e:  # the caller decides: stop at the first, or report them all
+            yield where, e, path.parent
+
+
+def detect(row: Any, where: str) -> str:
+    """The format a record is written in, from its keys (a DataError naming the record otherwise)."""
+    if isinstance(row, dict):
+        if "img_filename" in row and "bbox" in row:
+            return "screenspot-pro" if "img_size" in row or "ui_type" in row else "screenspot"
+        if "conversations" in row:
+            return "qwen" if "image" in row else "sharegpt"
+        if "messages" in row:
+            messages = row["messages"] if isinstance(row["messages"], list) else []
+            placed = any(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and PLACEHOLDER in m["content"]
+                for m in messages
+            )
+            return "sharegpt" if "images" in row or placed else "chat"
+    keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+    raise DataError(
+        where,
+        f"cannot tell the data format from a record with {keys}; give data.format ({', '.join(FORMATS)})",
+    )
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+
+def _split_entry(ref: str) -> tuple[Path, str | None]:
+    if "#" in ref and ref.split("#", 1)[0].endswith("dataset_info.json"):
+        path, entry = ref.split("#", 1)
+        return Path(path).expanduser(), entry
+    return Path(ref).expanduser(), None
+
+
+def _dataset_info(path: Path, entry: str) -> tuple[Path, str, dict]:
+    """A LLaMA-Factory ``dataset_info.json`` entry: its file, its format and its column and tag names."""
+    if not path.is_file():
+        raise DataError(str(path), "no such file")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(str(path), f"not valid JSON ({e})") from None
+    if entry not in info:
+        raise DataError(f"{path}#{entry}", f"no such entry (entries: {', '.join(sorted(info))})")
+    spec = info[entry]
+    formatting = spec.get("formatting", "alpaca")
+    if formatting != "sharegpt":
+        raise DataError(f"{path}#{entry}", f"formatting {formatting!r} is not supported (only sharegpt)")
+    if "file_name" not in spec:
+        raise DataError(f"{path}#{entry}", "needs file_name (hub datasets: download them first)")
+    options = {"columns": spec.get("columns") or {}, "tags": spec.get("tags") or {}}
+    return path.parent / spec["file_name"], "sharegpt", options
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    if not path.is_file():
+        raise DataError(str(path), "no such data file")
+    if path.suffix == ".parquet":
+        yield from _parquet_rows(path)
+        return
+    if path.suffix == ".json":
+        text = _text(path)
+        if text.lstrip().startswith("["):
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})"
+                ) from None
+            for index, row in enumerate(records):
+                yield f"{path}[{index}]", row
+            return
+    yield from _jsonl_rows(path)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}", f"not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(where, f"not UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(where, f"malformed JSON ({e.msg} at column {e.colno})")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise DataError(str(path), f"cannot read Parquet: {e}") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        for key in ("messages", "conversations"):
+            if isinstance(row.get(key), str):
+                try:
+                    row[key] = json.loads(row[key])
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:row {number}", f"{key} is not valid JSON ({e.msg})") from None
+        yield f"{path}:row {number}", row
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+# -- formats -----------------------------------------------------------------------------------------
+
+
+def _chat(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
+    return row
+
+
+def _sharegpt(
+    row: Any, where: str, root: Path, coords: str, template: str, columns=None, tags=None, image_key=None
+) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(where, "a sharegpt record is a JSON object")
+    columns = {**_SHAREGPT_COLUMNS, **(columns or {})}
+    key = columns["messages"] if columns["messages"] in row else "messages"
+    turns = row.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(where, f'a sharegpt record needs "{key}": a non-empty list of turns')
+    tag = {**_SHAREGPT_TAGS, **(tags or {})}
+    if isinstance(turns[0], dict) and "role" in turns[0]:
+        tag = {**tag, "role_tag": "role", "content_tag": "content"}
+    images = row.get(image_key or columns["images"], row.get("images")) or []
+    images = [images] if isinstance(images, str) else list(images)
+    messages = []
+    if columns.get("system") and row.get(columns["system"]):
+        messages.append({"role": "system", "content": str(row[columns["system"]])})
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DataError(where, f"{key}[{i}] must be an object")
+        said = turn.get(tag["role_tag"])
+        named = {tag["user_tag"]: "user", tag["assistant_tag"]: "assistant", tag["system_tag"]: "system"}
+        role = named.get(said) or _ROLES.get(said)
+        if role is None:
+            raise DataError(where, f"{key}[{i}] has role {said!r} (user, assistant or system)")
+        text = turn.get(tag["content_tag"])
+        if not isinstance(text, str):
+            raise DataError(where, f"{key}[{i}].{tag['content_tag']} must be text")
+        messages.append({"role": role, "content": text})
+    return {**_with_images(messages, images, where), **_extra(row)}
+
+
+def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
+    return _sharegpt(row, where, root, coords, template, image_key="image")
+
+
+def _with_images(messages: list[dict], images: list, where: str) -> dict:
+    """Chat messages with typed items: ``<image>`` placeholders become image items in order; with no
+    placeholder at all, the images go before the first user text."""
+    placed = sum(m["content"].count(PLACEHOLDER) for m in messages)
+    if placed and placed != len(images):
+        raise DataError(where, f"{placed} {PLACEHOLDER} placeholder(s) but {len(images)} image(s)")
+    queue = list(images)
+    out = []
+    for message in messages:
+        items: list[dict] = []
+        parts = message["content"].split(PLACEHOLDER)
+        for k, part in enumerate(parts):
+            if k:
+                items.append({"type": "image", "image": queue.pop(0)})
+            text = part.strip() if len(parts) > 1 else part  # whitespace around a placeholder is layout
+            if text.strip():
+                items.append({"type": "text", "text": text})
+        if not placed and queue and message["role"] == "user":
+            items = [{"type": "image", "image": ref} for ref in queue] + items
+            queue = []
+        out.append({"role": message["role"], "content": items})
+    return {"messages": out}
+
+
+def _screenspot(row: Any, where: str, root: Path, coords: str, template: str, pro: bool = False) -> dict:
+    fields = ("img_filename", "bbox", "instruction")
+    if not isinstance(row, dict) or any(f not in row for f in fields):
+        raise DataError(where, f"a ScreenSpot record needs {', '.join(fields)}")
+    box = row["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise DataError(where, f"bbox must be four numbers, got {box!r}")
+    box = list(box) if pro else coordinates.xywh_to_xyxy(box)
+    image = _image_path(row["img_filename"], root, where)
+    size = tuple(row["img_size"]) if pro and row.get("img_size") else _image_size(image, where)
+    problem = coordinates.out_of_range(box, "pixels", size)
+    if problem or box[0] > box[2] or box[1] > box[3]:
+        raise DataError(where, f"bbox {row['bbox']} does not fit the {size[0]}×{size[1]} image ({problem})")
+    chat = templates.grounding_row(str(image), row["instruction"], box, size, template, coords)
+    keep = ("ui_type", "platform", "application", "group") if pro else ("data_type", "data_source")
+    chat["categories"] = {k: str(row[k]) for k in keep if row.get(k) is not None}
+    if row.get("id") is not None:
+        chat["id"] = row["id"]
+    return chat
+
+
+def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
+    return _screenspot(row, where, root, coords, template, pro=True)
+
+
+def _image_path(name: Any, root: Path, where: str) -> Path:
+    if not isinstance(name, str) or not name:
+        raise DataError(where, "img_filename must be a file name")
+    for folder in (root, root / "images", root.parent / "images"):  # ScreenSpot ships images beside
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(where, f"image not found: {root / name}")
+
+
+def _image_size(path: Path, where: str) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as e:  # PIL raises many types for a broken file
+        raise DataError(where, f"cannot read image {path}: {e}") from None
+
+
+def _extra(row: dict) -> dict:
+    return {key: row[key] for key in ("bbox", "id", "categories") if key in row}
+
+
+_CONVERTERS = {
+    "chat": _chat,
+    "sharegpt": _sharegpt,
+    "qwen": _qwen,
+    "screenspot": _screenspot,
+    "screenspot-pro": _screenspot_pro,
+}

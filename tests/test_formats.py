@@ -1,0 +1,273 @@
+"""The dataset formats and coordinate conventions GUI-agent teams bring, read as they are."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from raylora.errors import DataError
+from raylora.train import coordinates, formats, templates
+
+
+def _png(path: Path, size=(200, 100)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, "white").save(path)
+    return path
+
+
+def _rows(ref, fmt="auto", coords="qwen3vl", template="click"):
+    """The rows of a dataset, raising its first bad record as data.read does."""
+    out = []
+    for where, row, _ in formats.rows(str(ref), fmt, coords, template):
+        if isinstance(row, DataError):
+            raise row
+        out.append((where, row))
+    return out
+
+
+# -- coordinates -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src, dst", list(itertools.permutations(coordinates.NAMES, 2)))
+def test_points_and_boxes_round_trip_within_a_pixel(src, dst):
+    size, resized = (1280, 720), coordinates.resized_size((1280, 720), 3136, 1003520)
+    for px in [(0, 0), (1, 719), (640.4, 360.6), (1279, 0), (1280, 720)]:
+        there = coordinates.convert_point(px, "pixels", src, size, resized)
+        back = coordinates.convert_point(
+            coordinates.convert_point(there, src, dst, size, resized), dst, "pixels", size, resized
+        )
+        assert abs(back[0] - px[0]) <= 2 and abs(back[1] - px[1]) <= 2, (px, there, back)
+
+
+def test_known_values_of_each_family():
+    size = (1000, 500)
+    assert coordinates.convert_point((500, 250), "pixels", "qwen3vl", size) == (500, 500)
+    assert coordinates.convert_point((500, 250), "pixels", "mai-ui", size) == (500, 500)  # 0.5 × 999
+    assert coordinates.convert_point((999, 999), "mai-ui", "unit", size) == (1.0, 1.0)
+    assert coordinates.convert_point((0.25, 0.5), "unit", "pixels", size) == (250, 250)
+    assert coordinates.xywh_to_xyxy([10, 20, 30, 40]) == [10, 20, 40, 60]
+    assert coordinates.resized_size((1280, 720), 3136, 1003520) == (1280, 704)  # multiples of 32
+
+
+def test_the_pixels_versus_relative_mix_up_is_named():
+    assert "outside qwen3vl's 0–1000" in coordinates.out_of_range([1200, 300], "qwen3vl", (1920, 1080))
+    assert "outside pixels's 0–800 for a 800×600 image" in coordinates.out_of_range(
+        [900, 10], "pixels", (800, 600)
+    )
+    assert coordinates.out_of_range([512, 300, 600, 400], "qwen3vl", (1920, 1080)) is None
+
+
+# -- templates ---------------------------------------------------------------------------------------
+
+
+def test_templates_write_each_familys_answer():
+    box = [100, 50, 300, 150]  # pixels of a 1000×500 image; center (200, 100)
+    click = templates.grounding_row("a.png", "open settings", box, (1000, 500), "click", "qwen3vl")
+    assert click["messages"][-1]["content"][0]["text"] == "click(200, 200)"
+    assert click["bbox"] == [100, 100, 300, 300]
+    qwen = templates.grounding_row("a.png", "open settings", box, (1000, 500), "qwen3vl", "pixels")
+    assert json.loads(qwen["messages"][-1]["content"][0]["text"]) == {"point_2d": [200, 200]}
+    mai = templates.grounding_row("a.png", "open settings", box, (1000, 500), "mai-ui", "qwen3vl")
+    assert mai["messages"][0]["role"] == "system"
+    assert mai["messages"][-1]["content"][0]["text"] == '<answer>{"coordinate": [200, 200]}</answer>'
+
+
+# -- formats -----------------------------------------------------------------------------------------
+
+
+def test_llama_factory_sharegpt_json_array_with_placeholders(tmp_path):
+    _png(tmp_path / "a.png")
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "<image>click the OK button"},
+                {"role": "assistant", "content": "click(500, 500)"},
+            ],
+            "images": ["a.png"],
+        }
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    ((where, row),) = _rows(tmp_path / "train.json")
+    assert where.endswith("train.json[0]")
+    assert row["messages"][0]["content"] == [
+        {"type": "image", "image": "a.png"},
+        {"type": "text", "text": "click the OK button"},
+    ]
+
+
+def test_sharegpt_conversations_without_placeholders_put_images_first(tmp_path):
+    record = {
+        "conversations": [{"from": "human", "value": "click OK"}, {"from": "gpt", "value": "click(1, 2)"}],
+        "images": ["a.png", "b.png"],
+    }
+    (tmp_path / "d.jsonl").write_text(json.dumps(record) + "\n")
+    ((_, row),) = _rows(tmp_path / "d.jsonl")
+    assert [item["type"] for item in row["messages"][0]["content"]] == ["image", "image", "text"]
+
+
+def test_placeholder_and_image_counts_must_match(tmp_path):
+    record = {
+        "messages": [{"role": "user", "content": "<image><image>x"}, {"role": "assistant", "content": "y"}]
+    }
+    (tmp_path / "d.jsonl").write_text(json.dumps({**record, "images": ["a.png"]}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:1: 2 <image> placeholder\(s\) but 1 image\(s\)"):
+        _rows(tmp_path / "d.jsonl")
+
+
+def test_dataset_info_entry_with_its_columns_and_tags(tmp_path):
+    record = {
+        "dialog": [{"speaker": "usr", "text": "<image>tap OK"}, {"speaker": "bot", "text": "click(3, 4)"}],
+        "pics": ["a.png"],
+    }
+    (tmp_path / "mine.json").write_text(json.dumps([record]))
+    info = {
+        "gui": {
+            "file_name": "mine.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "dialog", "images": "pics"},
+            "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "usr", "assistant_tag": "bot"},
+        }
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    ((_, row),) = _rows(f"{tmp_path / 'dataset_info.json'}#gui")
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert row["messages"][0]["content"][0] == {"type": "image", "image": "a.png"}
+    with pytest.raises(DataError, match="no such entry"):
+        _rows(f"{tmp_path / 'dataset_info.json'}#other")
+
+
+def test_qwen_finetuning_format(tmp_path):
+    record = {
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhere is OK?"},
+            {"from": "gpt", "value": "here"},
+        ],
+    }
+    (tmp_path / "q.json").write_text(json.dumps([record]))
+    ((_, row),) = _rows(tmp_path / "q.json")
+    assert row["messages"][0]["content"] == [
+        {"type": "image", "image": "a.png"},
+        {"type": "text", "text": "Where is OK?"},
+    ]
+
+
+def test_screenspot_v2_xywh_pixels_become_the_templates_answer(tmp_path):
+    _png(tmp_path / "shot.png", (1000, 500))
+    record = {
+        "img_filename": "shot.png",
+        "bbox": [100, 50, 200, 100],
+        "instruction": "open settings",
+        "data_type": "icon",
+        "data_source": "ios",
+    }
+    (tmp_path / "ss.json").write_text(json.dumps([record]))
+    ((_, row),) = _rows(tmp_path / "ss.json", template="mai-ui")
+    assert row["messages"][-1]["content"][0]["text"] == '<answer>{"coordinate": [200, 200]}</answer>'
+    assert row["bbox"] == [100, 100, 300, 300]  # in the answer's 0–999
+    assert row["categories"] == {"data_type": "icon", "data_source": "ios"}
+
+
+def test_screenspot_pro_xyxy_pixels_and_its_categories(tmp_path):
+    _png(tmp_path / "images" / "p.png", (2000, 1000))
+    record = {
+        "img_filename": "p.png",
+        "bbox": [100, 100, 300, 200],
+        "img_size": [2000, 1000],
+        "instruction": "bold",
+        "ui_type": "text",
+        "platform": "windows",
+        "application": "word",
+        "group": "Office",
+        "id": "word_1",
+    }
+    (tmp_path / "pro.json").write_text(json.dumps([record]))
+    ((_, row),) = _rows(tmp_path / "pro.json")
+    assert row["messages"][-1]["content"][0]["text"] == "click(100, 150)"
+    assert row["categories"]["application"] == "word" and row["id"] == "word_1"
+
+
+def test_a_box_outside_its_image_names_the_record(tmp_path):
+    _png(tmp_path / "shot.png", (100, 100))
+    record = {"img_filename": "shot.png", "bbox": [50, 50, 80, 80], "instruction": "x"}
+    (tmp_path / "ss.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(
+        DataError, match=r"ss\.jsonl:1: bbox \[50, 50, 80, 80\] does not fit the 100×100 image"
+    ):
+        _rows(tmp_path / "ss.jsonl")
+
+
+def test_an_undetectable_record_and_bad_bytes_name_the_line(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"prompt": "hi", "response": "yo"}\n')
+    with pytest.raises(DataError, match=r"x\.jsonl:1: cannot tell the data format .*prompt, response"):
+        _rows(tmp_path / "x.jsonl")
+    (tmp_path / "y.jsonl").write_bytes(b'{"messages": []}\n{"messages": "\xff"}\n')
+    with pytest.raises(DataError, match=r"y\.jsonl:2: not UTF-8"):
+        _rows(tmp_path / "y.jsonl")
+
+
+def test_validate_reports_every_bad_record_not_only_the_first(tmp_path):
+    from raylora.train import data
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": "x"}]}),
+        json.dumps(good),
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    found = [str(e) for e in data.problems(tmp_path / "d.jsonl")]
+    assert len(found) == 2 and found[0].startswith(f"{tmp_path / 'd.jsonl'}:2: malformed JSON"), found
+    assert found[1].startswith(f"{tmp_path / 'd.jsonl'}:3: no assistant turn"), found
+
+
+def test_a_screenspot_file_trains_through_the_same_reader(tmp_path):
+    from raylora.train import data
+
+    _png(tmp_path / "shot.png", (640, 360))
+    record = {
+        "img_filename": "shot.png",
+        "bbox": [64, 36, 64, 36],
+        "instruction": "open the menu",
+        "data_type": "icon",
+    }
+    (tmp_path / "ss.json").write_text(json.dumps([record]))
+    (read,) = data.read(tmp_path / "ss.json", template="qwen3vl")
+    assert read.images == [str(tmp_path / "shot.png")] and read.categories == {"data_type": "icon"}
+    assert json.loads(read.answer()) == {"point_2d": [150, 150]} and read.bbox == (100.0, 100.0, 200.0, 200.0)
+
+
+def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    _png(tmp_path / "a.png", (128, 128))
+    record = {
+        "messages": [
+            {"role": "user", "content": "<image>click the OK button"},
+            {"role": "assistant", "content": "click(500, 500)"},
+        ],
+        "images": ["a.png"],
+    }
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    raylora = str(Path(sys.executable).with_name("raylora"))
+    proc = subprocess.run(
+        [raylora, "data", "inspect", str(tmp_path / "train.jsonl"), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["format"] == "sharegpt" and report["records"] == 1 and report["images"] == 1
+    assert report["image_tokens_total"] == 16  # 128×128 at one token per 32×32 pixels
+    assert report["supervised_tokens_total"] > 0 and report["dropped_too_long"] == 0
+    assert report["coordinates"] == {
+        "convention": "qwen3vl",
+        "x": [500.0, 500.0],
+        "y": [500.0, 500.0],
+        "within_range": True,
+    }
+    assert "⟦click(500, 500)" in report["example"]["rendered"]
