@@ -271,3 +271,26 @@ def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_pa
         "within_range": True,
     }
     assert "⟦click(500, 500)" in report["example"]["rendered"]
+
+
+def test_an_answer_outside_the_declared_convention_names_the_record(tmp_path):
+    from raylora.train import data
+
+    record = {
+        "messages": [
+            {"role": "user", "content": "click OK"},
+            {"role": "assistant", "content": "click(1430, 620)"},
+        ]
+    }
+    (tmp_path / "px.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(
+        DataError, match=r"px\.jsonl:1: x=1430\.0 is outside qwen3vl's 0–1000: is data\.coordinates"
+    ):
+        data.read(tmp_path / "px.jsonl")
+    assert data.read(tmp_path / "px.jsonl", coordinates="pixels")[0].answer() == "click(1430, 620)"
+    mai = {
+        "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "click(999, 1000)"}]
+    }
+    (tmp_path / "mai.jsonl").write_text(json.dumps(mai) + "\n")
+    with pytest.raises(DataError, match="y=1000.0 is outside mai-ui's 0–999"):
+        data.read(tmp_path / "mai.jsonl", coordinates="mai-ui")

@@ -80,7 +80,7 @@ def read(
     for where, row, root in formats.rows(str(path), fmt, coordinates, template):
         if isinstance(row, DataError):
             raise row
-        records.append(_record(row, where, root))
+        records.append(_record(row, where, root, coordinates))
         if limit is not None and len(records) >= limit:
             break
     if not records:
@@ -100,7 +100,7 @@ def problems(
             try:
                 if isinstance(row, DataError):
                     raise row
-                _record(row, where, root)
+                _record(row, where, root, coordinates)
             except DataError as e:
                 found.append(e)
                 if len(found) >= most:
@@ -111,7 +111,7 @@ def problems(
     return found
 
 
-def _record(row: Any, where: str, root: Path) -> Record:
+def _record(row: Any, where: str, root: Path, convention: str = "qwen3vl") -> Record:
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
         raise DataError(where, 'a record needs "messages": a non-empty list of {"role", "content"} turns')
     images: list[Any] = []
@@ -138,6 +138,7 @@ def _record(row: Any, where: str, root: Path) -> Record:
     if not any(m["role"] == "assistant" and _text_of(m["content"]).strip() for m in messages):
         raise DataError(where, "no assistant turn with text: there is nothing to learn from this record")
     categories = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
+    _check_range(row, messages, where, convention)
     return Record(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
 
 
@@ -163,6 +164,20 @@ def _image_ref(value: Any, root: Path, where: str) -> Any:
     if not path.is_file():
         raise DataError(where, f"image not found: {path}")
     return str(path)
+
+
+def _check_range(row: dict, messages: list[dict], where: str, convention: str) -> None:
+    """An answer point or box outside a relative convention's range is the pixels-vs-relative mix-up."""
+    from . import coordinates, templates
+
+    if coordinates.get(convention).relative is None:
+        return  # pixel conventions are checked against the image where its size is known (ScreenSpot)
+    answer = [m for m in messages if m["role"] == "assistant"][-1]
+    point = templates.parse_point(_text_of(answer["content"]))
+    values = [*(point or ()), *(row.get("bbox") or ())]
+    problem = coordinates.out_of_range(values, convention, (1, 1)) if values else None
+    if problem:
+        raise DataError(where, f"{problem}: is data.coordinates ({convention}) the convention of this data?")
 
 
 def _data_uri(value: str, where: str) -> bytes:

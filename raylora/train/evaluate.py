@@ -6,19 +6,12 @@ A click is correct when the point parsed from ``click(x, y)`` lies inside the re
 
 from __future__ import annotations
 
-import re
-
-from . import data
-
-_CLICK = re.compile(r"click\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
-_POINT = re.compile(r'"(?:point_2d|coordinate)"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]')
+from . import data, templates
 
 
 def parse_click(text: str) -> tuple[float, float] | None:
-    """The point of an answer in any template's style — ``click(x, y)``, ``{"point_2d": [x, y]}``, MAI-UI's
-    ``<answer>{"coordinate": [x, y]}</answer>`` — or None."""
-    match = _CLICK.search(text) or _POINT.search(text)
-    return (float(match.group(1)), float(match.group(2))) if match else None
+    """The point a model's answer names, in any template's style (see :func:`templates.parse_point`)."""
+    return templates.parse_point(text)
 
 
 def is_hit(point: tuple[float, float] | None, bbox: tuple[float, float, float, float]) -> bool:
