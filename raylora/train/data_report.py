@@ -52,11 +52,9 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
 
 def _coordinate_range(records: list[data.Record], convention: str) -> dict:
     """The x and y range of the points in the answers and the boxes, against the convention's range."""
-    from .evaluate import parse_click
-
     xs, ys = [], []
     for record in records:
-        if point := parse_click(record.answer()):
+        if point := templates.parse_point(record.answer()):
             xs.append(point[0])
             ys.append(point[1])
         if record.bbox is not None:

@@ -19,6 +19,7 @@ record (``file.jsonl:LINE``, ``file.json[INDEX]``, ``file.parquet:row N``).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,7 @@ def rows(ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "
         raise row
     fmt = detect(row, where) if fmt == "auto" else fmt
     convert = _CONVERTERS[fmt]
-    for where, row in _chain(first, raw):
+    for where, row in itertools.chain([first], raw):
         if isinstance(row, DataError):
             yield where, row, path.parent
             continue
@@ -181,11 +182,6 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:row {number}", f"{key} is not valid JSON ({e.msg})") from None
         yield f"{path}:row {number}", row
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 # -- formats -----------------------------------------------------------------------------------------
