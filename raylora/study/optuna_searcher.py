@@ -114,6 +114,7 @@ class StudySearcher(Searcher):
         if result.get("resumed_from_step"):
             trial.resumed_from_step = int(result["resumed_from_step"])
         trial.nodes = list(result.get("nodes", trial.nodes))
+        trial.cost.update({k: float(v) for k, v in result.items() if k.startswith("cost/")})
         value = result.get(self.metric)
         if value is None:
             return True

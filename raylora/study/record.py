@@ -5,7 +5,8 @@
 
     {"study": str, "objective": {"metric": str, "mode": "min"|"max"},
      "best_trial": {"trial_id", "value", "params", "adapter_path", "mlflow_run_id"} | null,
-     "trials": [{"trial_id", "state", "params", "value", "steps", "adapter_path", "nodes", "error", ...}]}
+     "trials": [{"trial_id", "state", "params", "value", "steps", "adapter_path", "nodes", "error",
+                 "cost": {"cost/peak_mem_gb", "cost/accelerator_hours", ...}, ...}]}
 
 Trial states are :class:`raylora.study.states.TrialState`.
 """
@@ -44,6 +45,8 @@ class TrialRecord:
     mlflow_run_id: str | None = None
     last_value: float | None = None
     resumed_from_step: int | None = None
+    cost: dict[str, float] = field(default_factory=dict)
+    """The latest ``cost/*`` metrics the trial reported (see :mod:`raylora.train.cost`)."""
 
     @property
     def finished(self) -> bool:

@@ -15,7 +15,10 @@ from pathlib import Path
 from ..study.progress import short_params
 from ..study.record import SUMMARY, StudyRecord
 from ..study.states import TrialState
+from ..train import cost
 from . import tags
+
+COST_COLUMNS = cost.METRICS
 
 
 def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
@@ -109,6 +112,7 @@ def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str])
                 "state",
                 record.metric,
                 "steps",
+                *COST_COLUMNS,
                 *params,
                 "adapter_path",
                 "mlflow_run_id",
@@ -127,6 +131,7 @@ def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str])
                     t.state,
                     "" if t.value is None else t.value,
                     t.steps,
+                    *(t.cost.get(c, "") for c in COST_COLUMNS),
                     *values,
                     t.adapter_path or "",
                     t.mlflow_run_id or "",
@@ -140,13 +145,16 @@ def leaderboard_markdown(record: StudyRecord, ranked) -> str:
     lines = [
         f"# {record.name}: {record.metric} ({record.mode})",
         "",
-        f"| # | trial | state | {record.metric} | steps | params |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| # | trial | state | {record.metric} | steps | peak GB | accel-h | params |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, t in enumerate(ranked, start=1):
         value = f"{t.value:.4g}" if t.value is not None else "-"
         detail = short_params(t.params) + (f" ({t.error})" if t.error else "")
-        lines.append(f"| {i} | {t.trial_id} | {t.state} | {value} | {t.steps} | {detail} |")
+        memory, hours = (_cost_text(t, c) for c in (cost.PEAK_MEM_GB, cost.ACCELERATOR_HOURS))
+        lines.append(
+            f"| {i} | {t.trial_id} | {t.state} | {value} | {t.steps} | {memory} | {hours} | {detail} |"
+        )
     best = record.best()
     if best:
         lines += [
@@ -154,6 +162,11 @@ def leaderboard_markdown(record: StudyRecord, ranked) -> str:
             f"Best: {best.trial_id}, {record.metric} = {best.value:.4g}, adapter `{best.adapter_path}`",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _cost_text(trial, metric: str) -> str:
+    value = trial.cost.get(metric)
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _scope_label(trial) -> str:

@@ -280,7 +280,11 @@ class Tracker:
             self.last_checkpoint[trial.trial_id] = result["checkpoint_path"]
         values = {k: result[k] for k in TRIAL_METRICS if isinstance(result.get(k), (int, float))}
         values.update(
-            {k: v for k, v in result.items() if k.startswith("lr/") and isinstance(v, (int, float))}
+            {
+                k: v
+                for k, v in result.items()
+                if k.startswith(("lr/", "cost/")) and isinstance(v, (int, float))
+            }
         )
         self._send(
             "metrics",

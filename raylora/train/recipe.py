@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import TrialError
 from ..spec import Spec
-from . import data, evaluate, faults
+from . import cost, data, evaluate, faults
 from . import model as model_lib
 from .session import Session
 
@@ -49,6 +49,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     device = _device(session)
     torch.manual_seed(training.seed)
     distributed = session.world_size > 1 and torch.distributed.is_initialized()
+    meter = cost.Meter(spec.resources, session.world_size)
 
     nodes = _gather(session.node, distributed)
 
@@ -122,11 +123,13 @@ def train(spec: Spec, session: Session) -> Outcome:
     metrics: dict = {}
 
     def report() -> dict:
+        meter.add_tokens(window.tokens * session.world_size)
         out = {"step": step, **window.flush(session.world_size, distributed, device)}
         out.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
         out.update(_evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed))
         out["data/dropped_too_long"] = train_set.dropped_too_long
         out["peak_mem_mb"] = _peak_memory_mb(device)
+        out.update(meter.measure(out["peak_mem_mb"], targets["trainable_total"], device, distributed))
         out["nodes"] = nodes
         if resumed_from:
             out["resumed_from_step"] = resumed_from
