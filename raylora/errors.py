@@ -15,6 +15,9 @@ class UserError(Exception):
         self.message = message
         super().__init__(f"{where}: {message}" if where else message)
 
+    def __reduce__(self):  # pickle by the constructor's arguments, so the error crosses processes whole
+        return type(self), (self.where, self.message)
+
     def lines(self) -> list[str]:
         """The one-line messages to print."""
         return [str(self)]
@@ -38,6 +41,9 @@ class UserErrors(UserError):
     def __init__(self, errors: list[UserError]):
         self.errors = errors
         super().__init__("", "; ".join(str(e) for e in errors))
+
+    def __reduce__(self):
+        return type(self), (self.errors,)
 
     def lines(self) -> list[str]:
         return [line for e in self.errors for line in e.lines()]

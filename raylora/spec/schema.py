@@ -26,8 +26,16 @@ class _Section(BaseModel):
 
 
 class Objective(_Section):
-    metric: Literal["eval/loss", "eval/click_acc", "train/loss"] = "eval/loss"
-    """The metric the study optimizes, as reported by every trial."""
+    metric: Literal[
+        "eval/loss",
+        "eval/click_acc",
+        "eval/format_error_rate",
+        "eval/type_acc",
+        "eval/step_acc",
+        "train/loss",
+    ] = "eval/loss"
+    """The metric the study optimizes, as reported by every trial (``eval/type_acc``/``eval/step_acc``:
+    navigation records, see :mod:`raylora.train.scoring`)."""
     mode: Literal["min", "max"] = "min"
 
 
@@ -57,6 +65,12 @@ class Study(_Section):
     storage: str = "raylora_studies"
     """A local path, on a multi-node cluster a shared one (NFS/EFS mounted on every node), or a pyarrow
     filesystem URI (``s3://bucket/prefix``, ``gs://bucket/prefix``, query parameters allowed)."""
+    enqueue: list[dict[str, Any]] = []
+    """Configurations run first, in order, each ``{search path: value}`` (Optuna's ``enqueue_trial``);
+    searched paths a configuration leaves out are sampled."""
+    warm_start: list[str] = []
+    """Earlier studies (folders or URIs) whose finished trials the sampler learns from before the first
+    trial (Optuna's ``add_trials``); their searched parameters must fit this study's search space."""
 
 
 class Model(_Section):
@@ -102,6 +116,9 @@ class Data(_Section):
     """Longer samples are dropped and counted, never truncated (an image span must stay whole)."""
     eval_samples: Positive | None = None
     """Evaluate on at most this many eval records (default: all)."""
+    loader_workers: Annotated[int, Field(ge=0)] = 2
+    """DataLoader processes per training worker that decode and process screenshots ahead of the step
+    (0: in the training process itself)."""
 
 
 class Resources(_Section):
@@ -109,7 +126,12 @@ class Resources(_Section):
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    sharding: Literal["none", "fsdp"] = "none"
+    """``none``: every worker holds the whole base model (DDP); ``fsdp``: the base model, LoRA, gradients
+    and optimizer state are sharded across the trial's workers (FSDP2), for models one accelerator cannot
+    hold (see ``raylora estimate``)."""
+    offload_params: bool = False
+    """With ``sharding: fsdp``: keep parameter shards and optimizer state in host memory between uses."""
     max_failures: Annotated[int, Field(ge=0)] = 0
     """Worker failures a trial survives, restarting from its latest adapter checkpoint."""
     gpu_memory_gb: PositiveFloat | None = None
@@ -243,23 +265,52 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
     lora = spec.training.lora
     if lora.target_modules is not None and "scope" in lora.model_fields_set:
         errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
-    if spec.resources.strategy == "fsdp":
-        errors.append(
-            SpecError(
-                where("resources.strategy"),
-                "fsdp is not implemented yet: trials run DDP (use ddp, or nf4 to fit a GPU)",
-            )
-        )
+    errors += _sharding_checks(spec, where)
     metric = spec.study.objective.metric
     if metric.startswith("eval/") and spec.data.eval is None:
         errors.append(
             SpecError(where("study.objective.metric"), f"{metric} needs data.eval (or use train/loss)")
         )
-    if metric == "eval/click_acc" and spec.training.click_eval_samples == 0:
+    generated = ("eval/click_acc", "eval/format_error_rate", "eval/type_acc", "eval/step_acc")
+    if metric in generated and spec.training.click_eval_samples == 0:
         errors.append(
-            SpecError(where("study.objective.metric"), "eval/click_acc needs training.click_eval_samples > 0")
+            SpecError(where("study.objective.metric"), f"{metric} needs training.click_eval_samples > 0")
+        )
+    better = "min" if metric.endswith(("loss", "error_rate")) else "max"
+    if metric in generated and spec.study.objective.mode != better:
+        errors.append(
+            SpecError(
+                where("study.objective.mode"),
+                f"{metric} is better {'higher' if better == 'max' else 'lower'}: use mode: {better}",
+            )
         )
     return errors
+
+
+def _sharding_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
+    resources = spec.resources
+    if resources.sharding == "none":
+        if resources.offload_params:
+            return [SpecError(where("resources.offload_params"), "needs resources.sharding: fsdp")]
+        return []
+    if resources.workers_per_trial < 2:
+        return [
+            SpecError(
+                where("resources.sharding"),
+                "fsdp shards a trial across its workers: set resources.workers_per_trial >= 2",
+            )
+        ]
+    if spec.training.quantization != "none":
+        # FSDP2 shards each parameter as a DTensor; bitsandbytes' Params4bit keeps its quantization state
+        # on the parameter and has no FSDP2 all-gather hooks (see raylora.train.sharding).
+        return [
+            SpecError(
+                where("training.quantization"),
+                f"{spec.training.quantization} does not combine with resources.sharding: fsdp "
+                "(use quantization: none, or sharding: none)",
+            )
+        ]
+    return []
 
 
 def _spec_error(err: dict, where: Callable[[str], str]) -> SpecError:

@@ -17,7 +17,6 @@ because cutting inside an image span breaks the image-feature/token corresponden
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,14 +72,16 @@ def read(
     fmt: str = "auto",
     coordinates: str = "qwen3vl",
     template: str = "click",
+    spill_dir: Path | None = None,
 ) -> list[Record]:
     """Read and validate the records of a dataset in any of :mod:`raylora.train.formats`; the first bad one
-    raises DataError naming it."""
+    raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
+    content) and referenced by path, so a dataset of embedded screenshots is not held in memory."""
     records = []
     for where, row, root in formats.rows(str(path), fmt, coordinates, template):
         if isinstance(row, DataError):
             raise row
-        records.append(_record(row, where, root, coordinates))
+        records.append(_record(row, where, root, coordinates, spill_dir))
         if limit is not None and len(records) >= limit:
             break
     if not records:
@@ -91,7 +92,9 @@ def read(
 def problems(
     path: str | Path, fmt: str = "auto", coordinates: str = "qwen3vl", template: str = "click", most: int = 20
 ) -> list[DataError]:
-    """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``."""
+    """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``. Every
+    image is opened and decoded in full (a truncated file, a text file named ``.png``, a zero-sized or
+    oversized image)."""
     found: list[DataError] = []
     count = 0
     try:
@@ -100,7 +103,8 @@ def problems(
             try:
                 if isinstance(row, DataError):
                     raise row
-                _record(row, where, root, coordinates)
+                for ref in _record(row, where, root, coordinates).images:
+                    load_image(ref, where)
             except DataError as e:
                 found.append(e)
                 if len(found) >= most:
@@ -111,7 +115,9 @@ def problems(
     return found
 
 
-def _record(row: Any, where: str, root: Path, convention: str = "qwen3vl") -> Record:
+def _record(
+    row: Any, where: str, root: Path, convention: str = "qwen3vl", spill_dir: Path | None = None
+) -> Record:
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
         raise DataError(where, 'a record needs "messages": a non-empty list of {"role", "content"} turns')
     images: list[Any] = []
@@ -130,7 +136,8 @@ def _record(row: Any, where: str, root: Path, convention: str = "qwen3vl") -> Re
             if kind == "text" and isinstance(item.get("text"), str):
                 items.append({"type": "text", "text": item["text"]})
             elif kind == "image":
-                images.append(_image_ref(item.get("image"), root, f"{where}: messages[{i}].content[{j}]"))
+                ref = _image_ref(item.get("image"), root, f"{where}: messages[{i}].content[{j}]")
+                images.append(_spilled(ref, spill_dir) if spill_dir is not None else ref)
                 items.append({"type": "image"})
             else:
                 raise DataError(where, f"messages[{i}].content[{j}] must be a text or image item")
@@ -164,6 +171,22 @@ def _image_ref(value: Any, root: Path, where: str) -> Any:
     if not path.is_file():
         raise DataError(where, f"image not found: {path}")
     return str(path)
+
+
+def _spilled(ref: Any, folder: Path) -> Any:
+    """Image bytes as a file named by their content (written once), so records hold a path, not pixels."""
+    if not isinstance(ref, bytes):
+        return ref
+    import hashlib
+    import os
+
+    target = folder / hashlib.sha256(ref).hexdigest()[:32]
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(ref)
+        os.replace(tmp, target)
+    return str(target)
 
 
 def _check_range(row: dict, messages: list[dict], where: str, convention: str) -> None:
@@ -231,12 +254,55 @@ def _text_of(content: list[dict]) -> str:
     return "".join(item["text"] for item in content if item["type"] == "text")
 
 
-def load_image(ref: Any):
-    """A path or encoded bytes → an RGB PIL image."""
+MAX_IMAGE_PIXELS = 50_000_000
+"""The largest screenshot accepted (50 megapixels; ScreenSpot-Pro's largest are ~20). Larger ones are
+refused by name rather than decoded: the processor resizes to ``data.image.max_pixels`` anyway, and a
+196-megapixel file costs gigabytes to decode in every loader worker."""
+
+
+def image_size(ref: Any, where: str = "image") -> tuple[int, int]:
+    """An image's (width, height) from its header alone; a DataError naming ``where`` when it is not an
+    image, is empty, or is larger than :data:`MAX_IMAGE_PIXELS`."""
+    with _opened(ref, where) as image:
+        return image.size
+
+
+def load_image(ref: Any, where: str = "image"):
+    """A path or encoded bytes → an RGB PIL image (a DataError naming ``where`` when it cannot be decoded)."""
+    with _opened(ref, where) as image:
+        try:
+            return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
+            raise DataError(where, f"cannot decode image {_name(ref)}: {e}") from None
+
+
+def _opened(ref: Any, where: str):
+    import warnings
+
     from PIL import Image
 
-    image = Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
-    return image.convert("RGB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(where, f"image {_name(ref)} is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except (OSError, ValueError, SyntaxError) as e:  # not an image at all, or an unreadable file
+        raise DataError(where, f"cannot read image {_name(ref)}: {e}") from None
+    width, height = image.size
+    if width == 0 or height == 0:
+        image.close()
+        raise DataError(where, f"image {_name(ref)} is empty ({width}×{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise DataError(
+            where, f"image {_name(ref)} is {width}×{height}, larger than {MAX_IMAGE_PIXELS:,} pixels"
+        )
+    return image
+
+
+def _name(ref: Any) -> str:
+    return f"({len(ref)} bytes)" if isinstance(ref, bytes) else str(ref)
 
 
 # -- encoding ----------------------------------------------------------------------------------------
@@ -258,73 +324,34 @@ def encode(records: list[Record], processor, max_length: int, image_kw: dict) ->
     header = _assistant_header(processor.tokenizer)
     end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     for record in records:
-        text = processor.apply_chat_template(record.messages, tokenize=False)
-        batch = _process(processor, text, record, image_kw)
-        ids = batch["input_ids"][0]
-        if ids.numel() > max_length:
+        item = encode_one(record, processor, image_kw, header, end_id)
+        if isinstance(item, DataError):
+            raise item
+        if item["input_ids"].numel() > max_length:
             out.dropped_too_long += 1
             continue
-        item = {key: value[0] for key, value in batch.items() if key in ("input_ids", "mm_token_type_ids")}
-        item["labels"] = _labels(ids, header, end_id)
-        for key in ("pixel_values", "image_grid_thw"):
-            if key in batch:
-                item[key] = batch[key]
         out.items.append(item)
         out.records.append(record)
     return out
 
 
-def encode_file(
-    path: str | Path,
-    processor,
-    max_length: int,
-    image_kw: dict,
-    *,
-    limit: int | None = None,
-    cache_dir: Path | None = None,
-    fmt: str = "auto",
-    coordinates: str = "qwen3vl",
-    template: str = "click",
-) -> Examples:
-    """:func:`read` + :func:`encode`, cached on disk: the trials of a study share one encoding.
-
-    The cache key covers the file (path, size, modification time), the processor's tokenizer and image
-    settings, ``max_length``, the image bounds and ``limit``; a changed input is encoded again.
-    """
-    import hashlib
-    import os
-
-    import torch
-
-    path_ref = str(path)
-    path = Path(path_ref.split("#")[0]).expanduser()
-    stat = path.stat() if path.is_file() else None
-    key_parts = [
-        str(path.resolve()),
-        stat and (stat.st_size, stat.st_mtime_ns),
-        max_length,
-        limit,
-        (fmt, coordinates, template),
-        json.dumps(image_kw, sort_keys=True, default=str),
-        processor.tokenizer.name_or_path,
-        len(processor.tokenizer),
-        json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str),
-    ]
-    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:24]
-    cached = cache_dir / f"{key}.pt" if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        try:
-            return torch.load(cached, weights_only=False)  # our own file, written below
-        except Exception:  # a torn or stale cache entry is simply rebuilt
-            pass
-    records = read(path_ref, limit, fmt, coordinates, template)
-    examples = encode(records, processor, max_length, image_kw)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(examples, tmp)
-        os.replace(tmp, cached)
-    return examples
+def encode_one(record: Record, processor, image_kw: dict, header=None, end_id=None) -> dict | DataError:
+    """One record tokenized with the chat template, everything but assistant tokens masked; a DataError
+    (returned, not raised: it must cross a DataLoader worker whole) when an image cannot be decoded."""
+    header = header or _assistant_header(processor.tokenizer)
+    end_id = end_id if end_id is not None else processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text = processor.apply_chat_template(record.messages, tokenize=False)
+    try:
+        batch = _process(processor, text, record, image_kw)
+    except DataError as e:
+        return e
+    ids = batch["input_ids"][0]
+    item = {key: value[0] for key, value in batch.items() if key in ("input_ids", "mm_token_type_ids")}
+    item["labels"] = _labels(ids, header, end_id)
+    for key in ("pixel_values", "image_grid_thw"):
+        if key in batch:
+            item[key] = batch[key]
+    return item
 
 
 def prompt_inputs(processor, messages: list[dict], images: list, image_kw: dict) -> dict:
@@ -336,7 +363,7 @@ def prompt_inputs(processor, messages: list[dict], images: list, image_kw: dict)
 
 
 def _process(processor, text: str, record: Record, image_kw: dict):
-    images = [load_image(ref) for ref in record.images] or None
+    images = [load_image(ref, record.where) for ref in record.images] or None
     kwargs = {"images_kwargs": image_kw} if images else {}
     return processor(text=[text], images=images, return_tensors="pt", **kwargs)
 
@@ -392,18 +419,3 @@ def collate(items: list[dict], pad_id: int) -> dict:
         batch["pixel_values"] = torch.cat([it["pixel_values"] for it in with_images])
         batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
     return batch
-
-
-def batches(items: list[dict], batch_size: int, seed: int, rank: int = 0, world: int = 1):
-    """Endless shuffled batches of this rank's shard (each epoch reshuffled deterministically)."""
-    import random
-
-    shard = items[rank::world] or items
-    epoch = 0
-    while True:
-        order = list(range(len(shard)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        # Full batches only; a shard smaller than one batch is yielded whole.
-        for i in range(0, max(len(order) - batch_size + 1, 1), batch_size):
-            yield [shard[j] for j in order[i : i + batch_size]]
-        epoch += 1

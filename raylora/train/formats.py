@@ -171,17 +171,28 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a broken file
         raise DataError(str(path), f"cannot read Parquet: {e}") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
-        for key in ("messages", "conversations"):
-            if isinstance(row.get(key), str):
-                try:
-                    row[key] = json.loads(row[key])
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:row {number}", f"{key} is not valid JSON ({e.msg})") from None
-        yield f"{path}:row {number}", row
+    yield from _table_rows(parquet.iter_batches(batch_size=64), f"{path}:row ")
+
+
+def _table_rows(batches, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Rows of Arrow record batches, a batch at a time (so embedded screenshots are never all in memory);
+    ``messages``/``conversations`` stored as JSON strings are parsed."""
+    number = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            number += 1
+            where = f"{prefix}{number}"
+            for key in ("messages", "conversations"):
+                if isinstance(row.get(key), str):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except json.JSONDecodeError as e:
+                        row = DataError(where, f"{key} is not valid JSON ({e.msg})")
+                        break
+            yield where, row
 
 
 # -- formats -----------------------------------------------------------------------------------------

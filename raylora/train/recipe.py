@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import TrialError
 from ..spec import Spec
-from . import cost, data, evaluate, faults
+from . import cost, data, evaluate, faults, loader, scoring, templates
 from . import model as model_lib
 from .session import Session
 
@@ -67,41 +67,34 @@ def train(spec: Spec, session: Session) -> Outcome:
         else peft_model
     )
 
-    # -- data
-    data_format = {
-        "fmt": spec.data.format,
-        "coordinates": spec.data.coordinates,
-        "template": spec.data.template,
-    }
+    # -- data: records and their token lengths now; screenshots decoded lazily, batch by batch
+    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    cache = environment.home() / "cache" / "encoded"
-    train_set = data.encode_file(
+    index = environment.home() / "cache" / "lengths"
+    train_set = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"),
         processor,
         spec.data.max_length,
         image_kw,
-        cache_dir=cache,
-        **data_format,
+        cache_dir=index,
+        **reading,
     )
-    if not train_set.items:
+    if not train_set.records:
         raise TrialError(
             f"every training sample is longer than data.max_length={spec.data.max_length} tokens"
         )
     eval_set = None
     if spec.data.eval:
-        eval_set = data.encode_file(
+        eval_set = loader.open_split(
             builtin.resolve_data(spec.data.eval, "eval"),
             processor,
             spec.data.max_length,
             image_kw,
             limit=spec.data.eval_samples,
-            cache_dir=cache,
-            **data_format,
+            cache_dir=index,
+            **reading,
         )
     pad_id = processor.tokenizer.pad_token_id
-    batches = data.batches(
-        train_set.items, training.per_device_train_batch_size, training.seed, session.rank, session.world_size
-    )
 
     # -- optimizer and schedule
     groups = model_lib.param_groups(peft_model, built.model_type, spec)
@@ -113,8 +106,16 @@ def train(spec: Spec, session: Session) -> Outcome:
     resume = session.latest_checkpoint()
     if resume is not None:
         step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler)
-        for _ in range(step * training.gradient_accumulation_steps):
-            next(batches)
+    batches = loader.batches(
+        train_set,
+        training.per_device_train_batch_size,
+        pad_id,
+        training.seed,
+        rank=session.rank,
+        world=session.world_size,
+        skip=step * training.gradient_accumulation_steps,  # where the resumed run's data order stands
+        workers=spec.data.loader_workers,
+    )
 
     # -- loop
     faults.maybe_oom(spec)
@@ -126,7 +127,10 @@ def train(spec: Spec, session: Session) -> Outcome:
         meter.add_tokens(window.tokens * session.world_size)
         out = {"step": step, **window.flush(session.world_size, distributed, device)}
         out.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
-        out.update(_evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed))
+        final = step >= training.max_steps
+        out.update(
+            _evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final)
+        )
         out["data/dropped_too_long"] = train_set.dropped_too_long
         out["peak_mem_mb"] = _peak_memory_mb(device)
         out.update(meter.measure(out["peak_mem_mb"], targets["trainable_total"], device, distributed))
@@ -139,11 +143,10 @@ def train(spec: Spec, session: Session) -> Outcome:
 
     while step < training.max_steps:
         for _ in range(training.gradient_accumulation_steps):
-            items = next(batches)
-            batch = {k: v.to(device) for k, v in data.collate(items, pad_id).items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             loss = net(**batch, use_cache=False).loss
             (loss / training.gradient_accumulation_steps).backward()
-            window.add(float(loss.detach()), len(items), int(batch["attention_mask"].sum()))
+            window.add(float(loss.detach()), len(batch["input_ids"]), int(batch["attention_mask"].sum()))
         if step == 0:
             model_lib.check_gradients(peft_model, built.model_type, built.resolution)
         if training.max_grad_norm:
@@ -227,24 +230,53 @@ class _Window:
         return out
 
 
-def _evaluate(spec: Spec, peft_model, eval_set, processor, image_kw, session, device, distributed) -> dict:
+def _evaluate(
+    spec: Spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final: bool = False
+) -> dict:
+    """``eval/loss`` and the GUI-agent metrics of :mod:`.scoring` (``eval/click_acc``,
+    ``eval/format_error_rate``, ``eval/type_acc``/``eval/step_acc`` with navigation records).
+
+    An intermediate evaluation takes the first ``data.eval_samples`` records for the loss and the first
+    ``training.click_eval_samples`` of those for generation; the final one (``final``) the whole eval set
+    for both. ``training.click_eval_samples: 0`` turns generation off.
+    """
     if eval_set is None or not eval_set.items:
         return {}
     rank, world = session.rank, session.world_size
-    items = eval_set.items[rank::world]
+    bound = None if final else spec.data.eval_samples
+    items = eval_set.items[:bound][rank::world]
     total, count = evaluate.eval_loss(
         peft_model, items, spec.training.per_device_eval_batch_size, processor.tokenizer.pad_token_id, device
     )
-    records = eval_set.records[: spec.training.click_eval_samples][rank::world]
-    hits, scored = evaluate.click_hits(
-        peft_model, records, processor, image_kw, spec.training.max_new_tokens, device
+    generated = spec.training.click_eval_samples
+    records = eval_set.records[:bound] if final or not generated else eval_set.records[:bound][:generated]
+    convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
+    results = (
+        evaluate.outcomes(
+            peft_model,
+            records[rank::world],
+            processor,
+            image_kw,
+            convention,
+            spec.training.max_new_tokens,
+            spec.training.per_device_eval_batch_size,
+            device,
+        )
+        if generated
+        else []
     )
+    totals = [total, count, *scoring.counts(results)]
     if distributed:
-        total, count, hits, scored = _all_reduce([total, count, hits, scored], device)
-    out = {"eval/loss": total / max(count, 1.0)}
-    if scored:
-        out["eval/click_acc"] = hits / scored
+        totals = _all_reduce(totals, device)
+    out = {"eval/loss": totals[0] / max(totals[1], 1.0), **scoring.rates(totals[2:], prefix="eval/")}
+    metric = spec.study.objective.metric
+    if metric.startswith("eval/") and metric not in out:
+        kind = "navigation records (an action reference)" if metric in _NAVIGATION else "click records"
+        raise TrialError(f"the objective {metric} needs {kind} among the {len(records)} records evaluated")
     return out
+
+
+_NAVIGATION = ("eval/type_acc", "eval/step_acc")
 
 
 def _gather(node: str, distributed: bool) -> list[str]:
