@@ -177,6 +177,9 @@ def train(
             "--output", f"study.storage is a URI ({spec.study.storage.split('?')[0]}); give a folder"
         )
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
+    from .train.preflight import check_ranks
+
+    check_ranks(spec)
     download.ensure_local(spec.model.name_or_path, spec.model.revision)
     session = LocalSession(output)
     try:
@@ -285,6 +288,161 @@ def _click_line(text: str, image: Path) -> str:
     )
 
 
+FmtOpt = Annotated[
+    str, typer.Option("--format", help="auto, chat, sharegpt, qwen, screenspot, screenspot-pro.")
+]
+CoordinatesOpt = Annotated[
+    str, typer.Option("--coordinates", help="The data's convention (data.coordinates): qwen3vl, mai-ui, ...")
+]
+TemplateOpt = Annotated[
+    str, typer.Option("--template", help="The answer template (data.template): click, qwen3vl, mai-ui.")
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", help="A dataset file, dataset_info.json#NAME, or builtin:gui-grounding (its eval split)."
+    ),
+]
+
+
+@app.command()
+def score(
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PREDICTIONS",
+            help='JSONL: {"index": i, "output": "..."} per answered record (or "id"), as raylora predict '
+            "--data or raylora eval --predictions-out write.",
+        ),
+    ],
+    data_ref: DataOpt,
+    fmt: FmtOpt = "auto",
+    coordinates: CoordinatesOpt = "qwen3vl",
+    template: TemplateOpt = "click",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score model outputs against a dataset, no model needed: click accuracy, format errors, action-type and
+    step accuracy for navigation records, per category, each with n and a 95% Wilson interval."""
+    from .train import scoring
+
+    records, convention = _scored_data(data_ref, fmt, coordinates, template)
+    outputs = scoring.read_predictions(predictions, records)
+    goals = {i: scoring.target(records[i], convention) for i in outputs}
+    report = scoring.summarize([scoring.score(outputs[i], goals[i]) for i in sorted(outputs)])
+    report["unanswered"] = len(records) - len(outputs)
+    _print_score(report, as_json)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_OR_ADAPTER",
+            help="A base model (hub id, folder, builtin:tiny-qwen3-vl) or an adapter folder (a raylora "
+            "train output, a trial's checkpoint).",
+        ),
+    ],
+    data_ref: DataOpt,
+    fmt: FmtOpt = "auto",
+    coordinates: CoordinatesOpt = "qwen3vl",
+    template: TemplateOpt = "click",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N records.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per generate call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="The adapter's base, if not the one it names.")
+    ] = None,
+    min_pixels: Annotated[int | None, typer.Option("--min-pixels", min=1)] = None,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", min=1, help="Image area bounds, as data.image in training.")
+    ] = None,
+    predictions_out: Annotated[
+        Path | None,
+        typer.Option("--predictions-out", help="Also write the outputs as JSONL (what raylora score reads)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Answer every record of a dataset with a base model or a trained adapter (batched greedy generation
+    with the data's prompts), then score the answers as `raylora score` does."""
+    if model.startswith(("models:/", "runs:/")):
+        raise UserError(
+            "eval", f"{model}: give an adapter folder or a base model (MLflow URIs: raylora predict)"
+        )
+    _check_model_ref(model)
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit)
+    from .tracking import serving
+    from .train import evaluate, scoring
+
+    predictor = serving.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+    outputs = evaluate.generate(
+        predictor.model,
+        records,
+        predictor.processor,
+        predictor.image_kw,
+        max_new_tokens,
+        batch_size,
+        predictor.device,
+    )
+    if predictions_out is not None:
+        with predictions_out.open("w") as out:
+            for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
+                row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
+                print(json.dumps(row, ensure_ascii=False), file=out)
+    report = scoring.summarize(
+        [scoring.score(text, scoring.target(r, convention)) for r, text in zip(records, outputs, strict=True)]
+    )
+    report["unanswered"] = 0
+    _print_score(report, as_json)
+    if predictions_out is not None and not as_json:
+        print(f"predictions: {predictions_out}")
+
+
+def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit: int | None = None):
+    """The records of ``data_ref`` and the convention their answers (and boxes) are in."""
+    from . import builtin
+    from .train import coordinates as conventions
+    from .train import data, formats, templates
+
+    if fmt != "auto" and fmt not in formats.FORMATS:
+        raise UserError("--format", f"unknown format {fmt!r} (known: auto, {', '.join(formats.FORMATS)})")
+    try:
+        convention = templates.get(template).answer_convention(conventions.get(coordinates).name)
+    except ValueError as e:
+        raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
+    try:
+        path = builtin.resolve_data(data_ref, "eval") if builtin.is_builtin(data_ref) else data_ref
+    except ValueError as e:
+        raise UserError("--data", str(e)) from None
+    return data.read(path, limit, fmt, coordinates, template), convention
+
+
+def _print_score(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+
+    def line(block: dict) -> str:
+        parts = [f"n {block['n']}"]
+        for name in ("click_acc", "type_acc", "step_acc"):
+            if block.get(name) is not None:
+                lo, hi = block[f"{name}_ci"]
+                parts.append(f"{name} {block[name]:.3f} [{lo:.3f}, {hi:.3f}]")
+        parts.append(f"format errors {block['format_errors']}")
+        return " · ".join(parts)
+
+    print(line(report))
+    if report["unscored"] or report["unanswered"]:
+        print(
+            f"not scored: {report['unanswered']} records without a prediction, {report['unscored']} whose "
+            "reference answer names no action"
+        )
+    for field, values in report["by"].items():
+        print(f"by {field}:")
+        for value, block in values.items():
+            print(f"  {value}: {line(block)}")
+
+
 @app.command()
 def search(
     spec_path: SpecArg,
@@ -329,6 +487,11 @@ def search(
     if plan.dashboard_url:
         print(f"Ray dashboard: {plan.dashboard_url} (while this Ray runs)")
     print(f"Optuna: optuna-dashboard {plan.study_dir / 'optuna.journal'}  (pip install 'raylora[dashboard]')")
+    failed = sorted((t for t in record.trials.values() if t.state == "FAILED"), key=lambda t: t.trial_id)
+    if failed and len(failed) == len(record.trials):  # nothing was learned: not a success
+        first = failed[0]
+        print(f"error: every trial failed; the first, {first.trial_id}: {first.error}", file=sys.stderr)
+        sys.exit(1)
     if plan.unfinished:
         unfinished = ", ".join(plan.unfinished)
         print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
@@ -443,15 +606,39 @@ def promote_best(
     merge: Annotated[
         Path | None, typer.Option("--merge", help="Also write a merged model (safetensors) to this folder.")
     ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="best: the best objective; cheapest-within: the cheapest (--cost) trial within --tolerance "
+            "of the best.",
+        ),
+    ] = "best",
+    tolerance: Annotated[
+        float | None,
+        typer.Option("--tolerance", help="cheapest-within: how far from the best, in the objective's units."),
+    ] = None,
+    cost: Annotated[
+        str,
+        typer.Option(
+            "--cost",
+            help="cheapest-within: cost/peak_mem_gb, cost/accelerator_hours, cost/tokens_per_s or "
+            "cost/trainable_params.",
+        ),
+    ] = "cost/peak_mem_gb",
 ) -> None:
-    """Pick the best finished, feasible trial; register its adapter as a pyfunc model; set the alias."""
+    """Pick the best finished, feasible trial (or the cheapest one close enough to it); register its
+    adapter as a pyfunc model; set the alias."""
     from .tracking import promote, tracker
 
     if mode not in (None, "min", "max"):
         raise UserError("--mode", f"must be min or max, got {mode!r}")
+    chooser = promote.Policy(policy, tolerance, cost)
+    chooser.check()
     uri = tracker.tracking_uri(tracking_uri)
     experiment = experiment or _only_study_experiment(uri)
     result = promote.promote_best(
+        policy=chooser,
         experiment=experiment,
         tracking_uri=uri,
         metric=metric,
@@ -460,6 +647,11 @@ def promote_best(
         alias=alias,
         merge_dir=merge,
     )
+    if result.policy == "cheapest-within":
+        print(
+            f"cheapest by {cost} within {tolerance:g} of the best ({result.best_trial_id}, "
+            f"{result.best_value:.4g}): trial {result.trial_id}, {cost} = {result.cost:.4g}"
+        )
     print(
         f"registered {result.model_name} version {result.version} (@{result.alias}) from trial "
         f"{result.trial_id} (run {result.run_id}), value {result.value:.4g}"

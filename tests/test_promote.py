@@ -188,6 +188,7 @@ def test_promote_registers_the_best_complete_trial_once(sqlite_uri, study):
         "raylora.objective.metric": "eval/loss",
         "raylora.objective.mode": "min",
         "raylora.objective.value": "0.5",
+        "raylora.promotion.policy": "best",
     }
     after = client.get_run(study["t002"]).info
     assert (after.status, after.end_time) == (before.status, before.end_time), "the trial's record is kept"
@@ -347,6 +348,82 @@ def test_another_metric_needs_its_mode(sqlite_uri, study):
         promote.promote_best(
             experiment=STUDY, tracking_uri=sqlite_uri, metric="eval/click_acc", model_name="clicker"
         )
+
+
+# -- promotion by policy: the cheapest trial within a tolerance of the best ---------------------------------
+
+
+def _priced(trial_id, value, memory, state="COMPLETE"):
+    run = _run(trial_id, value, state=state)
+    run["metrics"]["cost/peak_mem_gb"] = memory
+    return run
+
+
+def test_cheapest_within_picks_the_cheapest_trial_close_enough_to_the_best():
+    runs = [
+        _priced("t1", 0.50, 9.0),
+        _priced("t2", 0.55, 4.0),
+        _priced("t3", 0.70, 1.0),
+        _priced("t4", 0.40, 0.5, state="PRUNED"),
+    ]
+    pick = promote.select_cheapest_within
+    assert pick(runs, "eval/loss", "min", 0.0, "cost/peak_mem_gb")["run_id"] == "run-t1"
+    assert pick(runs, "eval/loss", "min", 0.05, "cost/peak_mem_gb")["run_id"] == "run-t2"
+    assert pick(runs, "eval/loss", "min", 0.2, "cost/peak_mem_gb")["run_id"] == "run-t3"
+    # max: the best is 0.70; within 0.16 are t3 (0.70) and t2 (0.55); t2 is not cheaper than t3
+    assert pick(runs, "eval/loss", "max", 0.16, "cost/peak_mem_gb")["run_id"] == "run-t3"
+    assert pick(runs, "eval/loss", "max", 0.20, "cost/peak_mem_gb")["run_id"] == "run-t3"
+    with pytest.raises(NothingToDo, match="reports cost/accelerator_hours"):
+        pick(runs, "eval/loss", "min", 0.2, "cost/accelerator_hours")
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (promote.Policy("cheapest"), "--policy: must be one of best, cheapest-within"),
+        (promote.Policy("cheapest-within"), "--tolerance: cheapest-within needs a tolerance >= 0"),
+        (promote.Policy("cheapest-within", -1.0), "--tolerance: cheapest-within needs a tolerance >= 0"),
+        (promote.Policy("best", 0.1), "--tolerance: applies to --policy cheapest-within only"),
+        (promote.Policy("cheapest-within", 0.1, "gpu"), "--cost: must be one of cost/peak_mem_gb"),
+    ],
+)
+def test_a_bad_policy_is_a_user_error(policy, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        policy.check()
+
+
+def test_cheapest_within_promotes_and_records_the_policy(sqlite_uri, study):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    for trial_id, memory in [("t001", 1.0), ("t002", 2.0), ("t003", 0.5)]:
+        client.log_metric(study[trial_id], "cost/peak_mem_gb", memory, step=2)
+    first = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker")
+    assert first.trial_id == "t002"
+
+    # t001 (1.0) is 0.5 from the best (t002, 0.5): outside 0.4, so the best itself is the cheapest
+    near = promote.Policy("cheapest-within", 0.4, "cost/peak_mem_gb")
+    again = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker", policy=near)
+    assert (again.version, again.trial_id, again.cost) == ("1", "t002", 2.0)
+    tags = client.get_model_version("clicker", "1").tags
+    assert tags["raylora.promotion.policy"] == "cheapest-within", "a reused version says how it was chosen"
+    assert tags["raylora.promotion.tolerance"] == "0.4"
+
+    wide = promote.Policy("cheapest-within", 0.6, "cost/peak_mem_gb")
+    cheap = promote.promote_best(experiment=STUDY, tracking_uri=sqlite_uri, model_name="clicker", policy=wide)
+    assert (cheap.version, cheap.trial_id, cheap.value, cheap.cost) == ("2", "t001", 1.0, 1.0)
+    assert (cheap.best_trial_id, cheap.best_value) == ("t002", 0.5)
+    version = client.get_model_version_by_alias("clicker", "champion")
+    assert (str(version.version), version.run_id) == ("2", study["t001"])
+    assert {k: v for k, v in version.tags.items() if k.startswith("raylora.promotion.")} == {
+        "raylora.promotion.policy": "cheapest-within",
+        "raylora.promotion.tolerance": "0.6",
+        "raylora.promotion.cost_metric": "cost/peak_mem_gb",
+        "raylora.promotion.cost_value": "1.0",
+        "raylora.promotion.best_trial": "t002",
+        "raylora.promotion.best_value": "0.5",
+    }
+    assert version.tags["raylora.trial_id"] == "t001"
 
 
 # -- promotion through a real tracking server -----------------------------------------------------------

@@ -46,6 +46,10 @@ class PromoteResult:
     trial_id: str | None
     value: float
     merged_dir: Path | None = None
+    policy: str = "best"
+    cost: float | None = None  # the chosen trial's cost metric (cheapest-within)
+    best_trial_id: str | None = None  # the best trial by the objective (cheapest-within)
+    best_value: float | None = None
 
 
 # -- choosing the winner (pure) ----------------------------------------------------------------------
@@ -99,6 +103,76 @@ def select_best(runs: Sequence[Any], metric: str, mode: str) -> Any:
     return run
 
 
+POLICIES = ("best", "cheapest-within")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How ``promote best`` picks its trial: the best objective, or the cheapest trial whose objective is
+    within ``tolerance`` (in the objective's own units) of the best, cheapest by ``cost_metric``."""
+
+    name: str = "best"
+    tolerance: float | None = None
+    cost_metric: str = "cost/peak_mem_gb"
+
+    def check(self) -> None:
+        from ..train import cost
+
+        if self.name not in POLICIES:
+            raise UserError("--policy", f"must be one of {', '.join(POLICIES)}, got {self.name!r}")
+        if self.name == "best":
+            if self.tolerance is not None:
+                raise UserError("--tolerance", "applies to --policy cheapest-within only")
+            return
+        if self.tolerance is None or not self.tolerance >= 0:
+            raise UserError(
+                "--tolerance",
+                f"cheapest-within needs a tolerance >= 0 (objective units), got {self.tolerance}",
+            )
+        if self.cost_metric not in cost.METRICS:
+            raise UserError("--cost", f"must be one of {', '.join(cost.METRICS)}, got {self.cost_metric!r}")
+
+
+def select_cheapest_within(
+    runs: Sequence[Any], metric: str, mode: str, tolerance: float, cost_metric: str
+) -> Any:
+    """Among the trials :func:`select_best` would consider, those whose objective is within ``tolerance``
+    of the best; of them the cheapest by ``cost_metric`` (its latest value; ``cost/tokens_per_s`` is
+    cheaper when higher). Ties go to the better objective, then the lowest trial id."""
+    from ..train import cost
+
+    best = _view(select_best(runs, metric, mode))
+    key = summary_key(metric)
+    sign = 1.0 if mode == "min" else -1.0
+    limit = best.metrics[key] + sign * tolerance
+    within = [
+        (view, run)
+        for view, run in ((_view(run), run) for run in runs)
+        if _competes(view, key) and sign * view.metrics[key] <= sign * limit
+    ]
+    priced = [(view, run) for view, run in within if _finite(view.metrics.get(cost_metric))]
+    if not priced:
+        raise NothingToDo(
+            "--cost",
+            f"none of the {len(within)} trial(s) within {tolerance:g} of the best reports {cost_metric}",
+        )
+    cheaper = 1.0 if cost.CHEAPER[cost_metric] == "min" else -1.0
+
+    def order(c):
+        view = c[0]
+        return (
+            cheaper * view.metrics[cost_metric],
+            sign * view.metrics[key],
+            _trial_order(view.tags.get(TRIAL_ID)),
+        )
+
+    return min(priced, key=order)[1]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def _competes(view: _RunView, key: str) -> bool:
     finished = view.status in (None, "FINISHED")
     value = view.metrics.get(key)
@@ -138,8 +212,12 @@ def promote_best(
     model_name: str | None = None,
     alias: str = "champion",
     merge_dir: Path | None = None,
+    policy: Policy | None = None,
 ) -> PromoteResult:
     """Register the best finished trial of ``experiment`` as a version of ``model_name`` under ``alias``.
+
+    ``policy`` (default :class:`Policy` ``best``) may pick the cheapest trial within a tolerance of the
+    best instead; the policy is recorded in the version's tags.
 
     ``metric``/``mode`` default to the study's objective (``eval/loss``, ``min`` when the study run has
     none). Idempotent: a version of ``model_name`` already made from the winning run is reused and only
@@ -149,6 +227,8 @@ def promote_best(
     """
     import mlflow
 
+    policy = policy or Policy()
+    policy.check()
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     uri = mlflow.get_tracking_uri()
@@ -160,9 +240,13 @@ def promote_best(
     study = _study_run(runs)
     metric, mode = _objective(study, metric, mode)
     try:
-        best = _view(select_best(runs, metric, mode))
+        top = _view(select_best(runs, metric, mode))
+        best = top
+        if policy.name == "cheapest-within":
+            best = _view(select_cheapest_within(runs, metric, mode, policy.tolerance, policy.cost_metric))
     except NothingToDo as e:
-        raise NothingToDo("--experiment", f"{experiment!r} at {uri}: {e.message}") from None
+        raise NothingToDo(e.where, f"{experiment!r} at {uri}: {e.message}") from None
+    lineage = {**_lineage(best, study, metric, mode), **_policy_tags(policy, best, top, metric)}
     params = {**(study.params if study else {}), **best.params}
     model_name = model_name or _registered_model(study) or experiment
     if merge_dir is not None:
@@ -177,7 +261,10 @@ def promote_best(
             if model_uri is None:
                 model_uri = _log_pyfunc(client, best, adapter, params)
             # models:/<model_id> → the store records the logged model's source run as the version's run_id.
-            version = mlflow.register_model(model_uri, model_name, tags=_lineage(best, study, metric, mode))
+            version = mlflow.register_model(model_uri, model_name, tags=lineage)
+        else:  # promoted again, perhaps by another policy: the tags say how it was chosen this time
+            for key, value in _policy_tags(policy, best, top, metric).items():
+                client.set_model_version_tag(model_name, version.version, key, value)
         client.set_registered_model_alias(model_name, alias, version.version)
         if merge_dir is not None:
             merged = merge(adapter, Path(merge_dir), best.tags.get(BASE_MODEL), best.tags.get(BASE_REVISION))
@@ -190,6 +277,10 @@ def promote_best(
         trial_id=best.tags.get(TRIAL_ID),
         value=best.metrics[summary_key(metric)],
         merged_dir=merged,
+        policy=policy.name,
+        cost=best.metrics.get(policy.cost_metric) if policy.name != "best" else None,
+        best_trial_id=top.tags.get(TRIAL_ID),
+        best_value=top.metrics[summary_key(metric)],
     )
 
 
@@ -352,6 +443,21 @@ def _lineage(best: _RunView, study: _RunView | None, metric: str, mode: str) -> 
     lineage[tags.OBJECTIVE_MODE] = mode
     lineage["raylora.objective.value"] = repr(best.metrics[summary_key(metric)])
     return lineage
+
+
+def _policy_tags(policy: Policy, chosen: _RunView, top: _RunView, metric: str) -> dict[str, str]:
+    values = {tags.PROMOTION_POLICY: policy.name}
+    if policy.name == "cheapest-within":
+        values.update(
+            {
+                tags.PROMOTION_TOLERANCE: repr(policy.tolerance),
+                tags.PROMOTION_COST_METRIC: policy.cost_metric,
+                tags.PROMOTION_COST_VALUE: repr(chosen.metrics[policy.cost_metric]),
+                tags.PROMOTION_BEST_TRIAL: top.tags.get(TRIAL_ID, top.run_id or ""),
+                tags.PROMOTION_BEST_VALUE: repr(top.metrics[summary_key(metric)]),
+            }
+        )
+    return values
 
 
 # -- merging -----------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ DATASET_FINGERPRINT = "raylora.dataset_fingerprint"
 
 # Copied onto a registered model version, so it names the study and trial it came from.
 LINEAGE = (STUDY, TRIAL_ID, BASE_MODEL, BASE_REVISION, DATASET_FINGERPRINT)
+# How `raylora promote best` chose the version (on the version too): best, or cheapest-within.
+PROMOTION_POLICY = "raylora.promotion.policy"
+PROMOTION_TOLERANCE = "raylora.promotion.tolerance"  # in the objective's own units
+PROMOTION_COST_METRIC = "raylora.promotion.cost_metric"
+PROMOTION_COST_VALUE = "raylora.promotion.cost_value"
+PROMOTION_BEST_TRIAL = "raylora.promotion.best_trial"  # the best trial the tolerance was measured from
+PROMOTION_BEST_VALUE = "raylora.promotion.best_value"
 
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under the study's
 
