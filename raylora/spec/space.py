@@ -42,6 +42,16 @@ class Choice:
     def candidates(self) -> tuple:
         return self.values
 
+    def contains(self, value: Any) -> bool:
+        return _encode(value) in self.encoded()
+
+    def encoded(self) -> list:
+        """The choices as Optuna stores them."""
+        return [_encode(v) for v in self.values]
+
+    def describe(self) -> str:
+        return f"choice {list(self.values)}"
+
 
 @dataclass(frozen=True)
 class Uniform:
@@ -55,6 +65,12 @@ class Uniform:
     def candidates(self) -> tuple:
         return (self.low, self.high)
 
+    def contains(self, value: Any) -> bool:
+        return _is_number(value) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"{'loguniform' if self.log else 'uniform'} [{self.low:g}, {self.high:g}]"
+
 
 @dataclass(frozen=True)
 class IntRange:
@@ -67,6 +83,13 @@ class IntRange:
 
     def candidates(self) -> tuple:
         return (self.low, self.high)
+
+    def contains(self, value: Any) -> bool:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return ok and self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def describe(self) -> str:
+        return f"int [{self.low}, {self.high}] step {self.step}"
 
 
 Distribution = Choice | Uniform | IntRange
@@ -138,6 +161,7 @@ def check_values(spec: Spec, where: Callable[[str], str] = lambda p: p) -> None:
             except UserError as e:
                 errors.append(e)
                 break
+    errors += check_enqueue(spec, where)
     if "training.lora.scope" in spec.search and spec.training.lora.target_modules is not None:
         errors.append(
             SpecError(
@@ -146,6 +170,34 @@ def check_values(spec: Spec, where: Callable[[str], str] = lambda p: p) -> None:
             )
         )
     raise_all(errors)
+
+
+def check_enqueue(spec: Spec, where: Callable[[str], str] = lambda p: p) -> list[UserError]:
+    """Problems in ``study.enqueue``: paths that are not searched, values outside their distribution, a
+    learning rate for a part the configuration's scope does not train."""
+    dists = distributions(spec)
+    errors: list[UserError] = []
+    for i, config in enumerate(spec.study.enqueue):
+        at = where(f"study.enqueue[{i}]")
+        scope = config.get("training.lora.scope", spec.training.lora.scope)
+        for path, value in config.items():
+            dist = dists.get(path)
+            if dist is None:
+                searched = ", ".join(dists) or "nothing"
+                errors.append(SpecError(at, f"{path} is not searched (search: {searched})"))
+            elif not dist.contains(value):
+                errors.append(SpecError(at, f"{path}: {value!r} is outside {dist.describe()}"))
+            elif path.startswith("training.learning_rate.") and isinstance(scope, list):
+                part = path.rsplit(".", 1)[1]
+                if part not in trained_parts(scope):
+                    errors.append(SpecError(at, f"{path}: scope {scope} does not train {part}"))
+    return errors
+
+
+def encode(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted-path values → Optuna's stored params (the inverse of :func:`decode`)."""
+    dists = distributions(spec)
+    return {p: _encode(v) if isinstance(dists.get(p), Choice) else v for p, v in values.items()}
 
 
 def _check_value(spec: Spec, path: str, value: Any, at: str) -> None:

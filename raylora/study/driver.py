@@ -72,6 +72,9 @@ def run(
         from .optuna_searcher import open_optuna, settle_interrupted
 
         optuna_study = open_optuna(directory, spec)
+        from .warm import warm_start
+
+        warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior
         pending = settle_interrupted(record, optuna_study)
     remaining = spec.study.num_trials - len(record.finished())
     if not dry_run and (directory / PENDING).is_file():

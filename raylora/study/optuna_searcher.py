@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ray.tune.search import Searcher
 
 from ..spec import space
+from . import warm
 from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
 from .states import ERROR, STATUS, TrialState
 
@@ -62,6 +63,7 @@ class StudySearcher(Searcher):
         else:
             slot = slot_name(self._next_slot)
             self._next_slot += 1
+            warm.enqueue_next(self.study, self.spec)  # study.enqueue's configurations come first
         ot_trial = self.study.ask()
         self._sample(ot_trial)
         ot_trial.set_user_attr("slot", slot)
