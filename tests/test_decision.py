@@ -76,7 +76,9 @@ def test_a_resumed_study_queues_only_what_no_trial_has_run():
     study = optuna.create_study()
     _run_trials(study, spec, 1)
     # An interrupted trial re-asked through the queue (as StudySearcher.suggest does) gets its own params.
-    study.enqueue_trial({"training.lora.r": 8, "training.lora.scope": "llm", "training.learning_rate.llm": 5e-4})
+    study.enqueue_trial(
+        {"training.lora.r": 8, "training.lora.scope": "llm", "training.learning_rate.llm": 5e-4}
+    )
     resumed = study.ask()
     space.define_by_run(spec)(resumed)
     assert resumed.params["training.learning_rate.llm"] == 5e-4
@@ -104,7 +106,11 @@ def test_enqueue_mistakes_name_the_configuration_and_the_path(tmp_path):
 def test_scope_study_ships_the_seeds_two_configurations():
     spec = spec_lib.load(ROOT / "search_spaces" / "scope_study.yaml")
     first, second = (spec.with_values(config) for config in spec.study.enqueue)
-    assert (first.training.lora.scope, first.training.lora.r, first.training.lora.lora_alpha) == (["llm"], 16, 32)
+    assert (first.training.lora.scope, first.training.lora.r, first.training.lora.lora_alpha) == (
+        ["llm"],
+        16,
+        32,
+    )
     assert (first.training.learning_rate.llm, first.training.quantization) == (2.0e-4, "none")
     assert (second.training.lora.scope, second.training.lora.r, second.training.lora.lora_alpha) == (
         ["llm", "vision"],
