@@ -1,17 +1,19 @@
-"""Evaluation: loss on assistant tokens, and click accuracy from greedy generation.
+"""Evaluation: loss on assistant tokens, and GUI-agent metrics from batched greedy generation.
 
-A click is correct when the point parsed from ``click(x, y)`` lies inside the record's target ``bbox``
-(both in Qwen3-VL's 0–1000 relative coordinates).
+What an output means is :mod:`.actions`' business and how it scores is :mod:`.scoring`'s; this module only
+generates (left padding, the data's own prompt) and hands the text over — so the trainer, ``raylora eval``
+and ``raylora score`` report the same numbers for the same outputs.
 """
 
 from __future__ import annotations
 
-from . import data, templates
+from . import actions, data, scoring
 
 
 def parse_click(text: str) -> tuple[float, float] | None:
-    """The point a model's answer names, in any template's style (see :func:`templates.parse_point`)."""
-    return templates.parse_point(text)
+    """The point a model's answer names, in any format :mod:`.actions` reads (as written), or None."""
+    action = actions.parse(text)
+    return action.point if action is not None else None
 
 
 def is_hit(point: tuple[float, float] | None, bbox: tuple[float, float, float, float]) -> bool:
@@ -46,24 +48,78 @@ def eval_loss(model, items: list[dict], batch_size: int, pad_id: int, device) ->
     return total, count
 
 
-def click_hits(model, records: list[data.Record], processor, image_kw: dict, max_new_tokens: int, device):
-    """(hits, scored) over records that carry a bbox, generating greedily one record at a time."""
+def generate(
+    model, records: list[data.Record], processor, image_kw: dict, max_new_tokens: int, batch_size: int, device
+) -> list[str]:
+    """The model's greedy answer to each record's prompt (its conversation up to the last assistant turn),
+    ``batch_size`` records per ``generate`` call with left padding."""
     import torch
 
-    hits = scored = 0
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for record in records:
-            if record.bbox is None:
-                continue
-            images = [data.load_image(ref) for ref in record.images]
-            inputs = data.prompt_inputs(processor, record.prompt_messages(), images, image_kw)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
-            text = processor.tokenizer.decode(
-                out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            hits += is_hit(parse_click(text), record.bbox)
-            scored += 1
-    model.train()
-    return hits, scored
+    outputs: list[str] = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(records), batch_size):
+                chunk = records[i : i + batch_size]
+                texts = [
+                    processor.apply_chat_template(
+                        r.prompt_messages(), tokenize=False, add_generation_prompt=True
+                    )
+                    for r in chunk
+                ]
+                images = [data.load_image(ref) for r in chunk for ref in r.images]
+                kwargs = {"images_kwargs": image_kw} if images else {}
+                inputs = processor(
+                    text=texts, images=images or None, return_tensors="pt", padding=True, **kwargs
+                )
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                start = inputs["input_ids"].shape[1]
+                outputs.extend(_decode(tokenizer, row[start:]) for row in out)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return outputs
+
+
+def _decode(tokenizer, ids) -> str:
+    """The answer up to its end token, special tokens kept (UI-TARS' ``<|box_start|>`` is one) but pads."""
+    ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    kept = []
+    for token in ids.tolist():
+        if token in ends:
+            break
+        if token != tokenizer.pad_token_id:
+            kept.append(token)
+    return tokenizer.decode(kept, skip_special_tokens=False)
+
+
+def outcomes(
+    model,
+    records: list[data.Record],
+    processor,
+    image_kw: dict,
+    convention: str,
+    max_new_tokens: int,
+    batch_size: int,
+    device,
+) -> list[scoring.Outcome | None]:
+    """Generate for ``records`` and score each output against its record (answers in ``convention``)."""
+    goals = scoring.targets(records, convention)
+    wanted = [i for i, goal in enumerate(goals) if goal.reference is not None]
+    texts = generate(
+        model, [records[i] for i in wanted], processor, image_kw, max_new_tokens, batch_size, device
+    )
+    result: list[scoring.Outcome | None] = [None] * len(records)
+    for i, text in zip(wanted, texts, strict=True):
+        result[i] = scoring.score(text, goals[i])
+    return result
