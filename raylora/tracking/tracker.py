@@ -32,9 +32,26 @@ if TYPE_CHECKING:
     from ..spec import Spec
     from ..study.record import StudyRecord, TrialRecord
 
-TRIAL_METRICS = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s", "tokens_per_s", "peak_mem_mb")
+TRIAL_METRICS = (
+    "train/loss",
+    "eval/loss",
+    "eval/click_acc",
+    "eval/format_error_rate",
+    "eval/type_acc",
+    "eval/step_acc",
+    "samples_per_s",
+    "tokens_per_s",
+    "peak_mem_mb",
+)
 # Direction of every metric a "best_" summary is kept for.
-BEST = {"train/loss": "min", "eval/loss": "min", "eval/click_acc": "max"}
+BEST = {
+    "train/loss": "min",
+    "eval/loss": "min",
+    "eval/click_acc": "max",
+    "eval/format_error_rate": "min",
+    "eval/type_acc": "max",
+    "eval/step_acc": "max",
+}
 
 
 def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
