@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import EnvironmentFault, UserError
 from ..spec import Spec, space
 from ..tracking.storage import PENDING, LocalStorage, UriStorage
 from . import cluster, placement
@@ -53,28 +53,78 @@ def run(
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[Plan, StudyRecord]:
-    """Run (or continue) the study; return the plan and the final record."""
+    """Run (or continue) the study; return the plan and the final record.
+
+    One driver per study (:mod:`raylora.study.lock`); a full, read-only or unwritable storage stops the
+    study with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
+    """
+    from ..tracking.tracker import check_uri
+    from ..tracking.tracker import tracking_uri as resolve_uri
+    from .lock import StudyLock
+    from .states import storage_fault
+
     cluster.configure(address)  # before the first import of ray, below
     where = study_storage(spec, storage, log)
     where.check()
+    check_uri(resolve_uri(tracking_uri, spec))
+    from ..train.preflight import check_ranks
+
+    check_ranks(spec)
+    lock = None if dry_run else StudyLock(where).acquire()
+    try:
+        return _run(spec, where, address, tracking_uri, resume, dry_run, log)
+    except OSError as e:
+        fault = storage_fault(e)
+        if fault is None:
+            raise
+        message = f"{fault}; the study stopped, fix it and continue with --resume"
+        raise EnvironmentFault("storage", message) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tuple[Plan, StudyRecord]:
+    from . import specfile
+
     where.pull()
     directory = where.directory
-    record = StudyRecord.open(directory, spec)
+    try:
+        record = StudyRecord.open(directory, spec)
+        rebuild = False
+    except ValueError as e:  # summary.json does not parse (a disk that filled mid-write, a hand edit)
+        if dry_run or not (directory / "optuna.journal").is_file():
+            raise UserError(
+                where.display("summary.json"),
+                f"does not parse ({e}); run without --dry-run to rebuild it from optuna.journal, or "
+                "restore it",
+            ) from None
+        record, rebuild = StudyRecord(directory, spec.study.name, *_objective(spec)), True
     record.on_save = where.push
-    if record.trials and not resume and not dry_run:
+    if (record.trials or rebuild) and not resume and not dry_run:
         raise UserError(
             "study.name",
             f"study {spec.study.name!r} already exists in {where.location}; "
             "continue it with --resume, or choose another study.name or --storage",
         )
+    if resume:
+        specfile.check(directory, spec)
     optuna_study = pending = None
     if not dry_run:
         from .optuna_searcher import open_optuna, settle_interrupted
 
-        optuna_study = open_optuna(directory, spec)
+        optuna_study = open_optuna(directory, spec, log)
         from .warm import warm_start
 
         warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior
+        if rebuild:
+            from .repair import rebuild_summary
+
+            rebuild_summary(record, optuna_study, spec, where)
+            record.save()
+            log(f"warning: {where.display('summary.json')} did not parse; rebuilt it from optuna.journal")
+        specfile.save(directory, spec)
+        where.push()
         pending = settle_interrupted(record, optuna_study)
     remaining = spec.study.num_trials - len(record.finished())
     if not dry_run and (directory / PENDING).is_file():
@@ -137,9 +187,17 @@ def run(
             tracker.trial_result(trial, result)
 
     try:
-        _tune(spec, plan, pool, optuna_study, record, pending, on_event)
+        searcher = _tune(spec, plan, pool, optuna_study, record, pending, on_event)
     finally:
         progress.end()
+    if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
+        _save_what_can_be(record, tracker)
+        unfinished = ", ".join(sorted(t.trial_id for t in record.unfinished())) or "none"
+        raise EnvironmentFault(
+            "storage",
+            f"{searcher.fault}; the study stopped (unfinished: {unfinished}), fix it and continue with "
+            "--resume",
+        )
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
     where.push(report=True)
@@ -149,6 +207,20 @@ def run(
     # Tune returns early on Ctrl-C: whatever still runs was interrupted, and resumes from its checkpoint.
     plan.unfinished = sorted(t.trial_id for t in record.unfinished())
     return plan, record
+
+
+def _objective(spec: Spec) -> tuple[str, str]:
+    return spec.study.objective.metric, spec.study.objective.mode
+
+
+def _save_what_can_be(record: StudyRecord, tracker) -> None:
+    """After a storage fault: save the summary and send MLflow what it can take; the fault is reported
+    either way."""
+    for step in (record.save, lambda: tracker.close(wait_s=2.0)):
+        try:
+            step()
+        except OSError:
+            pass
 
 
 def _in_background(fn, *args):
@@ -202,7 +274,7 @@ def _scheduler(spec: Spec):
     )
 
 
-def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event) -> None:
+def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event):
     import ray.tune
 
     from .optuna_searcher import StudySearcher
@@ -218,6 +290,16 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
 
     searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
     tune_dir, filesystem = plan.storage.ray_path("tune")
+
+    class StopOnFault(ray.tune.Stopper):
+        """Ends the experiment once a storage fault stopped the study (running trials stay unfinished)."""
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return searcher.fault is not None
+
     trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
     trainable = ray.tune.with_resources(trainable, placement.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
@@ -234,6 +316,7 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
             storage_path=tune_dir,
             storage_filesystem=filesystem,
             verbose=0,
+            stop=StopOnFault(),
             failure_config=ray.tune.FailureConfig(max_failures=0),
         ),
     )
@@ -241,6 +324,7 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         tuner.fit()
     finally:
         pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
+    return searcher
 
 
 def _pool(spec: Spec, plan: Plan):

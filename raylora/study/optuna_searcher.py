@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 from ..spec import space
 from . import warm
 from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
-from .states import ERROR, STATUS, TrialState
+from .states import ERROR, STATUS, STORAGE_FAULT, TrialState
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,8 +54,11 @@ class StudySearcher(Searcher):
         self._sample = space.define_by_run(spec)
         self._trials: dict[str, tuple[optuna.Trial, TrialRecord]] = {}
         self._next_slot = len(record.trials)
+        self.fault: str | None = None  # a storage fault stopped the study (see on_trial_complete)
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.fault:
+            return Searcher.FINISHED
         if self.pending:
             resumed = self.pending.pop(0)
             self.study.enqueue_trial(_encoded(self.study, resumed), skip_if_exists=False)
@@ -138,6 +141,13 @@ class StudySearcher(Searcher):
         if self._absorb(ot_trial, trial, result):
             self.on_event("result", trial, result)
         status = result.get(STATUS)
+        complete = trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None
+        if status == STORAGE_FAULT or (self.fault and not complete):
+            # Not the trial's verdict: Optuna is not told, and the trial resumes from its checkpoint.
+            self.fault = self.fault or result.get(ERROR) or "storage fault"
+            trial.error = result.get(ERROR) or trial.error
+            self.record.save()
+            return
         if status == TrialState.INFEASIBLE:
             ot_trial.set_constraint("out_of_memory", 1.0)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
@@ -150,7 +160,7 @@ class StudySearcher(Searcher):
                 result.get(ERROR) or "the trial driver crashed",
                 None,
             )
-        elif trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None:
+        elif complete:
             ot_trial.set_constraint("out_of_memory", 0.0)
             self.study.tell(ot_trial, trial.value)
             trial.state = TrialState.COMPLETE
@@ -195,9 +205,11 @@ def settle_interrupted(record: StudyRecord, optuna_study: optuna.Study) -> list[
             trial.state, trial.value, trial.error = TrialState.INFEASIBLE, None, "out of memory"
         elif frozen.state == TS.PRUNED:
             trial.state, trial.value = TrialState.PRUNED, trial.last_value
-        else:
+        elif "error" in frozen.user_attrs:
             trial.state, trial.value = TrialState.FAILED, None
-            trial.error = frozen.user_attrs.get("error", "failed")
+            trial.error = frozen.user_attrs["error"]
+        else:  # an interrupted attempt an earlier resume failed in Optuna: it runs again
+            continue
     if settled:
         record.save()
     for frozen in optuna_study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
@@ -205,14 +217,18 @@ def settle_interrupted(record: StudyRecord, optuna_study: optuna.Study) -> list[
     return sorted(record.unfinished(), key=lambda t: t.trial_id)
 
 
-def open_optuna(directory: Path, spec: Spec) -> optuna.Study:
-    """The study's Optuna study in a journal file (safe on NFS, unlike SQLite), created if missing."""
+def open_optuna(directory: Path, spec: Spec, log: Callable[[str], None] = print) -> optuna.Study:
+    """The study's Optuna study in a journal file (safe on NFS, unlike SQLite), created if missing; a torn
+    last record is dropped first (:func:`raylora.study.repair.repair_journal`)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from .repair import repair_journal
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory.mkdir(parents=True, exist_ok=True)
+    repair_journal(directory / JOURNAL, log)
     storage = JournalStorage(JournalFileBackend(str(directory / JOURNAL)))
     direction = "minimize" if spec.study.objective.mode == "min" else "maximize"
     study = optuna.create_study(

@@ -77,11 +77,15 @@ class StudyRecord:
     def open_summary(path: Path) -> dict[str, TrialRecord]:
         """The trials of a ``summary.json`` (none if the file does not exist yet)."""
         trials: dict[str, TrialRecord] = {}
-        if path.is_file():
+        if not path.is_file():
+            return trials
+        try:
             for row in json.loads(path.read_text())["trials"]:
                 known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
                 known["state"] = TrialState(known.get("state", TrialState.RUNNING))
                 trials[row["trial_id"]] = TrialRecord(**known)
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError included
+            raise ValueError(f"{type(e).__name__}: {e}") from None
         return trials
 
     def finished(self) -> list[TrialRecord]:
@@ -134,10 +138,22 @@ class StudyRecord:
     def save(self) -> None:
         """Write ``summary.json`` atomically, so a killed driver never leaves half a file."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{SUMMARY}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, self.directory / SUMMARY)
+        write_atomic(self.directory / SUMMARY, json.dumps(self.to_dict(), indent=2) + "\n")
         self.on_save()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace file ``path`` with ``data`` whole or not at all (a temporary file renamed into place; on a
+    full disk the old file stays as it was)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def slot_name(index: int) -> str:

@@ -47,13 +47,21 @@ EXIT = "exit"
 # Keys of a trial driver's final report when the trial did not train to the end.
 STATUS = "raylora/status"
 ERROR = "raylora/error"
+STORAGE_FAULT = "storage-fault"
+"""A status (not a trial state): the trial's storage is full, read-only or not writable. The study stops and
+the trial stays unfinished, to resume once the cause is fixed."""
+FAULT_ERRNOS = frozenset({28, 30, 13, 122})  # ENOSPC, EROFS, EACCES, EDQUOT
 
 
-def classify(error: BaseException) -> tuple[TrialState, str]:
-    """(INFEASIBLE | FAILED, one-line reason) for an exception out of a trial or a ``TorchTrainer.fit``."""
+def classify(error: BaseException) -> tuple[str, str]:
+    """(INFEASIBLE | FAILED | STORAGE_FAULT, one-line reason) for an exception out of a trial or a
+    ``TorchTrainer.fit``."""
     from ..errors import first_line
 
     causes = list(_causes(error))
+    fault = storage_fault(error)
+    if fault:
+        return STORAGE_FAULT, fault
     if any(_is_oom(e) for e in causes):
         return TrialState.INFEASIBLE, "out of memory: " + first_line(next(e for e in causes if _is_oom(e)))
     root = causes[-1] if causes else error
@@ -77,3 +85,12 @@ def _causes(error: BaseException):
 def _is_oom(error: BaseException) -> bool:
     names = {cls.__name__ for cls in type(error).__mro__}
     return "OutOfMemoryError" in names or "CUDA out of memory" in str(error)
+
+
+def storage_fault(error: BaseException) -> str | None:
+    """``PATH: OS error`` when ``error`` (or a cause) is a full, read-only or unwritable storage."""
+    for e in _causes(error):
+        if isinstance(e, OSError) and e.errno in FAULT_ERRNOS:
+            where = e.filename or "storage"
+            return f"{where}: {e.strerror or e} (errno {e.errno})"
+    return None

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 from ..study.progress import short_params
-from ..study.record import SUMMARY, StudyRecord
+from ..study.record import SUMMARY, StudyRecord, write_atomic
 from ..study.states import TrialState
 from ..train import cost
 from . import tags
@@ -27,14 +26,14 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     ranked = record.ranked()
     params = sorted({p for t in ranked for p in t.params})
     _leaderboard_csv(directory / "leaderboard.csv", record, ranked, params)
-    (directory / "leaderboard.md").write_text(leaderboard_markdown(record, ranked))
+    write_atomic(directory / "leaderboard.md", leaderboard_markdown(record, ranked))
     _scope_plot(directory / "scope_comparison.png", record, ranked)
     importances = _importances(optuna_study)
-    (directory / "importances.json").write_text(json.dumps(importances, indent=2) + "\n")
+    write_atomic(directory / "importances.json", json.dumps(importances, indent=2) + "\n")
     _importance_plot(directory / "importances.png", importances)
     summary = record.directory / SUMMARY
     if summary.is_file():
-        shutil.copy(summary, directory / SUMMARY)
+        write_atomic(directory / SUMMARY, summary.read_bytes())
     return directory
 
 
@@ -69,7 +68,11 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     directory = storage.directory
     if not (directory / SUMMARY).is_file():
         raise NothingToDo("report", f"no {SUMMARY} in {storage.location}")
-    replay_pending(storage, log)
+    if tracking_uri:
+        from .tracker import check_uri
+
+        check_uri(resolve_uri(tracking_uri))
+    replay_pending(storage, log, uri=resolve_uri(tracking_uri) if tracking_uri else None)
     summary = json.loads((directory / SUMMARY).read_text())
     record = StudyRecord(
         directory, summary["study"], summary["objective"]["metric"], summary["objective"]["mode"]

@@ -25,7 +25,7 @@ from ..errors import UserError, first_line
 from .secrets import redact
 
 PENDING = "mlflow_pending.json"  # MLflow records a run could not send (see tracker.py)
-STATE_FILES = ("summary.json", "optuna.journal", PENDING)
+STATE_FILES = ("summary.json", "optuna.journal", PENDING, "spec.json")
 REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 
@@ -65,7 +65,19 @@ class LocalStorage:
         return str(self.directory / name) if name else str(self.directory)
 
     def check(self) -> None:
-        """Nothing to check up front: the folder is created on first save."""
+        """Stop with one line naming ``--storage`` when the study cannot be written here: a path that is a
+        file, a read-only mount, a folder without write permission (the folder itself is created later)."""
+        existing = self.directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError("--storage", f"{existing} is a file, not a folder; studies live in a folder")
+        try:  # a real write: a read-only mount or missing permission answers here, root or not
+            fd, name = tempfile.mkstemp(prefix=".raylora-check-", dir=existing)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            raise UserError("--storage", f"cannot write to {existing}: {e.strerror or e}") from None
 
     def pull(self) -> None:
         """Nothing to download."""

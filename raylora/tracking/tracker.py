@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .. import environment
+from ..study.record import write_atomic
 from ..study.states import TrialState
 from . import tags
 from .secrets import scrub
@@ -58,6 +59,54 @@ def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
     """--tracking-uri, else the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)."""
     uri = override or (spec and spec.tracking.tracking_uri) or os.environ.get(environment.TRACKING_URI)
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+KNOWN_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "uc")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, in one line naming ``--tracking-uri``, a store that can never work: an unknown scheme, or a
+    local store (SQLite, folder) whose folder cannot be written (MLflow would retry for minutes)."""
+    from urllib.parse import urlsplit
+
+    from ..errors import UserError
+    from .secrets import redact
+
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme and len(scheme) > 1 and scheme not in KNOWN_SCHEMES:
+        raise UserError(
+            "--tracking-uri",
+            f"{redact(uri)}: unknown scheme {scheme!r}; use http(s)://HOST, sqlite:///PATH, "
+            "postgresql://, mysql://, databricks or a folder",
+        )
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        if path is None or path in ("", ":memory:"):
+            return
+        folder = Path("/" + path.lstrip("/") if uri.startswith("sqlite:////") else path).parent
+    elif scheme in ("", "file") or len(scheme) == 1:  # a folder (or a Windows drive letter)
+        folder = Path(urlsplit(uri).path if scheme == "file" else uri)
+    else:
+        return
+    problem = _unwritable(folder)
+    if problem:
+        raise UserError("--tracking-uri", f"{redact(uri)}: {problem}")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be written under ``folder`` (created if missing later), or None."""
+    existing = folder.expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".raylora-check-", dir=existing)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        return f"cannot write in {existing} ({e.strerror or e})"
+    return None
 
 
 def fingerprint(path: str | None) -> str | None:
@@ -179,9 +228,7 @@ class Tracker:
             return
         saved = {"tracking_uri": self.uri, "spec": self.spec.to_dict(), "records": records}
         self.pending_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.pending_path.with_name(f".{PENDING}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(saved, indent=1) + "\n")
-        os.replace(tmp, self.pending_path)
+        write_atomic(self.pending_path, json.dumps(saved, indent=1) + "\n")
         self.storage.push()
 
     # -- the study ------------------------------------------------------------------------------------
@@ -249,6 +296,10 @@ class Tracker:
 
     def _run_id(self, trial_id: str) -> str:
         run_id = self.runs.get(trial_id) or self._find_trial(trial_id)
+        if run_id is None and self.record is not None and trial_id in self.record.trials:
+            # Records sent to another store than the one the run was made in (report --tracking-uri).
+            self._write_trial_run({"trial_id": trial_id, "params": self.record.trials[trial_id].params})
+            run_id = self.runs.get(trial_id)
         if run_id is None:
             raise LookupError(f"no MLflow run for trial {trial_id}")
         self.runs[trial_id] = run_id
@@ -429,9 +480,12 @@ def read_pending(storage) -> dict | None:
     return _read_json(Path(storage.directory) / PENDING)
 
 
-def replay_pending(storage, log: Callable[[str], None] = print, wait_s: float = 15.0) -> bool:
-    """Send the records an earlier run saved to the tracking URI they were meant for; True when none
-    are left. The study's ``summary.json`` gets the MLflow run ids it did not have."""
+def replay_pending(
+    storage, log: Callable[[str], None] = print, wait_s: float = 15.0, uri: str | None = None
+) -> bool:
+    """Send the records an earlier run saved to the tracking URI they were meant for (or to ``uri``, when
+    that store was lost); True when none are left. The study's ``summary.json`` gets the MLflow run ids it
+    did not have."""
     from ..spec import Spec
     from ..study.record import StudyRecord
 
@@ -441,6 +495,12 @@ def replay_pending(storage, log: Callable[[str], None] = print, wait_s: float = 
     spec = Spec.from_dict(saved["spec"])
     record = StudyRecord.open(storage.directory, spec)
     record.on_save = storage.push
+    if uri and uri != saved["tracking_uri"]:
+        log(f"MLflow: sending the records saved for {saved['tracking_uri']} to {uri} instead")
+        saved["tracking_uri"] = uri
+        write_atomic(Path(storage.directory) / PENDING, json.dumps(saved, indent=1) + "\n")
+        for trial in record.trials.values():
+            trial.mlflow_run_id = None  # run ids of the other store
     tracker = Tracker(spec, saved["tracking_uri"], storage, log)
     tracker.start_study(record, reopen=False)
     sent = tracker.close(wait_s)

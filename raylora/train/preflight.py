@@ -85,3 +85,59 @@ def _check_targets(spec: Spec, model_dir: Path) -> None:
         )
     except scopes.ScopeError as e:
         raise SpecError("training.lora.target_modules", str(e)) from None
+
+
+def check_ranks(spec: Spec) -> None:
+    """``training.lora.r`` (and every searched rank) must fit the narrowest module LoRA targets: a rank
+    above ``min(in, out)`` of a Linear adds parameters without adding rank. Builds the model on the meta
+    device (torch, no weights), so ``search`` and ``train`` run it, not the torch-free ``validate``."""
+    from .. import builtin
+    from ..spec import space
+    from . import scopes
+
+    distributions = space.distributions(spec)
+    ref = spec.model.name_or_path
+    if builtin.is_builtin(ref):
+        ref = str(builtin.ensure_tiny_model()) if ref == builtin.TINY_MODEL else None
+    elif not Path(ref).expanduser().is_dir():
+        ref = None  # a hub model: checked when it is downloaded and built
+    if ref is None:
+        return
+    scope = distributions.get("training.lora.scope")
+    options = scope.candidates() if scope else (spec.training.lora.scope,)
+    config = scopes.load_config(ref)
+    meta = scopes.meta_model(config)
+    narrowest: tuple[int, str] | None = None
+    for option in options:
+        try:
+            if spec.training.lora.target_modules is not None:
+                resolution = scopes.resolve_target_modules(
+                    meta, config.model_type, spec.training.lora.target_modules
+                )
+            else:
+                chosen = spec.with_values({"training.lora.scope": option}) if scope else spec
+                resolution = scopes.resolve_scopes(meta, config.model_type, chosen.training.lora.scope)
+        except scopes.ScopeError:
+            return  # reported by the scope checks
+        modules = dict(meta.named_modules())
+        for name in resolution.names():
+            width = min(modules[name].in_features, modules[name].out_features)
+            if narrowest is None or width < narrowest[0]:
+                narrowest = (width, name)
+    if narrowest is None:
+        return
+    width, name = narrowest
+    ranks = distributions.get("training.lora.r")
+    where, values = (
+        ("search.training.lora.r", ranks.candidates())
+        if ranks
+        else ("training.lora.r", (spec.training.lora.r,))
+    )
+    too_big = sorted({int(v) for v in values if v > width})
+    if too_big:
+        raise SpecError(
+            where,
+            f"rank {', '.join(map(str, too_big))} is above the width of the narrowest targeted module "
+            f"({name}: {modules[name].in_features}→{modules[name].out_features}); the widest sensible rank "
+            f"is {width}",
+        )

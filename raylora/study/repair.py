@@ -1,0 +1,123 @@
+"""Repairs of a study's state after a crash: a torn end of ``optuna.journal``, an unreadable summary.
+
+Optuna appends one JSON line per journal record and acknowledges it once written; a process killed (or a
+disk filled) mid-append leaves a last line without its newline, or one that does not parse. That record
+was never acknowledged, so it is dropped before anything is appended after it (Optuna would otherwise
+append to the fragment and fail to read the journal ever after). A bad line anywhere else is corruption
+nobody can repair safely: an error naming the file and line.
+
+``summary.json`` is rebuilt from what the journal and the checkpoints hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ..spec import Spec
+    from .record import StudyRecord
+
+
+def repair_journal(path: Path, log: Callable[[str], None] = print) -> None:
+    """Drop a torn last record of Optuna journal ``path`` (with one line saying so); raise a
+    :class:`UserError` naming ``file:LINE`` for a bad record anywhere else."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: empty when the file ends whole
+    keep = len(data) - len(tail)
+    if not tail and lines and not _parses(lines[-1]):
+        tail = lines.pop()  # a whole-looking last line that does not parse is torn too
+        keep -= len(tail) + 1
+    for number, line in enumerate(lines, start=1):
+        if line.strip() and not _parses(line):
+            raise UserError(
+                f"{path}:{number}",
+                "not an Optuna journal record (the journal is corrupt before its last line); restore it "
+                "from a backup, or start a new study.name",
+            )
+    if tail.strip() or keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        log(
+            f"warning: dropped a torn last record ({len(tail)} bytes) of {path} at line {len(lines) + 1} "
+            "(a process stopped mid-write; it was never acknowledged)"
+        )
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storage) -> None:
+    """Fill ``record`` (whose ``summary.json`` did not parse) from the Optuna journal and the checkpoints.
+
+    A slot's latest Optuna trial is its attempt: COMPLETE, PRUNED (INFEASIBLE when out of memory) and FAIL
+    with a reason are final; RUNNING, or FAIL without a reason (an interrupted attempt a resume settled),
+    stays unfinished and resumes from its checkpoint. MLflow runs are found again by their tags.
+    """
+    import optuna
+
+    from ..spec import space
+    from .checkpoints import Checkpoints
+    from .record import TrialRecord
+    from .states import TrialState
+
+    TS = optuna.trial.TrialState
+    latest: dict[str, optuna.trial.FrozenTrial] = {}
+    for frozen in study.get_trials(deepcopy=False):
+        slot = frozen.user_attrs.get("slot")
+        if slot:
+            latest[slot] = frozen
+    runs_dir, filesystem = storage.ray_path("runs")
+    objective = spec.study.objective
+    checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
+    for slot, frozen in sorted(latest.items()):
+        values = frozen.intermediate_values
+        trial = TrialRecord(slot, params=space.decode(spec, frozen.params), optuna_number=frozen.number)
+        trial.steps = max(values, default=0)
+        trial.last_value = values[trial.steps] if values else None
+        scored = [v for v in values.values() if v is not None]
+        best = (min if objective.mode == "min" else max)(scored) if scored else None
+        if frozen.state == TS.COMPLETE:
+            trial.state, trial.value = TrialState.COMPLETE, frozen.value
+        elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
+            trial.state, trial.error = TrialState.INFEASIBLE, "out of memory"
+        elif frozen.state == TS.PRUNED:
+            trial.state, trial.value = TrialState.PRUNED, trial.last_value
+        elif frozen.state == TS.FAIL and "error" in frozen.user_attrs:
+            trial.state, trial.error = TrialState.FAILED, frozen.user_attrs["error"]
+        else:
+            trial.value = best
+        names = checkpoints.for_trial(slot).names()
+        if names and trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            chosen = _best_checkpoint(checkpoints.for_trial(slot), names, objective)
+            trial.adapter_path = storage.uri(f"{runs_dir}/{slot}/{chosen}/adapter")
+        record.trials[slot] = trial
+
+
+def _best_checkpoint(checkpoints, names: list[str], objective) -> str:
+    best, best_value = names[-1], None
+    for name in names:  # oldest first: the newer wins a tie, as the pruning rule
+        text = checkpoints._read(f"{checkpoints.folder}/{name}/report.json")
+        value = json.loads(text).get(objective.metric) if text else None
+        if not isinstance(value, (int, float)):
+            continue
+        if best_value is None or (value <= best_value if objective.mode == "min" else value >= best_value):
+            best, best_value = name, value
+    return best

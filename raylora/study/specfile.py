@@ -1,0 +1,107 @@
+"""The resolved spec a study was started with (``<study>/spec.json``), and the check ``--resume`` makes.
+
+A resumed study must be the same study: a new learning-rate range, another ``training.max_steps`` or other
+data would rank trials that are not comparable, and a changed choice list breaks Optuna's journal.
+Everything but :data:`MAY_CHANGE` (how many trials, where they run, where results go) is compared, and
+so are the bytes of local data files (their sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SpecError, raise_all
+
+if TYPE_CHECKING:
+    from ..spec import Spec
+
+SPEC_FILE = "spec.json"
+MAY_CHANGE = ("study.num_trials", "study.max_concurrent_trials", "study.storage", "resources", "tracking")
+DATA_FILES = ("data.train", "data.eval")
+
+
+def resolved(spec: Spec) -> dict:
+    """What ``spec.json`` holds: the resolved spec (defaults included) and the sha256 of each local data
+    file."""
+    values = spec.model_dump(mode="json")
+    digests = {}
+    for path in DATA_FILES:
+        ref = spec.get(path)
+        digest = _sha256(ref) if isinstance(ref, str) else None
+        if digest:
+            digests[path] = digest
+    return {"spec": values, "data_sha256": digests}
+
+
+def save(directory: Path, spec: Spec) -> None:
+    """Write ``spec.json`` atomically (the current spec: changes it allowed are recorded too)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{SPEC_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(resolved(spec), indent=1) + "\n")
+    os.replace(tmp, directory / SPEC_FILE)
+
+
+def check(directory: Path, spec: Spec) -> None:
+    """Refuse a resume whose spec differs from the study's in anything but :data:`MAY_CHANGE`: one
+    :class:`SpecError` per changed path, ``old → new``. A study without ``spec.json`` (an older raylora)
+    is not checked."""
+    path = directory / SPEC_FILE
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())
+        old_spec, old_data = stored["spec"], stored.get("data_sha256", {})
+    except (ValueError, KeyError, TypeError):
+        raise SpecError(str(path), "does not parse; restore it or start a new study.name") from None
+    now = resolved(spec)
+    old, new = _flatten(old_spec), _flatten(now["spec"])
+    errors = []
+    for key in sorted(set(old) | set(new)):
+        if _may_change(key) or old.get(key, _UNSET) == new.get(key, _UNSET):
+            continue
+        if key not in old and not key.startswith("search."):
+            continue  # a setting this raylora has and the one that began the study had not
+        errors.append(SpecError(key, f"{_show(old.get(key, _UNSET))} → {_show(new.get(key, _UNSET))}{_WHY}"))
+    for key in DATA_FILES:
+        before, after = old_data.get(key), now["data_sha256"].get(key)
+        if before and after and before != after and old.get(key) == new.get(key):
+            errors.append(
+                SpecError(key, f"the file's contents changed (sha256 {before[:12]}… → {after[:12]}…){_WHY}")
+            )
+    raise_all(errors)
+
+
+_UNSET = object()
+_WHY = " (--resume continues the study as it began; use a new study.name to change this)"
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _UNSET else json.dumps(value)
+
+
+def _may_change(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in MAY_CHANGE)
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict) and values:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: values}
+
+
+def _sha256(ref: str) -> str | None:
+    path = Path(ref.split("#", 1)[0]).expanduser()
+    if "://" in ref or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

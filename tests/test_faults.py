@@ -1,0 +1,278 @@
+"""Faults lose nothing: one driver per study, resume checks the spec, a torn journal is repaired, unusable
+places and impossible ranks are refused in one line, a full disk stops a study cleanly and resumable.
+
+Real filesystems throughout (a read-only or tiny tmpfs where root may mount one, else a read-only folder),
+real Optuna journals, real Ray and MLflow in the ``slow`` tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raylora.errors import UserError, UserErrors
+from raylora.spec import Spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = {
+    "study": {
+        "name": "s",
+        "num_trials": 2,
+        "max_concurrent_trials": 1,
+        "sampler": {"type": "random", "seed": 59},
+        "scheduler": {"type": "fifo"},
+    },
+    "data": {"image": {"min_pixels": 4096, "max_pixels": 65536}, "max_length": 512, "eval_samples": 4},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5},
+    "training": {
+        "max_steps": 4,
+        "eval_every": 2,
+        "per_device_train_batch_size": 2,
+        "click_eval_samples": 0,
+        "lora": {"scope": ["llm"]},
+    },
+    "search": {
+        "training.lora.r": {"choice": [8, 4]},
+        "training.learning_rate.llm": {"choice": [1.0e-2, 1.0e-7]},
+    },
+}
+
+
+def _spec_dict(**sections) -> dict:
+    spec = json.loads(json.dumps(STUDY))
+    for key, value in sections.items():
+        if isinstance(value, dict) and key in spec and key != "search":
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    return spec
+
+
+def _write_spec(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(_spec_dict(**sections), sort_keys=False))
+    return path
+
+
+def _raylora(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raylora", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def _one_line_exit(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The one error line of a run that must end with ``code`` and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    """A tmpfs mounted at ``path`` (needs root); unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def _read_only(path: Path):
+    """A read-only folder: a read-only tmpfs for root (whom permissions do not stop), else mode 0555."""
+    if os.geteuid() == 0:
+        with _tmpfs(path, "ro,size=1m"):
+            yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)
+
+
+# -- one driver per study -------------------------------------------------------------------------------
+
+
+def test_a_second_driver_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    from raylora.study.lock import LOCK, StudyLock
+    from raylora.tracking.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "study")
+    first = StudyLock(storage).acquire()
+    held = json.loads((tmp_path / "study" / LOCK).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    with pytest.raises(UserError) as refused:
+        StudyLock(storage).acquire()
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in str(refused.value)
+    first.release()
+    assert not (tmp_path / "study" / LOCK).exists()
+
+    # A driver killed with SIGKILL leaves its lock behind: its pid is gone, so the lock is stale.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    held.update(pid=gone.pid, pid_start=None, expires=time.time() + 3600)
+    (tmp_path / "study" / LOCK).write_text(json.dumps(held))
+    taken = StudyLock(storage).acquire()
+    assert json.loads((tmp_path / "study" / LOCK).read_text())["token"] == taken.token
+    taken.release()
+
+    # A holder on another host is stale only once its lease has expired.
+    (tmp_path / "study" / LOCK).write_text(
+        json.dumps({**held, "host": "elsewhere", "expires": time.time() + 60})
+    )
+    with pytest.raises(UserError, match="on elsewhere"):
+        StudyLock(storage).acquire()
+    (tmp_path / "study" / LOCK).write_text(
+        json.dumps({**held, "host": "elsewhere", "expires": time.time() - 1})
+    )
+    StudyLock(storage).acquire().release()
+
+
+# -- resume checks the spec -----------------------------------------------------------------------------
+
+
+def test_resume_refuses_a_changed_space_objective_budget_or_data_and_allows_the_rest(tmp_path):
+    from raylora.study import specfile
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"x": 1}\n')
+    base = _spec_dict(data={"train": str(data)})
+    specfile.save(tmp_path, Spec.from_dict(base))
+
+    allowed = _spec_dict(
+        data={"train": str(data)},
+        study={"num_trials": 9, "max_concurrent_trials": 2, "storage": "/elsewhere"},
+        resources={"cpus_per_worker": 2.0},
+        tracking={"tracking_uri": "http://127.0.0.1:5000"},
+    )
+    specfile.check(tmp_path, Spec.from_dict(allowed))
+
+    changed = _spec_dict(
+        data={"train": str(data)},
+        study={"objective": {"metric": "eval/loss", "mode": "max"}},
+        training={"max_steps": 20},
+        search={
+            "training.lora.r": {"choice": [8, 4]},
+            "training.learning_rate.llm": {"loguniform": [1.0e-5, 1.0e-3]},
+        },
+    )
+    with pytest.raises(UserErrors) as refused:
+        specfile.check(tmp_path, Spec.from_dict(changed))
+    lines = refused.value.lines()
+    assert any(line.startswith('study.objective.mode: "min" → "max"') for line in lines), lines
+    assert any(line.startswith("training.max_steps: 4 → 20") for line in lines), lines
+    assert any(
+        line.startswith("search.training.learning_rate.llm.choice: [0.01, 1e-07] → (unset)") for line in lines
+    )
+    assert any(
+        line.startswith("search.training.learning_rate.llm.loguniform: (unset) → [1e-05, 0.001]")
+        for line in lines
+    )
+    assert len(lines) == 4, lines
+
+    data.write_text('{"x": 2}\n')  # same path, other contents
+    with pytest.raises(UserError, match=r"^data.train: the file's contents changed"):
+        specfile.check(tmp_path, Spec.from_dict(base))
+
+
+# -- the journal repairs a torn tail --------------------------------------------------------------------
+
+
+def _journal_with_trials(directory: Path, n: int = 2):
+    from raylora.study.optuna_searcher import open_optuna
+
+    spec = Spec.from_dict(_spec_dict())
+    study = open_optuna(directory, spec)
+    for i in range(n):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, float(i))
+    return spec
+
+
+def test_a_torn_last_journal_record_is_dropped_with_a_warning_and_corruption_elsewhere_names_the_line(
+    tmp_path,
+):
+    from raylora.study.optuna_searcher import open_optuna
+
+    spec = _journal_with_trials(tmp_path)
+    journal = tmp_path / "optuna.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 4, "worker_id": "ab')  # a process killed mid-append
+    said: list[str] = []
+    study = open_optuna(tmp_path, spec, said.append)
+    assert (
+        len(said) == 1
+        and said[0].startswith("warning: dropped a torn last record")
+        and str(journal) in said[0]
+    )
+    assert journal.read_bytes().startswith(whole + b"{")  # what Optuna appended follows the last whole line
+    trial = study.ask()  # appending works, and every later reader reads the whole journal
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, 5.0)
+    again = open_optuna(tmp_path, spec, said.append)
+    assert [t.value for t in again.get_trials()] == [0.0, 1.0, 5.0] and len(said) == 1
+
+    lines = journal.read_bytes().split(b"\n")
+    lines[2] = b'{"op_code": 1, "broken'
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError) as corrupt:
+        open_optuna(tmp_path, spec, said.append)
+    assert str(corrupt.value).startswith(f"{journal}:3: not an Optuna journal record")
+
+
+# -- clean refusals for unusable places and impossible ranks --------------------------------------------
+
+
+@pytest.mark.slow  # six CLI runs, each importing torch for the rank check (no Ray)
+def test_unusable_storage_tracking_store_or_rank_exits_2_in_one_line_even_under_dry_run(tmp_path):
+    spec = _write_spec(tmp_path / "study.yaml")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    proc = _raylora("search", str(spec), "--storage", str(a_file), "--tracking-uri", tracking, "--dry-run")
+    _one_line_exit(proc, 2, "--storage", "is a file")
+
+    with _read_only(tmp_path / "ro") as ro:
+        started = time.monotonic()
+        proc = _raylora("search", str(spec), "--storage", str(ro), "--tracking-uri", tracking, "--dry-run")
+        _one_line_exit(proc, 2, "--storage", f"cannot write to {ro}")
+        proc = _raylora(
+            "search", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", f"sqlite:///{ro}/m.db"
+        )
+        _one_line_exit(proc, 2, "--tracking-uri", f"cannot write in {ro}")
+        assert time.monotonic() - started < 60
+
+    proc = _raylora("search", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", "nosuch://x/y")
+    _one_line_exit(proc, 2, "--tracking-uri", "unknown scheme 'nosuch'")
+
+    args = ("--storage", str(tmp_path / "st"), "--tracking-uri", tracking, "--dry-run")
+    fixed = _write_spec(tmp_path / "fixed.yaml", search={})
+    proc = _raylora("search", str(fixed), "--set", "training.lora.r=4096", *args)
+    _one_line_exit(proc, 2, "training.lora.r: rank 4096", "the widest sensible rank is 32")
+    big = _write_spec(tmp_path / "big.yaml", search={"training.lora.r": {"choice": [8, 64]}})
+    proc = _raylora("search", str(big), *args)
+    _one_line_exit(proc, 2, "search.training.lora.r: rank 64", "the widest sensible rank is 32")
