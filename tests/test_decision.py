@@ -185,3 +185,89 @@ def test_warm_start_from_a_folder_that_is_no_study(tmp_path):
 def _optuna(directory: Path) -> list:
     storage = JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
     return optuna.load_study(study_name="s", storage=storage).get_trials()
+
+
+# -- the verdict and the page, from a summary ------------------------------------------------------------
+
+
+def _record(tmp_path: Path, rows) -> object:
+    from raylora.study.record import StudyRecord, TrialRecord
+    from raylora.study.states import TrialState
+
+    record = StudyRecord(tmp_path, "demo", "eval/loss", "min")
+    for i, (scope, quant, value, memory, state) in enumerate(rows):
+        params = {
+            "training.lora.scope": scope,
+            "training.quantization": quant,
+            "training.lora.r": 8 * (i + 1),
+        }
+        params["training.learning_rate.llm"] = 1e-4 * (i + 1)
+        trial_cost = {"cost/peak_mem_gb": memory, "cost/accelerator_hours": memory / 100}
+        record.trials[f"t{i:03d}"] = TrialRecord(
+            f"t{i:03d}", TrialState(state), params, value, 10, cost=trial_cost
+        )
+    return record
+
+
+ROWS = [
+    (["llm"], "none", 1.00, 2.0, "COMPLETE"),
+    (["llm"], "nf4", 1.10, 1.0, "COMPLETE"),
+    (["llm", "vision"], "none", 0.80, 3.0, "COMPLETE"),
+    (["llm", "vision"], "nf4", 0.90, 1.5, "COMPLETE"),
+    (["llm", "vision", "projector"], "none", 0.70, 4.0, "PRUNED"),
+]
+
+
+def test_the_verdict_compares_scopes_and_quantization_with_numbers(tmp_path):
+    from raylora.tracking import verdict
+
+    lines = verdict.verdict(list(_record(tmp_path, ROWS).trials.values()), "eval/loss", "min")
+    assert lines[0] == (
+        "Best of each scope: LLM-only 1 (t000, 2 GB peak; 2 complete); "
+        "+vision 0.8 (t002, 3 GB peak; 2 complete)."
+    )
+    # scope means 1.05 and 0.85 (sd 0.0707 each): Welch dof 2, t = 4.303, half-width 0.3043; quantization
+    # means 0.9 and 1.0 (sd 0.1414 each): half-width 0.6085
+    assert lines[1] == (
+        "+vision against LLM-only: best eval/loss -0.2 (better); group means differ by -0.2, "
+        "95% interval [-0.5043, +0.1043]; for 1.50× the memory and 1.50× the accelerator-hours."
+    )
+    assert lines[3] == (
+        "nf4 against full precision: best eval/loss +0.1 (worse); group means differ by +0.1, 95% interval "
+        "[-0.5085, +0.7085]; for 0.50× the memory and 0.50× the accelerator-hours (50% memory saved)."
+    )
+    assert (
+        lines[4]
+        == "Best settings by scope: LLM-only: r=8, lr llm 0.0001 (t000); +vision: r=24, lr llm 0.0003 (t002)."
+    )
+    assert "whether +vision beats LLM-only (the interval includes 0)" in lines[-1]
+    assert "no paired test on the same eval items" in lines[-1]
+    assert "+vision+projector" not in " ".join(lines[:3]), "a pruned trial does not compete"
+
+
+def test_the_page_is_one_self_contained_file(tmp_path):
+    from html.parser import HTMLParser
+
+    from raylora.tracking import html_report
+
+    record = _record(tmp_path, ROWS)
+    study = optuna.create_study()
+    for trial in record.trials.values():
+        ot = study.ask()
+        ot.suggest_categorical("training.lora.scope", ["llm", "llm+vision", "llm+vision+projector"])
+        ot.suggest_int("training.lora.r", 8, 40, step=8)
+        ot.report(trial.value + 0.1, 5)
+        study.tell(ot, trial.value)
+    page = html_report.write(tmp_path / "index.html", record, study).read_text()
+
+    class Links(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found += [(tag, k, v) for k, v in attrs if k in ("src", "href") or tag in ("script", "link")]
+
+    parser = Links()
+    parser.feed(page)
+    assert parser.found == [], "nothing to fetch: no scripts, stylesheets, images or links out"
+    assert page.count("<svg") == 6, "quality/cost, groups, importances, intermediate, parallel, timeline"
+    assert "+vision against LLM-only: best eval/loss -0.2 (better)" in page

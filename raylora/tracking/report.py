@@ -1,4 +1,5 @@
-"""The study report: leaderboard (CSV and Markdown), objective by scope, and parameter importances.
+"""The study report: ``index.html`` (verdict, cost, Optuna's figures; :mod:`.html_report`), leaderboard
+(CSV and Markdown), objective by scope, and parameter importances.
 
 Written under ``<storage>/<study>/report/`` (uploaded there for URI storage) and logged to the study's
 parent MLflow run.
@@ -15,7 +16,7 @@ from ..study.progress import short_params
 from ..study.record import SUMMARY, StudyRecord, write_atomic
 from ..study.states import TrialState
 from ..train import cost
-from . import tags
+from . import html_report, tags
 
 COST_COLUMNS = cost.METRICS
 
@@ -31,6 +32,7 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     importances = _importances(optuna_study)
     write_atomic(directory / "importances.json", json.dumps(importances, indent=2) + "\n")
     _importance_plot(directory / "importances.png", importances)
+    html_report.write(directory / "index.html", record, optuna_study)
     summary = record.directory / SUMMARY
     if summary.is_file():
         write_atomic(directory / SUMMARY, summary.read_bytes())
