@@ -294,3 +294,84 @@ def test_an_answer_outside_the_declared_convention_names_the_record(tmp_path):
     (tmp_path / "mai.jsonl").write_text(json.dumps(mai) + "\n")
     with pytest.raises(DataError, match="y=1000.0 is outside mai-ui's 0–999"):
         data.read(tmp_path / "mai.jsonl", coordinates="mai-ui")
+
+
+# -- Hugging Face datasets ---------------------------------------------------------------------------
+
+
+def _screenspot_rows(tmp_path: Path, n: int = 3) -> list[dict]:
+    shot = _png(tmp_path / "shot.png", (400, 200))
+    return [
+        {
+            "image_path": str(shot),
+            "bbox": [10 * i, 10, 10 * i + 40, 50],
+            "instruction": f"open item {i}",
+            "data_type": "text" if i % 2 else "icon",
+        }
+        for i in range(n)
+    ]
+
+
+def test_hf_save_to_disk_folder_with_embedded_images_and_a_column_mapping(tmp_path):
+    import datasets  # the dev extra installs it (users: the hf extra)
+    shot = _png(tmp_path / "img.png", (300, 150))
+    chat = {
+        "messages": [
+            {"role": "user", "content": "<image>click the OK button"},
+            {"role": "assistant", "content": "click(500, 500)"},
+        ],
+    }
+    table = {"conversation": [chat["messages"]] * 4, "shots": [[str(shot)]] * 4}
+    dataset = datasets.Dataset.from_dict(table).cast_column("shots", datasets.Sequence(datasets.Image()))
+    dataset.save_to_disk(tmp_path / "saved", max_shard_size="1KB")  # several Arrow shards
+    assert len(list((tmp_path / "saved").glob("*.arrow"))) > 1
+    rows = list(
+        formats.rows(str(tmp_path / "saved"), "hf", columns={"messages": "conversation", "images": "shots"})
+    )
+    assert [where for where, _, _ in rows] == [f"{tmp_path / 'saved'}:row {i}" for i in range(1, 5)]
+    row = rows[0][1]
+    image = row["messages"][0]["content"][0]["image"]
+    assert image["bytes"] == shot.read_bytes()  # the Image feature's struct: the screenshot itself
+    assert row["messages"][0]["content"][1] == {"type": "text", "text": "click the OK button"}
+
+    from raylora.train import data
+
+    records = data.read(tmp_path / "saved", fmt="hf", columns={"messages": "conversation", "images": "shots"})
+    assert len(records) == 4 and records[0].images[0] == shot.read_bytes()
+
+    dataset_dict = datasets.DatasetDict({"train": dataset, "test": dataset})
+    dataset_dict.save_to_disk(tmp_path / "dict")
+    with pytest.raises(DataError, match="a DatasetDict: name one split's folder \\(test, train\\)"):
+        _rows(tmp_path / "dict", "hf")
+    with pytest.raises(DataError, match=r"no column 'shots_missing'"):
+        list(data.read(tmp_path / "dict" / "test", fmt="hf", columns={"images": "shots_missing"}))
+
+
+def test_hf_parquet_and_arrow_shards_of_screenspot_records(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = _screenspot_rows(tmp_path, 4)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(records[:2]), folder / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(records[2:]), folder / "part-1.parquet")
+    columns = {"img_filename": "image_path"}
+    rows = _rows_with(folder, "hf", columns)
+    assert [row["categories"]["data_type"] for _, row in rows] == ["icon", "text", "icon", "text"]
+    assert rows[3][0] == f"{folder}:row 4"
+    assert rows[1][1]["bbox"] == [25, 50, 150, 300]  # [x, y, w, h] = [10, 10, 50, 50] px of 400×200
+
+    table = pa.Table.from_pylist(records)
+    with pa.ipc.new_stream(tmp_path / "one.arrow", table.schema) as writer:  # save_to_disk's layout
+        writer.write_table(table)
+    assert [row for _, row in _rows_with(tmp_path / "one.arrow", "hf", columns)] == [r for _, r in rows]
+
+
+def _rows_with(ref, fmt, columns):
+    out = []
+    for where, row, _ in formats.rows(str(ref), fmt, columns=columns):
+        if isinstance(row, DataError):
+            raise row
+        out.append((where, row))
+    return out

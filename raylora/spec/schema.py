@@ -101,9 +101,12 @@ class Data(_Section):
     """A dataset file (JSONL, JSON array, Parquet), ``path/dataset_info.json#NAME``, or
     ``builtin:gui-grounding``."""
     eval: str | None = "builtin:gui-grounding"
-    format: Literal["auto", "chat", "sharegpt", "qwen", "screenspot", "screenspot-pro"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "hf"] = "auto"
     """How the records are written (``auto``: detected from the first record): chat, sharegpt, qwen,
-    screenspot, screenspot-pro (see ``raylora.train.formats``)."""
+    screenspot, screenspot-pro; ``hf`` for a Hugging Face dataset (a ``save_to_disk`` folder, Parquet/Arrow
+    shards, or ``hf://ORG/NAME[#SPLIT]``) whose records are detected (see ``raylora.train.formats``)."""
+    columns: dict[str, str] = {}
+    """Column renames, the format's name to the dataset's: ``{img_filename: image_path}``."""
     coordinates: Literal["qwen3vl", "mai-ui", "pixels", "resized-pixels", "unit"] = "qwen3vl"
     """The coordinate convention of the data's answers and boxes (and of ``click`` answers made from
     grounding annotations): qwen3vl 0–1000, mai-ui 0–999, pixels of the image, pixels of the

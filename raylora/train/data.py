@@ -73,12 +73,13 @@ def read(
     coordinates: str = "qwen3vl",
     template: str = "click",
     spill_dir: Path | None = None,
+    columns: dict | None = None,
 ) -> list[Record]:
     """Read and validate the records of a dataset in any of :mod:`raylora.train.formats`; the first bad one
     raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
     content) and referenced by path, so a dataset of embedded screenshots is not held in memory."""
     records = []
-    for where, row, root in formats.rows(str(path), fmt, coordinates, template):
+    for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
         if isinstance(row, DataError):
             raise row
         records.append(_record(row, where, root, coordinates, spill_dir))
@@ -90,7 +91,12 @@ def read(
 
 
 def problems(
-    path: str | Path, fmt: str = "auto", coordinates: str = "qwen3vl", template: str = "click", most: int = 20
+    path: str | Path,
+    fmt: str = "auto",
+    coordinates: str = "qwen3vl",
+    template: str = "click",
+    most: int = 20,
+    columns: dict | None = None,
 ) -> list[DataError]:
     """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``. Every
     image is opened and decoded in full (a truncated file, a text file named ``.png``, a zero-sized or
@@ -98,7 +104,7 @@ def problems(
     found: list[DataError] = []
     count = 0
     try:
-        for where, row, root in formats.rows(str(path), fmt, coordinates, template):
+        for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
             count += 1
             try:
                 if isinstance(row, DataError):

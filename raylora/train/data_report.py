@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import coordinates, data, formats, templates
+from ..errors import DataError
+from . import coordinates, data, formats, loader, templates
 
 MARK_START, MARK_END = "⟦", "⟧"
 
@@ -22,32 +23,55 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
 
     fmt = spec.data.format
     if fmt == "auto":
-        where, row, _ = next(formats.rows(ref, "chat", spec.data.coordinates, spec.data.template))
+        where, row, _ = next(
+            formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
+        )
         fmt = formats.detect(row, where)
-    records = data.read(ref, limit, spec.data.format, spec.data.coordinates, spec.data.template)
+    records = data.read(
+        ref, limit, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
+    )
     answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    encoded = data.encode(records, processor, spec.data.max_length, image_kw)
-    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    image_tokens = sum(int((item["input_ids"] == image_token).sum()) for item in encoded.items)
-    supervised = sum(int((item["labels"] != data.IGNORE_INDEX).sum()) for item in encoded.items)
+    # Lengths from image headers and text alone: a dataset larger than memory is inspected without
+    # decoding its screenshots (only the rendered example is encoded).
+    lengths = [loader.token_length(record, processor, image_kw) for record in records]
+    kept = [r for r, n in zip(records, lengths, strict=True) if n <= spec.data.max_length]
+    image_tokens = sum(
+        loader.image_tokens(data.image_size(ref, r.where), processor, image_kw)
+        for r in kept
+        for ref in r.images
+    )
+    supervised = sum(_supervised_tokens(record, processor) for record in kept)
     report = {
         "format": fmt,
         "records": len(records),
         "images": sum(len(r.images) for r in records),
         "image_tokens_total": image_tokens,
         "supervised_tokens_total": supervised,
-        "dropped_too_long": encoded.dropped_too_long,
+        "dropped_too_long": len(records) - len(kept),
         "max_length": spec.data.max_length,
         "coordinates": _coordinate_range(records, answer_convention),
         "template": spec.data.template,
         "categories": _categories(records),
     }
-    if encoded.items:
-        first = encoded.records[0].where
-        report["example"] = {"where": first, "rendered": _rendered(encoded.items[0], processor)}
+    if kept:
+        item = data.encode_one(kept[0], processor, image_kw)
+        if isinstance(item, DataError):
+            raise item
+        report["example"] = {"where": kept[0].where, "rendered": _rendered(item, processor)}
     return report
+
+
+def _supervised_tokens(record: data.Record, processor) -> int:
+    """Tokens of the record's assistant turns (and their ends): the text alone decides them."""
+    import torch
+
+    text = processor.apply_chat_template(record.messages, tokenize=False)
+    ids = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labels = data._labels(ids, data._assistant_header(processor.tokenizer), end_id)
+    return int((labels != data.IGNORE_INDEX).sum())
 
 
 def _coordinate_range(records: list[data.Record], convention: str) -> dict:

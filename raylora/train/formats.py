@@ -9,6 +9,12 @@
                     ``instruction``, ``data_type``, ``data_source``
     screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size``,
                     ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
+    hf              a Hugging Face ``datasets`` dataset: a folder written by ``save_to_disk``, a folder of
+                    Parquet or Arrow shards, an ``.arrow`` file, or a hub id ``hf://ORG/NAME[#SPLIT]``
+                    (through ``datasets.load_dataset``, cached); its records are any format above, detected
+
+Any container is read a batch at a time. ``columns`` renames a dataset's columns to the names a format
+expects (``{"img_filename": "image_path"}``: the format's ``img_filename`` is the dataset's ``image_path``).
 
 Every format becomes the ``chat`` row :func:`raylora.train.data.read` validates, with ``categories`` (the
 fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
@@ -28,7 +34,7 @@ from typing import Any
 from ..errors import DataError
 from . import coordinates, templates
 
-FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro")
+FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "hf")
 PLACEHOLDER = "<image>"
 
 # LLaMA-Factory's sharegpt defaults (data/README.md): the columns and role tags a dataset_info entry may
@@ -44,30 +50,37 @@ _SHAREGPT_TAGS = {
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def rows(ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "click") -> Iterator:
+def rows(
+    ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "click", columns: dict | None = None
+) -> Iterator:
     """``(where, chat row, root)`` for every record of dataset ``ref`` read as ``fmt`` (``auto``: detected
     from the first record); ``root`` is the folder relative image paths are read from."""
     path, entry = _split_entry(ref)
     options: dict = {}
     if entry is not None:
         path, fmt, options = _dataset_info(path, entry)
-    raw = _raw_rows(path)
+    if ref.startswith("hf://") or (fmt == "hf" and not path.exists()):
+        raw, root = _hub_rows(ref), Path.cwd()
+    else:
+        raw, root = _raw_rows(path), path if path.is_dir() else path.parent
+    if columns:
+        raw = _renamed(raw, columns)
     first = next(raw, None)
     if first is None:
         raise DataError(str(path), "no records (the file is empty)")
     where, row = first
     if isinstance(row, DataError):
         raise row
-    fmt = detect(row, where) if fmt == "auto" else fmt
+    fmt = detect(row, where) if fmt in ("auto", "hf") else fmt
     convert = _CONVERTERS[fmt]
     for where, row in itertools.chain([first], raw):
         if isinstance(row, DataError):
-            yield where, row, path.parent
+            yield where, row, root
             continue
         try:
-            yield where, convert(row, where, path.parent, coords, template, **options), path.parent
+            yield where, convert(row, where, root, coords, template, **options), root
         except DataError as e:  # the caller decides: stop at the first, or report them all
-            yield where, e, path.parent
+            yield where, e, root
 
 
 def detect(row: Any, where: str) -> str:
@@ -122,10 +135,16 @@ def _dataset_info(path: Path, entry: str) -> tuple[Path, str, dict]:
 
 
 def _raw_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    if path.is_dir():
+        yield from _folder_rows(path)
+        return
     if not path.is_file():
         raise DataError(str(path), "no such data file")
     if path.suffix == ".parquet":
         yield from _parquet_rows(path)
+        return
+    if path.suffix == ".arrow":
+        yield from _table_rows(_arrow_batches(path), f"{path}:row ")
         return
     if path.suffix == ".json":
         text = _text(path)
@@ -175,6 +194,70 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     except Exception as e:  # pyarrow raises several types for a broken file
         raise DataError(str(path), f"cannot read Parquet: {e}") from None
     yield from _table_rows(parquet.iter_batches(batch_size=64), f"{path}:row ")
+
+
+def _folder_rows(folder: Path) -> Iterator[tuple[str, Any]]:
+    """A ``save_to_disk`` folder (its ``state.json`` lists the Arrow files), or a folder of shards."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
+        raise DataError(str(folder), f"a DatasetDict: name one split's folder ({', '.join(splits)})")
+    state = folder / "state.json"
+    if state.is_file():
+        try:
+            files = [folder / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(str(state), f"not a datasets state.json ({e})") from None
+    else:
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".parquet", ".arrow"))
+        if not files:
+            raise DataError(str(folder), "a folder without save_to_disk's state.json or Parquet/Arrow shards")
+    number = 0
+    for file in files:
+        for where, row in _raw_rows(file):
+            number += 1
+            yield (f"{folder}:row {number}" if len(files) > 1 or state.is_file() else where), row
+
+
+def _arrow_batches(path: Path):
+    import pyarrow as pa
+
+    try:
+        reader = pa.ipc.open_stream(pa.memory_map(str(path)))  # what save_to_disk writes
+    except pa.ArrowInvalid:
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        except pa.ArrowInvalid as e:
+            raise DataError(str(path), f"not an Arrow file ({e})") from None
+        return (reader.get_batch(i) for i in range(reader.num_record_batches))
+    return iter(reader)
+
+
+def _hub_rows(ref: str) -> Iterator[tuple[str, Any]]:
+    """A dataset on the Hugging Face hub, ``hf://ORG/NAME[#SPLIT]`` (split ``train`` by default), loaded
+    through ``datasets`` (downloaded once into its cache)."""
+    name, _, split = ref.removeprefix("hf://").partition("#")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            ref, "reading a hub dataset needs the datasets package: pip install datasets"
+        ) from None
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, unknown name, unknown split: datasets raises many types
+        raise DataError(ref, f"cannot load the hub dataset: {str(e).splitlines()[0]}") from None
+    yield from _table_rows(dataset.data.table.to_batches(max_chunksize=64), f"{ref}:row ")
+
+
+def _renamed(raw: Iterator, columns: dict) -> Iterator[tuple[str, Any]]:
+    for where, row in raw:
+        if isinstance(row, dict):
+            missing = [source for source in columns.values() if source not in row]
+            if missing:
+                row = DataError(where, f"no column {missing[0]!r} (columns: {', '.join(sorted(row))})")
+            else:
+                row = {**row, **{target: row[source] for target, source in columns.items()}}
+        yield where, row
 
 
 def _table_rows(batches, prefix: str) -> Iterator[tuple[str, Any]]:

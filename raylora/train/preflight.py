@@ -71,7 +71,9 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
         raise SpecError(where, f"no such data file: {ref}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
-    bad = data.problems(ref, spec.data.format, spec.data.coordinates, spec.data.template)
+    bad = data.problems(
+        ref, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
+    )
     raise_all(bad)
 
 
