@@ -1,0 +1,349 @@
+"""The training recipe: what each Ray Train worker runs, top to bottom (and ``raylora train`` standalone).
+
+    setup → model → data → optimizer → resume → loop (train, check gradients, evaluate, report) → finish
+
+The recipe talks to the outside world only through a :class:`~raylora.train.session.Session`:
+:class:`~raylora.train.session.LocalSession` for a standalone run that writes ``adapter/``,
+``metrics.json`` and ``targets.json`` to a folder, and :class:`raylora.study.pool_worker.PoolSession`
+inside a Ray Train worker, which reports metrics and adapter-only checkpoints to the study's trial pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TrialError
+from ..spec import Spec
+from . import cost, data, evaluate, faults, loader, scoring, templates
+from . import model as model_lib
+from .session import Session
+
+STATE_FILE = "trainer_state.pt"
+
+
+# -- the recipe --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a finished run leaves in memory: its last reported metrics and the trained PEFT model."""
+
+    metrics: dict
+    model: object
+
+
+def train(spec: Spec, session: Session) -> Outcome:
+    """Train one trial's LoRA adapter as the (concrete) ``spec`` says, talking to ``session``."""
+    import torch
+
+    from .. import builtin, environment
+
+    training = spec.training
+
+    # -- setup
+    device = _device(session)
+    torch.manual_seed(training.seed)
+    distributed = session.world_size > 1 and torch.distributed.is_initialized()
+    meter = cost.Meter(spec.resources, session.world_size)
+
+    nodes = _gather(session.node, distributed)
+
+    # -- model
+    path = builtin.resolve_model(spec.model.name_or_path)
+    built = model_lib.build(spec, path, device)
+    peft_model, processor = built.model, built.processor
+    trainable = model_lib.trainable_by_part(peft_model, built.model_type)
+    targets = _targets_report(spec, built, trainable)
+    net = (
+        torch.nn.parallel.DistributedDataParallel(
+            peft_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if distributed
+        else peft_model
+    )
+
+    # -- data: records and their token lengths now; screenshots decoded lazily, batch by batch
+    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
+    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    index = environment.home() / "cache" / "lengths"
+    train_set = loader.open_split(
+        builtin.resolve_data(spec.data.train, "train"),
+        processor,
+        spec.data.max_length,
+        image_kw,
+        cache_dir=index,
+        **reading,
+    )
+    if not train_set.records:
+        raise TrialError(
+            f"every training sample is longer than data.max_length={spec.data.max_length} tokens"
+        )
+    eval_set = None
+    if spec.data.eval:
+        eval_set = loader.open_split(
+            builtin.resolve_data(spec.data.eval, "eval"),
+            processor,
+            spec.data.max_length,
+            image_kw,
+            limit=spec.data.eval_samples,
+            cache_dir=index,
+            **reading,
+        )
+    pad_id = processor.tokenizer.pad_token_id
+
+    # -- optimizer and schedule
+    groups = model_lib.param_groups(peft_model, built.model_type, spec)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(training))
+
+    # -- resume from the latest adapter checkpoint, if Ray restarted this trial
+    step = resumed_from = 0
+    resume = session.latest_checkpoint()
+    if resume is not None:
+        step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler)
+    batches = loader.batches(
+        train_set,
+        training.per_device_train_batch_size,
+        pad_id,
+        training.seed,
+        rank=session.rank,
+        world=session.world_size,
+        skip=step * training.gradient_accumulation_steps,  # where the resumed run's data order stands
+        workers=spec.data.loader_workers,
+    )
+
+    # -- loop
+    faults.maybe_oom(spec)
+    net.train()
+    window = _Window()
+    metrics: dict = {}
+
+    def report() -> dict:
+        meter.add_tokens(window.tokens * session.world_size)
+        out = {"step": step, **window.flush(session.world_size, distributed, device)}
+        out.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
+        final = step >= training.max_steps
+        out.update(
+            _evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final)
+        )
+        out["data/dropped_too_long"] = train_set.dropped_too_long
+        out["peak_mem_mb"] = _peak_memory_mb(device)
+        out.update(meter.measure(out["peak_mem_mb"], targets["trainable_total"], device, distributed))
+        out["nodes"] = nodes
+        if resumed_from:
+            out["resumed_from_step"] = resumed_from
+        at = step
+        session.report(out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets))
+        return out
+
+    while step < training.max_steps:
+        for _ in range(training.gradient_accumulation_steps):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            loss = net(**batch, use_cache=False).loss
+            (loss / training.gradient_accumulation_steps).backward()
+            window.add(float(loss.detach()), len(batch["input_ids"]), int(batch["attention_mask"].sum()))
+        if step == 0:
+            model_lib.check_gradients(peft_model, built.model_type, built.resolution)
+        if training.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], training.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        session.progress(step, training.max_steps, window.running())
+        if step % training.eval_every == 0 or step == training.max_steps:
+            metrics = report()
+        if session.stop_requested(distributed, device):
+            return Outcome(metrics, peft_model)  # stopped early by the scheduler; nothing more to report
+    if not metrics:
+        # Restarted from a checkpoint at the last step (the run ended before its driver heard): say where
+        # the trial stands again, so the study records it as finished rather than as stopped early.
+        metrics = report()
+
+    # -- finish
+    session.finish(lambda d: _save_final(d, peft_model, targets))
+    return Outcome(metrics, peft_model)
+
+
+def _device(session):
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", session.local_rank)
+    return torch.device("cpu")
+
+
+def _schedule(training) -> Callable[[int], float]:
+    warmup, total, kind = training.warmup_steps, training.max_steps, training.lr_scheduler
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+class _Window:
+    """Training loss and throughput since the last report."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.losses: list[float] = []
+        self.samples = self.tokens = 0
+
+    def add(self, loss: float, samples: int, tokens: int) -> None:
+        self.losses.append(loss)
+        self.samples += samples
+        self.tokens += tokens
+
+    def running(self) -> dict:
+        """This rank's loss and throughput since the last report, for live progress (no collective)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if not self.losses:
+            return {}
+        return {"train/loss": self.losses[-1], "samples_per_s": self.samples / elapsed}
+
+    def flush(self, world_size: int, distributed: bool, device) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if not self.losses:
+            return {}
+        loss = sum(self.losses) / len(self.losses)
+        if distributed:
+            loss = _all_reduce([loss], device)[0] / world_size
+        out = {
+            "train/loss": loss,
+            "samples_per_s": self.samples * world_size / elapsed,
+            "tokens_per_s": self.tokens * world_size / elapsed,
+        }
+        self.__init__()
+        return out
+
+
+def _evaluate(
+    spec: Spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final: bool = False
+) -> dict:
+    """``eval/loss`` and the GUI-agent metrics of :mod:`.scoring` (``eval/click_acc``,
+    ``eval/format_error_rate``, ``eval/type_acc``/``eval/step_acc`` with navigation records).
+
+    An intermediate evaluation takes the first ``data.eval_samples`` records for the loss and the first
+    ``training.click_eval_samples`` of those for generation; the final one (``final``) the whole eval set
+    for both. ``training.click_eval_samples: 0`` turns generation off.
+    """
+    if eval_set is None or not eval_set.items:
+        return {}
+    rank, world = session.rank, session.world_size
+    bound = None if final else spec.data.eval_samples
+    items = eval_set.items[:bound][rank::world]
+    total, count = evaluate.eval_loss(
+        peft_model, items, spec.training.per_device_eval_batch_size, processor.tokenizer.pad_token_id, device
+    )
+    generated = spec.training.click_eval_samples
+    records = eval_set.records[:bound] if final or not generated else eval_set.records[:bound][:generated]
+    convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
+    results = (
+        evaluate.outcomes(
+            peft_model,
+            records[rank::world],
+            processor,
+            image_kw,
+            convention,
+            spec.training.max_new_tokens,
+            spec.training.per_device_eval_batch_size,
+            device,
+        )
+        if generated
+        else []
+    )
+    totals = [total, count, *scoring.counts(results)]
+    if distributed:
+        totals = _all_reduce(totals, device)
+    out = {"eval/loss": totals[0] / max(totals[1], 1.0), **scoring.rates(totals[2:], prefix="eval/")}
+    metric = spec.study.objective.metric
+    if metric.startswith("eval/") and metric not in out:
+        kind = "navigation records (an action reference)" if metric in _NAVIGATION else "click records"
+        raise TrialError(f"the objective {metric} needs {kind} among the {len(records)} records evaluated")
+    return out
+
+
+_NAVIGATION = ("eval/type_acc", "eval/step_acc")
+
+
+def _gather(node: str, distributed: bool) -> list[str]:
+    """The distinct nodes this run's workers are on."""
+    if not distributed:
+        return [node]
+    import torch
+
+    everyone: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, node)
+    return sorted(set(everyone))
+
+
+def _all_reduce(values: list[float], device) -> list[float]:
+    import torch
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    # The process's peak resident memory since this trial began (the pool resets it between trials).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _targets_report(spec: Spec, built, trainable: dict[str, int]) -> dict:
+    return {
+        "model": spec.model.name_or_path,
+        "model_type": built.model_type,
+        "scope": spec.training.lora.scope if spec.training.lora.target_modules is None else None,
+        "target_modules": spec.training.lora.target_modules,
+        "modules": built.resolution.by_part(),
+        "trainable_params": trainable,
+        "trainable_total": sum(trainable.values()),
+    }
+
+
+def _save_final(directory: Path, peft_model, targets: dict) -> None:
+    peft_model.save_pretrained(directory / "adapter", safe_serialization=True)
+    (directory / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+
+
+def _save_checkpoint(directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict) -> None:
+    import torch
+
+    _save_final(directory, peft_model, targets)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    torch.save(state, directory / STATE_FILE)
+
+
+def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler) -> int:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(peft_model, weights)
+    state = torch.load(directory / STATE_FILE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    # The folder is the session's: on local storage it is the trial's real checkpoint (its adapter may be
+    # the trial's best, and other ranks read it too); a downloaded copy is removed by the session.
+    return int(state["step"])
