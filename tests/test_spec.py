@@ -115,7 +115,12 @@ def test_round_trip_through_plain_data(tmp_path):
         ("search: {study.num_trials: {choice: [3]}}", "study, resources and tracking are fixed"),
         ("search: {training.lora.scope: {choice: [[llm], [vison]]}}", "value ['vison'] is not valid"),
         ("search: {training.lora: {choice: [1]}}", "training.lora is a section, not a value"),
-        ("resources: {strategy: fsdp}", "resources.strategy: fsdp is not implemented yet"),
+        ("resources: {sharding: fsdp}", "resources.sharding: fsdp shards a trial across its workers"),
+        ("resources: {offload_params: true}", "resources.offload_params: needs resources.sharding: fsdp"),
+        (
+            "resources: {sharding: fsdp, workers_per_trial: 2}\ntraining: {quantization: nf4}",
+            "training.quantization: nf4 does not combine with resources.sharding: fsdp",
+        ),
     ],
 )
 def test_bad_specs_name_the_path(tmp_path, text, expected):

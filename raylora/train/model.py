@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import SpecError, TrialError
-from . import quantization, scopes
+from . import quantization, scopes, sharding
 
 if TYPE_CHECKING:
     import torch
@@ -65,17 +65,21 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
     quant = quantization.config(spec.training.quantization, dtype, model_type)
     processor = load_processor(spec, path)
     _align_special_tokens(config, processor.tokenizer)
-    model = AutoModelForImageTextToText.from_pretrained(
-        path,
-        config=config,
-        revision=spec.model.revision,
-        trust_remote_code=spec.model.trust_remote_code,
-        dtype=dtype,
-        attn_implementation=spec.model.attn_implementation,
-        quantization_config=quant,
-        device_map={"": device} if quant is not None and device.type == "cuda" else None,
-    )
-    if quant is None:
+    sharded = sharding.is_sharded(spec)
+    if sharding.loads_on_meta(spec):
+        model = sharding.empty_model(config, spec, path, dtype)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            path,
+            config=config,
+            revision=spec.model.revision,
+            trust_remote_code=spec.model.trust_remote_code,
+            dtype=dtype,
+            attn_implementation=spec.model.attn_implementation,
+            quantization_config=quant,
+            device_map={"": device} if quant is not None and device.type == "cuda" else None,
+        )
+    if quant is None and not sharded:
         model.to(device)
     else:
         quantization.keep_trainable(model)
@@ -84,6 +88,8 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
     model = attach_lora(model, spec, resolution)
     if spec.training.gradient_checkpointing:
         model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+    if sharded:
+        model = sharding.shard(model, spec, device, dtype)
     torch.manual_seed(spec.training.seed)
     return Built(model, processor, resolution, model_type)
 
@@ -186,11 +192,21 @@ def trainable_by_part(model, model_type: str) -> dict[str, int]:
 
 def check_gradients(model, model_type: str, resolution: scopes.Resolution) -> None:
     """After the first backward: every part the trial trains must have received a non-zero gradient."""
+    import torch
+
     norms = {part: 0.0 for part in resolution.parts()}
+    sharded = False
     for name, param in model.named_parameters():
         if param.requires_grad and param.grad is not None:
+            grad = param.grad.detach()
+            if hasattr(grad, "to_local"):  # FSDP: this rank's shard; the parts' sums are added up below
+                grad, sharded = grad.to_local(), True
             part = scopes.part_of(name, model_type)
-            norms[part] = norms.get(part, 0.0) + float(param.grad.detach().float().abs().sum())
+            norms[part] = norms.get(part, 0.0) + float(grad.float().abs().sum())
+    if sharded:
+        total = torch.tensor(list(norms.values()), dtype=torch.float64, device=grad.device)
+        torch.distributed.all_reduce(total)
+        norms = dict(zip(norms, total.tolist(), strict=True))
     starved = [part for part, norm in norms.items() if norm == 0.0]
     if starved:
         raise TrialError(

@@ -22,6 +22,7 @@ from ..spec import Spec
 from . import cost, data, evaluate, faults, loader, scoring, templates
 from . import model as model_lib
 from .session import Session
+from .sharding import gather_state, is_sharded, load_state
 
 STATE_FILE = "trainer_state.pt"
 
@@ -59,11 +60,12 @@ def train(spec: Spec, session: Session) -> Outcome:
     peft_model, processor = built.model, built.processor
     trainable = model_lib.trainable_by_part(peft_model, built.model_type)
     targets = _targets_report(spec, built, trainable)
+    sharded = is_sharded(spec)  # FSDP: build() sharded the model across the workers already
     net = (
         torch.nn.parallel.DistributedDataParallel(
             peft_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-        if distributed
+        if distributed and not sharded
         else peft_model
     )
 
@@ -105,7 +107,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     step = resumed_from = 0
     resume = session.latest_checkpoint()
     if resume is not None:
-        step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler)
+        step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler, sharded)
     batches = loader.batches(
         train_set,
         training.per_device_train_batch_size,
@@ -138,7 +140,10 @@ def train(spec: Spec, session: Session) -> Outcome:
         if resumed_from:
             out["resumed_from_step"] = resumed_from
         at = step
-        session.report(out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets))
+        gathered = gather_state(peft_model, optimizer) if sharded else None  # FSDP: every rank takes part
+        session.report(
+            out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets, gathered)
+        )
         return out
 
     while step < training.max_steps:
@@ -166,7 +171,8 @@ def train(spec: Spec, session: Session) -> Outcome:
         metrics = report()
 
     # -- finish
-    session.finish(lambda d: _save_final(d, peft_model, targets))
+    adapter = gather_state(peft_model, optimizer)[0] if sharded else None
+    session.finish(lambda d: _save_final(d, peft_model, targets, adapter))
     return Outcome(metrics, peft_model)
 
 
@@ -242,7 +248,9 @@ def _evaluate(
     """
     if eval_set is None or not eval_set.items:
         return {}
-    rank, world = session.rank, session.world_size
+    # Under FSDP every forward is a collective: each rank evaluates every record, decoding in lockstep.
+    sharded = distributed and spec.resources.sharding == "fsdp"
+    rank, world = (0, 1) if sharded else (session.rank, session.world_size)
     bound = None if final else spec.data.eval_samples
     items = eval_set.items[:bound][rank::world]
     total, count = evaluate.eval_loss(
@@ -266,7 +274,7 @@ def _evaluate(
         else []
     )
     totals = [total, count, *scoring.counts(results)]
-    if distributed:
+    if distributed and not sharded:
         totals = _all_reduce(totals, device)
     out = {"eval/loss": totals[0] / max(totals[1], 1.0), **scoring.rates(totals[2:], prefix="eval/")}
     metric = spec.study.objective.metric
@@ -321,28 +329,35 @@ def _targets_report(spec: Spec, built, trainable: dict[str, int]) -> dict:
     }
 
 
-def _save_final(directory: Path, peft_model, targets: dict) -> None:
-    peft_model.save_pretrained(directory / "adapter", safe_serialization=True)
+def _save_final(directory: Path, peft_model, targets: dict, adapter: dict | None = None) -> None:
+    # Under FSDP ``adapter`` holds the LoRA weights rank 0 gathered; otherwise PEFT reads the model's own.
+    peft_model.save_pretrained(directory / "adapter", safe_serialization=True, state_dict=adapter)
     (directory / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
 
 
-def _save_checkpoint(directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict) -> None:
+def _save_checkpoint(
+    directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict, gathered=None
+) -> None:
     import torch
 
-    _save_final(directory, peft_model, targets)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    adapter, optimizer_state = gathered or (None, optimizer.state_dict())
+    _save_final(directory, peft_model, targets, adapter)
+    state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
     torch.save(state, directory / STATE_FILE)
 
 
-def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler) -> int:
+def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler, sharded: bool = False) -> int:
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(peft_model, weights)
     state = torch.load(directory / STATE_FILE, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded:
+        load_state(peft_model, optimizer, weights, state["optimizer"])
+    else:
+        set_peft_model_state_dict(peft_model, weights)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     # The folder is the session's: on local storage it is the trial's real checkpoint (its adapter may be
     # the trial's best, and other ranks read it too); a downloaded copy is removed by the session.
