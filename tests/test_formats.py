@@ -314,6 +314,7 @@ def _screenspot_rows(tmp_path: Path, n: int = 3) -> list[dict]:
 
 def test_hf_save_to_disk_folder_with_embedded_images_and_a_column_mapping(tmp_path):
     import datasets  # the dev extra installs it (users: the hf extra)
+
     shot = _png(tmp_path / "img.png", (300, 150))
     chat = {
         "messages": [
@@ -375,3 +376,56 @@ def _rows_with(ref, fmt, columns):
             raise row
         out.append((where, row))
     return out
+
+
+def test_ms_swift_grounding_objects_become_the_templates_answer(tmp_path):
+    _png(tmp_path / "shot.png", (400, 200))
+    record = {
+        "messages": [
+            {"role": "user", "content": "<image>Find the <ref-object>"},
+            {"role": "assistant", "content": "<bbox>"},
+        ],
+        "images": ["shot.png"],
+        "objects": {"ref": ["OK button"], "bbox": [[100, 50, 140, 70]], "bbox_type": "real"},
+    }
+    (tmp_path / "swift.jsonl").write_text(json.dumps(record) + "\n")
+    ((where, row),) = _rows(tmp_path / "swift.jsonl", template="qwen3vl")
+    assert row["messages"][0]["content"] == [
+        {"type": "image", "image": "shot.png"},
+        {"type": "text", "text": "Find the OK button"},
+    ]
+    # center (120, 60) px of 400×200 → (300, 300) in 0–1000; the box too, for click accuracy
+    assert row["messages"][1]["content"] == [{"type": "text", "text": '{"point_2d": [300, 300]}'}]
+    assert row["bbox"] == [250, 250, 350, 350]
+
+    record["objects"] = {"ref": ["OK button"], "bbox": [[250, 250, 350, 350]], "bbox_type": "norm1000"}
+    (tmp_path / "swift.jsonl").write_text(json.dumps(record) + "\n")
+    ((_, row),) = _rows(tmp_path / "swift.jsonl", coords="mai-ui", template="click")
+    assert row["messages"][1]["content"][0]["text"] == "click(300, 300)"  # 0.3 of 999 → 299.7 → 300
+
+    record["objects"] = {"ref": ["OK button"], "bbox": [[100, 50, 900, 70]]}  # declared pixels, too wide
+    (tmp_path / "swift.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"swift.jsonl:1: objects.bbox .*x=900 is outside pixels"):
+        _rows(tmp_path / "swift.jsonl", coords="pixels")
+
+
+def test_pixel_answers_are_checked_against_their_image(tmp_path):
+    from raylora.train import data
+
+    _png(tmp_path / "shot.png", (400, 200))
+    record = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": "shot.png"}, {"type": "text", "text": "OK"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "click(380, 150)"}]},
+        ],
+    }
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    assert data.read(path, coordinates="pixels")[0].answer() == "click(380, 150)"
+    record["messages"][1]["content"][0]["text"] = "click(380, 250)"  # below the 200-pixel-high image
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"chat.jsonl:1: y=250.* for a 400×200 image"):
+        data.read(path, coordinates="pixels")

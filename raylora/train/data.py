@@ -151,7 +151,7 @@ def _record(
     if not any(m["role"] == "assistant" and _text_of(m["content"]).strip() for m in messages):
         raise DataError(where, "no assistant turn with text: there is nothing to learn from this record")
     categories = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
-    _check_range(row, messages, where, convention)
+    _check_range(row, messages, where, convention, images)
     return Record(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
 
 
@@ -195,16 +195,22 @@ def _spilled(ref: Any, folder: Path) -> Any:
     return str(target)
 
 
-def _check_range(row: dict, messages: list[dict], where: str, convention: str) -> None:
-    """An answer point or box outside a relative convention's range is the pixels-vs-relative mix-up."""
+def _check_range(row: dict, messages: list[dict], where: str, convention: str, images: list) -> None:
+    """An answer point or box outside the convention's range is the pixels-vs-relative mix-up: relative
+    conventions are checked against their range, ``pixels`` against the first image's size (read from its
+    header). ``resized-pixels`` depend on the processor's bounds and are not checked here."""
     from . import coordinates, templates
 
-    if coordinates.get(convention).relative is None:
-        return  # pixel conventions are checked against the image where its size is known (ScreenSpot)
+    chosen = coordinates.get(convention)
+    if chosen.resized or (chosen.relative is None and not images):
+        return
     answer = [m for m in messages if m["role"] == "assistant"][-1]
     point = templates.parse_point(_text_of(answer["content"]))
     values = [*(point or ()), *(row.get("bbox") or ())]
-    problem = coordinates.out_of_range(values, convention, (1, 1)) if values else None
+    if not values:
+        return
+    size = (1, 1) if chosen.relative is not None else image_size(images[0], where)
+    problem = coordinates.out_of_range(values, convention, size)
     if problem:
         raise DataError(where, f"{problem}: is data.coordinates ({convention}) the convention of this data?")
 

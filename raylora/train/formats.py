@@ -315,7 +315,75 @@ def _sharegpt(
         if not isinstance(text, str):
             raise DataError(where, f"{key}[{i}].{tag['content_tag']} must be text")
         messages.append({"role": role, "content": text})
-    return {**_with_images(messages, images, where), **_extra(row)}
+    extra = _extra(row)
+    if row.get("objects"):
+        extra["bbox"] = _place_objects(messages, row["objects"], images, root, where, coords, template)
+    return {**_with_images(messages, images, where), **extra}
+
+
+def _place_objects(
+    messages: list[dict], objects: Any, images: list, root: Path, where: str, coords: str, template: str
+) -> list[float]:
+    """ms-swift grounding: ``<ref-object>`` in the text becomes ``objects.ref`` (in order) and ``<bbox>``
+    the template's answer at the center of ``objects.bbox`` (in order); the boxes are in ``bbox_type``'s
+    convention (``real``: pixels, ``norm1000``: 0–1000) or, without one, in ``data.coordinates``. Returns
+    the last answered box in the answer's convention, for click accuracy."""
+    refs, boxes = (objects.get(k) if isinstance(objects, dict) else None for k in ("ref", "bbox"))
+    kind = objects.get("bbox_type") if isinstance(objects, dict) else None
+    source = {"real": "pixels", "norm1000": "qwen3vl", None: coords}.get(kind)
+    if not isinstance(refs, list) or not isinstance(boxes, list) or source is None:
+        raise DataError(where, 'objects needs "ref" and "bbox" lists (bbox_type real or norm1000)')
+    refs, boxes = [str(r) for r in refs], list(boxes)
+    if "resized-pixels" in (source, templates.get(template).answer_convention(coords)):
+        raise DataError(where, "objects cannot be placed in resized-pixels; give bbox_type real or norm1000")
+    chosen = templates.get(template)
+    answer = chosen.answer_convention(coords)
+    size = None
+    placed = None
+    for message in messages:
+        while "<ref-object>" in message["content"]:
+            if not refs:
+                raise DataError(where, "more <ref-object> placeholders than objects.ref")
+            message["content"] = message["content"].replace("<ref-object>", refs.pop(0), 1)
+        while "<bbox>" in message["content"]:
+            if not boxes:
+                raise DataError(where, "more <bbox> placeholders than objects.bbox")
+            box = boxes.pop(0)
+            if not (
+                isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            ):
+                raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes, got {box!r}")
+            if size is None:
+                size = _first_image_size(images, root, where)
+            problem = coordinates.out_of_range(box, source, size)
+            if problem:
+                raise DataError(where, f"objects.bbox {box}: {problem}")
+            placed = coordinates.convert_box(box, source, answer, size)
+            point = coordinates.convert_point(coordinates.center(box), source, answer, size)
+            message["content"] = message["content"].replace("<bbox>", chosen.answer(point), 1)
+    if placed is None:
+        raise DataError(where, "objects given but no <bbox> placeholder in the text")
+    return placed
+
+
+def _first_image_size(images: list, root: Path, where: str) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    if not images:
+        raise DataError(where, "objects need an image to place their boxes on")
+    ref = images[0]
+    if isinstance(ref, dict):
+        ref = ref.get("bytes") or ref.get("path")
+    source = io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else root / str(ref)
+    try:
+        with Image.open(source) as image:
+            return image.size
+    except Exception as e:  # PIL raises many types for a broken file
+        raise DataError(
+            where, f"cannot read image {ref if isinstance(ref, str) else '(bytes)'}: {e}"
+        ) from None
 
 
 def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
