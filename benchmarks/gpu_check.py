@@ -125,13 +125,15 @@ def trainer_case(spec, steps: int) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from raylora import builtin
-    from raylora.train import data, model
+    from raylora.train import data, loader, model
 
     built = model.build(spec, spec.model.name_or_path, torch.device("cuda"))
     kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, built.processor)
-    items = data.encode_file(
-        builtin.resolve_data(spec.data.train, "train"), built.processor, spec.data.max_length, kw
-    ).items
+    items = list(
+        loader.open_split(
+            builtin.resolve_data(spec.data.train, "train"), built.processor, spec.data.max_length, kw
+        ).items
+    )
     pad = built.processor.tokenizer.pad_token_id
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),

@@ -13,7 +13,7 @@ Training samples per second over S optimizer steps of the builtin tiny Qwen3-VL 
   dropout and activation checkpointing are identical), AdamW over the same
   ``raylora.train.model.param_groups``, then a plain loop -- forward, ``loss.backward()``,
   ``optimizer.step()``, ``optimizer.zero_grad()`` -- over the very batches raylora draws
-  (``raylora.train.data.batches`` with the same seed, encoded with ``raylora.train.data.encode`` and
+  (``raylora.train.loader.batches`` with the same seed, encoded by the same loader and
   collated with ``raylora.train.data.collate`` before the clock starts). Timed from the first step to the
   end of step S, like raylora's window.
 
@@ -92,17 +92,18 @@ def run_raylora(spec) -> float:
 def prepare_batches(spec) -> list[dict]:
     """The batches raylora's loop draws, in its order, collated ahead of time."""
     from raylora import builtin
-    from raylora.train import data
+    from raylora.train import data, loader
     from raylora.train import model as model_lib
 
     path = builtin.resolve_model(spec.model.name_or_path)
     processor = model_lib.load_processor(spec, path)
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    records = data.read(builtin.resolve_data(spec.data.train, "train"))
-    items = data.encode(records, processor, spec.data.max_length, image_kw).items
-    draw = data.batches(items, spec.training.per_device_train_batch_size, spec.training.seed)
+    split = loader.open_split(
+        builtin.resolve_data(spec.data.train, "train"), processor, spec.data.max_length, image_kw
+    )
     pad_id = processor.tokenizer.pad_token_id
-    return [data.collate(next(draw), pad_id) for _ in range(spec.training.max_steps)]
+    draw = loader.batches(split, spec.training.per_device_train_batch_size, pad_id, spec.training.seed)
+    return [next(draw) for _ in range(spec.training.max_steps)]
 
 
 def run_bare(spec, batches: list[dict]) -> float:
