@@ -118,7 +118,8 @@ class Data(_Section):
     max_length: Positive = 2048
     """Longer samples are dropped and counted, never truncated (an image span must stay whole)."""
     eval_samples: Positive | None = None
-    """Evaluate on at most this many eval records (default: all)."""
+    """Intermediate evaluations use at most this many eval records (default: all); each trial's final
+    evaluation uses the whole eval set."""
     loader_workers: Annotated[int, Field(ge=0)] = 2
     """DataLoader processes per training worker that decode and process screenshots ahead of the step
     (0: in the training process itself)."""
@@ -197,7 +198,9 @@ class Training(_Section):
     max_grad_norm: PositiveFloat | None = 1.0
     seed: int = 0
     click_eval_samples: Annotated[int, Field(ge=0)] = 16
-    """Eval records scored by greedy generation for ``eval/click_acc`` (0 turns it off)."""
+    """Eval records an intermediate evaluation answers by greedy generation for ``eval/click_acc``,
+    ``eval/format_error_rate``, ``eval/type_acc`` and ``eval/step_acc`` (the final evaluation answers
+    them all; 0 turns generation off)."""
     max_new_tokens: Positive = 24
 
 

@@ -92,7 +92,6 @@ def train(spec: Spec, session: Session) -> Outcome:
             processor,
             spec.data.max_length,
             image_kw,
-            limit=spec.data.eval_samples,
             cache_dir=index,
             **reading,
         )
