@@ -77,3 +77,16 @@ def test_mistakes_are_one_line(args, message):
     proc = _run(*args)
     assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_eval_scores_a_trained_adapter(trained, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    proc = _run(
+        "eval", str(trained), "--data", str(_eval_file()), "--limit", "3", "--max-new-tokens", "8",
+        "--predictions-out", str(out), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["n"], report["click_n"]) == (3, 3)
+    assert len(out.read_text().splitlines()) == 3

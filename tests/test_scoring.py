@@ -384,9 +384,45 @@ def test_raylora_eval_on_the_builtin_model(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["index"] for row in lines] == list(range(6))
     assert report["n"] == 6 and report["click_n"] == 6
+    # Batched, left-padded generation answers as one record at a time does (raylora predict's path).
+    from raylora import builtin
+    from raylora.tracking import serving
+    from raylora.train import data as data_lib
+
+    predictor = serving.Predictor.load("builtin:tiny-qwen3-vl")
+    records = data_lib.read(builtin.resolve_data("builtin:gui-grounding", "eval"), 6)
+    assert [row["output"] for row in lines] == [serving.answer_record(predictor, r, 8) for r in records]
     # The same outputs scored again with no model give the same report.
     rescored = _score(str(out), "--data", "builtin:gui-grounding", "--json")
     assert rescored.returncode == 0, rescored.stderr
     again = json.loads(rescored.stdout)
     again["unanswered"] = 0
     assert again == report
+
+
+# -- the objective -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["eval/click_acc", "eval/type_acc", "eval/step_acc"])
+def test_accuracies_can_be_the_objective_with_mode_max(metric):
+    from raylora import spec as spec_lib
+    from raylora.errors import UserError
+
+    quickstart = ROOT / "search_spaces" / "quickstart.yaml"
+    chosen = spec_lib.load(quickstart, [f"study.objective.metric={metric}", "study.objective.mode=max"])
+    assert chosen.study.objective.metric == metric
+    with pytest.raises(UserError, match=f"study.objective.mode: {metric} is better higher: use mode: max"):
+        spec_lib.load(quickstart, [f"study.objective.metric={metric}"])
+    with pytest.raises(UserError, match="needs training.click_eval_samples > 0"):
+        spec_lib.load(
+            quickstart,
+            [f"study.objective.metric={metric}", "study.objective.mode=max", "training.click_eval_samples=0"],
+        )
+
+
+def test_format_error_rate_is_an_objective_to_minimize():
+    from raylora import spec as spec_lib
+
+    quickstart = ROOT / "search_spaces" / "quickstart.yaml"
+    chosen = spec_lib.load(quickstart, ["study.objective.metric=eval/format_error_rate"])
+    assert chosen.study.objective.mode == "min"
