@@ -70,7 +70,12 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- data: records and their token lengths now; screenshots decoded lazily, batch by batch
-    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
+    reading = {
+        "fmt": spec.data.format,
+        "coordinates": spec.data.coordinates,
+        "template": spec.data.template,
+        "columns": spec.data.columns,
+    }
     image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
     train_set = loader.open_split(
