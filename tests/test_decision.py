@@ -271,3 +271,165 @@ def test_the_page_is_one_self_contained_file(tmp_path):
     assert parser.found == [], "nothing to fetch: no scripts, stylesheets, images or links out"
     assert page.count("<svg") == 6, "quality/cost, groups, importances, intermediate, parallel, timeline"
     assert "+vision against LLM-only: best eval/loss -0.2 (better)" in page
+
+
+# -- one real study (Ray, Optuna journal, MLflow SQLite), shared by the tests below ----------------------
+
+STUDY_SPEC = {
+    "study": {
+        "name": "decide",
+        "num_trials": 3,
+        "max_concurrent_trials": 1,
+        "sampler": {"type": "random", "seed": 3},
+        "scheduler": {"type": "fifo"},
+        "enqueue": [
+            {"training.lora.scope": ["llm", "vision"], "training.lora.r": 4},
+            {"training.lora.scope": ["llm"], "training.lora.r": 4},
+        ],
+    },
+    "data": {"image": {"min_pixels": 4096, "max_pixels": 65536}, "max_length": 512, "eval_samples": 8},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5},
+    "training": {"max_steps": 4, "eval_every": 2, "per_device_train_batch_size": 2, "click_eval_samples": 0},
+    "search": {
+        "training.lora.scope": {"choice": [["llm"], ["llm", "vision"]]},
+        "training.lora.r": {"choice": [4, 8]},
+    },
+}
+
+
+def _search(tmp: Path, spec: dict, *args: str):
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp / f"{spec['study']['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    tracking = f"sqlite:///{tmp}/mlflow.db"
+    command = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp / "st")]
+    return subprocess.run(
+        [*command, "--tracking-uri", tracking, *args], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One three-trial study, its first two trials enqueued; returns (folder, summary, tracking URI)."""
+    tmp = tmp_path_factory.mktemp("decide")
+    proc = _search(tmp, STUDY_SPEC)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    directory = tmp / "st" / "decide"
+    return directory, json.loads((directory / "summary.json").read_text()), f"sqlite:///{tmp}/mlflow.db"
+
+
+@pytest.mark.slow
+def test_the_enqueued_configuration_is_the_first_trial(searched):
+    _, summary, _ = searched
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert trials["t000"]["params"] == {"training.lora.scope": ["llm", "vision"], "training.lora.r": 4}
+    assert trials["t001"]["params"] == {"training.lora.scope": ["llm"], "training.lora.r": 4}
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 3
+
+
+@pytest.mark.slow
+def test_every_trial_reports_its_cost_in_summary_mlflow_and_leaderboard(searched):
+    import csv
+
+    from mlflow import MlflowClient
+
+    directory, summary, uri = searched
+    for trial in summary["trials"]:
+        c = trial["cost"]
+        assert set(c) == {
+            "cost/peak_mem_gb",
+            "cost/accelerator_hours",
+            "cost/tokens_per_s",
+            "cost/trainable_params",
+        }
+        assert 0.1 < c["cost/peak_mem_gb"] < 64, "peak RSS of a CPU worker, in GB"
+        assert 0 < c["cost/accelerator_hours"] < 0.5 * 1 / 6, "0.5 CPU for well under 10 minutes"
+        assert c["cost/tokens_per_s"] > 0 and c["cost/trainable_params"] > 0
+    by_id = {t["trial_id"]: t for t in summary["trials"]}
+    vision, llm = by_id["t000"]["cost"], by_id["t001"]["cost"]  # both r=4
+    assert vision["cost/trainable_params"] > llm["cost/trainable_params"]
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("decide")
+    runs = client.search_runs([experiment.experiment_id], "tags.`raylora.role` = 'trial'")
+    for run in runs:
+        trial = by_id[run.data.tags["raylora.trial_id"]]
+        assert run.data.metrics["cost/peak_mem_gb"] == pytest.approx(trial["cost"]["cost/peak_mem_gb"])
+        assert run.data.metrics["cost/trainable_params"] == trial["cost"]["cost/trainable_params"]
+    with (directory / "report" / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["trial_id"]: float(r["cost/peak_mem_gb"]) for r in rows} == pytest.approx(
+        {t["trial_id"]: t["cost"]["cost/peak_mem_gb"] for t in summary["trials"]}
+    )
+
+
+@pytest.mark.slow
+def test_the_report_page_is_written_and_logged_to_the_study_run(searched):
+    from mlflow import MlflowClient
+
+    directory, _, uri = searched
+    page = (directory / "report" / "index.html").read_text()
+    assert "Best of each scope: LLM-only" in page and "+vision against LLM-only" in page
+    assert page.count("<svg") >= 4
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("decide")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`raylora.role` = 'study'")
+    assert "report/index.html" in [f.path for f in client.list_artifacts(parent.info.run_id, "report")]
+
+
+@pytest.mark.slow
+def test_promote_cheapest_within_matches_a_recomputation_from_the_summary(searched):
+    import subprocess
+    import sys
+
+    _, summary, uri = searched
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    best = min(t["value"] for t in complete)
+    values = sorted(t["value"] for t in complete)
+    tolerance = (values[1] - best) * 1.01  # the best and the runner-up are within it
+    within = [t for t in complete if t["value"] <= best + tolerance]
+    expected = min(within, key=lambda t: (t["cost"]["cost/peak_mem_gb"], t["value"]))
+    command = [
+        sys.executable,
+        "-m",
+        "raylora",
+        "promote",
+        "best",
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "decide",
+    ]
+    policy = ["--policy", "cheapest-within", "--tolerance", repr(tolerance), "--cost", "cost/peak_mem_gb"]
+    proc = subprocess.run([*command, *policy], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"trial {expected['trial_id']}," in proc.stdout.splitlines()[0], proc.stdout
+
+    from mlflow import MlflowClient
+
+    version = MlflowClient(uri).get_model_version_by_alias("decide", "champion")
+    assert version.tags["raylora.trial_id"] == expected["trial_id"]
+    assert version.tags["raylora.promotion.policy"] == "cheapest-within"
+    assert float(version.tags["raylora.promotion.tolerance"]) == tolerance
+
+
+@pytest.mark.slow
+def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched, tmp_path):
+    directory, summary, _ = searched
+    spec = json.loads(json.dumps(STUDY_SPEC))
+    spec["study"].update({"name": "decide-2", "num_trials": 1, "warm_start": [str(directory)], "enqueue": []})
+    proc = _search(tmp_path, spec)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "warm start: the sampler begins with 3 finished trial(s)" in proc.stdout
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "st" / "decide-2" / "optuna.journal")))
+    trials = optuna.load_study(study_name="decide-2", storage=storage).get_trials()
+    lent, own = trials[:3], trials[3:]
+    assert [t.value for t in lent] == [t["value"] for t in summary["trials"]]
+    assert all(t.user_attrs[warm.WARM_START] == str(directory) for t in lent)
+    assert [t.user_attrs["slot"] for t in own] == ["t000"]
+    again = json.loads((tmp_path / "st" / "decide-2" / "summary.json").read_text())
+    assert [t["trial_id"] for t in again["trials"]] == ["t000"], "lent trials are not this study's trials"
