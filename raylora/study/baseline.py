@@ -1,0 +1,159 @@
+"""The base model's score on a study's eval set — "did fine-tuning help at all?" — measured once and shared.
+
+:func:`load_or_measure` evaluates the spec's base model (no adapter) on the whole eval set exactly as a
+trial's final evaluation does (the same records, too-long ones dropped; the same prompts, generation and
+:mod:`raylora.train.scoring`), and caches the result under ``$RAYLORA_HOME/cache/baseline/`` by a
+fingerprint of what decides it (:func:`fingerprint`: model and revision, the eval file's content, format,
+coordinates, template, columns, image bounds, ``max_length``, ``max_new_tokens``), so every trial of a
+study, a ``--resume`` and a later study on the same data reuse it.
+
+The result keeps each record's outcome by its ``where`` (``file:LINE``), so :func:`compare` can pair a
+trial's per-record outcomes with the base model's on the same items: the gain and McNemar's test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..spec import Spec
+from ..train import scoring
+
+ITEM_FIELDS = ("click", "type", "step", "format_error")
+"""The per-record outcome, in this order: ``[click, type, step, format_error]`` (null where n/a)."""
+PAIRED = {"eval/click_acc": 0, "eval/type_acc": 1, "eval/step_acc": 2}
+
+
+def fingerprint(spec: Spec) -> str:
+    """A short hash of everything that decides the base model's score on the spec's eval set."""
+    from .. import builtin
+
+    data = spec.data
+    eval_ref = builtin.resolve_data(data.eval, "eval") if data.eval else None
+    parts = [
+        spec.model.name_or_path,
+        spec.model.revision,
+        _content_hash(eval_ref),
+        data.format,
+        data.coordinates,
+        data.template,
+        sorted(getattr(data, "columns", {}).items()),
+        data.image.min_pixels,
+        data.image.max_pixels,
+        data.max_length,
+        spec.training.max_new_tokens,
+    ]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
+
+
+def _content_hash(ref: str | None) -> str | None:
+    if ref is None:
+        return None
+    path = Path(ref.split("#")[0]).expanduser()
+    if not path.is_file():  # a folder of shards or a hub id: its name and modification time
+        stat = path.stat() if path.exists() else None
+        return f"{path.resolve()}:{stat.st_mtime_ns if stat else ''}:{ref}"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() + ref[len(ref.split("#")[0]) :]
+
+
+def cache_path(spec: Spec) -> Path:
+    """Where the base model's result for this spec is cached."""
+    from .. import environment
+
+    return environment.home() / "cache" / "baseline" / f"{fingerprint(spec)}.json"
+
+
+def load_or_measure(spec: Spec, log=print) -> dict:
+    """The cached result for ``spec`` (see :func:`measure`), measuring and caching it the first time."""
+    path = cache_path(spec)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # a torn write: measure again
+            pass
+    log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once; cached in {path})")
+    result = measure(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+    return result
+
+
+def measure(spec: Spec) -> dict:
+    """``{"fingerprint", "model", "summary": scoring.summarize(...), "items": {where: [click, type, step,
+    format_error]}}`` for the base model on the whole eval set."""
+    from .. import builtin
+    from ..tracking import serving
+    from ..train import evaluate, loader, templates
+
+    if not spec.data.eval:
+        raise ValueError("the base model is scored on data.eval, and the spec has none")
+    image = spec.data.image
+    predictor = serving.Predictor.load(
+        spec.model.name_or_path,
+        revision=spec.model.revision,
+        min_pixels=image.min_pixels,
+        max_pixels=image.max_pixels,
+    )
+    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
+    if getattr(spec.data, "columns", None):
+        reading["columns"] = spec.data.columns
+    split = loader.open_split(
+        builtin.resolve_data(spec.data.eval, "eval"),
+        predictor.processor,
+        spec.data.max_length,
+        predictor.image_kw,
+        **reading,
+    )
+    convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
+    outcomes = evaluate.outcomes(
+        predictor.model,
+        split.records,
+        predictor.processor,
+        predictor.image_kw,
+        convention,
+        spec.training.max_new_tokens,
+        spec.training.per_device_eval_batch_size,
+        predictor.device,
+    )
+    return {
+        "fingerprint": fingerprint(spec),
+        "model": spec.model.name_or_path,
+        "summary": scoring.summarize(outcomes),
+        "items": items(split.records, outcomes),
+    }
+
+
+def items(records, outcomes) -> dict[str, list]:
+    """Each scored record's outcome by its ``where``: ``[click, type, step, format_error]``."""
+    return {
+        record.where: [o.click, o.type, o.step, o.format_error]
+        for record, o in zip(records, outcomes, strict=True)
+        if o is not None
+    }
+
+
+def compare(base: dict[str, list], trial: dict[str, list], metric: str = "eval/click_acc") -> dict | None:
+    """A trial's per-record outcomes against the base model's on the records both scored for ``metric``
+    (``eval/click_acc``, ``eval/type_acc`` or ``eval/step_acc``): ``{"n", "base", "trial", "gain",
+    "a_only", "b_only", "p_value", "method"}`` (``a`` the trial, ``b`` the base), or None when no record
+    pairs."""
+    field = PAIRED.get(metric)
+    if field is None:
+        raise ValueError(f"{metric} is not a per-record accuracy ({', '.join(PAIRED)})")
+    keys = sorted(
+        k for k in trial if k in base and trial[k][field] is not None and base[k][field] is not None
+    )
+    if not keys:
+        return None
+    a = [bool(trial[k][field]) for k in keys]
+    b = [bool(base[k][field]) for k in keys]
+    test = scoring.mcnemar(a, b)
+    return {"base": sum(b) / len(b), "trial": sum(a) / len(a), "gain": (sum(a) - sum(b)) / len(keys), **test}
