@@ -369,7 +369,10 @@ def eval_(
         raise UserError(
             "eval", f"{model}: give an adapter folder or a base model (MLflow URIs: raylora predict)"
         )
-    _check_model_ref(model)
+    try:
+        _check_model_ref(model)
+    except UserError:
+        raise UserError("eval", f"{model}: not a folder, a hub id (owner/name) or builtin:...") from None
     records, convention = _scored_data(data_ref, fmt, coordinates, template, limit)
     from .tracking import serving
     from .train import evaluate, scoring
