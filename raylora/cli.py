@@ -319,6 +319,14 @@ def score(
     fmt: FmtOpt = "auto",
     coordinates: CoordinatesOpt = "qwen3vl",
     template: TemplateOpt = "click",
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            help="Another model's predictions on the same data (the base model's): the gain on the records "
+            "both answered and McNemar's paired test.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score model outputs against a dataset, no model needed: click accuracy, format errors, action-type and
@@ -328,8 +336,16 @@ def score(
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
     outputs = scoring.read_predictions(predictions, records)
     goals = {i: scoring.target(records[i], convention) for i in outputs}
-    report = scoring.summarize([scoring.score(outputs[i], goals[i]) for i in sorted(outputs)])
+    results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
+    report = scoring.summarize(list(results.values()))
     report["unanswered"] = len(records) - len(outputs)
+    if against is not None:
+        old = scoring.read_predictions(against, records)
+        both = [i for i in results if i in old]
+        report["against"] = scoring.paired(
+            [results[i] for i in both],
+            [scoring.score(old[i], goals[i]) for i in both],
+        )
     _print_score(report, as_json)
 
 
@@ -444,6 +460,12 @@ def _print_score(report: dict, as_json: bool) -> None:
         print(f"by {field}:")
         for value, block in values.items():
             print(f"  {value}: {line(block)}")
+    for name, pair in report.get("against", {}).items():
+        print(
+            f"{name} against the other predictions: {pair['new']:.3f} vs {pair['old']:.3f} on {pair['n']} "
+            f"records, gain {pair['gain']:+.3f}; McNemar p = {pair['p_value']:.3g} ({pair['a_only']} right "
+            f"only here, {pair['b_only']} only there)"
+        )
 
 
 @app.command()

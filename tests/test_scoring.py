@@ -291,6 +291,22 @@ def test_raylora_score_json_exact_counts_intervals_and_splits(held_out):
     )
 
 
+def test_raylora_score_against_a_base_models_predictions(held_out, tmp_path):
+    data, predictions = held_out
+    base = tmp_path / "base.jsonl"
+    base.write_text("".join(json.dumps({"index": i, "output": "no idea"}) + "\n" for i in range(len(CASES))))
+    proc = _score(str(predictions), "--data", str(data), "--against", str(base), "--json")
+    assert proc.returncode == 0, proc.stderr
+    against = json.loads(proc.stdout)["against"]
+    click, step = against["click_acc"], against["step_acc"]
+    assert (click["n"], click["new"], click["old"], click["a_only"], click["b_only"]) == (7, 4 / 7, 0.0, 4, 0)
+    assert click["p_value"] == pytest.approx(2 / 16) and click["method"] == "exact"
+    assert (step["n"], step["gain"], step["a_only"], step["p_value"]) == (8, 3 / 8, 3, pytest.approx(2 / 8))
+    assert against["type_acc"]["p_value"] == pytest.approx(2 / 64)
+    human = _score(str(predictions), "--data", str(data), "--against", str(base))
+    assert "click_acc against the other predictions: 0.571 vs 0.000 on 7 records, gain +0.571" in human.stdout
+
+
 def test_raylora_score_human_output_and_ids(held_out, tmp_path):
     data, _ = held_out
     with_ids = tmp_path / "ids.jsonl"

@@ -280,6 +280,33 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool], exact_below: int = 25) -> dict
     return {"n": len(a), "a_only": a_only, "b_only": b_only, "p_value": p, "method": method}
 
 
+def paired(new: Sequence[Outcome | None], old: Sequence[Outcome | None]) -> dict:
+    """Two models' outcomes on the same records (``new[i]`` and ``old[i]`` the same record): for each
+    accuracy with records both scored, ``{"n", "old", "new", "gain", "a_only", "b_only", "p_value",
+    "method"}`` — McNemar's test with ``a`` the new model, ``b`` the old."""
+    out = {}
+    for name in ("click", "type", "step"):
+        pairs = [
+            (getattr(a, name), getattr(b, name))
+            for a, b in zip(new, old, strict=True)
+            if a is not None
+            and b is not None
+            and getattr(a, name) is not None
+            and getattr(b, name) is not None
+        ]
+        if not pairs:
+            continue
+        a, b = [bool(x) for x, _ in pairs], [bool(y) for _, y in pairs]
+        test = mcnemar(a, b)
+        out[f"{name}_acc"] = {
+            "old": sum(b) / len(b),
+            "new": sum(a) / len(a),
+            "gain": (sum(a) - sum(b)) / len(pairs),
+            **test,
+        }
+    return out
+
+
 # -- prediction files --------------------------------------------------------------------------------
 
 
