@@ -273,11 +273,79 @@ def test_the_page_is_one_self_contained_file(tmp_path):
     assert "+vision against LLM-only: best eval/loss -0.2 (better)" in page
 
 
+# -- several objectives ----------------------------------------------------------------------------------
+
+
+TWO = {
+    "objectives": [{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}],
+    "constraints": {"cost/peak_mem_gb": "<= 3"},
+}
+
+
+def test_the_front_is_the_feasible_complete_trials_nothing_beats_on_every_objective(tmp_path):
+    from raylora.study.objectives import pareto_front
+
+    record = _record(tmp_path, ROWS)
+    for t in record.trials.values():
+        t.values = {"eval/loss": t.value, "cost/peak_mem_gb": t.cost["cost/peak_mem_gb"]}
+    goals = [("eval/loss", "min"), ("cost/peak_mem_gb", "min")]
+    trials = list(record.trials.values())
+    # (loss, GB): t000 (1.0, 2) t001 (1.1, 1) t002 (0.8, 3) t003 (0.9, 1.5) t004 pruned (0.7, 4)
+    assert pareto_front(trials, goals, {}) == ["t001", "t002", "t003"]
+    assert pareto_front(trials, goals, {"cost/peak_mem_gb": ("<=", 2.5)}) == ["t001", "t003"]
+    assert pareto_front(trials, [("eval/loss", "max"), ("cost/peak_mem_gb", "max")], {}) == [
+        "t000",
+        "t001",
+        "t002",
+    ]
+
+
+def test_a_two_objective_trial_is_told_both_values_and_its_constraint():
+    from raylora.study.objectives import tell_complete
+    from raylora.study.record import TrialRecord
+    from raylora.study.states import TrialState
+
+    spec = _spec(**TWO, sampler={"type": "nsga2", "seed": 0})
+    assert spec.study.objective.metric == "eval/loss", "the first objective is the one ASHA prunes on"
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for memory, excess in ((2.0, -1.0), (4.5, 1.5)):
+        ot_trial = study.ask()
+        trial = TrialRecord("t", value=0.5, cost={"cost/peak_mem_gb": memory})
+        assert tell_complete(study, ot_trial, spec, trial) == TrialState.COMPLETE
+        assert trial.values == {"eval/loss": 0.5, "cost/peak_mem_gb": memory}
+        frozen = study.trials[-1]
+        assert frozen.values == [0.5, memory] and frozen.constraints == {"cost/peak_mem_gb": excess}
+    unreported = TrialRecord("t", value=0.5)
+    assert tell_complete(study, study.ask(), spec, unreported) == TrialState.FAILED
+    assert unreported.error == "the objective cost/peak_mem_gb was never reported"
+
+
+def test_objective_mistakes_are_reported_together():
+    with pytest.raises(UserErrors) as caught:
+        _spec(
+            objective={"metric": "eval/click_acc", "mode": "max"},
+            objectives=[{"metric": "eval/loss"}, {"metric": "eval/loss"}],
+            constraints={"cost/peak": "<= 40", "cost/peak_mem_gb": "< 3"},
+        )
+    assert [str(e) for e in caught.value.errors] == [
+        "study.objectives: give objective or objectives, not both",
+        "study.objectives: each metric once, got ['eval/loss', 'eval/loss']",
+        "study.constraints.cost/peak: unknown metric (allowed: eval/loss, eval/click_acc, "
+        "eval/format_error_rate, eval/type_acc, eval/step_acc, train/loss, cost/peak_mem_gb, "
+        "cost/accelerator_hours, cost/tokens_per_s, cost/trainable_params)",
+        'study.constraints.cost/peak_mem_gb: must be "<= number" or ">= number", got \'< 3\'',
+    ]
+    with pytest.raises(UserError, match="study.sampler.type: nsga2 is for study.objectives"):
+        _spec(sampler={"type": "nsga2"})
+
+
 # -- one real study (Ray, Optuna journal, MLflow SQLite), shared by the tests below ----------------------
 
 STUDY_SPEC = {
     "study": {
         "name": "decide",
+        "objectives": [{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}],
+        "constraints": {"cost/peak_mem_gb": "<= 64"},
         "num_trials": 3,
         "max_concurrent_trials": 1,
         "sampler": {"type": "random", "seed": 3},
@@ -314,7 +382,8 @@ def _search(tmp: Path, spec: dict, *args: str):
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """One three-trial study, its first two trials enqueued; returns (folder, summary, tracking URI)."""
+    """One three-trial study of two objectives (eval/loss against cost/peak_mem_gb), its first two trials
+    enqueued; returns (folder, summary, tracking URI)."""
     tmp = tmp_path_factory.mktemp("decide")
     proc = _search(tmp, STUDY_SPEC)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -365,6 +434,34 @@ def test_every_trial_reports_its_cost_in_summary_mlflow_and_leaderboard(searched
     assert {r["trial_id"]: float(r["cost/peak_mem_gb"]) for r in rows} == pytest.approx(
         {t["trial_id"]: t["cost"]["cost/peak_mem_gb"] for t in summary["trials"]}
     )
+
+
+@pytest.mark.slow
+def test_the_pareto_front_is_recomputed_from_the_trials_values(searched):
+    from mlflow import MlflowClient
+
+    directory, summary, uri = searched
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    for t in complete:
+        assert t["values"] == {"eval/loss": t["value"], "cost/peak_mem_gb": t["cost"]["cost/peak_mem_gb"]}
+
+    def dominates(a, b) -> bool:
+        pairs = [(a["values"][m], b["values"][m]) for m in ("eval/loss", "cost/peak_mem_gb")]
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+    expected = sorted(t["trial_id"] for t in complete if not any(dominates(o, t) for o in complete))
+    assert summary["pareto_front"] == expected and expected
+    assert summary["objectives"][1] == {"metric": "cost/peak_mem_gb", "mode": "min"}
+
+    optuna_study = optuna.load_study(
+        study_name="decide", storage=JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
+    )
+    assert sorted(t.user_attrs["slot"] for t in optuna_study.best_trials) == expected
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("decide")
+    tagged = client.search_runs([experiment.experiment_id], "tags.`raylora.pareto` = 'true'")
+    assert sorted(r.data.tags["raylora.trial_id"] for r in tagged) == expected
+    assert "Pareto front" in (directory / "report" / "index.html").read_text()
 
 
 @pytest.mark.slow
@@ -428,7 +525,8 @@ def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched, tmp
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "st" / "decide-2" / "optuna.journal")))
     trials = optuna.load_study(study_name="decide-2", storage=storage).get_trials()
     lent, own = trials[:3], trials[3:]
-    assert [t.value for t in lent] == [t["value"] for t in summary["trials"]]
+    metrics = ("eval/loss", "cost/peak_mem_gb")
+    assert [t.values for t in lent] == [[t["values"][m] for m in metrics] for t in summary["trials"]]
     assert all(t.user_attrs[warm.WARM_START] == str(directory) for t in lent)
     assert [t.user_attrs["slot"] for t in own] == ["t000"]
     again = json.loads((tmp_path / "st" / "decide-2" / "summary.json").read_text())

@@ -7,6 +7,7 @@ name the dotted path (see :mod:`raylora.spec.paths`) and report every problem at
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -33,15 +34,20 @@ class Objective(_Section):
         "eval/type_acc",
         "eval/step_acc",
         "train/loss",
+        "cost/peak_mem_gb",
+        "cost/accelerator_hours",
+        "cost/tokens_per_s",
+        "cost/trainable_params",
     ] = "eval/loss"
     """The metric the study optimizes, as reported by every trial (``eval/type_acc``/``eval/step_acc``:
-    navigation records, see :mod:`raylora.train.scoring`)."""
+    navigation records, see :mod:`raylora.train.scoring`; ``cost/*``: :mod:`raylora.train.cost`)."""
     mode: Literal["min", "max"] = "min"
 
 
 class Sampler(_Section):
-    type: Literal["tpe", "random"] = "tpe"
-    """``tpe``: multivariate, grouped TPE (conditional spaces); ``random``: a baseline."""
+    type: Literal["tpe", "random", "nsga2"] = "tpe"
+    """``tpe``: multivariate, grouped TPE (conditional spaces; multi-objective too); ``random``: a baseline;
+    ``nsga2``: NSGA-II, for ``study.objectives``."""
     seed: int = 0
 
 
@@ -51,6 +57,9 @@ class Scheduler(_Section):
     grace_steps: Positive | None = None
     """Steps every trial runs before it can be stopped (default: ``training.eval_every``)."""
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+_CONSTRAINT = re.compile(r"^\s*(<=|>=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
 class Study(_Section):
@@ -71,6 +80,35 @@ class Study(_Section):
     warm_start: list[str] = []
     """Earlier studies (folders or URIs) whose finished trials the sampler learns from before the first
     trial (Optuna's ``add_trials``); their searched parameters must fit this study's search space."""
+    objectives: Annotated[list[Objective], Field(min_length=1, max_length=3)] | None = None
+    """One to three objectives (instead of ``objective``), e.g. ``eval/loss`` against ``cost/peak_mem_gb``:
+    Optuna's multi-objective TPE or NSGA-II; ASHA prunes on the first; ``summary.json`` gets the
+    ``pareto_front``."""
+    constraints: dict[str, str] = {}
+    """``{metric: "<= value" | ">= value"}``, e.g. ``cost/peak_mem_gb: "<= 40"``: trials outside are
+    infeasible for the sampler (Optuna's constraints) and never on the Pareto front."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        # With objectives, ``objective`` is the first: what ASHA prunes on and what single-valued code reads.
+        if isinstance(data, dict) and data.get("objectives") and "objective" not in data:
+            return {**data, "objective": data["objectives"][0]}
+        return data
+
+    @property
+    def goals(self) -> list[Objective]:
+        """Every objective, first (the one ASHA prunes on) first."""
+        return list(self.objectives) if self.objectives else [self.objective]
+
+    def constraint_limits(self) -> dict[str, tuple[str, float]]:
+        """``{metric: (operator, value)}`` from ``constraints``."""
+        out = {}
+        for metric, text in self.constraints.items():
+            found = _CONSTRAINT.match(text)
+            if found:
+                out[metric] = (found[1], float(found[2]))
+        return out
 
 
 class Model(_Section):
@@ -272,6 +310,7 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
     if lora.target_modules is not None and "scope" in lora.model_fields_set:
         errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
     errors += _sharding_checks(spec, where)
+    errors += _objective_checks(spec.study, where)
     metric = spec.study.objective.metric
     if metric.startswith("eval/") and spec.data.eval is None:
         errors.append(
@@ -317,6 +356,25 @@ def _sharding_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]
             )
         ]
     return []
+
+
+def _objective_checks(study: Study, where: Callable[[str], str]) -> list[UserError]:
+    errors: list[UserError] = []
+    metrics = [o.metric for o in study.goals]
+    if study.objectives and study.objective != study.objectives[0]:
+        errors.append(SpecError(where("study.objectives"), "give objective or objectives, not both"))
+    if len(set(metrics)) != len(metrics):
+        errors.append(SpecError(where("study.objectives"), f"each metric once, got {metrics}"))
+    allowed = Objective.model_fields["metric"].annotation.__args__
+    for metric, text in study.constraints.items():
+        at = where(f"study.constraints.{metric}")
+        if metric not in allowed:
+            errors.append(SpecError(at, f"unknown metric (allowed: {', '.join(allowed)})"))
+        elif not _CONSTRAINT.match(text):
+            errors.append(SpecError(at, f'must be "<= number" or ">= number", got {text!r}'))
+    if study.sampler.type == "nsga2" and not study.objectives:
+        errors.append(SpecError(where("study.sampler.type"), "nsga2 is for study.objectives; use tpe"))
+    return errors
 
 
 def _spec_error(err: dict, where: Callable[[str], str]) -> SpecError:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ray.tune.search import Searcher
 
 from ..spec import space
-from . import warm
+from . import objectives, warm
 from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
 from .states import ERROR, STATUS, STORAGE_FAULT, TrialState
 
@@ -123,12 +123,14 @@ class StudySearcher(Searcher):
         value = result.get(self.metric)
         if value is None:
             return True
-        ot_trial.report(float(value), step)
+        if len(self.study.directions) == 1:  # Optuna keeps no intermediate values of several objectives
+            ot_trial.report(float(value), step)
         trial.last_value = float(value)
         # On a tie the newer checkpoint is the one Ray keeps (a trial resumed at its last step reports
         # the same value again, and Ray deletes the older copy).
         if self.record.better(value, trial.value) or value == trial.value:
             trial.value = float(value)
+            objectives.at_best_step(self.spec, trial, result)
             if result.get("checkpoint_path"):
                 trial.adapter_path = f"{result['checkpoint_path']}/adapter"
         return True
@@ -162,8 +164,7 @@ class StudySearcher(Searcher):
             )
         elif complete:
             ot_trial.set_constraint("out_of_memory", 0.0)
-            self.study.tell(ot_trial, trial.value)
-            trial.state = TrialState.COMPLETE
+            trial.state = objectives.tell_complete(self.study, ot_trial, self.spec, trial)
         elif trial.value is None:
             message = f"the objective {self.metric} was never reported"
             ot_trial.set_user_attr("error", message)
@@ -200,7 +201,7 @@ def settle_interrupted(record: StudyRecord, optuna_study: optuna.Study) -> list[
     for trial in settled:
         frozen = told[trial.optuna_number]
         if frozen.state == TS.COMPLETE:
-            trial.state, trial.value = TrialState.COMPLETE, frozen.value
+            trial.state, trial.value = TrialState.COMPLETE, frozen.values[0]
         elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
             trial.state, trial.value, trial.error = TrialState.INFEASIBLE, None, "out of memory"
         elif frozen.state == TS.PRUNED:
@@ -230,9 +231,9 @@ def open_optuna(directory: Path, spec: Spec, log: Callable[[str], None] = print)
     directory.mkdir(parents=True, exist_ok=True)
     repair_journal(directory / JOURNAL, log)
     storage = JournalStorage(JournalFileBackend(str(directory / JOURNAL)))
-    direction = "minimize" if spec.study.objective.mode == "min" else "maximize"
+    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.study.goals]
     study = optuna.create_study(
-        storage=storage, study_name=spec.study.name, direction=direction, load_if_exists=True
+        storage=storage, study_name=spec.study.name, directions=directions, load_if_exists=True
     )
     # A resumed study must not replay the random start-up samples it already ran.
     study.sampler = _sampler(spec, seed=spec.study.sampler.seed + len(study.get_trials(deepcopy=False)))
@@ -244,6 +245,8 @@ def _sampler(spec: Spec, seed: int):
 
     if spec.study.sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if spec.study.sampler.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     with warnings.catch_warnings():
         # multivariate + group is what makes TPE model conditional spaces; its "experimental" label
         # is Optuna's, not something a user can act on.

@@ -47,6 +47,8 @@ class TrialRecord:
     resumed_from_step: int | None = None
     cost: dict[str, float] = field(default_factory=dict)
     """The latest ``cost/*`` metrics the trial reported (see :mod:`raylora.train.cost`)."""
+    values: dict[str, float] = field(default_factory=dict)
+    """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.study.objectives`)."""
 
     @property
     def finished(self) -> bool:
@@ -64,12 +66,16 @@ class StudyRecord:
         self.name, self.metric, self.mode = name, metric, mode
         self.trials: dict[str, TrialRecord] = {}
         self.on_save: Callable[[], object] = lambda: None
+        self.goals: list[tuple[str, str]] = [(metric, mode)]  # every objective, the first is metric/mode
+        self.limits: dict[str, tuple[str, float]] = {}  # study.constraints
 
     @classmethod
     def open(cls, directory: Path, spec: Spec) -> StudyRecord:
         """Load the study's summary if it exists, else start an empty one."""
         objective = spec.study.objective
         record = cls(directory, spec.study.name, objective.metric, objective.mode)
+        record.goals = [(o.metric, o.mode) for o in spec.study.goals]
+        record.limits = spec.study.constraint_limits()
         record.trials = cls.open_summary(directory / SUMMARY)
         return record
 
@@ -133,6 +139,19 @@ class StudyRecord:
                 "mlflow_run_id": best.mlflow_run_id,
             },
             "trials": [asdict(t) for t in sorted(self.trials.values(), key=lambda t: t.trial_id)],
+            **self._pareto(),
+        }
+
+    def _pareto(self) -> dict:
+        """Several objectives: them, the constraints and the ``pareto_front`` (trial ids)."""
+        if len(self.goals) < 2 and not self.limits:
+            return {}
+        from .objectives import pareto_front
+
+        return {
+            "objectives": [{"metric": m, "mode": mode} for m, mode in self.goals],
+            "constraints": {m: f"{op} {limit:g}" for m, (op, limit) in self.limits.items()},
+            "pareto_front": pareto_front(list(self.trials.values()), self.goals, self.limits),
         }
 
     def save(self) -> None:

@@ -145,7 +145,7 @@ def _adapted(frozen, wanted: dict, where: str, location: str):
     return optuna.trial.create_trial(
         params=dict(frozen.params),
         distributions=distributions,
-        value=frozen.value if frozen.state == optuna.trial.TrialState.COMPLETE else None,
+        values=frozen.values if frozen.state == optuna.trial.TrialState.COMPLETE else None,
         intermediate_values=dict(frozen.intermediate_values),
         user_attrs=attrs,
         system_attrs=system,

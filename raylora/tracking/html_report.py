@@ -2,6 +2,7 @@
 inline SVG), so it opens from a folder, an object store or MLflow's artifact view alike.
 
     verdict                    sentences with numbers (:mod:`raylora.tracking.verdict`)
+    Pareto front               with several objectives: the front's trials and Optuna's figure of it
     quality against cost       every trial's objective against its peak memory; the trials no other
                                beats on both marked (the Pareto front of the two)
     objective by scope / by quantization, with 95% intervals of each group's mean
@@ -40,6 +41,7 @@ def write(path: Path, record, optuna_study=None) -> Path:
     own = _own_trials(optuna_study)
     sections = [
         ("Verdict", _verdict(record, trials)),
+        *([("Pareto front", _pareto(record, own))] if len(record.goals) > 1 else []),
         (f"{record.metric} against cost", _figure_or_note(lambda: _quality_cost(record, trials))),
         ("By scope and by quantization", _figure_or_note(lambda: _groups(record, trials))),
         ("Leaderboard", _leaderboard(record)),
@@ -218,14 +220,23 @@ def _own_trials(optuna_study):
     return copy
 
 
-def _optuna_figure(study, name: str) -> str:
+def _pareto(record, study) -> str:
+    """Optuna's Pareto-front figure (two or three objectives), and the front's trials."""
+    front = record.to_dict().get("pareto_front") or []
+    names = [metric for metric, _ in record.goals]
+    listed = f"<p>Trials on the front: {html.escape(', '.join(front) or 'none yet')}.</p>"
+    if study is None or len(names) > 3:
+        return listed
+    return listed + _optuna_figure(study, "plot_pareto_front", target_names=names)
+
+
+def _optuna_figure(study, name: str, **kwargs) -> str:
     if study is None:
         return '<p class="note">no Optuna study (optuna.journal) to draw from</p>'
     import optuna
     from optuna.visualization import matplotlib as figures
 
     _pyplot()
-    kwargs = {}
     if name == "plot_param_importances":
         kwargs["evaluator"] = optuna.importance.PedAnovaImportanceEvaluator()
     try:

@@ -80,6 +80,9 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
         directory, summary["study"], summary["objective"]["metric"], summary["objective"]["mode"]
     )
     record.trials = StudyRecord.open_summary(directory / SUMMARY)
+    record.goals = [(o["metric"], o["mode"]) for o in summary.get("objectives", [])] or record.goals
+    limits = summary.get("constraints", {}).items()
+    record.limits = {m: (text.split()[0], float(text.split()[1])) for m, text in limits}
     study = _load_optuna(directory / JOURNAL, summary["study"])
     out = write(directory / "report", record, study)
     storage.push(report=True)

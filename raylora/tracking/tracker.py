@@ -443,6 +443,7 @@ class Tracker:
             best_trial=best.trial_id if best else None,
             best_value=best.value if best else None,
             complete=len(record.finished()) >= self.spec.study.num_trials,
+            pareto=record.to_dict().get("pareto_front"),
             time=int(time.time() * 1000),
         )
 
@@ -456,6 +457,8 @@ class Tracker:
             metrics.append(Metric(f"best_{metric}", float(entry["best_value"]), now, 0))
             self.client.set_tag(self.parent_id, tags.BEST_TRIAL, entry["best_trial"])
         self.client.log_batch(self.parent_id, metrics=metrics)
+        for trial_id in entry.get("pareto") or ():
+            self.client.set_tag(self._run_id(trial_id), tags.PARETO, "true")
         if entry["complete"]:
             self.client.set_terminated(self.parent_id, "FINISHED")
 
