@@ -10,13 +10,14 @@ learns the infeasible region; a trial that breaks one stays COMPLETE but is neve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .states import TrialState
 
 if TYPE_CHECKING:
     from ..spec import Spec
-    from .record import TrialRecord
+
+TrialRecord = Any  # raylora.study.record.TrialRecord (imported by record: no import back)
 
 
 def metrics(spec: Spec) -> list[str]:
