@@ -311,24 +311,22 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
         errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
     errors += _sharding_checks(spec, where)
     errors += _objective_checks(spec.study, where)
-    metric = spec.study.objective.metric
-    if metric.startswith("eval/") and spec.data.eval is None:
-        errors.append(
-            SpecError(where("study.objective.metric"), f"{metric} needs data.eval (or use train/loss)")
-        )
     generated = ("eval/click_acc", "eval/format_error_rate", "eval/type_acc", "eval/step_acc")
-    if metric in generated and spec.training.click_eval_samples == 0:
-        errors.append(
-            SpecError(where("study.objective.metric"), f"{metric} needs training.click_eval_samples > 0")
-        )
-    better = "min" if metric.endswith(("loss", "error_rate")) else "max"
-    if metric in generated and spec.study.objective.mode != better:
-        errors.append(
-            SpecError(
-                where("study.objective.mode"),
-                f"{metric} is better {'higher' if better == 'max' else 'lower'}: use mode: {better}",
+    for i, goal in enumerate(spec.study.goals):
+        at = f"study.objectives[{i}]" if spec.study.objectives else "study.objective"
+        metric = goal.metric
+        if metric.startswith("eval/") and spec.data.eval is None:
+            errors.append(SpecError(where(f"{at}.metric"), f"{metric} needs data.eval (or use train/loss)"))
+        if metric in generated and spec.training.click_eval_samples == 0:
+            errors.append(SpecError(where(f"{at}.metric"), f"{metric} needs training.click_eval_samples > 0"))
+        better = "min" if metric.endswith(("loss", "error_rate")) else "max"
+        if metric in generated and goal.mode != better:
+            errors.append(
+                SpecError(
+                    where(f"{at}.mode"),
+                    f"{metric} is better {'higher' if better == 'max' else 'lower'}: use mode: {better}",
+                )
             )
-        )
     return errors
 
 

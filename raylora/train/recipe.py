@@ -281,10 +281,12 @@ def _evaluate(
     if distributed and not sharded:
         totals = _all_reduce(totals, device)
     out = {"eval/loss": totals[0] / max(totals[1], 1.0), **scoring.rates(totals[2:], prefix="eval/")}
-    metric = spec.study.objective.metric
-    if metric.startswith("eval/") and metric not in out:
-        kind = "navigation records (an action reference)" if metric in _NAVIGATION else "click records"
-        raise TrialError(f"the objective {metric} needs {kind} among the {len(records)} records evaluated")
+    for metric in (goal.metric for goal in spec.study.goals):
+        if metric.startswith("eval/") and metric not in out:
+            kind = "navigation records (an action reference)" if metric in _NAVIGATION else "click records"
+            raise TrialError(
+                f"the objective {metric} needs {kind} among the {len(records)} records evaluated"
+            )
     return out
 
 
