@@ -124,6 +124,7 @@ def _estimates(spec) -> list:
     from .train import estimate as estimate_lib
 
     rows = [("fixed values", estimate_lib.estimate(spec))]
+    rows += estimate_lib.by_workers(spec)  # sharding: fsdp — the same trial on 1, 2, 4 and 8 workers
     for path, dist in space.distributions(spec).items():
         if path.startswith("training.learning_rate."):
             continue  # learning rates move no memory
@@ -552,6 +553,12 @@ def data_inspect(
     fmt: Annotated[str | None, typer.Option("--format", help="auto, chat, sharegpt, qwen, ...")] = None,
     coordinates: Annotated[str | None, typer.Option("--coordinates", help="qwen3vl, mai-ui, ...")] = None,
     template: Annotated[str | None, typer.Option("--template", help="click, qwen3vl, mai-ui")] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--column", help="Rename a column, format name=dataset name: --column img_filename=path"
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Read at most this many records.")
     ] = None,
@@ -576,6 +583,13 @@ def data_inspect(
         spec = spec_lib.build({"data": {"train": target}})
         spec = spec.with_values({o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides})
         refs = [target]
+    if column:
+        pairs = [c.partition("=") for c in column]
+        if any(not name or not eq or not source for name, eq, source in pairs):
+            raise UserError(
+                "--column", "give FORMAT_NAME=DATASET_NAME, e.g. --column img_filename=image_path"
+            )
+        spec = spec.with_values({"data.columns": {name: source for name, _, source in pairs}})
     from . import builtin
 
     for ref in refs:

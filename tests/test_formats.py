@@ -429,3 +429,26 @@ def test_pixel_answers_are_checked_against_their_image(tmp_path):
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(DataError, match=r"chat.jsonl:1: y=250.* for a 400×200 image"):
         data.read(path, coordinates="pixels")
+
+
+def test_inspect_reads_a_shard_folder_through_a_column_mapping(tmp_path):
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(_screenspot_rows(tmp_path, 4)), folder / "part-0.parquet")
+    raylora = str(Path(sys.executable).with_name("raylora"))
+    command = [raylora, "data", "inspect", str(folder), "--format", "hf", "--json"]
+    proc = subprocess.run(command + ["--column", "img_filename=image_path"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["format"], report["records"], report["images"]) == ("screenspot", 4, 4)
+    # 400×200 is above the built-in processor's 65,536 pixels: → 352×160 → 22×10 patches → 55 tokens
+    assert report["image_tokens_total"] == 4 * 55
+    assert report["categories"] == {"data_type": {"icon": 2, "text": 2}}
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 2 and "or map its columns with data.columns" in proc.stderr

@@ -22,7 +22,7 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
     from . import model as model_lib
 
     fmt = spec.data.format
-    if fmt == "auto":
+    if fmt in ("auto", "hf"):
         where, row, _ = next(
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )

@@ -100,7 +100,8 @@ def detect(row: Any, where: str) -> str:
     keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
     raise DataError(
         where,
-        f"cannot tell the data format from a record with {keys}; give data.format ({', '.join(FORMATS)})",
+        f"cannot tell the data format from a record with {keys}; give data.format "
+        f"({', '.join(FORMATS)}) or map its columns with data.columns",
     )
 
 
