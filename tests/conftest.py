@@ -21,6 +21,25 @@ def raylora_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def processor():
+    """The built-in tiny Qwen3-VL's processor, loaded as a real checkpoint's is."""
+    from raylora import builtin
+    from raylora import spec as spec_lib
+    from raylora.train import model
+
+    spec = spec_lib.Spec()
+    return model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
+
+
+@pytest.fixture(scope="session")
+def train_file() -> Path:
+    """The built-in synthetic GUI grounding training set (JSONL)."""
+    from raylora import builtin
+
+    return Path(builtin.resolve_data(builtin.GUI_DATA, "train"))
+
+
 @pytest.fixture(scope="module")
 def ray_tmpdir() -> Iterator[Path]:
     """A private Ray temp root (``RAY_TMPDIR``), short because Ray's socket paths live under it."""

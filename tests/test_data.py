@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from raylora import builtin
-from raylora import spec as spec_lib
 from raylora.errors import DataError
-from raylora.train import data, model
+from raylora.train import data
 from raylora.train.evaluate import is_hit, parse_click
-
-
-@pytest.fixture(scope="module")
-def processor():
-    spec = spec_lib.Spec()
-    return model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
-
-
-@pytest.fixture(scope="module")
-def train_file() -> Path:
-    return Path(builtin.resolve_data(builtin.GUI_DATA, "train"))
 
 
 def test_labels_cover_exactly_the_assistant_answer(processor, train_file):

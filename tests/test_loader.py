@@ -4,6 +4,7 @@ resume without replaying the past, and bad screenshots named by record (in ``val
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 import zlib
@@ -11,21 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from raylora import builtin
-from raylora import spec as spec_lib
 from raylora.errors import DataError
-from raylora.train import data, loader, model
-
-
-@pytest.fixture(scope="module")
-def processor():
-    spec = spec_lib.Spec()
-    return model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
-
-
-@pytest.fixture(scope="module")
-def train_file() -> Path:
-    return Path(builtin.resolve_data(builtin.GUI_DATA, "train"))
+from raylora.train import data, loader
 
 
 @pytest.mark.parametrize("bounds", [(None, None), (1024, 32 * 32 * 4)])
@@ -57,7 +45,7 @@ def test_batches_resume_where_they_stopped_and_shard_by_rank(processor, train_fi
     assert [next(resumed)["input_ids"].tolist() for _ in range(5)] == first[4:]
 
     shards = [loader._Batches(len(split.items), 2, 3, rank, 2, 0) for rank in (0, 1)]
-    seen = [{i for _, batch in zip(range(3), iter(s)) for i in batch} for s in shards]
+    seen = [{i for batch in itertools.islice(s, 3) for i in batch} for s in shards]
     assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(12))
 
 
