@@ -124,3 +124,14 @@ def test_embedded_image_bytes_are_spilled_to_files(tmp_path, train_file):
     records = data.read(tmp_path / "data.parquet", spill_dir=tmp_path / "spill")
     paths = {r.images[0] for r in records}
     assert len(paths) == 1 and Path(next(iter(paths))).read_bytes() == shot["image"]
+
+
+def test_loader_workers_default_to_the_workers_other_cpus():
+    from raylora import spec as spec_lib
+
+    def workers(**values):
+        return loader.workers(spec_lib.Spec().with_values(values))
+
+    assert workers() == 0  # one CPU per worker (and a laptop study's 0.5): decode in the training process
+    assert workers(**{"resources.cpus_per_worker": 8}) == 7
+    assert workers(**{"resources.cpus_per_worker": 8, "data.loader_workers": 2}) == 2

@@ -158,9 +158,10 @@ class Data(_Section):
     eval_samples: Positive | None = None
     """Intermediate evaluations use at most this many eval records (default: all); each trial's final
     evaluation uses the whole eval set."""
-    loader_workers: Annotated[int, Field(ge=0)] = 2
+    loader_workers: Annotated[int, Field(ge=0)] | None = None
     """DataLoader processes per training worker that decode and process screenshots ahead of the step
-    (0: in the training process itself)."""
+    (0: in the training process itself). Default: the worker's other CPUs, ``resources.cpus_per_worker``
+    − 1 (so 7 for 8 CPUs per GPU worker; 0 for the fractional CPUs of a laptop study)."""
 
 
 class Resources(_Section):
@@ -218,6 +219,9 @@ class LearningRate(_Section):
 class Training(_Section):
     max_steps: Positive = 100
     """Optimizer steps per trial."""
+    init_adapter: str | None = None
+    """Start each trial from an earlier adapter (a folder, or ``study:NAME:best`` in the same storage):
+    modules it has keep their weights, newly added scopes start fresh (a staged study: LLM-only first)."""
     eval_every: Positive = 25
     """Evaluate (and checkpoint) every this many steps, and always at the last step; larger than
     ``max_steps`` means at the end only."""
@@ -311,6 +315,8 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
         errors.append(SpecError(where("training.lora"), "give scope or target_modules, not both"))
     errors += _sharding_checks(spec, where)
     errors += _objective_checks(spec.study, where)
+    if spec.training.init_adapter and spec.resources.sharding == "fsdp":
+        errors.append(SpecError(where("training.init_adapter"), "not with resources.sharding: fsdp yet"))
     generated = ("eval/click_acc", "eval/format_error_rate", "eval/type_acc", "eval/step_acc")
     for i, goal in enumerate(spec.study.goals):
         at = f"study.objectives[{i}]" if spec.study.objectives else "study.objective"

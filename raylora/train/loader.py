@@ -117,6 +117,13 @@ def image_tokens(size: coordinates.Size, processor, image_kw: dict) -> int:
     return (width // patch) * (height // patch) // (merge * merge)
 
 
+def workers(spec) -> int:
+    """``data.loader_workers``, or by default the training worker's CPUs but the one it trains on."""
+    if spec.data.loader_workers is not None:
+        return spec.data.loader_workers
+    return max(0, int(spec.resources.cpus_per_worker) - 1)
+
+
 def batches(
     split: Split,
     batch_size: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import TrialError
 from ..spec import Spec
-from . import cost, data, evaluate, faults, loader, scoring, templates
+from . import cost, data, evaluate, faults, init_adapter, loader, scoring, templates
 from . import model as model_lib
 from .session import Session
 from .sharding import gather_state, is_sharded, load_state
@@ -60,6 +60,9 @@ def train(spec: Spec, session: Session) -> Outcome:
     peft_model, processor = built.model, built.processor
     trainable = model_lib.trainable_by_part(peft_model, built.model_type)
     targets = _targets_report(spec, built, trainable)
+    if training.init_adapter:  # a later stage: modules the earlier adapter has start from its weights
+        start = init_adapter.resolve(training.init_adapter, spec.study.storage)
+        targets["init_adapter"] = {"path": start, **init_adapter.load_into(peft_model, start)}
     sharded = is_sharded(spec)  # FSDP: build() sharded the model across the workers already
     net = (
         torch.nn.parallel.DistributedDataParallel(
@@ -120,7 +123,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         rank=session.rank,
         world=session.world_size,
         skip=step * training.gradient_accumulation_steps,  # where the resumed run's data order stands
-        workers=spec.data.loader_workers,
+        workers=loader.workers(spec),
     )
 
     # -- loop
