@@ -4,6 +4,7 @@ real MLflow stores; the study end to end is one slow test module-scoped run)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -531,3 +532,75 @@ def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched, tmp
     assert [t.user_attrs["slot"] for t in own] == ["t000"]
     again = json.loads((tmp_path / "st" / "decide-2" / "summary.json").read_text())
     assert [t["trial_id"] for t in again["trials"]] == ["t000"], "lent trials are not this study's trials"
+
+
+# -- staged studies: training.init_adapter ---------------------------------------------------------------
+
+
+def test_init_adapter_names_a_folder_or_the_best_of_an_earlier_study(tmp_path):
+    from raylora.train import init_adapter
+
+    adapter = tmp_path / "st" / "stage1" / "runs" / "t001" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    summary = {"study": "stage1", "best_trial": {"trial_id": "t001", "adapter_path": str(adapter)}}
+    (tmp_path / "st" / "stage1" / "summary.json").write_text(json.dumps(summary))
+    assert init_adapter.resolve("study:stage1:best", str(tmp_path / "st")) == str(adapter)
+    assert init_adapter.resolve(str(adapter), "unused") == str(adapter)
+    spec = spec_lib.build({"training": {"init_adapter": "study:stage1:best"}})
+    assert init_adapter.with_resolved(spec, str(tmp_path / "st")).training.init_adapter == str(adapter)
+    for ref, message in [
+        ("study:stage0:best", "no study 'stage0'"),
+        ("study:stage1:worst", "must be a folder or study:NAME:best"),
+        (str(tmp_path), "no adapter_model.safetensors there"),
+        ("s3://bucket/adapter", "give a local or shared folder"),
+    ]:
+        with pytest.raises(UserError, match=f"^training.init_adapter: .*{re.escape(message)}"):
+            init_adapter.resolve(ref, str(tmp_path / "st"))
+
+
+@pytest.mark.slow
+def test_a_stage_two_trial_starts_from_the_stage_one_adapter(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from raylora.errors import TrialError
+    from raylora.train import LocalSession, train
+
+    fast = ["training.eval_every=1", "training.click_eval_samples=0", "data.eval_samples=2"]
+    quickstart = ROOT / "search_spaces" / "quickstart.yaml"
+    stage1 = spec_lib.load(quickstart, [*fast, "training.max_steps=2", "training.lora.scope=[llm]"])
+    train(stage1, LocalSession(tmp_path / "s1", log=lambda line: None))
+    earlier = load_file(str(tmp_path / "s1" / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in earlier.items())
+
+    # One step at a learning rate of 1e-12 leaves the LLM's LoRA where stage 1 left it.
+    stage2 = spec_lib.load(
+        quickstart,
+        [
+            *fast,
+            "training.max_steps=1",
+            "training.lora.scope=[llm, vision]",
+            "training.learning_rate.llm=1.0e-12",
+            f"training.init_adapter={tmp_path / 's1' / 'adapter'}",
+        ],
+    )
+    train(stage2, LocalSession(tmp_path / "s2", log=lambda line: None))
+    later = load_file(str(tmp_path / "s2" / "adapter" / "adapter_model.safetensors"))
+    for key, value in earlier.items():
+        torch.testing.assert_close(later[key], value, atol=1e-8, rtol=0)
+    assert any("visual" in k for k in set(later) - set(earlier)), "the vision scope is new in stage 2"
+    targets = json.loads((tmp_path / "s2" / "targets.json").read_text())
+    assert targets["init_adapter"]["loaded"] == len(earlier) and targets["init_adapter"]["fresh"] > 0
+
+    other_rank = spec_lib.load(
+        quickstart,
+        [
+            *fast,
+            "training.max_steps=1",
+            "training.lora.r=8",
+            f"training.init_adapter={tmp_path / 's1' / 'adapter'}",
+        ],
+    )
+    with pytest.raises(TrialError, match="does not fit this trial's LoRA"):
+        train(other_rank, LocalSession(tmp_path / "s3", log=lambda line: None))

@@ -64,6 +64,9 @@ def run(
     from .states import storage_fault
 
     cluster.configure(address)  # before the first import of ray, below
+    from ..train.init_adapter import with_resolved
+
+    spec = with_resolved(spec, storage or spec.study.storage)  # study:NAME:best → its adapter, once
     where = study_storage(spec, storage, log)
     where.check()
     check_uri(resolve_uri(tracking_uri, spec))
