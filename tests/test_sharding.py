@@ -21,12 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 STEPS = 4
 
+pytestmark = pytest.mark.slow  # each module run spawns one two-process group and trains four trials
+
 
 def _spec(*overrides: str) -> Spec:
     return spec_lib.load(
         QUICKSTART,
         [
             f"training.max_steps={STEPS}",
+            "data.loader_workers=0",
             "training.eval_every=2",
             "training.click_eval_samples=0",
             "data.eval_samples=4",
@@ -66,7 +69,8 @@ class _GroupSession:
             write_final(self.out)
 
 
-def _worker(rank: int, world: int, port: int, spec_data: dict, out: str, resume: str | None) -> None:
+def _worker(rank: int, world: int, port: int, jobs: list[tuple[dict, str, str | None]]) -> None:
+    """Run ``jobs`` (spec, output folder, checkpoint to resume from) one after another in one group."""
     import torch.distributed as dist
 
     from raylora.train import recipe
@@ -75,15 +79,16 @@ def _worker(rank: int, world: int, port: int, spec_data: dict, out: str, resume:
     torch.set_num_threads(1)  # two workers on a small CI machine: no oversubscription
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        session = _GroupSession(rank, world, Path(out), Path(resume) if resume else None)
-        outcome = recipe.train(Spec.from_dict(spec_data), session)
-        batch = _eval_batch(Spec.from_dict(spec_data))
-        outcome.model.eval()
-        with torch.no_grad():  # under FSDP a collective: every rank runs it
-            logits = outcome.model(**batch).logits
-        if rank == 0:
-            torch.save(logits, Path(out) / "logits.pt")
-            (Path(out) / "reports.json").write_text(json.dumps(session.reports, default=str))
+        for spec_data, out, resume in jobs:
+            spec = Spec.from_dict(spec_data)
+            session = _GroupSession(rank, world, Path(out), Path(resume) if resume else None)
+            outcome = recipe.train(spec, session)
+            outcome.model.eval()
+            with torch.no_grad():  # under FSDP a collective: every rank runs it
+                logits = outcome.model(**_eval_batch(spec)).logits
+            if rank == 0:
+                torch.save(logits, Path(out) / "logits.pt")
+                (Path(out) / "reports.json").write_text(json.dumps(session.reports, default=str))
     finally:
         dist.destroy_process_group()
 
@@ -100,35 +105,83 @@ def _eval_batch(spec: Spec) -> dict:
     return batch
 
 
-def _run(spec: Spec, out: Path, resume: Path | None = None) -> list[dict]:
-    """Train ``spec`` in a fresh two-process gloo group; rank 0's reports."""
+def _run(jobs: list[tuple[Spec, Path, Path | None]]) -> None:
+    """Train each job's spec in turn in one fresh two-process gloo group."""
     import torch.multiprocessing as mp
 
     from raylora import builtin
 
-    builtin.resolve_model(spec.model.name_or_path)  # built once, outside any process group
-    out.mkdir(parents=True, exist_ok=True)
+    builtin.resolve_model(builtin.TINY_MODEL)  # built once, outside any process group
+    for _, out, _ in jobs:
+        out.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = (2, port, spec.to_dict(), str(out), str(resume) if resume else None)
-    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    plain = [(spec.to_dict(), str(out), str(resume) if resume else None) for spec, out, resume in jobs]
+    mp.spawn(_worker, args=(2, port, plain), nprocs=2, join=True)
+
+
+def _reports(out: Path) -> list[dict]:
     return json.loads((out / "reports.json").read_text())
 
 
+def _tiny_moe(out: Path) -> Path:
+    """A tiny Qwen3-VL-MoE checkpoint (the builtin tiny model's shapes and processor, 4 experts)."""
+    from transformers import (
+        AutoProcessor,
+        GenerationConfig,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+    )
+
+    from raylora import builtin
+    from raylora.builtin.tiny_model import tiny_model_config
+
+    source = builtin.resolve_model(builtin.TINY_MODEL)
+    processor = AutoProcessor.from_pretrained(source)
+    data = tiny_model_config(processor.tokenizer).to_dict()
+    data["text_config"].update(
+        model_type="qwen3_vl_moe_text",
+        moe_intermediate_size=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    )
+    data["vision_config"]["model_type"] = "qwen3_vl_moe"
+    data["model_type"] = "qwen3_vl_moe"
+    config = Qwen3VLMoeConfig.from_dict(data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen3VLMoeForConditionalGeneration(config).to(torch.float32)
+    model.generation_config = GenerationConfig.from_pretrained(source)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
-    """The same trial (seed, data, configuration) under DDP and under FSDP."""
-    found = {}
-    for sharding in ("none", "fsdp"):
-        out = tmp_path_factory.mktemp(sharding)
-        spec = _spec(f"resources.sharding={sharding}", "training.lora.scope=[llm, vision]")
-        found[sharding] = (out, _run(spec, out))
-    return found
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One process group, four trials: the same trial (seed, data, configuration) under DDP and under FSDP,
+    the FSDP trial restarted from its step-2 checkpoint, and a tiny MoE model under FSDP."""
+    root = tmp_path_factory.mktemp("sharding")
+    scope = "training.lora.scope=[llm, vision]"
+    ddp, fsdp = _spec("resources.sharding=none", scope), _spec("resources.sharding=fsdp", scope)
+    moe = _spec("resources.sharding=fsdp", scope, f"model.name_or_path={_tiny_moe(root / 'tiny-moe')}")
+    outs = {name: root / name for name in ("ddp", "fsdp", "resumed", "moe")}
+    _run(
+        [
+            (ddp, outs["ddp"], None),
+            (fsdp, outs["fsdp"], None),
+            (fsdp, outs["resumed"], outs["fsdp"] / "checkpoint_000002"),
+            (moe, outs["moe"], None),
+        ]
+    )
+    return outs
 
 
 def test_fsdp_matches_ddp_step_for_step(runs):
-    ddp, fsdp = runs["none"][1], runs["fsdp"][1]
+    ddp, fsdp = _reports(runs["ddp"]), _reports(runs["fsdp"])
     assert [r["step"] for r in fsdp] == [r["step"] for r in ddp] == [2, 4]
     for a, b in zip(ddp, fsdp, strict=True):
         for key in ("train/loss", "eval/loss"):
@@ -139,31 +192,36 @@ def test_fsdp_adapter_loads_in_vanilla_peft_with_the_same_logits(runs):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    out = runs["fsdp"][0]
-    adapter = out / "adapter"
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"])
-    loaded = PeftModel.from_pretrained(base, adapter).eval()
+    def vanilla(adapter: Path):
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"])
+        return PeftModel.from_pretrained(base, adapter).eval()
+
+    loaded = vanilla(runs["fsdp"] / "adapter")
     lora_b = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
     assert any(".visual.blocks." in n for n in lora_b) and all(p.abs().sum() > 0 for p in lora_b.values())
+    batch = _eval_batch(_spec())
     with torch.no_grad():
-        logits = loaded(**_eval_batch(_spec())).logits
-    torch.testing.assert_close(logits, torch.load(out / "logits.pt"), rtol=1e-5, atol=1e-5)
-    # The DDP run's adapter from the same trial agrees too: the two strategies train the same weights.
-    ddp = PeftModel.from_pretrained(
-        AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"]),
-        runs["none"][0] / "adapter",
-    ).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(ddp(**_eval_batch(_spec())).logits, logits, rtol=1e-3, atol=1e-3)
+        logits = loaded(**batch).logits
+        torch.testing.assert_close(logits, torch.load(runs["fsdp"] / "logits.pt"), rtol=1e-5, atol=1e-5)
+        # DDP's adapter from the same trial agrees: both strategies trained the same weights.
+        torch.testing.assert_close(
+            vanilla(runs["ddp"] / "adapter")(**batch).logits, logits, rtol=1e-3, atol=1e-3
+        )
 
 
-def test_fsdp_resumes_from_its_checkpoint(runs, tmp_path):
+def test_fsdp_resumes_from_its_checkpoint(runs):
     """A restarted trial picks up the step-2 checkpoint (adapter and sharded optimizer state) and ends
     where the uninterrupted run ended."""
-    out, reports = runs["fsdp"]
-    spec = _spec("resources.sharding=fsdp", "training.lora.scope=[llm, vision]")
-    resumed = _run(spec, tmp_path, resume=out / "checkpoint_000002")
+    resumed, whole = _reports(runs["resumed"]), _reports(runs["fsdp"])
     assert [r["step"] for r in resumed] == [STEPS] and resumed[0]["resumed_from_step"] == 2
-    assert resumed[0]["train/loss"] == pytest.approx(reports[-1]["train/loss"], rel=1e-3)
-    assert resumed[0]["eval/loss"] == pytest.approx(reports[-1]["eval/loss"], rel=1e-3)
+    for key in ("train/loss", "eval/loss"):
+        assert resumed[0][key] == pytest.approx(whole[-1][key], rel=1e-3), key
+
+
+def test_a_tiny_moe_model_trains_under_fsdp(runs):
+    reports = _reports(runs["moe"])
+    assert [r["step"] for r in reports] == [2, 4]
+    targets = json.loads((runs["moe"] / "targets.json").read_text())
+    assert targets["model_type"] == "qwen3_vl_moe" and set(targets["modules"]) == {"llm", "vision"}
+    assert (runs["moe"] / "adapter" / "adapter_model.safetensors").is_file()

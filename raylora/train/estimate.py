@@ -2,7 +2,9 @@
 
     total = weights + lora + grads + optimizer + activations
 
-The first four terms are exact: they count the tensors raylora's own build
+With ``resources.sharding: fsdp`` each term is one worker's: FSDP2 shards weights, LoRA, gradients and
+optimizer state across the trial's workers, and gathers whole units while they compute (see
+:func:`fsdp_weight_bytes`). The first four terms are exact: they count the tensors raylora's own build
 (``raylora.train.model.build``) and its AdamW create, byte for byte. The activation term is a model of
 what autograd keeps alive at the peak of a training step; its constants come from tracing the saved
 tensors of Qwen3-VL layers (transformers 5, PEFT LoRA) and are listed on :func:`activation_bytes`.
@@ -80,9 +82,10 @@ class Estimate:
     """LoRA A and B of every resolved module: ``r × (in + out)`` parameters each, in ``LORA_DTYPE``."""
     grads_bytes: int
     """One gradient per LoRA parameter, in its dtype; twice that with DDP (``workers_per_trial > 1``), whose
-    gradient buckets hold a second copy (``gradient_as_bucket_view=False``)."""
+    gradient buckets hold a second copy (``gradient_as_bucket_view=False``); a 1/workers shard with FSDP."""
     optimizer_bytes: int
-    """AdamW ``exp_avg`` + ``exp_avg_sq``: 2 × lora_bytes. The scalar ``step`` lives on the CPU."""
+    """AdamW ``exp_avg`` + ``exp_avg_sq``: 2 × lora_bytes (with FSDP of the LoRA shard). The scalar ``step``
+    lives on the CPU."""
     activations_bytes: int
     """Peak of the tensors autograd keeps for backward plus the largest transient; see
     :func:`activation_bytes`."""
@@ -164,7 +167,17 @@ def estimate(spec: Spec, config=None, *, dtype: str | None = None) -> Estimate:
     counted = scopes.account(meta, resolution, lora.r)["scopes"]
     lora_params = sum(entry["lora_params"] for entry in counted.values())
     lora_bytes = lora_params * DTYPE_BYTES[LORA_DTYPE]
-    ddp_copies = 2 if spec.resources.workers_per_trial > 1 else 1
+    workers = spec.resources.workers_per_trial
+    ddp_copies = 2 if workers > 1 else 1
+    state_bytes = {"lora": lora_bytes, "grads": lora_bytes * ddp_copies, "optimizer": 2 * lora_bytes}
+    sharding = {}
+    if spec.resources.sharding == "fsdp":
+        weights, sharding = fsdp_weight_bytes(
+            meta, weight_details, dtype, workers, spec.resources.offload_params
+        )
+        # LoRA, its gradients and AdamW's moments are sharded like the weights (offloaded: on the host).
+        share = 0 if spec.resources.offload_params else -(-lora_bytes // workers)
+        state_bytes = {"lora": share, "grads": share, "optimizer": 2 * share}
 
     max_pixels, pixels_from = _max_pixels(spec)
     acts = activation_bytes(spec, config, meta, resolution, dtype, max_pixels)
@@ -177,17 +190,36 @@ def estimate(spec: Spec, config=None, *, dtype: str | None = None) -> Estimate:
         "lora_params_by_part": {part: entry["lora_params"] for part, entry in counted.items()},
         "max_pixels": max_pixels,
         "max_pixels_from": pixels_from,
+        "workers_per_trial": workers,
+        "sharding": spec.resources.sharding,
+        **sharding,
         **{k: v for k, v in acts.items() if k not in ("total", "image_tokens")},
     }
     return Estimate(
         weights_bytes=weights,
-        lora_bytes=lora_bytes,
-        grads_bytes=lora_bytes * ddp_copies,
-        optimizer_bytes=2 * lora_bytes,
+        lora_bytes=state_bytes["lora"],
+        grads_bytes=state_bytes["grads"],
+        optimizer_bytes=state_bytes["optimizer"],
         activations_bytes=acts["total"],
         image_tokens=acts["image_tokens"],
         details=details,
     )
+
+
+def by_workers(spec: Spec, counts=(1, 2, 4, 8), config=None) -> list[tuple[str, Estimate]]:
+    """For a ``sharding: fsdp`` spec, the per-worker estimate with the trial on each number of workers in
+    ``counts`` (one worker: the whole model, no sharding); otherwise nothing."""
+    if spec.resources.sharding != "fsdp":
+        return []
+    config = config if config is not None else _load_config(spec)
+    rows = []
+    for n in counts:
+        values = {"resources.workers_per_trial": n, "resources.sharding": "fsdp" if n > 1 else "none"}
+        if n == 1:
+            values["resources.offload_params"] = False
+        label = f"{n} worker{'s' if n > 1 else ''}" + (" (fsdp)" if n > 1 else " (whole model)")
+        rows.append((label, estimate(spec.with_values(values), config)))
+    return rows
 
 
 def estimate_values(spec: Spec, values: dict, config, *, dtype: str | None = None) -> Estimate:
@@ -241,6 +273,34 @@ def weight_bytes(meta, model_type: str, quantization: str, dtype: str) -> tuple[
         "buffer_bytes": buffers,
     }
     return params + quant + buffers, details
+
+
+def fsdp_weight_bytes(meta, details: dict, dtype: str, workers: int, offload: bool) -> tuple[int, dict]:
+    """One FSDP worker's base-model bytes on the accelerator, and their breakdown.
+
+    ``sharded``: its 1/workers of every parameter (all of them are sharded; on the host when ``offload``).
+    ``gathered``: what is whole at the peak of a step: the root unit (embeddings, ``lm_head``, final norms,
+    patch embedding and mergers: every parameter outside a decoder layer or vision block), which FSDP2 keeps
+    gathered from the forward through the backward, plus two blocks (the one computing and the one prefetched,
+    the largest block counted twice). Buffers are replicated on every worker.
+    """
+    from .sharding import blocks
+
+    size = DTYPE_BYTES[dtype]
+    units = [sum(p.numel() for p in block.parameters()) * size for block in blocks(meta)]
+    params = details["param_bytes"] + details["quantized_bytes"]
+    root = params - sum(units)
+    largest = max(units, default=0)
+    sharded = -(-params // workers)
+    gathered = root + 2 * largest
+    on_device = (0 if offload else sharded) + gathered + details["buffer_bytes"]
+    return on_device, {
+        "fsdp_sharded_bytes": sharded,
+        "fsdp_gathered_bytes": gathered,
+        "fsdp_root_bytes": root,
+        "fsdp_largest_block_bytes": largest,
+        "fsdp_offloaded": offload,
+    }
 
 
 # -- activations -------------------------------------------------------------------------------------
