@@ -127,7 +127,14 @@ class LocalSession:
 
 
 def _progress_line(metrics: dict) -> str:
-    keys = ("train/loss", "eval/loss", "eval/click_acc", "samples_per_s")
+    keys = (
+        "train/loss",
+        "eval/loss",
+        "eval/click_acc",
+        "eval/step_acc",
+        "eval/format_error_rate",
+        "samples_per_s",
+    )
     parts = [f"step {metrics['step']}"] + [
         f"{k} {metrics[k]:.4g}" for k in keys if metrics.get(k) is not None
     ]
