@@ -216,3 +216,38 @@ def test_unknown_target_module_is_a_spec_error(config_4b):
     spec = spec_lib.build({"training": {"lora": {"target_modules": ["nope_proj"]}}})
     with pytest.raises(SpecError, match="training.lora.target_modules"):
         estimate.estimate(spec, config_4b)
+
+
+def test_fsdp_shards_weights_lora_and_optimizer_across_workers():
+    config = scopes.load_config(str(CONFIGS / "qwen3-vl-32b"))
+    data = {
+        "model": {"name_or_path": str(CONFIGS / "qwen3-vl-32b"), "dtype": "bfloat16"},
+        "data": {"image": {"max_pixels": 1003520}},
+        "resources": {"workers_per_trial": 8, "gpus_per_worker": 1, "sharding": "fsdp"},
+    }
+    rows = dict(estimate.by_workers(spec_lib.build(data), config=config))
+    assert list(rows) == [
+        "1 worker (whole model)",
+        "2 workers (fsdp)",
+        "4 workers (fsdp)",
+        "8 workers (fsdp)",
+    ]
+    whole, eight = rows["1 worker (whole model)"], rows["8 workers (fsdp)"]
+    assert whole.weights_bytes > 60 * estimate.GIB > 4 * eight.weights_bytes
+    totals = [est.total_bytes for est in rows.values()]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == 4
+    d = eight.details
+    assert d["fsdp_sharded_bytes"] == -(-whole.details["param_bytes"] // 8)
+    assert eight.weights_bytes == d["fsdp_sharded_bytes"] + d["fsdp_gathered_bytes"] + d["buffer_bytes"]
+    # Embeddings and lm_head (151936 × 5120 each, bf16) stay gathered in the root unit.
+    assert d["fsdp_root_bytes"] >= 2 * 151936 * 5120 * 2
+    assert eight.lora_bytes == -(-whole.lora_bytes // 8) and eight.grads_bytes == eight.lora_bytes
+    assert eight.optimizer_bytes == 2 * eight.lora_bytes
+    assert eight.activations_bytes == whole.activations_bytes
+    offloaded = estimate.estimate(
+        spec_lib.build({**data, "resources": {**data["resources"], "offload_params": True}}), config
+    )
+    assert (
+        offloaded.weights_bytes == d["fsdp_gathered_bytes"] + d["buffer_bytes"]
+        and offloaded.optimizer_bytes == 0
+    )
