@@ -42,9 +42,9 @@ class Meter:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         if distributed:
             peak_mem_mb = _max_over_workers(peak_mem_mb, device)
-        per_worker = (
-            self.resources.gpus_per_worker if device.type == "cuda" else self.resources.cpus_per_worker
-        )
+        # A standalone run (`raylora train`) on a GPU holds one, whatever resources.gpus_per_worker says.
+        gpus = self.resources.gpus_per_worker or 1.0
+        per_worker = gpus if device.type == "cuda" else self.resources.cpus_per_worker
         return {
             PEAK_MEM_GB: peak_mem_mb / 1024,
             ACCELERATOR_HOURS: elapsed / 3600 * self.world_size * per_worker,
