@@ -4,7 +4,8 @@ Read:
 
 * ``RAYLORA_HOME`` — where the built-in model and data, the encoded-data cache and URI studies' local
   mirrors live (default ``~/.cache/raylora``); passed on to Ray workers.
-* ``RAYLORA_INJECT_OOM`` — fault injection for tests (``raylora.train.faults``); passed on to Ray workers.
+* ``RAYLORA_INJECT_OOM``, ``RAYLORA_INJECT_ERROR`` — fault injection for tests (``raylora.train.faults``);
+  passed on to Ray workers.
 * ``RAYLORA_PROGRESS_EVERY_S`` — seconds between plain progress lines when output is not a terminal
   (``ray job logs``, ``kubectl logs``, CI); default 30.
 * ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
@@ -21,6 +22,7 @@ from pathlib import Path
 
 HOME = "RAYLORA_HOME"
 INJECT_OOM = "RAYLORA_INJECT_OOM"
+INJECT_ERROR = "RAYLORA_INJECT_ERROR"
 PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
@@ -87,5 +89,5 @@ def set_defaults(values: dict[str, str]) -> None:
 
 def for_workers() -> dict[str, str]:
     """The variables a Ray runtime environment passes on to every worker."""
-    passed = (HOME, INJECT_OOM, *RAY_TRAIN)
+    passed = (HOME, INJECT_OOM, INJECT_ERROR, *RAY_TRAIN)
     return {key: os.environ[key] for key in passed if key in os.environ}

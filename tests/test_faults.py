@@ -151,6 +151,23 @@ def test_a_second_driver_is_refused_naming_the_holder_and_a_dead_holders_lock_is
     StudyLock(storage).acquire().release()
 
 
+def test_on_object_storage_the_lock_is_a_lease_object(monkeypatch):
+    from raylora.study import lock as lock_lib
+    from raylora.tracking.storage import UriStorage
+
+    monkeypatch.setattr(lock_lib, "SETTLE_S", 0.1)
+    storage = UriStorage("mock:///root", "s")  # pyarrow's in-memory filesystem: no exclusive create either
+    held = lock_lib.StudyLock(storage).acquire()
+    with storage.filesystem.open_input_stream(f"{storage.fs_path}/{lock_lib.LOCK}") as f:
+        lease = json.loads(f.read())
+    assert lease["token"] == held.token and lease["expires"] > time.time() + 60
+    with pytest.raises(UserError, match=f"pid {os.getpid()}"):
+        lock_lib.StudyLock(storage).acquire()
+    held.release()
+    assert storage.filesystem.get_file_info(f"{storage.fs_path}/{lock_lib.LOCK}").type.name == "NotFound"
+    lock_lib.StudyLock(storage).acquire().release()
+
+
 # -- resume checks the spec -----------------------------------------------------------------------------
 
 
@@ -276,3 +293,249 @@ def test_unusable_storage_tracking_store_or_rank_exits_2_in_one_line_even_under_
     big = _write_spec(tmp_path / "big.yaml", search={"training.lora.r": {"choice": [8, 64]}})
     proc = _raylora("search", str(big), *args)
     _one_line_exit(proc, 2, "search.training.lora.r: rank 64", "the widest sensible rank is 32")
+
+
+# -- study level: real Ray, real Optuna journal, real MLflow --------------------------------------------
+
+
+def _search_args(spec: Path, storage: Path, *args: str) -> list[str]:
+    return [
+        "search",
+        str(spec),
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        f"sqlite:///{storage}/mlflow.db",
+        *args,
+    ]
+
+
+def _summary(study_dir: Path) -> dict:
+    return json.loads((study_dir / "summary.json").read_text())
+
+
+def _assert_adapters_exist(summary: dict) -> None:
+    for trial in summary["trials"]:
+        if trial["state"] in ("COMPLETE", "PRUNED"):
+            assert (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file(), trial
+
+
+@pytest.mark.slow
+def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(tmp_path):
+    """Two launches of one study, then a resume with another spec, a torn journal tail, a dead driver's
+    lock, an unreadable summary.json and a corrupt journal line: each either completes the study with
+    exactly its trials or ends in one line with exit 2."""
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20})
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "raylora", *_search_args(spec, storage)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (study_dir / "driver.lock").is_file():
+            assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+        second = _raylora(*_search_args(spec, storage, "--resume"))
+        _one_line_exit(second, 2, f"already being run by pid {first.pid} on {socket.gethostname()}")
+        assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, 9)
+            first.wait()
+    done = _summary(study_dir)
+    assert [t["state"] for t in done["trials"]] == ["COMPLETE", "COMPLETE"], done
+    assert not (study_dir / "driver.lock").exists()
+
+    changed = _write_spec(
+        tmp_path / "changed.yaml",
+        study={"num_trials": 3},  # allowed
+        training={"max_steps": 10},
+        search={"training.lora.r": {"choice": [8, 4, 2]}, "training.learning_rate.llm": {"choice": [1.0e-2]}},
+    )
+    proc = _raylora(*_search_args(changed, storage, "--resume"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "search.training.learning_rate.llm.choice",
+        "search.training.lora.r.choice",
+        "training.max_steps",
+    ], lines
+    assert "error: training.max_steps: 20 → 10" in proc.stderr
+
+    # A driver killed mid-append (torn journal tail) and with its lock left behind; then one more trial.
+    journal = study_dir / "optuna.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "sta')
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock = {"host": socket.gethostname(), "pid": gone.pid, "started": "earlier", "token": "x", "expires": 0}
+    (study_dir / "driver.lock").write_text(json.dumps(lock))
+    more = _write_spec(tmp_path / "more.yaml", study={"num_trials": 3}, training={"max_steps": 20})
+    proc = _raylora(*_search_args(more, storage, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warning: dropped a torn last record (52 bytes) of {journal}" in proc.stdout + proc.stderr
+    summary = _summary(study_dir)
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 3, summary
+    assert summary["trials"][:2] == done["trials"], "the finished trials are untouched"
+    _assert_adapters_exist(summary)
+    import optuna
+
+    trials = optuna.load_study(
+        study_name="s",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    ).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+
+    # An unreadable summary.json is rebuilt from the journal and the checkpoints.
+    (study_dir / "summary.json").write_text('{"study": "s", "trials": [{"trial_')
+    proc = _raylora(*_search_args(more, storage, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "did not parse; rebuilt it from optuna.journal" in proc.stdout + proc.stderr
+    rebuilt = _summary(study_dir)
+    keys = ("trial_id", "state", "params", "value", "steps", "adapter_path")
+    assert [{k: t[k] for k in keys} for t in rebuilt["trials"]] == [
+        {k: t[k] for k in keys} for t in summary["trials"]
+    ]
+    assert rebuilt["best_trial"]["trial_id"] == summary["best_trial"]["trial_id"]
+
+    # Corruption before the last line cannot be repaired: one line naming the file and line.
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b"garbage"
+    journal.write_bytes(b"\n".join(lines))
+    proc = _raylora(*_search_args(more, storage, "--resume"))
+    _one_line_exit(proc, 2, f"{journal}:2: not an Optuna journal record")
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_study_in_one_line_and_resume_completes_it(tmp_path):
+    """ENOSPC mid-study (a real 64 MiB tmpfs filled up): exit 1 naming the path and the OS error, no
+    trial is given a verdict, and --resume after space is freed completes every trial."""
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 30})
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with _tmpfs(tmp_path / "disk", "size=64m") as disk:
+        study_dir = disk / "s"
+        args = ["search", str(spec), "--storage", str(disk), "--tracking-uri", tracking]
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "raylora", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (
+                (study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= 4
+            ):
+                assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
+                time.sleep(0.1)
+            filler = disk / "filler"
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+            out, err = driver.communicate(timeout=300)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, 9)
+                driver.wait()
+        line = _one_line_exit(
+            subprocess.CompletedProcess(driver.args, driver.returncode, out, err),
+            1,
+            "No space left on device",
+        )
+        assert str(disk) in line and "--resume" in line, line
+        trials = _summary(study_dir)["trials"]
+        assert trials[0]["state"] == "RUNNING", trials  # not a verdict: resumable
+        assert not (study_dir / "driver.lock").exists()
+
+        filler.unlink()
+        proc = _raylora(*args, "--resume")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = _summary(study_dir)
+        assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
+        assert summary["trials"][0]["resumed_from_step"] >= 2
+        _assert_adapters_exist(summary)
+
+
+@pytest.mark.slow
+def test_every_trial_failed_exits_1_and_report_sends_pending_records_to_another_store(tmp_path):
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 2})
+    storage = tmp_path / "st"
+    dead = "http://127.0.0.1:9"  # nothing listens: every MLflow record waits in mlflow_pending.json
+    proc = _raylora(
+        "search", str(spec), "--storage", str(storage), "--tracking-uri", dead,
+        env={"RAYLORA_INJECT_ERROR": "training.max_steps=2"},
+    )  # fmt: skip
+    _one_line_exit(
+        proc, 1, "every trial failed; the first, t000: RuntimeError: injected by RAYLORA_INJECT_ERROR"
+    )
+    assert (storage / "s" / "mlflow_pending.json").is_file()
+
+    new = f"sqlite:///{tmp_path / 'new.db'}"
+    proc = _raylora("report", str(storage / "s"), "--tracking-uri", new)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (storage / "s" / "mlflow_pending.json").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=new)
+    experiment = client.get_experiment_by_name("s")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = {r.data.tags["raylora.trial_id"]: r for r in runs if r.data.tags.get("raylora.role") == "trial"}
+    assert sorted(trials) == ["t000", "t001"]
+    assert all(r.data.tags["raylora.state"] == "FAILED" for r in trials.values())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_resume_gives_every_evaluation_and_a_checkpoint_that_exists(tmp_path):
+    spec = _write_spec(
+        tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 40, "eval_every": 2}
+    )
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    args = _search_args(spec, storage)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raylora", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ((study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= 4):
+            assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
+            time.sleep(0.1)
+        driver.send_signal(2)  # SIGINT, as a terminal's Ctrl-C
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, 9)
+            driver.wait()
+    assert driver.returncode == 130, err[-3000:]
+    trial = _summary(study_dir)["trials"][0]
+    assert (
+        trial["state"] == "RUNNING" and (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
+    )
+    saved = sorted(p.name for p in (study_dir / "runs" / "t000").glob("checkpoint_s*"))
+    assert int(saved[-1].removeprefix("checkpoint_s")) < 40, "the workers stopped before the end"
+
+    proc = _raylora(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _summary(study_dir)
+    assert summary["trials"][0]["state"] == "COMPLETE", summary
+    _assert_adapters_exist(summary)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    experiment = client.get_experiment_by_name("s")
+    (run,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("raylora.role") == "trial"
+    ]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")]
+    assert steps == list(range(2, 41, 2)), steps  # every evaluation, each once

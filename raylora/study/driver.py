@@ -76,12 +76,11 @@ def run(
     lock = None if dry_run else StudyLock(where).acquire()
     try:
         return _run(spec, where, address, tracking_uri, resume, dry_run, log)
-    except OSError as e:
-        fault = storage_fault(e)
+    except Exception as e:  # Tune may wrap what a full disk raised in its callbacks
+        fault = None if isinstance(e, (UserError, EnvironmentFault)) else storage_fault(e)
         if fault is None:
             raise
-        message = f"{fault}; the study stopped, fix it and continue with --resume"
-        raise EnvironmentFault("storage", message) from None
+        raise EnvironmentFault("", f"{fault}; the study stopped, fix it and continue with --resume") from None
     finally:
         if lock is not None:
             lock.release()
@@ -197,7 +196,7 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
         _save_what_can_be(record, tracker)
         unfinished = ", ".join(sorted(t.trial_id for t in record.unfinished())) or "none"
         raise EnvironmentFault(
-            "storage",
+            "",
             f"{searcher.fault}; the study stopped (unfinished: {unfinished}), fix it and continue with "
             "--resume",
         )
@@ -293,6 +292,11 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
 
     searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
     tune_dir, filesystem = plan.storage.ray_path("tune")
+    # Tune's own experiment state is never read back (a study resumes from its journal and summary); on a
+    # full or read-only storage its failed saves would print a traceback per attempt over raylora's one line.
+    import logging
+
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
 
     class StopOnFault(ray.tune.Stopper):
         """Ends the experiment once a storage fault stopped the study (running trials stay unfinished)."""
@@ -327,6 +331,11 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         tuner.fit()
     finally:
         pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
+    if record.unfinished():  # Ctrl-C or a fault: the workers stop at their next step; what they save
+        ray.get(pool.drain.remote(30.0))  # meanwhile may replace a checkpoint the summary names
+        from .repair import point_at_existing
+
+        point_at_existing(record, spec, plan.storage)
     return searcher
 
 

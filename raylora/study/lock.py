@@ -100,6 +100,7 @@ class StudyLock:
 
     def _write(self) -> None:
         if self.storage.remote:
+            self.storage.filesystem.create_dir(self.storage.fs_path, recursive=True)  # a no-op on S3
             with self.storage.filesystem.open_output_stream(self._path) as f:
                 f.write(self._body())
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ray.tune.search import Searcher
@@ -23,7 +24,7 @@ from ray.tune.search import Searcher
 from ..spec import space
 from . import objectives, warm
 from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
-from .states import ERROR, STATUS, STORAGE_FAULT, TrialState
+from .states import ERROR, STATUS, STORAGE_FAULT, TrialState, storage_fault
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,10 +104,23 @@ class StudySearcher(Searcher):
         )
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        ot_trial, trial = self._trials[trial_id]
-        if self._absorb(ot_trial, trial, result):
-            self.on_event("result", trial, result)
-            self.record.save()
+        with self._storage_guard():
+            ot_trial, trial = self._trials[trial_id]
+            if self._absorb(ot_trial, trial, result):
+                self.on_event("result", trial, result)
+                self.record.save()
+
+    @contextmanager
+    def _storage_guard(self):
+        """A full, read-only or unwritable storage under the journal or the summary stops the study (the
+        driver reports it); any other error is Tune's to report."""
+        try:
+            yield
+        except OSError as e:
+            fault = storage_fault(e, str(self.record.directory))
+            if fault is None:
+                raise
+            self.fault = self.fault or fault
 
     def _absorb(self, ot_trial, trial: TrialRecord, result: dict) -> bool:
         """Take a training report into the trial's record and Optuna; False if it holds no step."""
@@ -136,6 +150,10 @@ class StudySearcher(Searcher):
         return True
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        with self._storage_guard():
+            self._complete(trial_id, result, error)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         import optuna
 
         ot_trial, trial = self._trials.pop(trial_id)

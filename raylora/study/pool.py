@@ -107,7 +107,9 @@ class TrialPool:
             self.cond.notify_all()
 
     def is_stopped(self, slot: str) -> bool:
-        return slot in self.stopped
+        """Whether ``slot``'s workers should end it at their next step: the scheduler stopped it, or the
+        study is over (Ctrl-C, a storage fault) and nobody would hear its reports."""
+        return slot in self.stopped or self.closing
 
     def snapshot(self) -> dict[str, dict]:
         """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}``."""
@@ -117,6 +119,14 @@ class TrialPool:
                 for slot, job in self.jobs.items()
                 if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
             }
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every started trial's workers to stop (after :meth:`close`, they stop
+        at their next step); True when none trains any more."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: not any(job.state == JobState.RUNNING for job in self.jobs.values()), timeout=timeout
+            )
 
     def close(self) -> None:
         """Let every runner's workers exit (their Train runs then end on their own)."""

@@ -134,20 +134,56 @@ class PoolSession:
 
     def latest_checkpoint(self) -> Path | None:
         self._resume = self.checkpoints.latest()
+        if self._resume is not None and self.rank == 0:
+            self._replay()
         return self._resume
+
+    # Every report rank 0 sent, one JSON line each, beside the trial's checkpoints. A driver that stopped
+    # listening (Ctrl-C, a killed driver) missed some; a resumed trial sends them all again first, so the
+    # study's record and MLflow curves hold every evaluation the workers ran (MLflow keeps one copy of a
+    # metric sent twice with the same step, time and value).
+    REPORTS = "reports.jsonl"
+
+    def _log_report(self, metrics: dict) -> None:
+        import json
+
+        line = json.dumps(metrics, default=str) + "\n"
+        path = f"{self.checkpoints.folder}/{self.REPORTS}"
+        if self.checkpoints.filesystem is None:
+            with open(path, "a") as f:
+                f.write(line)
+            return
+        earlier = self.checkpoints._read(path) or ""
+        with self.checkpoints.fs.open_output_stream(path) as f:  # object stores do not append
+            f.write((earlier + line).encode())
+
+    def _replay(self) -> None:
+        import json
+
+        import ray
+
+        text = self.checkpoints._read(f"{self.checkpoints.folder}/{self.REPORTS}") or ""
+        for line in text.splitlines():
+            try:
+                metrics = json.loads(line)
+            except ValueError:
+                continue  # the last line of a worker killed mid-write
+            ray.get(self.pool.report.remote(self.trial_id, {**metrics, "replayed": True}))
 
     def report(self, metrics: dict, write_checkpoint=None) -> None:
         import tempfile
+        import time
 
         import ray
 
         if self.rank != 0:
             return
-        out = dict(metrics)
+        out = {**metrics, "reported_at": time.time()}
         if write_checkpoint is not None:
             with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
                 write_checkpoint(Path(tmp))
                 out["checkpoint_path"] = self.checkpoints.save(Path(tmp), int(metrics["step"]), metrics)
+        self._log_report(out)
         ray.get(self.pool.report.remote(self.trial_id, out))
 
     def finish(self, write_final) -> None:

@@ -121,3 +121,36 @@ def _best_checkpoint(checkpoints, names: list[str], objective) -> str:
         if best_value is None or (value <= best_value if objective.mode == "min" else value >= best_value):
             best, best_value = name, value
     return best
+
+
+def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
+    """Unfinished trials whose named checkpoint was since replaced (workers that went on after the driver
+    stopped listening) name their best complete checkpoint instead."""
+    import pyarrow.fs
+
+    from .checkpoints import Checkpoints
+
+    runs_dir, filesystem = storage.ray_path("runs")
+    objective = spec.study.objective
+    checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
+    fs = checkpoints.fs
+    for trial in record.unfinished():
+        if not trial.adapter_path:
+            continue
+        path = storage.uri(trial.adapter_path)
+        local = path if filesystem is None else path.split("://", 1)[-1]
+        try:
+            if fs.get_file_info(local).type != pyarrow.fs.FileType.NotFound:
+                continue
+        except (OSError, ValueError):
+            continue
+        names = checkpoints.for_trial(trial.trial_id).names()
+        if names:
+            chosen = _best_checkpoint(checkpoints.for_trial(trial.trial_id), names, objective)
+            trial.adapter_path = storage.uri(f"{runs_dir}/{trial.trial_id}/{chosen}/adapter")
+        else:
+            trial.adapter_path = None
+    try:
+        record.save()
+    except OSError:
+        pass  # a storage fault is reported by the driver

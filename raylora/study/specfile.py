@@ -25,8 +25,8 @@ DATA_FILES = ("data.train", "data.eval")
 
 
 def resolved(spec: Spec) -> dict:
-    """What ``spec.json`` holds: the resolved spec (defaults included) and the sha256 of each local data
-    file."""
+    """What ``spec.json`` holds: the resolved spec (defaults included), the values the user set, and the
+    sha256 of each local data file."""
     values = spec.model_dump(mode="json")
     digests = {}
     for path in DATA_FILES:
@@ -34,7 +34,11 @@ def resolved(spec: Spec) -> dict:
         digest = _sha256(ref) if isinstance(ref, str) else None
         if digest:
             digests[path] = digest
-    return {"spec": values, "data_sha256": digests}
+    return {
+        "spec": values,
+        "set": _flatten(json.loads(json.dumps(spec.to_dict(), default=str))),
+        "data_sha256": digests,
+    }
 
 
 def save(directory: Path, spec: Spec) -> None:
@@ -59,12 +63,13 @@ def check(directory: Path, spec: Spec) -> None:
         raise SpecError(str(path), "does not parse; restore it or start a new study.name") from None
     now = resolved(spec)
     old, new = _flatten(old_spec), _flatten(now["spec"])
+    # Paths set in either spec, compared with defaults filled in: a default a newer raylora changed for a
+    # path neither spec sets is not the user's change.
+    given = set(stored.get("set", old)) | set(now["set"])
     errors = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(k for k in set(old) | set(new) if k in given or _under(k, given)):
         if _may_change(key) or old.get(key, _UNSET) == new.get(key, _UNSET):
             continue
-        if key not in old and not key.startswith("search."):
-            continue  # a setting this raylora has and the one that began the study had not
         errors.append(SpecError(key, f"{_show(old.get(key, _UNSET))} → {_show(new.get(key, _UNSET))}{_WHY}"))
     for key in DATA_FILES:
         before, after = old_data.get(key), now["data_sha256"].get(key)
@@ -81,6 +86,11 @@ _WHY = " (--resume continues the study as it began; use a new study.name to chan
 
 def _show(value: Any) -> str:
     return "(unset)" if value is _UNSET else json.dumps(value)
+
+
+def _under(key: str, given: set[str]) -> bool:
+    """Whether ``key`` lies under a path set as a whole (a list or a table given in one value)."""
+    return any(key.startswith(p + ".") or p.startswith(key + ".") for p in given)
 
 
 def _may_change(key: str) -> bool:

@@ -87,10 +87,17 @@ def _is_oom(error: BaseException) -> bool:
     return "OutOfMemoryError" in names or "CUDA out of memory" in str(error)
 
 
-def storage_fault(error: BaseException) -> str | None:
+def storage_fault(error: BaseException, where: str = "the study's storage") -> str | None:
     """``PATH: OS error`` when ``error`` (or a cause) is a full, read-only or unwritable storage."""
+    import re
+
     for e in _causes(error):
         if isinstance(e, OSError) and e.errno in FAULT_ERRNOS:
-            where = e.filename or "storage"
-            return f"{where}: {e.strerror or e} (errno {e.errno})"
+            return f"{e.filename or where}: {e.strerror or e} (errno {e.errno})"
+        if type(e).__name__ == "Error" and e.args and isinstance(e.args[0], list):
+            # shutil.copytree gathers its per-file OSErrors into one Error of (src, dst, message) rows.
+            for row in e.args[0]:
+                found = re.search(r"\[Errno (\d+)\] ([^:']+)", str(row[-1])) if len(row) == 3 else None
+                if found and int(found.group(1)) in FAULT_ERRNOS:
+                    return f"{row[1]}: {found.group(2).strip()} (errno {found.group(1)})"
     return None

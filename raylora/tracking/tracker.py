@@ -359,7 +359,9 @@ class Tracker:
             trial_id=trial.trial_id,
             values=values,
             step=int(result.get("step", 0)),
-            time=int(time.time() * 1000),
+            # The worker's time of the report: the same evaluation sent again after a resume is the same
+            # metric, which MLflow keeps once.
+            time=int(float(result.get("reported_at") or time.time()) * 1000),
         )
 
     def _write_metrics(self, entry: dict) -> None:
