@@ -162,19 +162,24 @@ def _tiny_moe(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """One process group, four trials: the same trial (seed, data, configuration) under DDP and under FSDP,
-    the FSDP trial restarted from its step-2 checkpoint, and a tiny MoE model under FSDP."""
+    """One process group, six trials: the same trial (seed, data, configuration) under DDP and under FSDP,
+    the FSDP trial restarted from its step-2 checkpoint, a tiny MoE model under FSDP, and a short 4-bit
+    trial under DDP and under FSDP."""
     root = tmp_path_factory.mktemp("sharding")
     scope = "training.lora.scope=[llm, vision]"
     ddp, fsdp = _spec("resources.sharding=none", scope), _spec("resources.sharding=fsdp", scope)
     moe = _spec("resources.sharding=fsdp", scope, f"model.name_or_path={_tiny_moe(root / 'tiny-moe')}")
-    outs = {name: root / name for name in ("ddp", "fsdp", "resumed", "moe")}
+    nf4 = ("training.quantization=nf4", "training.max_steps=2")
+    ddp_nf4, fsdp_nf4 = _spec("resources.sharding=none", *nf4), _spec("resources.sharding=fsdp", *nf4)
+    outs = {name: root / name for name in ("ddp", "fsdp", "resumed", "moe", "ddp_nf4", "fsdp_nf4")}
     _run(
         [
             (ddp, outs["ddp"], None),
             (fsdp, outs["fsdp"], None),
             (fsdp, outs["resumed"], outs["fsdp"] / "checkpoint_000002"),
             (moe, outs["moe"], None),
+            (ddp_nf4, outs["ddp_nf4"], None),
+            (fsdp_nf4, outs["fsdp_nf4"], None),
         ]
     )
     return outs
@@ -225,3 +230,12 @@ def test_a_tiny_moe_model_trains_under_fsdp(runs):
     targets = json.loads((runs["moe"] / "targets.json").read_text())
     assert targets["model_type"] == "qwen3_vl_moe" and set(targets["modules"]) == {"llm", "vision"}
     assert (runs["moe"] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_4bit_fsdp_matches_4bit_ddp(runs):
+    """nf4 with the packed weights stored in the model dtype: FSDP2 shards them like any tensor."""
+    ddp, fsdp = _reports(runs["ddp_nf4"]), _reports(runs["fsdp_nf4"])
+    assert [r["step"] for r in fsdp] == [r["step"] for r in ddp] == [2]
+    for key in ("train/loss", "eval/loss"):
+        assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-3), key
+    assert (runs["fsdp_nf4"] / "adapter" / "adapter_model.safetensors").is_file()

@@ -349,14 +349,13 @@ def _sharding_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]
                 "fsdp shards a trial across its workers: set resources.workers_per_trial >= 2",
             )
         ]
-    if spec.training.quantization != "none":
-        # FSDP2 shards each parameter as a DTensor; bitsandbytes' Params4bit keeps its quantization state
-        # on the parameter and has no FSDP2 all-gather hooks (see raylora.train.sharding).
+    if spec.training.quantization != "none" and resources.offload_params:
+        # Offloading would move bitsandbytes' packed 4-bit shards to the host, away from its CUDA kernels.
         return [
             SpecError(
-                where("training.quantization"),
-                f"{spec.training.quantization} does not combine with resources.sharding: fsdp "
-                "(use quantization: none, or sharding: none)",
+                where("resources.offload_params"),
+                f"does not combine with training.quantization: {spec.training.quantization} "
+                "(4-bit shards stay on the GPU)",
             )
         ]
     return []

@@ -81,7 +81,7 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
         )
     if quant is None and not sharded:
         model.to(device)
-    else:
+    elif quant is not None:
         quantization.keep_trainable(model)
     align_generation(model.generation_config, processor.tokenizer)
     resolution = resolve(spec, model, model_type)

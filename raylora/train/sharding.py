@@ -20,10 +20,11 @@ Adapter checkpoints keep the DDP format: rank 0 writes the gathered LoRA weights
 on resume every rank reads them and keeps its shard. Gathering is a collective: every rank calls
 :func:`gather_state` and only rank 0 gets the tensors.
 
-4-bit: bitsandbytes' ``Params4bit`` carries its quantization state on the parameter object and implements
-none of FSDP2's all-gather extension hooks, so a sharded copy loses that state; the QLoRA-with-FSDP recipes
-(``bnb_4bit_quant_storage``) rely on FSDP1's flat parameters. The spec refuses ``quantization`` with
-``sharding: fsdp``.
+4-bit (``nf4``, ``nf4-llm-only``): the packed weights are stored in the model dtype
+(``bnb_4bit_quant_storage``, see :mod:`.quantization`), so FSDP2 shards and gathers them like any other
+tensor; the gathered tensor is a plain one, and bitsandbytes' ``Linear4bit`` (0.50) restores its
+quantization state from the copy it keeps on the module. Every rank loads and quantizes the checkpoint
+itself (a whole 4-bit copy per worker while loading); only the LoRA initialisation is broadcast.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def loads_on_meta(spec: Spec) -> bool:
     """Whether this worker builds the model without weights (every sharded rank but 0)."""
     import torch.distributed as dist
 
-    return is_sharded(spec) and dist.get_rank() != 0
+    # A 4-bit model is loaded (and quantized) by every rank: bitsandbytes' parameters are no plain tensors
+    # to broadcast, and at a quarter of the bytes a whole copy per worker is what QLoRA-FSDP recipes hold.
+    quantized = spec.training.quantization != "none"
+    return is_sharded(spec) and not quantized and dist.get_rank() != 0
 
 
 def empty_model(config, spec: Spec, path: str, dtype):
@@ -86,7 +90,12 @@ def shard(peft_model, spec: Spec, device: torch.device, dtype):
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     rank = dist.get_rank()
-    full = {k: v.detach() for k, v in peft_model.state_dict().items()} if rank == 0 else {}
+    quantized = spec.training.quantization != "none"
+    full = {k: v.detach() for k, v in peft_model.state_dict().items()} if rank == 0 and not quantized else {}
+    if quantized:  # every rank quantized the same checkpoint; the random LoRA initialisation is rank 0's
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                dist.broadcast(param.data, src=0)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     cast = None if dtype == torch.float32 else dtype
     offload = spec.resources.offload_params
@@ -100,12 +109,13 @@ def shard(peft_model, spec: Spec, device: torch.device, dtype):
     for block in blocks(base):
         fully_shard(block, **options)
     fully_shard(base, **options)
-    if rank != 0:
-        peft_model.to_empty(device="cpu" if offload else device)
-    set_model_state_dict(
-        peft_model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    )
-    del full
+    if not quantized:
+        if rank != 0:
+            peft_model.to_empty(device="cpu" if offload else device)
+        set_model_state_dict(
+            peft_model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        del full
     for buffer in peft_model.buffers():  # non-persistent buffers (rotary inv_freq) are in no state dict
         dist.broadcast(buffer, src=0)
     return peft_model
