@@ -51,3 +51,84 @@ def test_the_base_model_is_measured_once(monkeypatch):
 
     monkeypatch.setattr(baseline, "measure", no_second_measurement)
     assert baseline.load_or_measure(spec, log=lambda line: None) == first
+
+
+# -- in a study: measured before the trials, each finished trial compared on the same records ------------
+
+STUDY = {
+    "study": {
+        "name": "vsbase",
+        "objective": {"metric": "eval/click_acc", "mode": "max"},
+        "num_trials": 2,
+        "max_concurrent_trials": 1,
+        "sampler": {"type": "random", "seed": 0},
+        "scheduler": {"type": "fifo"},
+    },
+    "data": {"image": {"min_pixels": 4096, "max_pixels": 65536}, "max_length": 512, "eval_samples": 4},
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5},
+    "training": {
+        "max_steps": 2,
+        "eval_every": 2,
+        "per_device_train_batch_size": 2,
+        "click_eval_samples": 2,
+        "max_new_tokens": 4,
+        "per_device_eval_batch_size": 8,
+    },
+    "search": {"training.lora.r": {"choice": [4, 8]}},
+}
+
+
+@pytest.mark.slow
+def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from mlflow import MlflowClient
+
+    quickstart = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    merged = {k: {**quickstart.get(k, {}), **STUDY.get(k, {})} for k in ("study", "model", "data")}
+    merged |= {k: {**quickstart[k], **STUDY[k]} for k in ("resources", "training")}
+    merged["search"] = STUDY["search"]
+    path = tmp_path / "vsbase.yaml"
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "raylora", "search", str(path), "--storage", str(tmp_path / "st")]
+    proc = subprocess.run(
+        [*command, "--tracking-uri", uri], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    directory = tmp_path / "st" / "vsbase"
+    base = json.loads((directory / "baseline.json").read_text())
+    assert base == json.loads(baseline.cache_path(raylora.load_spec(path)).read_text())
+    n = base["summary"]["click_n"]
+    assert n == len(base["items"]) == 16  # the whole eval set, not data.eval_samples
+
+    summary = json.loads((directory / "summary.json").read_text())
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 2
+    for trial in complete:
+        vs = trial["vs_base"]
+        assert (vs["metric"], vs["n"], vs["base"]) == ("eval/click_acc", n, base["summary"]["click_acc"])
+        assert vs["trial"] == pytest.approx(trial["value"])  # the final evaluation's own click_acc
+        assert vs["gain"] == pytest.approx(vs["trial"] - vs["base"])
+        assert 0.0 <= vs["p_value"] <= 1.0
+
+    with (directory / "report" / "leaderboard.csv").open() as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    for trial in complete:
+        row = rows[trial["trial_id"]]
+        assert float(row["gain_vs_base"]) == pytest.approx(trial["vs_base"]["gain"])
+        assert float(row["p_vs_base"]) == pytest.approx(trial["vs_base"]["p_value"])
+    markdown = (directory / "report" / "leaderboard.md").read_text()
+    assert "| vs base | p |" in markdown and f"on the same {n} eval records" in markdown
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("vsbase")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`raylora.role` = 'study'")
+    assert parent.data.metrics["base/click_acc"] == pytest.approx(base["summary"]["click_acc"])
+    assert parent.data.metrics["base/n"] == n
+    assert parent.data.tags["raylora.baseline"] == base["fingerprint"]

@@ -133,11 +133,7 @@ def measure(spec: Spec) -> dict:
 
 def items(records, outcomes) -> dict[str, list]:
     """Each scored record's outcome by its ``where``: ``[click, type, step, format_error]``."""
-    return {
-        record.where: [o.click, o.type, o.step, o.format_error]
-        for record, o in zip(records, outcomes, strict=True)
-        if o is not None
-    }
+    return scoring.by_record(records, outcomes)
 
 
 def compare(base: dict[str, list], trial: dict[str, list], metric: str = "eval/click_acc") -> dict | None:
@@ -157,3 +153,78 @@ def compare(base: dict[str, list], trial: dict[str, list], metric: str = "eval/c
     b = [bool(base[k][field]) for k in keys]
     test = scoring.mcnemar(a, b)
     return {"base": sum(b) / len(b), "trial": sum(a) / len(a), "gain": (sum(a) - sum(b)) / len(keys), **test}
+
+
+# -- in a study -----------------------------------------------------------------------------------------
+
+STUDY_FILE = "baseline.json"
+"""The base model's result in the study's folder (pushed with its state), so ``--resume`` reuses it."""
+
+
+def wanted(spec: Spec) -> bool:
+    """Whether a study of ``spec`` scores the base model: it has eval data and generates answers."""
+    return bool(spec.data.eval) and spec.training.click_eval_samples > 0
+
+
+def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
+    """The base model's result for the study in ``directory``: its ``baseline.json`` when that was
+    measured for this spec, else :func:`load_or_measure` as a Ray task with one trial worker's resources
+    (so a driver without a GPU is fine), saved there. None, with one line logged, when it fails: the study
+    goes on without it."""
+    from .record import write_atomic
+
+    path = directory / STUDY_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        saved = None
+    if saved and saved.get("fingerprint") == fingerprint(spec):
+        return saved
+    try:
+        import ray
+
+        resources = spec.resources
+        task = ray.remote(
+            num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_calls=1
+        )(_measure_task)
+        log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once per model and data)")
+        result = ray.get(task.remote(spec.to_dict()))
+    except Exception as e:  # a base the trials may still train on; the comparison is what is lost
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        log(f"warning: the base model could not be evaluated ({first[:300]}); the study goes on without it")
+        return None
+    write_atomic(path, json.dumps(result) + "\n")
+    return result
+
+
+def _measure_task(spec: dict) -> dict:
+    return load_or_measure(Spec.from_dict(spec), log=lambda line: None)
+
+
+def metric_for(spec: Spec) -> str:
+    """The per-record accuracy a trial is compared with the base on: the objective when it is one, else
+    ``eval/click_acc``."""
+    metric = spec.study.objective.metric
+    return metric if metric in PAIRED else "eval/click_acc"
+
+
+def compare_trials(record, spec: Spec, storage, base: dict) -> None:
+    """Each COMPLETE trial's final evaluation (``eval_items.json`` in its latest checkpoint) against
+    ``base``: ``trial.vs_base`` = :func:`compare`'s result plus ``metric``; trials without one keep None."""
+    from ..train.recipe import EVAL_ITEMS
+    from .checkpoints import Checkpoints
+    from .states import TrialState
+
+    runs_dir, filesystem = storage.ray_path("runs")
+    metric = metric_for(spec)
+    checkpoints = Checkpoints(runs_dir, filesystem, spec.study.objective.metric, spec.study.objective.mode)
+    for trial in record.trials.values():
+        if trial.state != TrialState.COMPLETE:
+            continue
+        mine = checkpoints.for_trial(trial.trial_id)
+        names = mine.names()
+        text = mine._read(f"{mine.folder}/{names[-1]}/{EVAL_ITEMS}") if names else None
+        if text is None:
+            continue
+        result = compare(base["items"], json.loads(text), metric)
+        trial.vs_base = None if result is None else {"metric": metric, **result}

@@ -164,6 +164,12 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
     )
     if dry_run:
         return plan, record
+    from . import baseline
+
+    base = None
+    if baseline.wanted(spec):  # before the pool's workers hold the accelerators its task needs
+        base = baseline.for_study(spec, directory, log)
+        where.push()
     pool = _pool(spec, plan)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
         pool.warm.remote()  # the first workers start while MLflow and Tune get ready
@@ -173,6 +179,8 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
     progress = Progress(spec, record, log)
     tracker = opening.result()
     tracker.start_study(record)
+    if base:
+        tracker.log_baseline(base)
     tracker.end_stale_runs(record)
     progress.begin(plan)
     progress.watch(pool)
@@ -200,6 +208,8 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
             f"{searcher.fault}; the study stopped (unfinished: {unfinished}), fix it and continue with "
             "--resume",
         )
+    if base:
+        baseline.compare_trials(record, spec, where, base)
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
     where.push(report=True)

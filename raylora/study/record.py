@@ -49,6 +49,9 @@ class TrialRecord:
     """The latest ``cost/*`` metrics the trial reported (see :mod:`raylora.train.cost`)."""
     values: dict[str, float] = field(default_factory=dict)
     """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.study.objectives`)."""
+    vs_base: dict | None = None
+    """The final evaluation against the base model's on the same records
+    (:func:`raylora.study.baseline.compare` plus ``metric``); None without a base or an end."""
 
     @property
     def finished(self) -> bool:

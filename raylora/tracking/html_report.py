@@ -73,11 +73,15 @@ def _verdict(record, trials) -> str:
 
 
 def _leaderboard(record) -> str:
-    columns = ["#", "trial", "state", record.metric, "steps", "peak GB", "accel-h", "tokens/s", "params"]
+    columns = [
+        "#", "trial", "state", record.metric, "steps", "gain vs base", "p (McNemar)", "peak GB", "accel-h",
+        "tokens/s", "params",
+    ]  # fmt: skip
     rows = []
     for i, t in enumerate(record.ranked(), start=1):
         costs = [t.cost.get(m) for m in (cost.PEAK_MEM_GB, cost.ACCELERATOR_HOURS, cost.TOKENS_PER_S)]
-        cells = [i, t.trial_id, t.state, t.value, t.steps, *costs]
+        vs = t.vs_base or {}
+        cells = [i, t.trial_id, t.state, t.value, t.steps, vs.get("gain"), vs.get("p_value"), *costs]
         text = [_num(c) for c in cells]
         params = ", ".join(
             f"{k.rsplit('.', 1)[-1] if 'learning_rate' not in k else 'lr.' + k.rsplit('.', 1)[-1]}={_num(v)}"

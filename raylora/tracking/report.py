@@ -19,6 +19,7 @@ from ..train import cost
 from . import html_report, tags
 
 COST_COLUMNS = cost.METRICS
+VS_BASE_COLUMNS = ("gain_vs_base", "p_vs_base")  # the final evaluation against the base model's (McNemar)
 
 
 def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
@@ -121,6 +122,7 @@ def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str])
                 record.metric,
                 "steps",
                 *COST_COLUMNS,
+                *VS_BASE_COLUMNS,
                 *params,
                 "adapter_path",
                 "mlflow_run_id",
@@ -140,6 +142,7 @@ def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str])
                     "" if t.value is None else t.value,
                     t.steps,
                     *(t.cost.get(c, "") for c in COST_COLUMNS),
+                    *((t.vs_base or {}).get(k, "") for k in ("gain", "p_value")),
                     *values,
                     t.adapter_path or "",
                     t.mlflow_run_id or "",
@@ -153,16 +156,24 @@ def leaderboard_markdown(record: StudyRecord, ranked) -> str:
     lines = [
         f"# {record.name}: {record.metric} ({record.mode})",
         "",
-        f"| # | trial | state | {record.metric} | steps | peak GB | accel-h | params |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| # | trial | state | {record.metric} | steps | vs base | p | peak GB | accel-h | params |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, t in enumerate(ranked, start=1):
         value = f"{t.value:.4g}" if t.value is not None else "-"
         detail = short_params(t.params) + (f" ({t.error})" if t.error else "")
         memory, hours = (_cost_text(t, c) for c in (cost.PEAK_MEM_GB, cost.ACCELERATOR_HOURS))
+        gain, p = _vs_base_text(t)
         lines.append(
-            f"| {i} | {t.trial_id} | {t.state} | {value} | {t.steps} | {memory} | {hours} | {detail} |"
+            f"| {i} | {t.trial_id} | {t.state} | {value} | {t.steps} | {gain} | {p} | {memory} | {hours} "
+            f"| {detail} |"
         )
+    base = next((t.vs_base for t in ranked if t.vs_base), None)
+    if base:
+        lines += [
+            "",
+            f"Base model: {base['metric']} = {base['base']:.4g} on the same {base['n']} eval records",
+        ]
     best = record.best()
     if best:
         lines += [
@@ -170,6 +181,14 @@ def leaderboard_markdown(record: StudyRecord, ranked) -> str:
             f"Best: {best.trial_id}, {record.metric} = {best.value:.4g}, adapter `{best.adapter_path}`",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _vs_base_text(trial) -> tuple[str, str]:
+    """The gain over the base model on the same records (in points of its metric) and McNemar's p."""
+    vs = trial.vs_base
+    if not vs:
+        return "-", "-"
+    return f"{100 * vs['gain']:+.1f} pts", f"{vs['p_value']:.2g}"
 
 
 def _cost_text(trial, metric: str) -> str:

@@ -25,7 +25,7 @@ from ..errors import UserError, first_line
 from .secrets import redact
 
 PENDING = "mlflow_pending.json"  # MLflow records a run could not send (see tracker.py)
-STATE_FILES = ("summary.json", "optuna.journal", PENDING, "spec.json")
+STATE_FILES = ("summary.json", "optuna.journal", PENDING, "spec.json", "baseline.json")
 REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 

@@ -17,6 +17,7 @@ GIT_COMMIT = "raylora.git_commit"
 OBJECTIVE_METRIC = "raylora.objective.metric"
 OBJECTIVE_MODE = "raylora.objective.mode"
 BEST_TRIAL = "raylora.best_trial"
+BASELINE = "raylora.baseline"  # the fingerprint of the base model's score (base/* metrics), on the parent
 PARETO = "raylora.pareto"  # "true" on the trials of a multi-objective study's Pareto front
 
 TRIAL_ID = "raylora.trial_id"

@@ -159,6 +159,7 @@ class Tracker:
             "trial_end": self._write_trial_end,
             "study_end": self._write_study_end,
             "report": self._write_report,
+            "baseline": self._write_baseline,
         }
 
     @property
@@ -463,6 +464,23 @@ class Tracker:
             self.client.set_tag(self._run_id(trial_id), tags.PARETO, "true")
         if entry["complete"]:
             self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def log_baseline(self, base: dict) -> None:
+        """The base model's scores on the eval set (:mod:`raylora.study.baseline`) on the parent run, as
+        ``base/<metric>`` (``base/click_acc``, ``base/format_error_rate``, ``base/n``, ...)."""
+        summary = base.get("summary", {})
+        values = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        self._send(
+            "baseline", values=values, fingerprint=base.get("fingerprint"), time=int(time.time() * 1000)
+        )
+
+    def _write_baseline(self, entry: dict) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(f"base/{k}", v, entry["time"], 0) for k, v in sorted(entry["values"].items())]
+        self.client.log_batch(self.parent_id, metrics=metrics)
+        if entry.get("fingerprint"):
+            self.client.set_tag(self.parent_id, tags.BASELINE, entry["fingerprint"])
 
     def log_report(self, directory: Path) -> None:
         """Log the study's ``report/`` folder (read when sent, so a replay logs the latest report)."""

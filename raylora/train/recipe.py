@@ -25,6 +25,7 @@ from .session import Session
 from .sharding import gather_state, is_sharded, load_state
 
 STATE_FILE = "trainer_state.pt"
+EVAL_ITEMS = "eval_items.json"
 
 
 # -- the recipe --------------------------------------------------------------------------------------
@@ -131,15 +132,20 @@ def train(spec: Spec, session: Session) -> Outcome:
     net.train()
     window = _Window()
     metrics: dict = {}
+    final_items: list[dict | None] = [None]
 
     def report() -> dict:
         meter.add_tokens(window.tokens * session.world_size)
         out = {"step": step, **window.flush(session.world_size, distributed, device)}
         out.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "/" not in g["name"]})
         final = step >= training.max_steps
+        scored: dict = {}  # the final evaluation's outcome per record, saved as eval_items.json
         out.update(
-            _evaluate(spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final)
+            _evaluate(
+                spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final, scored
+            )
         )
+        final_items[0] = scored or None
         out["data/dropped_too_long"] = train_set.dropped_too_long
         out["peak_mem_mb"] = _peak_memory_mb(device)
         out.update(meter.measure(out["peak_mem_mb"], targets["trainable_total"], device, distributed))
@@ -148,8 +154,9 @@ def train(spec: Spec, session: Session) -> Outcome:
             out["resumed_from_step"] = resumed_from
         at = step
         gathered = gather_state(peft_model, optimizer) if sharded else None  # FSDP: every rank takes part
+        kept = final_items[0]
         session.report(
-            out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets, gathered)
+            out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets, gathered, kept)
         )
         return out
 
@@ -179,7 +186,7 @@ def train(spec: Spec, session: Session) -> Outcome:
 
     # -- finish
     adapter = gather_state(peft_model, optimizer)[0] if sharded else None
-    session.finish(lambda d: _save_final(d, peft_model, targets, adapter))
+    session.finish(lambda d: _save_final(d, peft_model, targets, adapter, final_items[0]))
     return Outcome(metrics, peft_model)
 
 
@@ -244,14 +251,24 @@ class _Window:
 
 
 def _evaluate(
-    spec: Spec, peft_model, eval_set, processor, image_kw, session, device, distributed, final: bool = False
+    spec: Spec,
+    peft_model,
+    eval_set,
+    processor,
+    image_kw,
+    session,
+    device,
+    distributed,
+    final: bool = False,
+    per_record: dict | None = None,
 ) -> dict:
     """``eval/loss`` and the GUI-agent metrics of :mod:`.scoring` (``eval/click_acc``,
     ``eval/format_error_rate``, ``eval/type_acc``/``eval/step_acc`` with navigation records).
 
     An intermediate evaluation takes the first ``data.eval_samples`` records for the loss and the first
     ``training.click_eval_samples`` of those for generation; the final one (``final``) the whole eval set
-    for both. ``training.click_eval_samples: 0`` turns generation off.
+    for both. ``training.click_eval_samples: 0`` turns generation off. At the final evaluation
+    ``per_record`` (when given) receives every rank's outcome per record (:func:`.scoring.by_record`).
     """
     if eval_set is None or not eval_set.items:
         return {}
@@ -280,6 +297,15 @@ def _evaluate(
         if generated
         else []
     )
+    if final and generated and per_record is not None:
+        mine = scoring.by_record(records[rank::world], results)
+        if distributed and not sharded:  # under FSDP every rank scored every record already
+            import torch
+
+            everyone: list = [None] * session.world_size
+            torch.distributed.all_gather_object(everyone, mine)
+            mine = {k: v for part in everyone for k, v in part.items()}
+        per_record.update(mine)
     totals = [total, count, *scoring.counts(results)]
     if distributed and not sharded:
         totals = _all_reduce(totals, device)
@@ -338,19 +364,23 @@ def _targets_report(spec: Spec, built, trainable: dict[str, int]) -> dict:
     }
 
 
-def _save_final(directory: Path, peft_model, targets: dict, adapter: dict | None = None) -> None:
+def _save_final(
+    directory: Path, peft_model, targets: dict, adapter: dict | None = None, items: dict | None = None
+) -> None:
     # Under FSDP ``adapter`` holds the LoRA weights rank 0 gathered; otherwise PEFT reads the model's own.
     peft_model.save_pretrained(directory / "adapter", safe_serialization=True, state_dict=adapter)
     (directory / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+    if items is not None:  # the final evaluation's outcome per record: the paired test against the base
+        (directory / EVAL_ITEMS).write_text(json.dumps(items) + "\n")
 
 
 def _save_checkpoint(
-    directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict, gathered=None
+    directory: Path, peft_model, optimizer, scheduler, step: int, targets: dict, gathered=None, items=None
 ) -> None:
     import torch
 
     adapter, optimizer_state = gathered or (None, optimizer.state_dict())
-    _save_final(directory, peft_model, targets, adapter)
+    _save_final(directory, peft_model, targets, adapter, items)
     state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
     torch.save(state, directory / STATE_FILE)
 

@@ -179,6 +179,16 @@ def normalize_text(text: str | None) -> str:
 # -- many records ------------------------------------------------------------------------------------
 
 
+def by_record(records: Sequence, outcomes: Sequence[Outcome | None]) -> dict[str, list]:
+    """Each scored record's outcome by its ``where``: ``[click, type, step, format_error]`` (null where
+    n/a), the form a study pairs a trial with the base model in (:mod:`raylora.study.baseline`)."""
+    return {
+        record.where: [o.click, o.type, o.step, o.format_error]
+        for record, o in zip(records, outcomes, strict=True)
+        if o is not None
+    }
+
+
 def counts(outcomes: Iterable[Outcome | None]) -> list[float]:
     """The sums of :data:`COUNTS` (floats, so ranks can all-reduce them)."""
     total = [0.0] * len(COUNTS)
