@@ -239,3 +239,39 @@ def test_4bit_fsdp_matches_4bit_ddp(runs):
     for key in ("train/loss", "eval/loss"):
         assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-3), key
     assert (runs["fsdp_nf4"] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_raylora_search_trains_fsdp_trials_in_the_trial_pool(runs, tmp_path):
+    """The same FSDP trial through `raylora search` (Ray Train worker group of 2, gloo) reports what the
+    recipe reported in a plain process group, and leaves an adapter vanilla PEFT loads."""
+    import subprocess
+    import sys
+
+    import yaml
+    from mlflow import MlflowClient
+
+    spec = _spec("resources.sharding=fsdp", "training.lora.scope=[llm, vision]").to_dict()
+    spec["study"] = {
+        "name": "fsdp",
+        "num_trials": 1,
+        "max_concurrent_trials": 1,
+        "scheduler": {"type": "fifo"},
+    }
+    spec["resources"]["cpus_per_worker"] = 0.5
+    spec["search"] = {"training.lora.r": {"choice": [16]}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    command = ["search", str(path), "--storage", str(tmp_path / "store"), "--tracking-uri", tracking]
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylora", *command], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (trial,) = json.loads((tmp_path / "store" / "fsdp" / "summary.json").read_text())["trials"]
+    assert trial["state"] == "COMPLETE" and trial["steps"] == STEPS
+    client = MlflowClient(tracking_uri=tracking)
+    expected = {r["step"]: r for r in _reports(runs["fsdp"])}
+    for key in ("train/loss", "eval/loss"):
+        history = {m.step: m.value for m in client.get_metric_history(trial["mlflow_run_id"], key)}
+        assert history[2] == pytest.approx(expected[2][key], rel=1e-3), key
+    assert (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()

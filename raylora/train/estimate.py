@@ -173,7 +173,7 @@ def estimate(spec: Spec, config=None, *, dtype: str | None = None) -> Estimate:
     sharding = {}
     if spec.resources.sharding == "fsdp":
         weights, sharding = fsdp_weight_bytes(
-            meta, weight_details, dtype, workers, spec.resources.offload_params
+            meta, weight_details, dtype, workers, spec.resources.offload_params, spec.training.quantization
         )
         # LoRA, its gradients and AdamW's moments are sharded like the weights (offloaded: on the host).
         share = 0 if spec.resources.offload_params else -(-lora_bytes // workers)
@@ -275,7 +275,9 @@ def weight_bytes(meta, model_type: str, quantization: str, dtype: str) -> tuple[
     return params + quant + buffers, details
 
 
-def fsdp_weight_bytes(meta, details: dict, dtype: str, workers: int, offload: bool) -> tuple[int, dict]:
+def fsdp_weight_bytes(
+    meta, details: dict, dtype: str, workers: int, offload: bool, quantization: str = "none"
+) -> tuple[int, dict]:
     """One FSDP worker's base-model bytes on the accelerator, and their breakdown.
 
     ``sharded``: its 1/workers of every parameter (all of them are sharded; on the host when ``offload``).
@@ -287,7 +289,22 @@ def fsdp_weight_bytes(meta, details: dict, dtype: str, workers: int, offload: bo
     from .sharding import blocks
 
     size = DTYPE_BYTES[dtype]
-    units = [sum(p.numel() for p in block.parameters()) * size for block in blocks(meta)]
+    quantized = quantization_lib.quantized_modules(meta, meta.config.model_type, quantization)
+    names = {id(module): name for name, module in meta.named_modules()}
+    units = []
+    for block in blocks(meta):
+        prefix = names[id(block)]
+        total = 0
+        for name, module in block.named_modules():
+            for leaf, param in module.named_parameters(recurse=False):
+                full = f"{prefix}.{name}" if name else prefix
+                four_bit = full in quantized and leaf == "weight"
+                total += (
+                    quantization_lib.nf4_weight_bytes(param.numel(), size)
+                    if four_bit
+                    else param.numel() * size
+                )
+        units.append(total)
     params = details["param_bytes"] + details["quantized_bytes"]
     root = params - sum(units)
     largest = max(units, default=0)
