@@ -242,7 +242,7 @@ def test_the_verdict_compares_scopes_and_quantization_with_numbers(tmp_path):
         == "Best settings by scope: LLM-only: r=8, lr llm 0.0001 (t000); +vision: r=24, lr llm 0.0003 (t002)."
     )
     assert "whether +vision beats LLM-only (the interval includes 0)" in lines[-1]
-    assert "no paired test on the same eval items" in lines[-1]
+    assert "no paired test between trials on the same eval items yet" in lines[-1]
     assert "+vision+projector" not in " ".join(lines[:3]), "a pruned trial does not compete"
 
 

@@ -9,8 +9,8 @@
 Pure: it reads the trials as ``summary.json`` holds them (COMPLETE trials compete; a trial's ``value`` is
 its best objective value, ``cost`` its ``cost/*`` metrics). The intervals are across trials — the spread
 of a group's complete trials, whose hyperparameters differ (Welch's t on the group means) — not eval-item
-noise: trials report aggregate metrics, not per-item results, so no paired test on the same eval items
-can be made from a summary.
+noise. The paired test on the same eval items is made against the base model only (each trial's
+``vs_base``, :mod:`raylora.study.baseline`); between two trials it is not made yet.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def verdict(trials: Sequence, metric: str, mode: str) -> list[str]:
     if len(complete) < 2 * max(1, len(by_scope)):
         unknowns.append(f"only {len(complete)} complete trial(s) in all")
     unknowns.append(
-        "no paired test on the same eval items: trials report aggregate metrics, not per-item results "
-        "(intervals here are across trials with different hyperparameters)"
+        "no paired test between trials on the same eval items yet (the intervals here are across trials "
+        "with different hyperparameters; the leaderboard's gain and McNemar p are against the base model)"
     )
     lines.append("What the data cannot tell yet: " + "; ".join(unknowns) + ".")
     return lines
