@@ -251,3 +251,7 @@ def test_fsdp_shards_weights_lora_and_optimizer_across_workers():
         offloaded.weights_bytes == d["fsdp_gathered_bytes"] + d["buffer_bytes"]
         and offloaded.optimizer_bytes == 0
     )
+    # 4-bit blocks are gathered at their packed size; in the root unit only the mergers' Linears are 4-bit.
+    nf4 = estimate.estimate(spec_lib.build({**data, "training": {"quantization": "nf4"}}), config).details
+    assert 2 * 151936 * 5120 * 2 <= nf4["fsdp_root_bytes"] < d["fsdp_root_bytes"]
+    assert nf4["fsdp_largest_block_bytes"] < d["fsdp_largest_block_bytes"] / 3
