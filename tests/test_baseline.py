@@ -132,3 +132,14 @@ def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
     assert parent.data.metrics["base/click_acc"] == pytest.approx(base["summary"]["click_acc"])
     assert parent.data.metrics["base/n"] == n
     assert parent.data.tags["raylora.baseline"] == base["fingerprint"]
+
+    # `raylora report` compares trials the summary has no comparison for (a study stopped by a fault)
+    from raylora.tracking import report
+
+    expected = [t["vs_base"] for t in summary["trials"]]
+    for trial in summary["trials"]:
+        trial.pop("vs_base")
+    (directory / "summary.json").write_text(json.dumps(summary))
+    report.regenerate(str(directory), log=lambda line: None)
+    again = json.loads((directory / "summary.json").read_text())
+    assert [t["vs_base"] for t in again["trials"]] == expected

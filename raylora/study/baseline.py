@@ -201,23 +201,24 @@ def _measure_task(spec: dict) -> dict:
     return load_or_measure(Spec.from_dict(spec), log=lambda line: None)
 
 
-def metric_for(spec: Spec) -> str:
-    """The per-record accuracy a trial is compared with the base on: the objective when it is one, else
-    ``eval/click_acc``."""
-    metric = spec.study.objective.metric
-    return metric if metric in PAIRED else "eval/click_acc"
+def metric_for(objective: str) -> str:
+    """The per-record accuracy a trial is compared with the base on: the ``objective`` when it is one,
+    else ``eval/click_acc``."""
+    return objective if objective in PAIRED else "eval/click_acc"
 
 
-def compare_trials(record, spec: Spec, storage, base: dict) -> None:
-    """Each COMPLETE trial's final evaluation (``eval_items.json`` in its latest checkpoint) against
-    ``base``: ``trial.vs_base`` = :func:`compare`'s result plus ``metric``; trials without one keep None."""
+def compare_trials(record, storage, base: dict) -> bool:
+    """Each COMPLETE trial of ``record`` (a :class:`~raylora.study.record.StudyRecord`) against ``base``:
+    its final evaluation (``eval_items.json`` in its latest checkpoint) gives ``trial.vs_base`` =
+    :func:`compare`'s result plus ``metric``; trials without one keep theirs. True when one changed."""
     from ..train.recipe import EVAL_ITEMS
     from .checkpoints import Checkpoints
     from .states import TrialState
 
     runs_dir, filesystem = storage.ray_path("runs")
-    metric = metric_for(spec)
-    checkpoints = Checkpoints(runs_dir, filesystem, spec.study.objective.metric, spec.study.objective.mode)
+    metric = metric_for(record.metric)
+    checkpoints = Checkpoints(runs_dir, filesystem, record.metric, record.mode)
+    changed = False
     for trial in record.trials.values():
         if trial.state != TrialState.COMPLETE:
             continue
@@ -227,4 +228,6 @@ def compare_trials(record, spec: Spec, storage, base: dict) -> None:
         if text is None:
             continue
         result = compare(base["items"], json.loads(text), metric)
-        trial.vs_base = None if result is None else {"metric": metric, **result}
+        vs_base = None if result is None else {"metric": metric, **result}
+        changed, trial.vs_base = changed or vs_base != trial.vs_base, vs_base
+    return changed

@@ -209,7 +209,7 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
             "--resume",
         )
     if base:
-        baseline.compare_trials(record, spec, where, base)
+        baseline.compare_trials(record, where, base)
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
     where.push(report=True)

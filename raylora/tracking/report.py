@@ -46,6 +46,7 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     from mlflow import MlflowClient
 
     from ..errors import NothingToDo
+    from ..study.baseline import STUDY_FILE as BASELINE
     from ..study.record import JOURNAL
     from .storage import open_study
     from .tracker import replay_pending
@@ -84,6 +85,11 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     record.goals = [(o["metric"], o["mode"]) for o in summary.get("objectives", [])] or record.goals
     limits = summary.get("constraints", {}).items()
     record.limits = {m: (text.split()[0], float(text.split()[1])) for m, text in limits}
+    if (directory / BASELINE).is_file():  # trials compared with the base model since the summary was written
+        from ..study import baseline
+
+        if baseline.compare_trials(record, storage, json.loads((directory / BASELINE).read_text())):
+            write_atomic(directory / SUMMARY, json.dumps(record.to_dict(), indent=2) + "\n")
     study = _load_optuna(directory / JOURNAL, summary["study"])
     out = write(directory / "report", record, study)
     storage.push(report=True)
