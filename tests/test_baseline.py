@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,32 @@ def test_the_fingerprint_follows_what_decides_the_score():
     other = raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", ["data.template=qwen3vl"])
     assert baseline.fingerprint(spec) == baseline.fingerprint(same)  # trial settings do not matter
     assert baseline.fingerprint(spec) != baseline.fingerprint(other)
+
+
+def test_a_study_reuses_its_baseline_json_for_the_same_spec(tmp_path):
+    spec = raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    saved = {"fingerprint": baseline.fingerprint(spec), "model": "m", "summary": {"n": 1}, "items": {}}
+    (tmp_path / baseline.STUDY_FILE).write_text(json.dumps(saved))
+    # Found in the study's folder: no Ray task (Ray is not even started here).
+    assert baseline.for_study(spec, tmp_path, log=lambda line: None) == saved
+    assert baseline.wanted(spec)
+    no_generation = ["training.click_eval_samples=0"]
+    assert not baseline.wanted(raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", no_generation))
+
+
+def test_the_verdict_says_whether_the_best_trial_beat_the_base():
+    from raylora.study.record import TrialRecord
+    from raylora.study.states import TrialState
+    from raylora.tracking import verdict
+
+    vs = {"metric": "eval/click_acc", "n": 10, "base": 0.2, "trial": 0.8, "gain": 0.6, "p_value": 0.03125}
+    best = TrialRecord("t001", TrialState.COMPLETE, value=0.8, vs_base=vs)
+    other = TrialRecord("t000", TrialState.COMPLETE, value=0.5, vs_base={**vs, "trial": 0.5, "gain": 0.3})
+    lines = verdict.verdict([other, best], "eval/click_acc", "max")
+    assert lines[0] == (
+        "Against the base model: the best trial t001 scores eval/click_acc = 0.8, the base model 0.2 on the "
+        "same 10 eval records (+60.0 points; McNemar p = 0.031, significant at 5%)."
+    )
 
 
 @pytest.mark.slow

@@ -123,6 +123,7 @@ def verdict(trials: Sequence, metric: str, mode: str) -> list[str]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         return [f"No trial has completed yet: nothing can be said about {metric}."]
+    lines += _against_base(complete, mode)
     by_scope = groups(trials, scope_family, mode)
     lines += _comparison("scope", by_scope, metric, mode, unknowns)
     by_quant = groups(trials, quantization, mode)
@@ -136,6 +137,20 @@ def verdict(trials: Sequence, metric: str, mode: str) -> list[str]:
     )
     lines.append("What the data cannot tell yet: " + "; ".join(unknowns) + ".")
     return lines
+
+
+def _against_base(complete: list, mode: str) -> list[str]:
+    """Did fine-tuning help at all: the best trial against the base model on the same eval records."""
+    best = (min if mode == "min" else max)(complete, key=lambda t: t.value)
+    vs = getattr(best, "vs_base", None)
+    if not vs:
+        return []
+    significant = "significant" if vs["p_value"] < 0.05 else "not significant"
+    return [
+        f"Against the base model: the best trial {best.trial_id} scores {vs['metric']} = {vs['trial']:.3g}, "
+        f"the base model {vs['base']:.3g} on the same {vs['n']} eval records ({100 * vs['gain']:+.1f} "
+        f"points; McNemar p = {vs['p_value']:.2g}, {significant} at 5%)."
+    ]
 
 
 def _comparison(what: str, found: list[Group], metric: str, mode: str, unknowns: list[str]) -> list[str]:
