@@ -152,6 +152,8 @@ def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
         assert float(row["p_vs_base"]) == pytest.approx(trial["vs_base"]["p_value"])
     markdown = (directory / "report" / "leaderboard.md").read_text()
     assert "| vs base | p |" in markdown and f"on the same {n} eval records" in markdown
+    assert "Against the base model: the best trial" in (directory / "report" / "index.html").read_text()
+    assert f"base model: click_acc {base['summary']['click_acc']:.3g}" in proc.stdout
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("vsbase")

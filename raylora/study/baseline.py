@@ -194,6 +194,13 @@ def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
         log(f"warning: the base model could not be evaluated ({first[:300]}); the study goes on without it")
         return None
     write_atomic(path, json.dumps(result) + "\n")
+    summary = result["summary"]
+    scores = ", ".join(
+        f"{name} {summary[name]:.3g}"
+        for name in ("click_acc", "type_acc", "step_acc", "format_error_rate")
+        if summary.get(name) is not None
+    )
+    log(f"base model: {scores} on {summary['n']} eval records")
     return result
 
 
