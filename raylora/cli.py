@@ -125,7 +125,6 @@ def _estimates(spec) -> list:
 
     rows = [("fixed values", estimate_lib.estimate(spec))]
     rows += estimate_lib.by_workers(spec)  # sharding: fsdp — the same trial on 1, 2, 4 and 8 workers
-    rows += estimate_lib.by_workers(spec)  # sharding: fsdp — the same trial on 1, 2, 4 and 8 workers
     for path, dist in space.distributions(spec).items():
         if path.startswith("training.learning_rate."):
             continue  # learning rates move no memory

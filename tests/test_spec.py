@@ -118,7 +118,8 @@ def test_round_trip_through_plain_data(tmp_path):
         ("resources: {sharding: fsdp}", "resources.sharding: fsdp shards a trial across its workers"),
         ("resources: {offload_params: true}", "resources.offload_params: needs resources.sharding: fsdp"),
         (
-            "resources: {sharding: fsdp, workers_per_trial: 2, offload_params: true}\ntraining: {quantization: nf4}",
+            "resources: {sharding: fsdp, workers_per_trial: 2, offload_params: true}\n"
+            "training: {quantization: nf4}",
             "resources.offload_params: does not combine with training.quantization: nf4",
         ),
     ],
