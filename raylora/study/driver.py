@@ -102,6 +102,8 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
                 "restore it",
             ) from None
         record, rebuild = StudyRecord(directory, spec.study.name, *_objective(spec)), True
+        record.goals = [(o.metric, o.mode) for o in spec.study.goals]
+        record.limits = spec.study.constraint_limits()
     record.on_save = where.push
     if (record.trials or rebuild) and not resume and not dry_run:
         raise UserError(

@@ -95,7 +95,9 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
         scored = [v for v in values.values() if v is not None]
         best = (min if objective.mode == "min" else max)(scored) if scored else None
         if frozen.state == TS.COMPLETE:
-            trial.state, trial.value = TrialState.COMPLETE, frozen.value
+            # frozen.value raises for a multi-objective study; the first objective is the ranked one
+            trial.state, trial.value = TrialState.COMPLETE, frozen.values[0]
+            trial.values = {metric: v for (metric, _), v in zip(record.goals, frozen.values, strict=False)}
         elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
             trial.state, trial.error = TrialState.INFEASIBLE, "out of memory"
         elif frozen.state == TS.PRUNED:
