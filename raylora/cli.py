@@ -730,7 +730,7 @@ def _print_plan(spec, plan) -> None:
     print(
         f"  each trial: {r.workers_per_trial} worker(s) × "
         f"({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), "
-        f"{r.placement_strategy}, {r.strategy}"
+        f"{r.placement_strategy}, {'FSDP-sharded' if r.sharding == 'fsdp' else 'DDP'}"
     )
     for path, raw in spec.search.items():
         print(f"  search {path}: {raw}")

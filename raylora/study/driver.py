@@ -313,11 +313,19 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
     class StopOnFault(ray.tune.Stopper):
         """Ends the experiment once a storage fault stopped the study (running trials stay unfinished)."""
 
+        def __init__(self, searcher):
+            self.searcher = searcher
+
         def __call__(self, trial_id: str, result: dict) -> bool:
             return False
 
         def stop_all(self) -> bool:
-            return searcher.fault is not None
+            return self.searcher is not None and self.searcher.fault is not None
+
+        def __getstate__(self):
+            # Tune pickles its stopper into the experiment state it saves after a trial error; the
+            # searcher (its log function, Optuna, the record) must not go with it, and is never read back.
+            return {"searcher": None}
 
     trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
     trainable = ray.tune.with_resources(trainable, placement.trial_driver_resources(plan.nodes))
@@ -335,7 +343,7 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
             storage_path=tune_dir,
             storage_filesystem=filesystem,
             verbose=0,
-            stop=StopOnFault(),
+            stop=StopOnFault(searcher),
             failure_config=ray.tune.FailureConfig(max_failures=0),
         ),
     )
