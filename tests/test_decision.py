@@ -240,8 +240,32 @@ def test_the_verdict_compares_scopes_and_quantization_with_numbers(tmp_path):
         == "Best settings by scope: LLM-only: r=8, lr llm 0.0001 (t000); +vision: r=24, lr llm 0.0003 (t002)."
     )
     assert "whether +vision beats LLM-only (the interval includes 0)" in lines[-1]
-    assert "no paired test between trials on the same eval items yet" in lines[-1]
+    assert "no paired test between the group bests on the same eval items" in lines[-1]
     assert "+vision+projector" not in " ".join(lines[:3]), "a pruned trial does not compete"
+
+
+def test_the_group_bests_are_paired_on_the_same_eval_records(tmp_path):
+    from raylora.tracking import verdict
+
+    def items(right: int) -> dict:  # 10 records, the first `right` of them clicked right
+        return {f"eval.jsonl:{i + 1}": [i < right, None, None, False] for i in range(10)}
+
+    trials = list(_record(tmp_path, ROWS).trials.values())
+    lines = verdict.verdict(
+        trials, "eval/loss", "min", {"t000": items(5), "t002": items(8), "t003": items(6)}
+    )
+    # +vision (t002) against LLM-only (t000): 3 records only t002 got right, none the other way: exact
+    # McNemar p = 2 × 0.5³ = 0.25. nf4 (t003) against full precision (t002): 0 and 2, p = 2 × 0.5² = 0.5.
+    assert lines[1] == (
+        "+vision against LLM-only: best eval/loss -0.2 (better); group means differ by -0.2, "
+        "95% interval [-0.5043, +0.1043]; paired on the same 10 eval records, eval/click_acc 0.8 against "
+        "0.5 (+30.0 points, McNemar p = 0.25); for 1.50× the memory and 1.50× the accelerator-hours."
+    )
+    assert (
+        "paired on the same 10 eval records, eval/click_acc 0.6 against 0.8 (-20.0 points, McNemar p = 0.5)"
+        in lines[3]
+    )
+    assert "no paired test" not in lines[-1]
 
 
 def test_the_page_is_one_self_contained_file(tmp_path):

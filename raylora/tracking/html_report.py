@@ -67,9 +67,26 @@ def _anchor(title: str) -> str:
 
 
 def _verdict(record, trials) -> str:
-    lines = verdict_lib.verdict(trials, record.metric, record.mode)
+    lines = verdict_lib.verdict(trials, record.metric, record.mode, _eval_items(record))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     return f'<ul class="verdict">{items}</ul>'
+
+
+def _eval_items(record) -> dict[str, dict]:
+    """Each trial's per-record final evaluation (``eval_items.json`` in its latest checkpoint), where the
+    study's runs are on this machine (local or shared storage)."""
+    import json
+
+    from ..train.recipe import EVAL_ITEMS
+
+    out = {}
+    for trial_id in record.trials:
+        found = sorted((Path(record.directory) / "runs" / trial_id).glob(f"checkpoint_s*/{EVAL_ITEMS}"))
+        try:
+            out.update({trial_id: json.loads(found[-1].read_text())} if found else {})
+        except ValueError:  # a torn file: this trial is not paired
+            pass
+    return out
 
 
 def _leaderboard(record) -> str:

@@ -9,8 +9,9 @@
 Pure: it reads the trials as ``summary.json`` holds them (COMPLETE trials compete; a trial's ``value`` is
 its best objective value, ``cost`` its ``cost/*`` metrics). The intervals are across trials — the spread
 of a group's complete trials, whose hyperparameters differ (Welch's t on the group means) — not eval-item
-noise. The paired test on the same eval items is made against the base model only (each trial's
-``vs_base``, :mod:`raylora.study.baseline`); between two trials it is not made yet.
+noise. The paired test on the same eval items is McNemar's (:func:`raylora.study.baseline.compare`): the
+best trial against the base model (each trial's ``vs_base``), and the best of one group against the best
+of another when their per-record final evaluations (``items``: trial id → ``eval_items.json``) are given.
 """
 
 from __future__ import annotations
@@ -116,25 +117,30 @@ def _t95(dof: float) -> float:
     return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
-def verdict(trials: Sequence, metric: str, mode: str) -> list[str]:
-    """The verdict's sentences, in the order a reader asks."""
+def verdict(trials: Sequence, metric: str, mode: str, items: dict | None = None) -> list[str]:
+    """The verdict's sentences, in the order a reader asks; ``items`` (trial id → per-record outcomes)
+    pairs the group bests on the same eval records."""
     lines: list[str] = []
     unknowns: list[str] = []
+    paired: list[str] = []  # the comparisons that got a paired test
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         return [f"No trial has completed yet: nothing can be said about {metric}."]
     lines += _against_base(complete, mode)
     by_scope = groups(trials, scope_family, mode)
-    lines += _comparison("scope", by_scope, metric, mode, unknowns)
+    lines += _comparison("scope", by_scope, metric, mode, unknowns, items or {}, paired)
     by_quant = groups(trials, quantization, mode)
-    lines += _comparison("quantization", by_quant, metric, mode, unknowns)
+    lines += _comparison("quantization", by_quant, metric, mode, unknowns, items or {}, paired)
     lines += _settings(by_scope or [Group("all trials", tuple(complete), mode)], metric)
     if len(complete) < 2 * max(1, len(by_scope)):
         unknowns.append(f"only {len(complete)} complete trial(s) in all")
-    unknowns.append(
-        "no paired test between trials on the same eval items yet (the intervals here are across trials "
-        "with different hyperparameters; the leaderboard's gain and McNemar p are against the base model)"
-    )
+    if len(by_scope) > 1 or len(by_quant) > 1:
+        if not paired:
+            unknowns.append(
+                "no paired test between the group bests on the same eval items (their final evaluations, "
+                "eval_items.json, are not here; the intervals above are across trials with different "
+                "hyperparameters)"
+            )
     lines.append("What the data cannot tell yet: " + "; ".join(unknowns) + ".")
     return lines
 
@@ -153,7 +159,9 @@ def _against_base(complete: list, mode: str) -> list[str]:
     ]
 
 
-def _comparison(what: str, found: list[Group], metric: str, mode: str, unknowns: list[str]) -> list[str]:
+def _comparison(
+    what: str, found: list[Group], metric: str, mode: str, unknowns: list[str], items: dict, paired: list
+) -> list[str]:
     if not found:
         return []
     if len(found) == 1:
@@ -163,7 +171,9 @@ def _comparison(what: str, found: list[Group], metric: str, mode: str, unknowns:
     lines = ["Best of each " + what + ": " + "; ".join(_best_text(g, metric) for g in found) + "."]
     base = found[0]
     for other in found[1:]:
-        lines.append(_difference(base, other, metric, mode, unknowns))
+        lines.append(
+            _difference(base, other, metric, mode, unknowns, _paired(base, other, metric, items, paired))
+        )
     for g in found:
         if len(g.trials) < 2:
             unknowns.append(f"{g.label} has {len(g.trials)} complete trial(s), too few for an interval")
@@ -176,7 +186,25 @@ def _best_text(g: Group, metric: str) -> str:
     return f"{g.label} {g.best.value:.4g} ({g.best.trial_id}{at}; {len(g.trials)} complete)"
 
 
-def _difference(base: Group, other: Group, metric: str, mode: str, unknowns: list[str]) -> str:
+def _paired(base: Group, other: Group, metric: str, items: dict, paired: list) -> str:
+    """The two bests on the same eval records: the accuracy of each, and McNemar's p ("" without both)."""
+    from ..study.baseline import compare, metric_for
+
+    a, b = items.get(other.best.trial_id), items.get(base.best.trial_id)
+    accuracy = metric_for(metric)
+    result = compare(b, a, accuracy) if a and b else None
+    if result is None:
+        return ""
+    paired.append(other.label)
+    return (
+        f"; paired on the same {result['n']} eval records, {accuracy} {result['trial']:.3g} against "
+        f"{result['base']:.3g} ({100 * result['gain']:+.1f} points, McNemar p = {result['p_value']:.2g})"
+    )
+
+
+def _difference(
+    base: Group, other: Group, metric: str, mode: str, unknowns: list[str], paired: str = ""
+) -> str:
     diff = other.best.value - base.best.value
     better = (diff < 0) == (mode == "min") and diff != 0
     word = "better" if better else ("worse" if diff else "no different")
@@ -187,6 +215,7 @@ def _difference(base: Group, other: Group, metric: str, mode: str, unknowns: lis
         text += f"; group means differ by {mean:+.4g}, 95% interval [{low:+.4g}, {high:+.4g}]"
         if low <= 0 <= high:
             unknowns.append(f"whether {other.label} beats {base.label} (the interval includes 0)")
+    text += paired
     ratios = []
     for name, unit in ((cost.PEAK_MEM_GB, "memory"), (cost.ACCELERATOR_HOURS, "accelerator-hours")):
         a, b = base.best.cost.get(name), other.best.cost.get(name)
