@@ -55,11 +55,9 @@ def _content_hash(ref: str | None) -> str | None:
     if not path.is_file():  # a folder of shards or a hub id: its name and modification time
         stat = path.stat() if path.exists() else None
         return f"{path.resolve()}:{stat.st_mtime_ns if stat else ''}:{ref}"
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() + ref[len(ref.split("#")[0]) :]
+    from ..tracking.tracker import fingerprint as file_sha256
+
+    return file_sha256(str(path)) + ref[len(ref.split("#")[0]) :]
 
 
 def cache_path(spec: Spec) -> Path:

@@ -8,7 +8,6 @@ so are the bytes of local data files (their sha256).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -107,11 +106,6 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _sha256(ref: str) -> str | None:
-    path = Path(ref.split("#", 1)[0]).expanduser()
-    if "://" in ref or not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from ..tracking.tracker import fingerprint
+
+    return None if "://" in ref else fingerprint(str(Path(ref.split("#", 1)[0]).expanduser()))

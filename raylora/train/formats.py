@@ -370,21 +370,14 @@ def _place_objects(
 def _first_image_size(images: list, root: Path, where: str) -> tuple[int, int]:
     import io
 
-    from PIL import Image
-
     if not images:
         raise DataError(where, "objects need an image to place their boxes on")
     ref = images[0]
     if isinstance(ref, dict):
         ref = ref.get("bytes") or ref.get("path")
-    source = io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else root / str(ref)
-    try:
-        with Image.open(source) as image:
-            return image.size
-    except Exception as e:  # PIL raises many types for a broken file
-        raise DataError(
-            where, f"cannot read image {ref if isinstance(ref, str) else '(bytes)'}: {e}"
-        ) from None
+    if isinstance(ref, (bytes, bytearray)):
+        return _image_size(io.BytesIO(ref), where, "(bytes)")
+    return _image_size(root / str(ref), where, str(ref))
 
 
 def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
@@ -449,14 +442,15 @@ def _image_path(name: Any, root: Path, where: str) -> Path:
     raise DataError(where, f"image not found: {root / name}")
 
 
-def _image_size(path: Path, where: str) -> tuple[int, int]:
+def _image_size(source, where: str, name: str | None = None) -> tuple[int, int]:
+    """An image's (width, height) from its header; ``source`` a path or a file object."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return image.size
     except Exception as e:  # PIL raises many types for a broken file
-        raise DataError(where, f"cannot read image {path}: {e}") from None
+        raise DataError(where, f"cannot read image {name or source}: {e}") from None
 
 
 def _extra(row: dict) -> dict:
