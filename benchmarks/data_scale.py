@@ -155,14 +155,14 @@ def _rates(spec_path: Path, data_path: Path, timed: int) -> tuple[float, float]:
     import torch
 
     from raylora import builtin, load_spec
-    from raylora.train import data, loader
+    from raylora.train import encode, loader
     from raylora.train import model as model_lib
 
     spec = load_spec(spec_path, [f"data.train={data_path}"])
     path = builtin.resolve_model(spec.model.name_or_path)
     built = model_lib.build(spec, path, torch.device("cpu"))
     processor = built.processor
-    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     split = loader.open_split(str(data_path), processor, spec.data.max_length, image_kw)
     pad = processor.tokenizer.pad_token_id
 

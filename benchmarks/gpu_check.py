@@ -125,10 +125,10 @@ def trainer_case(spec, steps: int) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from raylora import builtin
-    from raylora.train import data, loader, model
+    from raylora.train import encode, loader, model
 
     built = model.build(spec, spec.model.name_or_path, torch.device("cuda"))
-    kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, built.processor)
+    kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, built.processor)
     items = list(
         loader.open_split(
             builtin.resolve_data(spec.data.train, "train"), built.processor, spec.data.max_length, kw
@@ -151,7 +151,7 @@ def trainer_case(spec, steps: int) -> dict:
         model=built.model,
         args=args,
         train_dataset=items,
-        data_collator=lambda batch: data.collate(batch, pad),
+        data_collator=lambda batch: encode.collate(batch, pad),
     )
     tokens = sum(int(it["input_ids"].numel()) for it in items[: steps * args.per_device_train_batch_size])
     start = time.perf_counter()

@@ -14,7 +14,7 @@ Training samples per second over S optimizer steps of the builtin tiny Qwen3-VL 
   ``raylora.train.model.param_groups``, then a plain loop -- forward, ``loss.backward()``,
   ``optimizer.step()``, ``optimizer.zero_grad()`` -- over the very batches raylora draws
   (``raylora.train.loader.batches`` with the same seed, encoded by the same loader and
-  collated with ``raylora.train.data.collate`` before the clock starts). Timed from the first step to the
+  collated with ``raylora.train.encode.collate`` before the clock starts). Timed from the first step to the
   end of step S, like raylora's window.
 
 Why it is fair
@@ -92,12 +92,12 @@ def run_raylora(spec) -> float:
 def prepare_batches(spec) -> list[dict]:
     """The batches raylora's loop draws, in its order, collated ahead of time."""
     from raylora import builtin
-    from raylora.train import data, loader
+    from raylora.train import encode, loader
     from raylora.train import model as model_lib
 
     path = builtin.resolve_model(spec.model.name_or_path)
     processor = model_lib.load_processor(spec, path)
-    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     split = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"), processor, spec.data.max_length, image_kw
     )

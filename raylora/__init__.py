@@ -22,9 +22,9 @@ from .errors import UserError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .record.trials import StudyRecord
     from .spec import Spec
     from .study.driver import Plan
-    from .study.record import StudyRecord
     from .tracking.promote import PromoteResult
     from .train import Outcome
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from . import layout
 from .errors import UserError
 
 app = typer.Typer(
@@ -119,8 +120,8 @@ def estimate(
 
 def _estimates(spec) -> list:
     """The fixed values' estimate, then one per searched value of each searched path."""
+    from .record.trials import short_params
     from .spec import space
-    from .study.progress import short_params
     from .train import estimate as estimate_lib
 
     rows = [("fixed values", estimate_lib.estimate(spec))]
@@ -261,11 +262,11 @@ def _check_model_ref(ref: str) -> None:
 
 
 def _read_records(path: Path):
-    from .train import data
+    from .data import samples
 
     if not path.is_file():
         raise UserError("--data", f"{path}: no such file")
-    return data.read(path)
+    return samples.read(path)
 
 
 def _click(text: str) -> list[float] | None:
@@ -332,7 +333,7 @@ def score(
 ) -> None:
     """Score model outputs against a dataset, no model needed: click accuracy, format errors, action-type and
     step accuracy for navigation records, per category, each with n and a 95% Wilson interval."""
-    from .train import scoring
+    from .data import scoring
 
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
     outputs = scoring.read_predictions(predictions, records)
@@ -391,10 +392,10 @@ def eval_(
     except UserError:
         raise UserError("eval", f"{model}: not a folder, a hub id (owner/name) or builtin:...") from None
     records, convention = _scored_data(data_ref, fmt, coordinates, template, limit)
-    from .tracking import serving
-    from .train import evaluate, scoring
+    from .data import scoring
+    from .train import evaluate, inference
 
-    predictor = serving.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+    predictor = inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
     outputs = evaluate.generate(
         predictor.model,
         records,
@@ -421,8 +422,8 @@ def eval_(
 def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit: int | None = None):
     """The records of ``data_ref`` and the convention their answers (and boxes) are in."""
     from . import builtin
-    from .train import coordinates as conventions
-    from .train import data, formats, templates
+    from .data import coordinates as conventions
+    from .data import formats, samples, templates
 
     if fmt != "auto" and fmt not in formats.FORMATS:
         raise UserError("--format", f"unknown format {fmt!r} (known: auto, {', '.join(formats.FORMATS)})")
@@ -434,7 +435,7 @@ def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit
         path = builtin.resolve_data(data_ref, "eval") if builtin.is_builtin(data_ref) else data_ref
     except ValueError as e:
         raise UserError("--data", str(e)) from None
-    return data.read(path, limit, fmt, coordinates, template), convention
+    return samples.read(path, limit, fmt, coordinates, template), convention
 
 
 def _print_score(report: dict, as_json: bool) -> None:
@@ -506,7 +507,7 @@ def search(
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
-    _print_leaderboard(record, plan.storage.display("summary.json"))
+    _print_leaderboard(record, plan.storage.display(layout.SUMMARY))
     print(f"report: {plan.storage.display('report/leaderboard.md')}")
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
@@ -533,9 +534,9 @@ def report(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
 ) -> None:
     """Regenerate a study's report (leaderboard, scope comparison, importances) and log it to MLflow."""
-    from .tracking import report as report_lib
+    from .study import refresh
 
-    out = report_lib.regenerate(target, tracking_uri)
+    out = refresh.regenerate(target, tracking_uri)
     print((out / "leaderboard.md").read_text(), end="")
     print(f"report: {out}")
 
@@ -740,7 +741,7 @@ def _print_leaderboard(record, summary: str, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .study.progress import short_params
+    from .record.trials import short_params
 
     table = Table(title=f"{record.name}: {record.metric} ({record.mode})")
     for column in ("#", "trial", "state", record.metric, "steps", "params"):

@@ -3,6 +3,7 @@
 The serving model now lives in :mod:`raylora.tracking.serving`; this module keeps ``raylora.serving`` working.
 """
 
-from .tracking.serving import ADAPTER_ARTIFACT, LoraVisionModel, base_model_path, load_with_adapter
+from .tracking.serving import ADAPTER_ARTIFACT, LoraVisionModel
+from .train.inference import base_model_path, load_with_adapter
 
 __all__ = ["ADAPTER_ARTIFACT", "LoraVisionModel", "base_model_path", "load_with_adapter"]

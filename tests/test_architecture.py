@@ -1,8 +1,10 @@
-"""The package's shape: no import cycles between raylora's modules, and the layers keep their promises."""
+"""The package's shape: raylora's layers, in order, with no import against the order (lazy and TYPE_CHECKING
+imports included), no import cycle between modules, and package maps that name every module."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """raylora modules ``path`` imports anywhere in its body (lazy imports included)."""
-    name = _module_name(path)
+def _imports(path: Path, name: str | None = None) -> set[str]:
+    """raylora modules ``path`` (module ``name``) imports anywhere in its body, lazy and TYPE_CHECKING ones
+    included."""
+    name = name or _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -70,6 +73,78 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+LAYERS = [
+    ("base", {"raylora.errors", "raylora.environment", "raylora.files", "raylora.layout"}),
+    ("spec", {"raylora.spec"}),
+    ("data", {"raylora.data"}),
+    ("builtin", {"raylora.builtin"}),
+    ("train", {"raylora.train"}),
+    ("record", {"raylora.record"}),
+    ("tracking", {"raylora.tracking"}),
+    ("study", {"raylora.study"}),
+    ("interface", {"raylora", "raylora.cli", "raylora.__main__", "raylora.serving"}),
+]
+"""Low to high. A module may import its own layer and those below it, never one above: GUI data knows no
+training, training knows no study, the study's data model knows no driver, and tracking never reaches
+back into the driver that uses it."""
+
+
+def _layer(module: str) -> int | None:
+    for index, (_, members) in enumerate(LAYERS):
+        if module in members or any(module.startswith(m + ".") for m in members if m != "raylora"):
+            return index
+    return None
+
+
+def _back_arrows(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            if _layer(dep) > _layer(module):
+                found.append(f"{module} ({LAYERS[_layer(module)][0]}) → {dep} ({LAYERS[_layer(dep)][0]})")
+    return found
+
+
+def test_every_module_belongs_to_a_layer():
+    assert [m for m in _graph() if _layer(m) is None] == []
+
+
+def test_no_module_imports_a_higher_layer():
+    assert _back_arrows(_graph()) == []
+
+
+def test_a_back_arrow_is_found_when_there_is_one():
+    assert _back_arrows({"raylora.data.scoring": {"raylora.train.recipe", "raylora.errors"}}) == [
+        "raylora.data.scoring (data) → raylora.train.recipe (train)"
+    ]
+    assert _back_arrows({"raylora.tracking.report": {"raylora.study.baseline"}}) != []
+    assert _back_arrows({"raylora.study.driver": {"raylora.tracking.report", "raylora.record.trials"}}) == []
+
+
+def test_lazy_and_type_checking_imports_count(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from raylora.study import driver\n"
+        "def f():\n    import raylora.tracking.tracker\n"
+    )
+    assert _imports(source, "raylora.data.x") == {"raylora.study.driver", "raylora.tracking.tracker"}
+
+
+def _listed(init: Path) -> set[str]:
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    return set(re.findall(r"^\s*(\w+)\s{2,}\S", doc, re.M))
+
+
+def test_each_package_map_names_every_module():
+    """A package's docstring lists its modules (``name   what it is``): the map a newcomer reads first."""
+    missing = {}
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        modules = {p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"}
+        if gaps := sorted(modules - _listed(init)):
+            missing[init.parent.name] = gaps
+    assert missing == {}
+
+
 def test_no_import_cycle_between_modules():
     # A package's __init__ re-exporting its own modules is its surface, not a cycle.
     graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in _graph().items()}
@@ -81,12 +156,9 @@ def test_a_cycle_is_found_when_there_is_one():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-def test_spec_never_imports_torch_or_the_other_layers():
-    for path in (PACKAGE / "spec").glob("*.py"):
-        text = path.read_text()
-        assert "import torch" not in text, path
-        for other in ("train", "study", "tracking", "builtin"):
-            assert not any(d.startswith(f"raylora.{other}") for d in _imports(path)), (path, other)
+def test_spec_and_data_never_import_torch():
+    for path in [*(PACKAGE / "spec").glob("*.py"), *(PACKAGE / "data").glob("*.py")]:
+        assert not re.search(r"^\s*(import|from) torch", path.read_text(), re.M), path
 
 
 def test_help_and_validate_import_no_torch():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import raylora
+from raylora import layout
 from raylora.study import baseline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_the_fingerprint_follows_what_decides_the_score():
 def test_a_study_reuses_its_baseline_json_for_the_same_spec(tmp_path):
     spec = raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml")
     saved = {"fingerprint": baseline.fingerprint(spec), "model": "m", "summary": {"n": 1}, "items": {}}
-    (tmp_path / baseline.STUDY_FILE).write_text(json.dumps(saved))
+    (tmp_path / layout.BASELINE).write_text(json.dumps(saved))
     # Found in the study's folder: no Ray task (Ray is not even started here).
     assert baseline.for_study(spec, tmp_path, log=lambda line: None) == saved
     assert baseline.wanted(spec)
@@ -51,8 +52,8 @@ def test_a_study_reuses_its_baseline_json_for_the_same_spec(tmp_path):
 
 
 def test_the_verdict_says_whether_the_best_trial_beat_the_base():
-    from raylora.study.record import TrialRecord
-    from raylora.study.states import TrialState
+    from raylora.record.states import TrialState
+    from raylora.record.trials import TrialRecord
     from raylora.tracking import verdict
 
     vs = {"metric": "eval/click_acc", "n": 10, "base": 0.2, "trial": 0.8, "gain": 0.6, "p_value": 0.03125}
@@ -163,12 +164,12 @@ def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
     assert parent.data.tags["raylora.baseline"] == base["fingerprint"]
 
     # `raylora report` compares trials the summary has no comparison for (a study stopped by a fault)
-    from raylora.tracking import report
+    from raylora.study import refresh
 
     expected = [t["vs_base"] for t in summary["trials"]]
     for trial in summary["trials"]:
         trial.pop("vs_base")
     (directory / "summary.json").write_text(json.dumps(summary))
-    report.regenerate(str(directory), log=lambda line: None)
+    refresh.regenerate(str(directory), log=lambda line: None)
     again = json.loads((directory / "summary.json").read_text())
     assert [t["vs_base"] for t in again["trials"]] == expected

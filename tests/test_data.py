@@ -6,46 +6,47 @@ import json
 
 import pytest
 
+from raylora.data import samples
 from raylora.errors import DataError
-from raylora.train import data
+from raylora.train import encode
 from raylora.train.evaluate import is_hit, parse_click
 
 
 def test_labels_cover_exactly_the_assistant_answer(processor, train_file):
-    records = data.read(train_file, limit=3)
-    kw = data.image_kwargs(None, None, processor)
-    encoded = data.encode(records, processor, max_length=4096, image_kw=kw)
+    records = samples.read(train_file, limit=3)
+    kw = encode.image_kwargs(None, None, processor)
+    encoded = encode.encode(records, processor, max_length=4096, image_kw=kw)
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     for record, item in zip(records, encoded.items, strict=True):
         ids, labels = item["input_ids"], item["labels"]
-        supervised = labels[labels != data.IGNORE_INDEX].tolist()
+        supervised = labels[labels != encode.IGNORE_INDEX].tolist()
         assert processor.tokenizer.decode(supervised) == record.answer() + "<|im_end|>"
-        assert (labels[ids == image_id] == data.IGNORE_INDEX).all()
+        assert (labels[ids == image_id] == encode.IGNORE_INDEX).all()
         n_image = int((ids == image_id).sum())
         assert n_image == int(item["image_grid_thw"].prod()) // 4  # one token per 2×2 merged patches
 
 
 def test_long_samples_are_dropped_and_counted(processor, train_file):
-    records = data.read(train_file, limit=4)
-    kw = data.image_kwargs(None, None, processor)
-    lengths = [item["input_ids"].numel() for item in data.encode(records, processor, 4096, kw).items]
+    records = samples.read(train_file, limit=4)
+    kw = encode.image_kwargs(None, None, processor)
+    lengths = [item["input_ids"].numel() for item in encode.encode(records, processor, 4096, kw).items]
     cut = sorted(lengths)[1]
-    encoded = data.encode(records, processor, max_length=cut, image_kw=kw)
+    encoded = encode.encode(records, processor, max_length=cut, image_kw=kw)
     assert encoded.dropped_too_long == sum(n > cut for n in lengths)
     assert all(item["input_ids"].numel() <= cut for item in encoded.items)
 
 
 def test_max_pixels_bounds_image_tokens(processor, train_file):
-    records = data.read(train_file, limit=4)
-    small = data.encode(records, processor, 4096, data.image_kwargs(1024, 32 * 32 * 4, processor))
+    records = samples.read(train_file, limit=4)
+    small = encode.encode(records, processor, 4096, encode.image_kwargs(1024, 32 * 32 * 4, processor))
     for item in small.items:
         assert int(item["image_grid_thw"].prod()) // 4 <= 4
 
 
 def test_collate_pads_and_keeps_image_inputs(processor, train_file):
-    records = data.read(train_file, limit=3)
-    items = data.encode(records, processor, 4096, data.image_kwargs(None, None, processor)).items
-    batch = data.collate(items, processor.tokenizer.pad_token_id)
+    records = samples.read(train_file, limit=3)
+    items = encode.encode(records, processor, 4096, encode.image_kwargs(None, None, processor)).items
+    batch = encode.collate(items, processor.tokenizer.pad_token_id)
     n = max(item["input_ids"].numel() for item in items)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["mm_token_type_ids"].shape == (3, n)
     assert batch["attention_mask"].sum() == sum(item["input_ids"].numel() for item in items)
@@ -65,9 +66,9 @@ def test_parquet_with_image_bytes_matches_jsonl(processor, train_file, tmp_path)
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
 
-    kw = data.image_kwargs(None, None, processor)
-    from_parquet = data.encode(data.read(path), processor, 4096, kw).items
-    from_jsonl = data.encode(data.read(train_file, limit=3), processor, 4096, kw).items
+    kw = encode.image_kwargs(None, None, processor)
+    from_parquet = encode.encode(samples.read(path), processor, 4096, kw).items
+    from_jsonl = encode.encode(samples.read(train_file, limit=3), processor, 4096, kw).items
     for a, b in zip(from_parquet, from_jsonl, strict=True):
         assert a["input_ids"].equal(b["input_ids"]) and a["pixel_values"].equal(b["pixel_values"])
 
@@ -83,7 +84,7 @@ def test_parquet_messages_as_json_strings(tmp_path, train_file):
     pq.write_table(
         pa.table({"messages": [json.dumps(line["messages"])], "bbox": [line["bbox"]]}), tmp_path / "d.parquet"
     )
-    (record,) = data.read(tmp_path / "d.parquet")
+    (record,) = samples.read(tmp_path / "d.parquet")
     assert record.bbox == tuple(float(v) for v in line["bbox"])
 
 
@@ -111,7 +112,7 @@ def test_bad_records_name_file_and_line(tmp_path, row, message):
         + "\n"
     )
     with pytest.raises(DataError) as info:
-        data.read(path)
+        samples.read(path)
     assert str(info.value).startswith(f"{path}:3")
     assert message in str(info.value)
 
@@ -125,5 +126,5 @@ def test_click_parsing_and_hits():
 
 
 def test_builtin_answers_hit_their_boxes(train_file):
-    for record in data.read(train_file):
+    for record in samples.read(train_file):
         assert is_hit(parse_click(record.answer()), record.bbox)

@@ -190,8 +190,8 @@ def test_warm_start_from_a_folder_that_is_no_study(tmp_path):
 
 
 def _record(tmp_path: Path, rows) -> object:
-    from raylora.study.record import StudyRecord, TrialRecord
-    from raylora.study.states import TrialState
+    from raylora.record.states import TrialState
+    from raylora.record.trials import StudyRecord, TrialRecord
 
     record = StudyRecord(tmp_path, "demo", "eval/loss", "min")
     for i, (scope, quant, value, memory, state) in enumerate(rows):
@@ -306,7 +306,7 @@ TWO = {
 
 
 def test_the_front_is_the_feasible_complete_trials_nothing_beats_on_every_objective(tmp_path):
-    from raylora.study.objectives import pareto_front
+    from raylora.record.objectives import pareto_front
 
     record = _record(tmp_path, ROWS)
     for t in record.trials.values():
@@ -324,9 +324,9 @@ def test_the_front_is_the_feasible_complete_trials_nothing_beats_on_every_object
 
 
 def test_a_two_objective_trial_is_told_both_values_and_its_constraint():
-    from raylora.study.objectives import tell_complete
-    from raylora.study.record import TrialRecord
-    from raylora.study.states import TrialState
+    from raylora.record.objectives import tell_complete
+    from raylora.record.states import TrialState
+    from raylora.record.trials import TrialRecord
 
     spec = _spec(**TWO, sampler={"type": "nsga2", "seed": 0})
     assert spec.study.objective.metric == "eval/loss", "the first objective is the one ASHA prunes on"

@@ -117,7 +117,8 @@ def _read_only(path: Path):
 
 
 def test_a_second_driver_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    from raylora.study.lock import LOCK, StudyLock
+    from raylora.layout import LOCK
+    from raylora.study.lock import StudyLock
     from raylora.tracking.storage import LocalStorage
 
     storage = LocalStorage(tmp_path / "study")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from raylora.data import coordinates, formats, templates
 from raylora.errors import DataError
-from raylora.train import coordinates, formats, templates
 
 
 def _png(path: Path, size=(200, 100)) -> Path:
@@ -20,7 +20,7 @@ def _png(path: Path, size=(200, 100)) -> Path:
 
 
 def _rows(ref, fmt="auto", coords="qwen3vl", template="click"):
-    """The rows of a dataset, raising its first bad record as data.read does."""
+    """The rows of a dataset, raising its first bad record as samples.read does."""
     out = []
     for where, row, _ in formats.rows(str(ref), fmt, coords, template):
         if isinstance(row, DataError):
@@ -211,7 +211,7 @@ def test_an_undetectable_record_and_bad_bytes_name_the_line(tmp_path):
 
 
 def test_validate_reports_every_bad_record_not_only_the_first(tmp_path):
-    from raylora.train import data
+    from raylora.data import samples
 
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     lines = [
@@ -221,13 +221,13 @@ def test_validate_reports_every_bad_record_not_only_the_first(tmp_path):
         json.dumps(good),
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
-    found = [str(e) for e in data.problems(tmp_path / "d.jsonl")]
+    found = [str(e) for e in samples.problems(tmp_path / "d.jsonl")]
     assert len(found) == 2 and found[0].startswith(f"{tmp_path / 'd.jsonl'}:2: malformed JSON"), found
     assert found[1].startswith(f"{tmp_path / 'd.jsonl'}:3: no assistant turn"), found
 
 
 def test_a_screenspot_file_trains_through_the_same_reader(tmp_path):
-    from raylora.train import data
+    from raylora.data import samples
 
     _png(tmp_path / "shot.png", (640, 360))
     record = {
@@ -237,7 +237,7 @@ def test_a_screenspot_file_trains_through_the_same_reader(tmp_path):
         "data_type": "icon",
     }
     (tmp_path / "ss.json").write_text(json.dumps([record]))
-    (read,) = data.read(tmp_path / "ss.json", template="qwen3vl")
+    (read,) = samples.read(tmp_path / "ss.json", template="qwen3vl")
     assert read.images == [str(tmp_path / "shot.png")] and read.categories == {"data_type": "icon"}
     assert json.loads(read.answer()) == {"point_2d": [150, 150]} and read.bbox == (100.0, 100.0, 200.0, 200.0)
 
@@ -274,7 +274,7 @@ def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_pa
 
 
 def test_an_answer_outside_the_declared_convention_names_the_record(tmp_path):
-    from raylora.train import data
+    from raylora.data import samples
 
     record = {
         "messages": [
@@ -286,14 +286,14 @@ def test_an_answer_outside_the_declared_convention_names_the_record(tmp_path):
     with pytest.raises(
         DataError, match=r"px\.jsonl:1: x=1430\.0 is outside qwen3vl's 0–1000: is data\.coordinates"
     ):
-        data.read(tmp_path / "px.jsonl")
-    assert data.read(tmp_path / "px.jsonl", coordinates="pixels")[0].answer() == "click(1430, 620)"
+        samples.read(tmp_path / "px.jsonl")
+    assert samples.read(tmp_path / "px.jsonl", coordinates="pixels")[0].answer() == "click(1430, 620)"
     mai = {
         "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "click(999, 1000)"}]
     }
     (tmp_path / "mai.jsonl").write_text(json.dumps(mai) + "\n")
     with pytest.raises(DataError, match="y=1000.0 is outside mai-ui's 0–999"):
-        data.read(tmp_path / "mai.jsonl", coordinates="mai-ui")
+        samples.read(tmp_path / "mai.jsonl", coordinates="mai-ui")
 
 
 # -- Hugging Face datasets ---------------------------------------------------------------------------
@@ -335,9 +335,11 @@ def test_hf_save_to_disk_folder_with_embedded_images_and_a_column_mapping(tmp_pa
     assert image["bytes"] == shot.read_bytes()  # the Image feature's struct: the screenshot itself
     assert row["messages"][0]["content"][1] == {"type": "text", "text": "click the OK button"}
 
-    from raylora.train import data
+    from raylora.data import samples
 
-    records = data.read(tmp_path / "saved", fmt="hf", columns={"messages": "conversation", "images": "shots"})
+    records = samples.read(
+        tmp_path / "saved", fmt="hf", columns={"messages": "conversation", "images": "shots"}
+    )
     assert len(records) == 4 and records[0].images[0] == shot.read_bytes()
 
     dataset_dict = datasets.DatasetDict({"train": dataset, "test": dataset})
@@ -345,7 +347,7 @@ def test_hf_save_to_disk_folder_with_embedded_images_and_a_column_mapping(tmp_pa
     with pytest.raises(DataError, match="a DatasetDict: name one split's folder \\(test, train\\)"):
         _rows(tmp_path / "dict", "hf")
     with pytest.raises(DataError, match=r"no column 'shots_missing'"):
-        list(data.read(tmp_path / "dict" / "test", fmt="hf", columns={"images": "shots_missing"}))
+        list(samples.read(tmp_path / "dict" / "test", fmt="hf", columns={"images": "shots_missing"}))
 
 
 def test_hf_parquet_and_arrow_shards_of_screenspot_records(tmp_path):
@@ -410,7 +412,7 @@ def test_ms_swift_grounding_objects_become_the_templates_answer(tmp_path):
 
 
 def test_pixel_answers_are_checked_against_their_image(tmp_path):
-    from raylora.train import data
+    from raylora.data import samples
 
     _png(tmp_path / "shot.png", (400, 200))
     record = {
@@ -424,11 +426,11 @@ def test_pixel_answers_are_checked_against_their_image(tmp_path):
     }
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps(record) + "\n")
-    assert data.read(path, coordinates="pixels")[0].answer() == "click(380, 150)"
+    assert samples.read(path, coordinates="pixels")[0].answer() == "click(380, 150)"
     record["messages"][1]["content"][0]["text"] = "click(380, 250)"  # below the 200-pixel-high image
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(DataError, match=r"chat.jsonl:1: y=250.* for a 400×200 image"):
-        data.read(path, coordinates="pixels")
+        samples.read(path, coordinates="pixels")
 
 
 def test_inspect_reads_a_shard_folder_through_a_column_mapping(tmp_path):

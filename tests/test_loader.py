@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from raylora.data import samples
 from raylora.errors import DataError
-from raylora.train import data, loader
+from raylora.train import encode, loader
 
 
 @pytest.mark.parametrize("bounds", [(None, None), (1024, 32 * 32 * 4)])
 def test_length_index_matches_the_encoded_length(processor, train_file, bounds, tmp_path):
-    kw = data.image_kwargs(*bounds, processor)
+    kw = encode.image_kwargs(*bounds, processor)
     split = loader.open_split(str(train_file), processor, 4096, kw, limit=12, cache_dir=tmp_path)
     assert split.lengths == [item["input_ids"].numel() for item in split.items]
     assert len(list(tmp_path.glob("*.json"))) == 1  # the index is on disk, and read back next time
@@ -27,7 +28,7 @@ def test_length_index_matches_the_encoded_length(processor, train_file, bounds, 
 
 
 def test_too_long_samples_are_dropped_before_any_decoding(processor, train_file):
-    kw = data.image_kwargs(None, None, processor)
+    kw = encode.image_kwargs(None, None, processor)
     full = loader.open_split(str(train_file), processor, 4096, kw, limit=12)
     cut = sorted(full.lengths)[5]
     split = loader.open_split(str(train_file), processor, cut, kw, limit=12)
@@ -36,7 +37,7 @@ def test_too_long_samples_are_dropped_before_any_decoding(processor, train_file)
 
 
 def test_batches_resume_where_they_stopped_and_shard_by_rank(processor, train_file):
-    kw = data.image_kwargs(1024, 32 * 32 * 4, processor)
+    kw = encode.image_kwargs(1024, 32 * 32 * 4, processor)
     split = loader.open_split(str(train_file), processor, 4096, kw, limit=12)
     pad = processor.tokenizer.pad_token_id
     whole = loader.batches(split, 2, pad, seed=3, workers=2)
@@ -92,7 +93,7 @@ def _bad_images(folder: Path, train_file: Path) -> Path:
 
 def test_validate_opens_every_image_and_names_each_bad_record(tmp_path, train_file):
     path = _bad_images(tmp_path, train_file)
-    found = {e.where: e.message for e in data.problems(path)}
+    found = {e.where: e.message for e in samples.problems(path)}
     assert set(found) == {f"{path}:{line}" for line in (2, 3, 4, 5, 6)}
     assert "cannot decode image" in found[f"{path}:2"]  # header fine, pixels cut short
     assert "cannot read image" in found[f"{path}:3"]
@@ -105,7 +106,7 @@ def test_a_bad_image_met_in_training_names_its_record(tmp_path, train_file, proc
     path = _bad_images(tmp_path, train_file)
     lines = path.read_bytes().splitlines()[:2]  # the good record and the truncated PNG
     path.write_bytes(b"\n".join(lines) + b"\n")
-    kw = data.image_kwargs(1024, 32 * 32 * 4, processor)
+    kw = encode.image_kwargs(1024, 32 * 32 * 4, processor)
     split = loader.open_split(str(path), processor, 4096, kw)  # the header is fine: it reads as an image
     with pytest.raises(DataError, match=f"{path}:2: cannot decode image"):
         batches = loader.batches(split, 1, processor.tokenizer.pad_token_id, seed=0, workers=1)
@@ -121,7 +122,7 @@ def test_embedded_image_bytes_are_spilled_to_files(tmp_path, train_file):
     shot = record["messages"][0]["content"][0]
     shot["image"] = (train_file.parent / shot["image"]).read_bytes()
     pq.write_table(pa.Table.from_pylist([record] * 3), tmp_path / "data.parquet")
-    records = data.read(tmp_path / "data.parquet", spill_dir=tmp_path / "spill")
+    records = samples.read(tmp_path / "data.parquet", spill_dir=tmp_path / "spill")
     paths = {r.images[0] for r in records}
     assert len(paths) == 1 and Path(next(iter(paths))).read_bytes() == shot["image"]
 

@@ -9,9 +9,9 @@ import sys
 import pyarrow.fs
 import pytest
 
+from raylora.record.states import EXIT
 from raylora.study.checkpoints import Checkpoints
 from raylora.study.pool import TrialPool, _Runner
-from raylora.study.states import EXIT
 
 SETTINGS = {"max_failures": 1}
 

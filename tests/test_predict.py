@@ -41,7 +41,7 @@ def test_one_screenshot_gets_the_models_text_and_its_click(trained):
     answer, click = proc.stdout.splitlines()[:2]
     assert answer.startswith("answer: ")
     assert click.startswith("click: "), proc.stdout
-    from raylora.tracking.serving import Predictor
+    from raylora.train.inference import Predictor
 
     # The same answer as the code path the promoted MLflow model runs.
     expected = Predictor.load(trained).click(shot, "click the OK button")

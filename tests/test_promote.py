@@ -288,7 +288,8 @@ def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tm
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from raylora.train import data
+    from raylora.data import samples
+    from raylora.train import encode
 
     out = tmp_path / "merged"
     result = promote.promote_best(
@@ -302,10 +303,10 @@ def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tm
     reference = PeftModel.from_pretrained(base, adapters["llm_vision"] / "adapter").eval()
 
     processor = AutoProcessor.from_pretrained(out)
-    image_kw = data.image_kwargs(4096, 65536, processor)
-    records = data.read(builtin.resolve_data(builtin.GUI_DATA, "eval"), limit=2)
-    batch = data.collate(
-        data.encode(records, processor, 512, image_kw).items, processor.tokenizer.pad_token_id
+    image_kw = encode.image_kwargs(4096, 65536, processor)
+    records = samples.read(builtin.resolve_data(builtin.GUI_DATA, "eval"), limit=2)
+    batch = encode.collate(
+        encode.encode(records, processor, 512, image_kw).items, processor.tokenizer.pad_token_id
     )
     batch.pop("labels")
     with torch.no_grad():

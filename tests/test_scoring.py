@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from raylora.train import actions, scoring
+from raylora.data import actions, scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
@@ -329,7 +329,7 @@ def test_pixel_data_reads_a_qwen3vl_answer_on_the_image(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(_record("click(100, 50)", bbox=[90, 40, 110, 60], image="s.png")) + "\n")
     goal = scoring.target(
-        __import__("raylora.train.data", fromlist=["read"]).read(data, coordinates="pixels")[0], "pixels"
+        __import__("raylora.data.samples", fromlist=["read"]).read(data, coordinates="pixels")[0], "pixels"
     )
     assert goal.size == (200, 100)
     assert scoring.score('{"point_2d": [500, 500]}', goal).click is True  # (100, 50) px
@@ -367,9 +367,9 @@ def test_unknown_template_or_coordinates_exit_2(held_out):
 
 def test_trainer_rates_are_the_same_numbers(held_out):
     data, predictions = held_out
-    from raylora.train import data as data_lib
+    from raylora.data import samples
 
-    records = data_lib.read(data)
+    records = samples.read(data)
     outputs = scoring.read_predictions(predictions, records)
     results = [scoring.score(outputs[i], scoring.target(r, "qwen3vl")) for i, r in enumerate(records)]
     rates = scoring.rates(scoring.counts(results), prefix="eval/")
@@ -402,11 +402,12 @@ def test_raylora_eval_on_the_builtin_model(tmp_path):
     assert report["n"] == 6 and report["click_n"] == 6
     # Batched, left-padded generation answers as one record at a time does (raylora predict's path).
     from raylora import builtin
+    from raylora.data import samples
     from raylora.tracking import serving
-    from raylora.train import data as data_lib
+    from raylora.train import inference
 
-    predictor = serving.Predictor.load("builtin:tiny-qwen3-vl")
-    records = data_lib.read(builtin.resolve_data("builtin:gui-grounding", "eval"), 6)
+    predictor = inference.Predictor.load("builtin:tiny-qwen3-vl")
+    records = samples.read(builtin.resolve_data("builtin:gui-grounding", "eval"), 6)
     assert [row["output"] for row in lines] == [serving.answer_record(predictor, r, 8) for r in records]
     # The same outputs scored again with no model give the same report.
     rescored = _score(str(out), "--data", "builtin:gui-grounding", "--json")

@@ -234,9 +234,9 @@ def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_pat
 
 def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_path):
     # A driver killed between telling Optuna and saving summary.json: the trial is finished, not re-run.
+    from raylora.record.trials import StudyRecord, TrialRecord
     from raylora.spec import Spec
     from raylora.study.optuna_searcher import open_optuna, settle_interrupted
-    from raylora.study.record import StudyRecord, TrialRecord
 
     spec = Spec.from_dict(yaml.safe_load(_write_spec(tmp_path).read_text()))
     directory = tmp_path / "s"

@@ -5,6 +5,10 @@ Two references are built in, each built once under ``$RAYLORA_HOME`` and then re
 * ``builtin:tiny-qwen3-vl`` (:mod:`.tiny_model`): a real tiny Qwen3-VL checkpoint folder, loaded through
   the same ``from_pretrained`` path as a hub checkpoint.
 * ``builtin:gui-grounding`` (:mod:`.gui_data`): synthetic GUI screenshots as JSONL in the chat format.
+
+    tiny_model   the tiny Qwen3-VL checkpoint (model, tokenizer, processor)
+    gui_data     the synthetic GUI grounding dataset
+    _publish     build in a temporary folder, rename into place: many processes, one copy
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Never imports torch: ``raylora validate`` and the search driver read specs witho
 
     spec = raylora.spec.load("search_spaces/quickstart.yaml", ["training.lora.r=32"])
     concrete = spec.with_values({"training.lora.scope": ["llm", "vision"]})
+
+    load       YAML with line numbers, --set overrides, validation
+    schema     the strict, typed sections and the rules that span them
+    paths      the dotted-path language (training.lora.r)
+    space      spec.search → distributions → Optuna's define-by-run function
+    yamltext   YAML text → data, remembering each key's line
+    starters   the starter specs ``raylora init`` writes
 """
 
 from .load import build, load

@@ -40,7 +40,7 @@ class Objective(_Section):
         "cost/trainable_params",
     ] = "eval/loss"
     """The metric the study optimizes, as reported by every trial (``eval/type_acc``/``eval/step_acc``:
-    navigation records, see :mod:`raylora.train.scoring`; ``cost/*``: :mod:`raylora.train.cost`)."""
+    navigation records, see :mod:`raylora.data.scoring`; ``cost/*``: :mod:`raylora.train.cost`)."""
     mode: Literal["min", "max"] = "min"
 
 
@@ -142,7 +142,7 @@ class Data(_Section):
     format: Literal["auto", "chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "hf"] = "auto"
     """How the records are written (``auto``: detected from the first record): chat, sharegpt, qwen,
     screenspot, screenspot-pro; ``hf`` for a Hugging Face dataset (a ``save_to_disk`` folder, Parquet/Arrow
-    shards, or ``hf://ORG/NAME[#SPLIT]``) whose records are detected (see ``raylora.train.formats``)."""
+    shards, or ``hf://ORG/NAME[#SPLIT]``) whose records are detected (see ``raylora.data.formats``)."""
     columns: dict[str, str] = {}
     """Column renames, the format's name to the dataset's: ``{img_filename: image_path}``."""
     coordinates: Literal["qwen3vl", "mai-ui", "pixels", "resized-pixels", "unit"] = "qwen3vl"

@@ -1,15 +1,19 @@
-"""The study driver: Ray start-up, Tune with the Optuna searcher and ASHA, the study record, and the trial
-pool whose long-lived Ray Train worker groups train the trials.
+"""The study driver: Ray start-up, Tune with the Optuna searcher and ASHA, and the trial pool whose
+long-lived Ray Train worker groups train the trials. The top layer: it may use every other package.
 
     driver            run(spec): the whole study, start to report
     cluster           ray.init: attach, or start a local Ray
     placement         what the cluster's nodes hold: trials at once, trial-driver resources
+    lock              one driver per study (a lease in the study folder)
+    specfile          spec.json and the check --resume makes
     optuna_searcher   Optuna's journal and sampler; the searcher that asks and tells it (trial states)
-    record            summary.json: every trial's state, params, value and adapter
-    states            the vocabularies: TrialState, JobState; exception → state
+    warm              enqueued configurations and earlier studies as prior
+    repair            a study's state mended after a crash (torn journal, unreadable summary)
     trainable         the Tune trainable each trial runs (hands the trial to the pool)
     pool              the pool actor: queue, runner threads, their TorchTrainers
     pool_worker       the loop each Ray Train worker runs, and its Session
     checkpoints       adapter checkpoints under <study>/runs/<slot>/
+    baseline          the base model scored once on the eval set; trials compared with it
     progress          the lines a user sees during a study
+    refresh           ``raylora report``: a study's report rebuilt from its folder
 """

@@ -2,7 +2,7 @@
 
 :func:`load_or_measure` evaluates the spec's base model (no adapter) on the whole eval set exactly as a
 trial's final evaluation does (the same records, too-long ones dropped; the same prompts, generation and
-:mod:`raylora.train.scoring`), and caches the result under ``$RAYLORA_HOME/cache/baseline/`` by a
+:mod:`raylora.data.scoring`), and caches the result under ``$RAYLORA_HOME/cache/baseline/`` by a
 fingerprint of what decides it (:func:`fingerprint`: model and revision, the eval file's content, format,
 coordinates, template, columns, image bounds, ``max_length``, ``max_new_tokens``), so every trial of a
 study, a ``--resume`` and a later study on the same data reuse it.
@@ -18,12 +18,10 @@ import json
 import os
 from pathlib import Path
 
+from ..data import scoring
+from ..layout import BASELINE
+from ..record.comparison import compare, items, metric_for
 from ..spec import Spec
-from ..train import scoring
-
-ITEM_FIELDS = ("click", "type", "step", "format_error")
-"""The per-record outcome, in this order: ``[click, type, step, format_error]`` (null where n/a)."""
-PAIRED = {"eval/click_acc": 0, "eval/type_acc": 1, "eval/step_acc": 2}
 
 
 def fingerprint(spec: Spec) -> str:
@@ -55,7 +53,7 @@ def _content_hash(ref: str | None) -> str | None:
     if not path.is_file():  # a folder of shards or a hub id: its name and modification time
         stat = path.stat() if path.exists() else None
         return f"{path.resolve()}:{stat.st_mtime_ns if stat else ''}:{ref}"
-    from ..tracking.tracker import fingerprint as file_sha256
+    from ..files import digest as file_sha256
 
     return file_sha256(str(path)) + ref[len(ref.split("#")[0]) :]
 
@@ -88,13 +86,13 @@ def measure(spec: Spec) -> dict:
     """``{"fingerprint", "model", "summary": scoring.summarize(...), "items": {where: [click, type, step,
     format_error]}}`` for the base model on the whole eval set."""
     from .. import builtin
-    from ..tracking import serving
-    from ..train import evaluate, loader, templates
+    from ..data import templates
+    from ..train import evaluate, inference, loader
 
     if not spec.data.eval:
         raise ValueError("the base model is scored on data.eval, and the spec has none")
     image = spec.data.image
-    predictor = serving.Predictor.load(
+    predictor = inference.Predictor.load(
         spec.model.name_or_path,
         revision=spec.model.revision,
         min_pixels=image.min_pixels,
@@ -129,34 +127,7 @@ def measure(spec: Spec) -> dict:
     }
 
 
-def items(records, outcomes) -> dict[str, list]:
-    """Each scored record's outcome by its ``where``: ``[click, type, step, format_error]``."""
-    return scoring.by_record(records, outcomes)
-
-
-def compare(base: dict[str, list], trial: dict[str, list], metric: str = "eval/click_acc") -> dict | None:
-    """A trial's per-record outcomes against the base model's on the records both scored for ``metric``
-    (``eval/click_acc``, ``eval/type_acc`` or ``eval/step_acc``): ``{"n", "base", "trial", "gain",
-    "a_only", "b_only", "p_value", "method"}`` (``a`` the trial, ``b`` the base), or None when no record
-    pairs."""
-    field = PAIRED.get(metric)
-    if field is None:
-        raise ValueError(f"{metric} is not a per-record accuracy ({', '.join(PAIRED)})")
-    keys = sorted(
-        k for k in trial if k in base and trial[k][field] is not None and base[k][field] is not None
-    )
-    if not keys:
-        return None
-    a = [bool(trial[k][field]) for k in keys]
-    b = [bool(base[k][field]) for k in keys]
-    test = scoring.mcnemar(a, b)
-    return {"base": sum(b) / len(b), "trial": sum(a) / len(a), "gain": (sum(a) - sum(b)) / len(keys), **test}
-
-
 # -- in a study -----------------------------------------------------------------------------------------
-
-STUDY_FILE = "baseline.json"
-"""The base model's result in the study's folder (pushed with its state), so ``--resume`` reuses it."""
 
 
 def wanted(spec: Spec) -> bool:
@@ -169,9 +140,9 @@ def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
     measured for this spec, else :func:`load_or_measure` as a Ray task with one trial worker's resources
     (so a driver without a GPU is fine), saved there. None, with one line logged, when it fails: the study
     goes on without it."""
-    from .record import write_atomic
+    from ..files import write_atomic
 
-    path = directory / STUDY_FILE
+    path = directory / BASELINE
     try:
         saved = json.loads(path.read_text()) if path.is_file() else None
     except ValueError:
@@ -206,19 +177,13 @@ def _measure_task(spec: dict) -> dict:
     return load_or_measure(Spec.from_dict(spec), log=lambda line: None)
 
 
-def metric_for(objective: str) -> str:
-    """The per-record accuracy a trial is compared with the base on: the ``objective`` when it is one,
-    else ``eval/click_acc``."""
-    return objective if objective in PAIRED else "eval/click_acc"
-
-
 def compare_trials(record, storage, base: dict) -> bool:
-    """Each COMPLETE trial of ``record`` (a :class:`~raylora.study.record.StudyRecord`) against ``base``:
+    """Each COMPLETE trial of ``record`` (a :class:`~raylora.record.trials.StudyRecord`) against ``base``:
     its final evaluation (``eval_items.json`` in its latest checkpoint) gives ``trial.vs_base`` =
     :func:`compare`'s result plus ``metric``; trials without one keep theirs. True when one changed."""
-    from ..train.recipe import EVAL_ITEMS
+    from ..layout import EVAL_ITEMS
+    from ..record.states import TrialState
     from .checkpoints import Checkpoints
-    from .states import TrialState
 
     runs_dir, filesystem = storage.ray_path("runs")
     metric = metric_for(record.metric)

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..layout import DONE
+
 CHECKPOINT_PREFIX = "checkpoint_s"
-REPORT_FILE = "report.json"
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Checkpoints:
     def _complete(self, name: str) -> bool:
         import pyarrow.fs
 
-        info = self.fs.get_file_info(f"{self.folder}/{name}/{REPORT_FILE}")
+        info = self.fs.get_file_info(f"{self.folder}/{name}/{DONE}")
         return info.type == pyarrow.fs.FileType.File
 
     def latest(self) -> Path | None:
@@ -100,7 +101,7 @@ class Checkpoints:
         import shutil
         import uuid
 
-        (local / REPORT_FILE).write_text(report)
+        (local / DONE).write_text(report)
         target = Path(path)
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ class Checkpoints:
             self.fs.delete_dir(path)  # the same step again: never mark stale files complete
         self.fs.create_dir(path, recursive=True)
         pyarrow.fs.copy_files(str(local), path, destination_filesystem=self.fs)
-        with self.fs.open_output_stream(f"{path}/{REPORT_FILE}") as f:  # last: the checkpoint is whole
+        with self.fs.open_output_stream(f"{path}/{DONE}") as f:  # last: the checkpoint is whole
             f.write(report.encode())
 
     def _prune(self, latest: str) -> None:
@@ -129,7 +130,7 @@ class Checkpoints:
         sign = 1.0 if self.mode == "min" else -1.0
         scored = []
         for name in self.names():
-            value = self._read(f"{self.folder}/{name}/{REPORT_FILE}")
+            value = self._read(f"{self.folder}/{name}/{DONE}")
             value = json.loads(value).get(self.metric) if value else None
             scored.append((sign * value if isinstance(value, (int, float)) else math.inf, name))
         best, best_value = latest, math.inf

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EnvironmentFault, UserError
+from ..layout import JOURNAL, PENDING, SUMMARY
+from ..record.states import TrialState
+from ..record.trials import StudyRecord, TrialRecord
 from ..spec import Spec, space
-from ..tracking.storage import PENDING, LocalStorage, UriStorage
+from ..tracking.storage import LocalStorage, UriStorage
 from . import cluster, placement
-from .record import StudyRecord, TrialRecord
-from .states import TrialState
 
 
 @dataclass
@@ -58,10 +59,10 @@ def run(
     One driver per study (:mod:`raylora.study.lock`); a full, read-only or unwritable storage stops the
     study with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
     """
+    from ..record.states import storage_fault
     from ..tracking.tracker import check_uri
     from ..tracking.tracker import tracking_uri as resolve_uri
     from .lock import StudyLock
-    from .states import storage_fault
 
     cluster.configure(address)  # before the first import of ray, below
     from ..train.init_adapter import with_resolved
@@ -95,9 +96,9 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
         record = StudyRecord.open(directory, spec)
         rebuild = False
     except ValueError as e:  # summary.json does not parse (a disk that filled mid-write, a hand edit)
-        if dry_run or not (directory / "optuna.journal").is_file():
+        if dry_run or not (directory / JOURNAL).is_file():
             raise UserError(
-                where.display("summary.json"),
+                where.display(SUMMARY),
                 f"does not parse ({e}); run without --dry-run to rebuild it from optuna.journal, or "
                 "restore it",
             ) from None

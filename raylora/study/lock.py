@@ -23,8 +23,8 @@ import uuid
 from datetime import UTC, datetime
 
 from ..errors import UserError
+from ..layout import LOCK
 
-LOCK = "driver.lock"
 LEASE_S = 120.0  # a lease not renewed for this long belongs to a holder that is gone
 RENEW_S = 20.0
 SETTLE_S = 2.0  # object storage: how long a launcher waits before reading its lease back

@@ -1,7 +1,7 @@
 """Everything Optuna: the study's journal, its sampler, and the Tune searcher that asks and tells it.
 
 This module is the one place a trial's state changes: :class:`StudySearcher` moves each trial from RUNNING
-to its final :class:`~raylora.study.states.TrialState` as Tune reports it, and
+to its final :class:`~raylora.record.states.TrialState` as Tune reports it, and
 :func:`settle_interrupted` settles what a killed driver left behind.
 
 Ray's own ``OptunaSearch`` tells an ASHA-stopped trial to Optuna as COMPLETE with its low-budget value
@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 
 from ray.tune.search import Searcher
 
+from ..layout import JOURNAL
+from ..record import objectives
+from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, storage_fault
+from ..record.trials import StudyRecord, TrialRecord, slot_name
 from ..spec import space
-from . import objectives, warm
-from .record import JOURNAL, StudyRecord, TrialRecord, slot_name
-from .states import ERROR, STATUS, STORAGE_FAULT, TrialState, storage_fault
+from . import warm
 
 if TYPE_CHECKING:
     from pathlib import Path

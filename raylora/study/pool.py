@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .states import EXIT, JobState, TrialState
+from ..record.states import EXIT, JobState, TrialState
 
 
 @dataclass
@@ -209,7 +209,7 @@ class TrialPool:
         threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
 
     def _run(self, rid: int, handle) -> None:
-        from .states import classify
+        from ..record.states import classify
 
         state = self.runners[rid]
         try:

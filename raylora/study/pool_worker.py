@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..layout import REPORTS
+from ..record.states import EXIT, classify
 from .checkpoints import Checkpoints
-from .states import EXIT, classify
 
 
 def serve_trials(config: dict) -> None:
@@ -142,13 +143,12 @@ class PoolSession:
     # listening (Ctrl-C, a killed driver) missed some; a resumed trial sends them all again first, so the
     # study's record and MLflow curves hold every evaluation the workers ran (MLflow keeps one copy of a
     # metric sent twice with the same step, time and value).
-    REPORTS = "reports.jsonl"
 
     def _log_report(self, metrics: dict) -> None:
         import json
 
         line = json.dumps(metrics, default=str) + "\n"
-        path = f"{self.checkpoints.folder}/{self.REPORTS}"
+        path = f"{self.checkpoints.folder}/{REPORTS}"
         if self.checkpoints.filesystem is None:
             with open(path, "a") as f:
                 f.write(line)
@@ -162,7 +162,7 @@ class PoolSession:
 
         import ray
 
-        text = self.checkpoints._read(f"{self.checkpoints.folder}/{self.REPORTS}") or ""
+        text = self.checkpoints._read(f"{self.checkpoints.folder}/{REPORTS}") or ""
         for line in text.splitlines():
             try:
                 metrics = json.loads(line)

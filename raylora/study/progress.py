@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from .. import environment
+from ..record.states import TrialState
+from ..record.trials import StudyRecord, TrialRecord, short_params
 from ..spec import Spec
-from .record import StudyRecord, TrialRecord
-from .states import TrialState
 
 
 class Progress:
@@ -191,19 +191,3 @@ def _eta(values: dict) -> str | None:
         return None
     seconds = int((values["max_steps"] - step) / rate)
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def short_params(params: dict) -> str:
-    """``scope=llm+vision r=16 lr.llm=0.0003``: a trial's params, short enough for one line."""
-    parts = []
-    for path, value in params.items():
-        key = path.removeprefix("training.").replace("learning_rate.", "lr.").replace("lora.", "")
-        text = (
-            "+".join(value)
-            if isinstance(value, list)
-            else f"{value:.3g}"
-            if isinstance(value, float)
-            else value
-        )
-        parts.append(f"{key}={text}")
-    return " ".join(parts)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..layout import DONE
 
 if TYPE_CHECKING:
     import optuna
 
+    from ..record.trials import StudyRecord
     from ..spec import Spec
-    from .record import StudyRecord
 
 
 def repair_journal(path: Path, log: Callable[[str], None] = print) -> None:
@@ -73,10 +74,10 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
     """
     import optuna
 
+    from ..record.states import TrialState
+    from ..record.trials import TrialRecord
     from ..spec import space
     from .checkpoints import Checkpoints
-    from .record import TrialRecord
-    from .states import TrialState
 
     TS = optuna.trial.TrialState
     latest: dict[str, optuna.trial.FrozenTrial] = {}
@@ -116,7 +117,7 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
 def _best_checkpoint(checkpoints, names: list[str], objective) -> str:
     best, best_value = names[-1], None
     for name in names:  # oldest first: the newer wins a tie, as the pruning rule
-        text = checkpoints._read(f"{checkpoints.folder}/{name}/report.json")
+        text = checkpoints._read(f"{checkpoints.folder}/{name}/{DONE}")
         value = json.loads(text).get(objective.metric) if text else None
         if not isinstance(value, (int, float)):
             continue

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpecError, raise_all
+from ..layout import SPEC
 
 if TYPE_CHECKING:
     from ..spec import Spec
 
-SPEC_FILE = "spec.json"
 MAY_CHANGE = ("study.num_trials", "study.max_concurrent_trials", "study.storage", "resources", "tracking")
 DATA_FILES = ("data.train", "data.eval")
 
@@ -43,16 +43,16 @@ def resolved(spec: Spec) -> dict:
 def save(directory: Path, spec: Spec) -> None:
     """Write ``spec.json`` atomically (the current spec: changes it allowed are recorded too)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{SPEC_FILE}.{os.getpid()}.tmp"
+    tmp = directory / f".{SPEC}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(resolved(spec), indent=1) + "\n")
-    os.replace(tmp, directory / SPEC_FILE)
+    os.replace(tmp, directory / SPEC)
 
 
 def check(directory: Path, spec: Spec) -> None:
     """Refuse a resume whose spec differs from the study's in anything but :data:`MAY_CHANGE`: one
     :class:`SpecError` per changed path, ``old → new``. A study without ``spec.json`` (an older raylora)
     is not checked."""
-    path = directory / SPEC_FILE
+    path = directory / SPEC
     if not path.is_file():
         return
     try:
@@ -106,6 +106,6 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _sha256(ref: str) -> str | None:
-    from ..tracking.tracker import fingerprint
+    from ..files import digest as fingerprint
 
     return None if "://" in ref else fingerprint(str(Path(ref.split("#", 1)[0]).expanduser()))

@@ -9,7 +9,7 @@ memory on any worker → INFEASIBLE, anything else → FAILED with its reason.
 
 from __future__ import annotations
 
-from .states import ERROR, STATUS, JobState, TrialState, classify
+from ..record.states import ERROR, STATUS, JobState, TrialState, classify
 
 
 def run_trial(config: dict, base_spec: dict, pool) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..record.trials import WARM_START, WARM_START_TRIAL
 from ..spec import space
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from ..spec import Spec
 
 ENQUEUED = "raylora.enqueued"
-WARM_START = "raylora.warm_start"  # on a warm-start trial: the study it came from
-WARM_START_TRIAL = "raylora.warm_start_trial"  # and its trial id there
 
 
 def enqueue_next(study: optuna.Study, spec: Spec) -> int | None:
@@ -81,8 +80,8 @@ def _load(location: str, where: str, log) -> tuple[optuna.Study, str | None]:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from ..layout import JOURNAL, SUMMARY
     from ..tracking.storage import open_study
-    from .record import JOURNAL, SUMMARY
 
     storage = open_study(location, log)
     storage.pull()

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..study.states import TrialState
+from ..record.states import TrialState
 from ..train import cost
 from . import verdict as verdict_lib
 
@@ -77,7 +77,7 @@ def _eval_items(record) -> dict[str, dict]:
     study's runs are on this machine (local or shared storage)."""
     import json
 
-    from ..train.recipe import EVAL_ITEMS
+    from ..layout import EVAL_ITEMS
 
     out = {}
     for trial_id in record.trials:
@@ -228,7 +228,7 @@ def _own_trials(optuna_study):
         return None
     import optuna
 
-    from ..study.warm import WARM_START
+    from ..record.trials import WARM_START
 
     copy = optuna.create_study(directions=optuna_study.directions)
     copy.add_trials(

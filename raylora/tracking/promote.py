@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NothingToDo, UserError
-from ..study.states import TrialState
+from ..record.states import TrialState
 from ..train.quantization import FOUR_BIT
 from . import tags
 from .tags import BASE_MODEL, BASE_REVISION, ROLE, STATE, TRIAL_ID
@@ -483,7 +483,7 @@ def merge(
     """
     from transformers import AutoConfig
 
-    from .serving import base_model_path, load_with_adapter
+    from ..train.inference import base_model_path, load_with_adapter
 
     base = base_model_path(adapter_dir, base_model)
     if getattr(AutoConfig.from_pretrained(base, revision=revision), "quantization_config", None):

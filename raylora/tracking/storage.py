@@ -22,10 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .. import environment
 from ..errors import UserError, first_line
+from ..layout import STATE_FILES
 from .secrets import redact
 
-PENDING = "mlflow_pending.json"  # MLflow records a run could not send (see tracker.py)
-STATE_FILES = ("summary.json", "optuna.journal", PENDING, "spec.json", "baseline.json")
 REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 

@@ -21,7 +21,7 @@ BASELINE = "raylora.baseline"  # the fingerprint of the base model's score (base
 PARETO = "raylora.pareto"  # "true" on the trials of a multi-objective study's Pareto front
 
 TRIAL_ID = "raylora.trial_id"
-STATE = "raylora.state"  # a raylora.study.states.TrialState
+STATE = "raylora.state"  # a raylora.record.states.TrialState
 ERROR = "raylora.error"
 BASE_MODEL = "raylora.base_model"
 BASE_REVISION = "raylora.base_model_revision"

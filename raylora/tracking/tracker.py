@@ -10,7 +10,6 @@ tracking server is unreachable the study goes on, and the writes are replayed in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .. import environment
-from ..study.record import write_atomic
-from ..study.states import TrialState
+from ..files import digest, write_atomic
+from ..layout import PENDING
+from ..record.states import TrialState
 from . import tags
 from .secrets import scrub
-from .storage import PENDING
 
 if TYPE_CHECKING:
+    from ..record.trials import StudyRecord, TrialRecord
     from ..spec import Spec
-    from ..study.record import StudyRecord, TrialRecord
 
 TRIAL_METRICS = (
     "train/loss",
@@ -107,17 +106,6 @@ def _unwritable(folder: Path) -> str | None:
     except OSError as e:
         return f"cannot write in {existing} ({e.strerror or e})"
     return None
-
-
-def fingerprint(path: str | None) -> str | None:
-    """sha256 of a data file's bytes (None when it is not a local file)."""
-    if not path or not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Tracker:
@@ -331,7 +319,7 @@ class Tracker:
                 tags.STATE: str(TrialState.RUNNING),
                 tags.BASE_MODEL: spec.model.name_or_path,
                 **({tags.BASE_REVISION: spec.model.revision} if spec.model.revision else {}),
-                **({tags.DATASET_FINGERPRINT: fp} if (fp := fingerprint(_local(spec.data.train))) else {}),
+                **({tags.DATASET_FINGERPRINT: fp} if (fp := digest(_local(spec.data.train))) else {}),
             }
             run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=values).info.run_id
         else:
@@ -509,8 +497,8 @@ def replay_pending(
     """Send the records an earlier run saved to the tracking URI they were meant for (or to ``uri``, when
     that store was lost); True when none are left. The study's ``summary.json`` gets the MLflow run ids it
     did not have."""
+    from ..record.trials import StudyRecord
     from ..spec import Spec
-    from ..study.record import StudyRecord
 
     saved = read_pending(storage)
     if saved is None:

@@ -9,7 +9,7 @@
 Pure: it reads the trials as ``summary.json`` holds them (COMPLETE trials compete; a trial's ``value`` is
 its best objective value, ``cost`` its ``cost/*`` metrics). The intervals are across trials — the spread
 of a group's complete trials, whose hyperparameters differ (Welch's t on the group means) — not eval-item
-noise. The paired test on the same eval items is McNemar's (:func:`raylora.study.baseline.compare`): the
+noise. The paired test on the same eval items is McNemar's (:func:`raylora.record.comparison.compare`): the
 best trial against the base model (each trial's ``vs_base``), and the best of one group against the best
 of another when their per-record final evaluations (``items``: trial id → ``eval_items.json``) are given.
 """
@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..study.states import TrialState
+from ..record.states import TrialState
 from ..train import cost
 
 SCOPE = "training.lora.scope"
@@ -188,7 +188,7 @@ def _best_text(g: Group, metric: str) -> str:
 
 def _paired(base: Group, other: Group, metric: str, items: dict, paired: list) -> str:
     """The two bests on the same eval records: the accuracy of each, and McNemar's p ("" without both)."""
-    from ..study.baseline import compare, metric_for
+    from ..record.comparison import compare, metric_for
 
     a, b = items.get(other.best.trial_id), items.get(base.best.trial_id)
     accuracy = metric_for(metric)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data import coordinates, formats, samples, templates
 from ..errors import DataError
-from . import coordinates, data, formats, loader, templates
+from . import encode, loader
 
 MARK_START, MARK_END = "⟦", "⟧"
 
@@ -27,18 +28,18 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )
         fmt = formats.detect(row, where)
-    records = data.read(
+    records = samples.read(
         ref, limit, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
     )
     answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
-    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     # Lengths from image headers and text alone: a dataset larger than memory is inspected without
     # decoding its screenshots (only the rendered example is encoded).
     lengths = [loader.token_length(record, processor, image_kw) for record in records]
     kept = [r for r, n in zip(records, lengths, strict=True) if n <= spec.data.max_length]
     image_tokens = sum(
-        loader.image_tokens(data.image_size(ref, r.where), processor, image_kw)
+        loader.image_tokens(samples.image_size(ref, r.where), processor, image_kw)
         for r in kept
         for ref in r.images
     )
@@ -56,25 +57,25 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         "categories": _categories(records),
     }
     if kept:
-        item = data.encode_one(kept[0], processor, image_kw)
+        item = encode.encode_one(kept[0], processor, image_kw)
         if isinstance(item, DataError):
             raise item
         report["example"] = {"where": kept[0].where, "rendered": _rendered(item, processor)}
     return report
 
 
-def _supervised_tokens(record: data.Record, processor) -> int:
+def _supervised_tokens(record: samples.Sample, processor) -> int:
     """Tokens of the record's assistant turns (and their ends): the text alone decides them."""
     import torch
 
     text = processor.apply_chat_template(record.messages, tokenize=False)
     ids = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
     end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    labels = data._labels(ids, data._assistant_header(processor.tokenizer), end_id)
-    return int((labels != data.IGNORE_INDEX).sum())
+    labels = encode._labels(ids, encode._assistant_header(processor.tokenizer), end_id)
+    return int((labels != encode.IGNORE_INDEX).sum())
 
 
-def _coordinate_range(records: list[data.Record], convention: str) -> dict:
+def _coordinate_range(records: list[samples.Sample], convention: str) -> dict:
     """The x and y range of the points in the answers and the boxes, against the convention's range."""
     xs, ys = [], []
     for record in records:
@@ -95,7 +96,7 @@ def _coordinate_range(records: list[data.Record], convention: str) -> dict:
     return out
 
 
-def _categories(records: list[data.Record]) -> dict:
+def _categories(records: list[samples.Sample]) -> dict:
     out: dict[str, dict[str, int]] = {}
     for record in records:
         for field, value in record.categories.items():
@@ -110,7 +111,7 @@ def _rendered(item: dict, processor) -> str:
     ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
     pieces, inside = [], False
     for token, label in zip(ids, labels, strict=True):
-        supervised = label != data.IGNORE_INDEX
+        supervised = label != encode.IGNORE_INDEX
         if supervised != inside:
             pieces.append(MARK_START if supervised else MARK_END)
             inside = supervised

@@ -7,7 +7,8 @@ and ``raylora score`` report the same numbers for the same outputs.
 
 from __future__ import annotations
 
-from . import actions, data, scoring
+from ..data import actions, samples, scoring
+from . import encode
 
 
 def parse_click(text: str) -> tuple[float, float] | None:
@@ -32,24 +33,30 @@ def eval_loss(model, items: list[dict], batch_size: int, pad_id: int, device) ->
     model.eval()
     with torch.no_grad():
         for i in range(0, len(items), batch_size):
-            batch = {k: v.to(device) for k, v in data.collate(items[i : i + batch_size], pad_id).items()}
+            batch = {k: v.to(device) for k, v in encode.collate(items[i : i + batch_size], pad_id).items()}
             labels = batch.pop("labels")
             logits = model(**batch, use_cache=False).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
                 shift_logits.reshape(-1, shift_logits.size(-1)),
                 shift_labels.reshape(-1),
-                ignore_index=data.IGNORE_INDEX,
+                ignore_index=encode.IGNORE_INDEX,
                 reduction="sum",
             )
             total += float(loss)
-            count += float((shift_labels != data.IGNORE_INDEX).sum())
+            count += float((shift_labels != encode.IGNORE_INDEX).sum())
     model.train()
     return total, count
 
 
 def generate(
-    model, records: list[data.Record], processor, image_kw: dict, max_new_tokens: int, batch_size: int, device
+    model,
+    records: list[samples.Sample],
+    processor,
+    image_kw: dict,
+    max_new_tokens: int,
+    batch_size: int,
+    device,
 ) -> list[str]:
     """The model's greedy answer to each record's prompt (its conversation up to the last assistant turn),
     ``batch_size`` records per ``generate`` call with left padding."""
@@ -70,7 +77,7 @@ def generate(
                     )
                     for r in chunk
                 ]
-                images = [data.load_image(ref) for r in chunk for ref in r.images]
+                images = [samples.load_image(ref) for r in chunk for ref in r.images]
                 kwargs = {"images_kwargs": image_kw} if images else {}
                 inputs = processor(
                     text=texts, images=images or None, return_tensors="pt", padding=True, **kwargs
@@ -105,7 +112,7 @@ def _decode(tokenizer, ids) -> str:
 
 def outcomes(
     model,
-    records: list[data.Record],
+    records: list[samples.Sample],
     processor,
     image_kw: dict,
     convention: str,

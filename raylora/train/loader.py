@@ -5,7 +5,7 @@
 
 Nothing holds the processed dataset: an encoded screenshot is ~24 MB of float32 patches at
 ``scope_study.yaml``'s ``max_pixels``, so 10,000 of them held per worker fit no machine. What stays in memory
-is one :class:`~raylora.train.data.Record` per sample (paths and text) and one integer per sample, the
+is one :class:`~raylora.data.samples.Sample` per sample (paths and text) and one integer per sample, the
 sample's token length, which is computed from the image *header* (size) and the tokenized text without
 decoding a pixel, and cached on disk as JSON so the trials of a study share it.
 """
@@ -19,20 +19,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import coordinates, samples
 from ..errors import DataError
-from . import coordinates, data
+from . import encode
 
 
 class Encoded:
     """A lazy sequence of encoded samples: ``items[i]`` decodes and processes record ``i`` on access; slices
     are lazy too. This is the map-style dataset the DataLoader's workers read."""
 
-    def __init__(self, records: list[data.Record], processor, image_kw: dict, raising: bool = True):
+    def __init__(self, records: list[samples.Sample], processor, image_kw: dict, raising: bool = True):
         self.raising = raising  # False in DataLoader workers: errors travel back as data (see _Collate)
         self.records = records
         self.processor = processor
         self.image_kw = image_kw
-        self._header = data._assistant_header(processor.tokenizer)
+        self._header = encode._assistant_header(processor.tokenizer)
         self._end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def __len__(self) -> int:
@@ -43,7 +44,9 @@ class Encoded:
             view = Encoded.__new__(Encoded)
             view.__dict__.update(self.__dict__, records=self.records[index])
             return view
-        item = data.encode_one(self.records[index], self.processor, self.image_kw, self._header, self._end_id)
+        item = encode.encode_one(
+            self.records[index], self.processor, self.image_kw, self._header, self._end_id
+        )
         if self.raising and isinstance(item, DataError):
             raise item
         return item
@@ -57,7 +60,7 @@ class Split:
     """One split of a dataset, ready to load lazily: its kept records, their lazy encodings, and what was
     dropped on the way."""
 
-    records: list[data.Record]
+    records: list[samples.Sample]
     items: Encoded
     lengths: list[int]
     dropped_too_long: int = 0
@@ -79,7 +82,7 @@ def open_split(
     """Read ``ref``'s records and their token lengths (from the on-disk index when it is current) and drop
     the samples longer than ``max_length`` — without decoding a screenshot."""
     spill = cache_dir.parent / "images" if cache_dir is not None else None
-    records = data.read(ref, limit, fmt, coordinates, template, spill_dir=spill, columns=columns)
+    records = samples.read(ref, limit, fmt, coordinates, template, spill_dir=spill, columns=columns)
     index = (
         cache_dir / f"{_key(ref, processor, image_kw, limit, (fmt, coordinates, template, columns))}.json"
         if (cache_dir is not None)
@@ -97,12 +100,12 @@ def open_split(
     )
 
 
-def token_length(record: data.Record, processor, image_kw: dict) -> int:
+def token_length(record: samples.Sample, processor, image_kw: dict) -> int:
     """The length in tokens of ``record`` once encoded, from its text and its images' sizes alone."""
     text = processor.apply_chat_template(record.messages, tokenize=False)
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     return len(ids) + sum(
-        image_tokens(data.image_size(ref, record.where), processor, image_kw) - 1 for ref in record.images
+        image_tokens(samples.image_size(ref, record.where), processor, image_kw) - 1 for ref in record.images
     )
 
 
@@ -189,7 +192,7 @@ class _Collate:
         for item in items:
             if isinstance(item, DataError):
                 return {"error": (item.where, item.message)}
-        return data.collate(items, self.pad_id)
+        return encode.collate(items, self.pad_id)
 
 
 def _key(ref: str, processor, image_kw: dict, limit, reading) -> str:

@@ -64,14 +64,14 @@ def _model_dir(ref: str) -> Path | None:
 
 
 def _check_data(spec: Spec, ref: str, where: str) -> None:
-    from . import data
+    from ..data import samples
 
     path = Path(ref.split("#")[0]).expanduser()
     if not path.is_file():
         raise SpecError(where, f"no such data file: {ref}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
-    bad = data.problems(
+    bad = samples.problems(
         ref, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
     )
     raise_all(bad)

@@ -17,16 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import scoring, templates
 from ..errors import TrialError
+from ..layout import ADAPTER, EVAL_ITEMS, STATE_FILE, TARGETS
 from ..spec import Spec
-from . import cost, data, evaluate, faults, init_adapter, loader, scoring, templates
+from . import cost, encode, evaluate, faults, init_adapter, loader
 from . import model as model_lib
 from .session import Session
 from .sharding import gather_state, is_sharded, load_state
-
-STATE_FILE = "trainer_state.pt"
-EVAL_ITEMS = "eval_items.json"
-
 
 # -- the recipe --------------------------------------------------------------------------------------
 
@@ -80,7 +78,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         "template": spec.data.template,
         "columns": spec.data.columns,
     }
-    image_kw = data.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
     train_set = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"),
@@ -368,8 +366,8 @@ def _save_final(
     directory: Path, peft_model, targets: dict, adapter: dict | None = None, items: dict | None = None
 ) -> None:
     # Under FSDP ``adapter`` holds the LoRA weights rank 0 gathered; otherwise PEFT reads the model's own.
-    peft_model.save_pretrained(directory / "adapter", safe_serialization=True, state_dict=adapter)
-    (directory / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+    peft_model.save_pretrained(directory / ADAPTER, safe_serialization=True, state_dict=adapter)
+    (directory / TARGETS).write_text(json.dumps(targets, indent=2) + "\n")
     if items is not None:  # the final evaluation's outcome per record: the paired test against the base
         (directory / EVAL_ITEMS).write_text(json.dumps(items) + "\n")
 
@@ -390,7 +388,7 @@ def _load_checkpoint(directory: Path, peft_model, optimizer, scheduler, sharded:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+    weights = load_file(str(directory / ADAPTER / "adapter_model.safetensors"))
     state = torch.load(directory / STATE_FILE, weights_only=True)
     if sharded:
         load_state(peft_model, optimizer, weights, state["optimizer"])

@@ -1,4 +1,5 @@
-"""Chat records (JSONL, or Parquet via pyarrow) → chat template → masked labels → batches.
+"""Dataset samples read and checked: any format :mod:`.formats` reads → one :class:`Sample` each
+(conversation, images, target box), and the screenshots themselves (header size, decoding).
 
 A record, one per JSONL line (image paths are relative to the file; ``bbox`` is optional, in the same
 0–1000 space as the answer)::
@@ -9,9 +10,8 @@ A record, one per JSONL line (image paths are relative to the file; ``bbox`` is 
      "bbox": [380, 200, 445, 260]}
 
 Parquet files hold the same columns; ``messages`` may be nested columns or a JSON string, and an image may
-be a path or the encoded image bytes. Only assistant tokens are supervised: the prompt and the image pad
-tokens get label -100. A sample longer than ``max_length`` is dropped and counted, never truncated,
-because cutting inside an image span breaks the image-feature/token correspondence.
+be a path or the encoded image bytes. Turning a record into the model's inputs is
+:mod:`raylora.train.encode`'s business.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from typing import Any
 from ..errors import DataError
 from . import formats
 
-IGNORE_INDEX = -100
-
 
 @dataclass(frozen=True)
-class Record:
+class Sample:
     """One validated conversation; ``images`` are paths or bytes in the order they appear."""
 
     messages: list[dict]
@@ -54,15 +52,6 @@ class Record:
         return _text_of(last["content"])
 
 
-@dataclass
-class Examples:
-    """Encoded samples ready for batching, plus what was dropped on the way."""
-
-    items: list[dict] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-    dropped_too_long: int = 0
-
-
 # -- reading -----------------------------------------------------------------------------------------
 
 
@@ -74,8 +63,8 @@ def read(
     template: str = "click",
     spill_dir: Path | None = None,
     columns: dict | None = None,
-) -> list[Record]:
-    """Read and validate the records of a dataset in any of :mod:`raylora.train.formats`; the first bad one
+) -> list[Sample]:
+    """Read and validate the records of a dataset in any of :mod:`raylora.data.formats`; the first bad one
     raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
     content) and referenced by path, so a dataset of embedded screenshots is not held in memory."""
     records = []
@@ -123,7 +112,7 @@ def problems(
 
 def _record(
     row: Any, where: str, root: Path, convention: str = "qwen3vl", spill_dir: Path | None = None
-) -> Record:
+) -> Sample:
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
         raise DataError(where, 'a record needs "messages": a non-empty list of {"role", "content"} turns')
     images: list[Any] = []
@@ -152,7 +141,7 @@ def _record(
         raise DataError(where, "no assistant turn with text: there is nothing to learn from this record")
     categories = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
     _check_range(row, messages, where, convention, images)
-    return Record(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
+    return Sample(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
 
 
 def _image_ref(value: Any, root: Path, where: str) -> Any:
@@ -315,119 +304,3 @@ def _opened(ref: Any, where: str):
 
 def _name(ref: Any) -> str:
     return f"({len(ref)} bytes)" if isinstance(ref, bytes) else str(ref)
-
-
-# -- encoding ----------------------------------------------------------------------------------------
-
-
-def image_kwargs(min_pixels: int | None, max_pixels: int | None, processor) -> dict:
-    """Processor call kwargs that bound the image area (and so the image tokens)."""
-    size = dict(processor.image_processor.size)
-    if min_pixels:
-        size["shortest_edge"] = min_pixels
-    if max_pixels:
-        size["longest_edge"] = max_pixels
-    return {"size": size}
-
-
-def encode(records: list[Record], processor, max_length: int, image_kw: dict) -> Examples:
-    """Tokenize records with the chat template and mask everything but assistant tokens."""
-    out = Examples()
-    header = _assistant_header(processor.tokenizer)
-    end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for record in records:
-        item = encode_one(record, processor, image_kw, header, end_id)
-        if isinstance(item, DataError):
-            raise item
-        if item["input_ids"].numel() > max_length:
-            out.dropped_too_long += 1
-            continue
-        out.items.append(item)
-        out.records.append(record)
-    return out
-
-
-def encode_one(record: Record, processor, image_kw: dict, header=None, end_id=None) -> dict | DataError:
-    """One record tokenized with the chat template, everything but assistant tokens masked; a DataError
-    (returned, not raised: it must cross a DataLoader worker whole) when an image cannot be decoded."""
-    header = header or _assistant_header(processor.tokenizer)
-    end_id = end_id if end_id is not None else processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    text = processor.apply_chat_template(record.messages, tokenize=False)
-    try:
-        batch = _process(processor, text, record, image_kw)
-    except DataError as e:
-        return e
-    ids = batch["input_ids"][0]
-    item = {key: value[0] for key, value in batch.items() if key in ("input_ids", "mm_token_type_ids")}
-    item["labels"] = _labels(ids, header, end_id)
-    for key in ("pixel_values", "image_grid_thw"):
-        if key in batch:
-            item[key] = batch[key]
-    return item
-
-
-def prompt_inputs(processor, messages: list[dict], images: list, image_kw: dict) -> dict:
-    """Batch-of-one inputs for generating the assistant turn that follows ``messages`` (their images in
-    order): what evaluation and serving both feed ``generate``."""
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    kwargs = {"images_kwargs": image_kw} if images else {}
-    return dict(processor(text=[text], images=images or None, return_tensors="pt", **kwargs))
-
-
-def _process(processor, text: str, record: Record, image_kw: dict):
-    images = [load_image(ref, record.where) for ref in record.images] or None
-    kwargs = {"images_kwargs": image_kw} if images else {}
-    return processor(text=[text], images=images, return_tensors="pt", **kwargs)
-
-
-def _assistant_header(tokenizer) -> tuple[int, list[int]]:
-    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    return start, tokenizer.encode("assistant\n", add_special_tokens=False)
-
-
-def _labels(ids, header: tuple[int, list[int]], end_id: int):
-    import torch
-
-    start, role = header
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    seq = ids.tolist()
-    i = 0
-    while i < len(seq):
-        if seq[i] == start and seq[i + 1 : i + 1 + len(role)] == role:
-            j = i + 1 + len(role)
-            k = j
-            while k < len(seq) and seq[k] != end_id:
-                k += 1
-            labels[j : k + 1] = ids[j : k + 1]  # the answer and its <|im_end|>, so the model learns to stop
-            i = k
-        i += 1
-    return labels
-
-
-# -- batching ----------------------------------------------------------------------------------------
-
-
-def collate(items: list[dict], pad_id: int) -> dict:
-    """Right-pad a list of encoded samples into one batch."""
-    import torch
-
-    length = max(item["input_ids"].numel() for item in items)
-
-    def pad(key: str, value: int):
-        rows = [torch.nn.functional.pad(it[key], (0, length - it[key].numel()), value=value) for it in items]
-        return torch.stack(rows)
-
-    batch = {
-        "input_ids": pad("input_ids", pad_id),
-        "labels": pad("labels", IGNORE_INDEX),
-        "attention_mask": torch.stack(
-            [torch.arange(length) < it["input_ids"].numel() for it in items]
-        ).long(),
-    }
-    if all("mm_token_type_ids" in it for it in items):
-        batch["mm_token_type_ids"] = pad("mm_token_type_ids", 0)
-    with_images = [it for it in items if "pixel_values" in it]
-    if with_images:
-        batch["pixel_values"] = torch.cat([it["pixel_values"] for it in with_images])
-        batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in with_images])
-    return batch

@@ -65,7 +65,7 @@ class Outcome:
 
 
 def target(record, convention: str, size: coordinates.Size | None = None) -> Target:
-    """The :class:`Target` of a :class:`~raylora.train.data.Record` whose answer is in ``convention``;
+    """The :class:`Target` of a :class:`~raylora.data.samples.Sample` whose answer is in ``convention``;
     its image size is read from the image header when scoring may need it (see :func:`needs_size`)."""
     reference = actions.parse(record.answer())
     box = tuple(record.bbox) if record.bbox is not None else None

@@ -8,25 +8,23 @@
      "trials": [{"trial_id", "state", "params", "value", "steps", "adapter_path", "nodes", "error",
                  "cost": {"cost/peak_mem_gb", "cost/accelerator_hours", ...}, ...}]}
 
-Trial states are :class:`raylora.study.states.TrialState`.
+Trial states are :class:`raylora.record.states.TrialState`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import write_atomic
+from ..layout import SUMMARY
 from .states import FINISHED, TrialState
 
 if TYPE_CHECKING:
     from ..spec import Spec
-
-SUMMARY = "summary.json"
-JOURNAL = "optuna.journal"
 
 
 @dataclass
@@ -48,10 +46,10 @@ class TrialRecord:
     cost: dict[str, float] = field(default_factory=dict)
     """The latest ``cost/*`` metrics the trial reported (see :mod:`raylora.train.cost`)."""
     values: dict[str, float] = field(default_factory=dict)
-    """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.study.objectives`)."""
+    """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.record.objectives`)."""
     vs_base: dict | None = None
     """The final evaluation against the base model's on the same records
-    (:func:`raylora.study.baseline.compare` plus ``metric``); None without a base or an end."""
+    (:func:`raylora.record.comparison.compare` plus ``metric``); None without a base or an end."""
 
     @property
     def finished(self) -> bool:
@@ -164,22 +162,27 @@ class StudyRecord:
         self.on_save()
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Replace file ``path`` with ``data`` whole or not at all (a temporary file renamed into place; on a
-    full disk the old file stays as it was)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # name the file the user knows, not the temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def slot_name(index: int) -> str:
     """The deterministic id of the study's ``index``-th trial (also its checkpoint folder's name)."""
     return f"t{index:03d}"
+
+
+WARM_START = "raylora.warm_start"  # on a warm-start trial: the study it came from
+
+WARM_START_TRIAL = "raylora.warm_start_trial"  # and its trial id there
+
+
+def short_params(params: dict) -> str:
+    """``scope=llm+vision r=16 lr.llm=0.0003``: a trial's params, short enough for one line."""
+    parts = []
+    for path, value in params.items():
+        key = path.removeprefix("training.").replace("learning_rate.", "lr.").replace("lora.", "")
+        text = (
+            "+".join(value)
+            if isinstance(value, list)
+            else f"{value:.3g}"
+            if isinstance(value, float)
+            else value
+        )
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

@@ -16,9 +16,9 @@
 Any container is read a batch at a time. ``columns`` renames a dataset's columns to the names a format
 expects (``{"img_filename": "image_path"}``: the format's ``img_filename`` is the dataset's ``image_path``).
 
-Every format becomes the ``chat`` row :func:`raylora.train.data.read` validates, with ``categories`` (the
+Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with ``categories`` (the
 fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
-answer template (:mod:`raylora.train.templates`). A format read wrongly fails loudly: a placeholder count
+answer template (:mod:`raylora.data.templates`). A format read wrongly fails loudly: a placeholder count
 that does not match the images, a box outside its image, a record of another format — each names the
 record (``file.jsonl:LINE``, ``file.json[INDEX]``, ``file.parquet:row N``).
 """

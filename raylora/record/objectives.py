@@ -17,7 +17,7 @@ from .states import TrialState
 if TYPE_CHECKING:
     from ..spec import Spec
 
-TrialRecord = Any  # raylora.study.record.TrialRecord (imported by record: no import back)
+TrialRecord = Any  # raylora.record.trials.TrialRecord (imported by record: no import back)
 
 
 def metrics(spec: Spec) -> list[str]:

@@ -1,0 +1,11 @@
+"""GUI data and its scoring: how a dataset is read, what a model's answer means, and how it scores.
+Pure Python at import (no torch), used by training, ``raylora eval``, ``raylora score`` and the base-model
+score alike, so every path reads and scores the same way.
+
+    formats       the dataset formats teams have (chat, sharegpt, qwen, screenspot, hf, ...) → chat rows
+    samples       chat rows → checked Samples (conversation, images, target box); screenshots read and decoded
+    coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions
+    templates     answer templates: a target box → the supervised answer; how an answer must be read
+    actions       a model's output text → one Action (click, type, scroll, ...)
+    scoring       Actions against Samples: click/type/step accuracy, format errors, intervals, McNemar
+"""
