@@ -3,6 +3,10 @@ Pure Python at import (no torch), used by training, ``raylora eval``, ``raylora 
 score alike, so every path reads and scores the same way.
 
     formats       the dataset formats teams have (chat, sharegpt, qwen, screenspot, hf, ...) → chat rows
+    readers       alpaca, tool turns, image items in every spelling, GUI-Actor; video refused
+    tfrecord      TFRecord files and tf.train.Example / protobuf messages, read without TensorFlow
+    episodes      AndroidControl, GUI-Odyssey, Aguvis, OS-Atlas, ShowUI as published → steps
+    convert       ``raylora data convert``: steps → chat records in a template and convention (JSONL)
     samples       chat rows → checked Samples (conversation, images, target box); screenshots read and decoded
     coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions
     templates     answer templates: a target box → the supervised answer; how an answer must be read
