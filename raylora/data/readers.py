@@ -151,17 +151,23 @@ def with_tool_turns(messages: list[dict], tools: Any, where: str) -> list[dict]:
 
 
 def chat_tool_messages(messages: list, where: str) -> list:
-    """OpenAI-style chat messages with ``tool_calls`` and ``tool`` roles as plain turns (see
-    :func:`with_tool_turns`); other messages unchanged."""
-    if not any(isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages):
+    """Chat messages with tool use — OpenAI ``tool_calls`` and ``tool`` messages, ms-swift ``tool_call`` /
+    ``tool_response`` roles — as plain turns (see :func:`with_tool_turns`); other messages unchanged."""
+
+    def role(m: Any) -> str | None:
+        if not isinstance(m, dict):
+            return None
+        return "tool_call" if m.get("tool_calls") else TOOL_ROLES.get(m.get("role"))
+
+    if not any(role(m) for m in messages):
         return messages
     out: list = []
     for message in messages:
-        if isinstance(message, dict) and message.get("tool_calls"):
-            text = _plain(message.get("content"))
-            call = tool_call_text(message["tool_calls"], where)
+        if role(message) == "tool_call":
+            text = _plain(message.get("content")) if message.get("tool_calls") else ""
+            call = tool_call_text(message.get("tool_calls") or message.get("content"), where)
             out.append({"role": "assistant", "content": f"{text}\n{call}" if text else call})
-        elif isinstance(message, dict) and message.get("role") == "tool":
+        elif role(message) == "tool":
             _respond(out, _plain(message.get("content")))
         else:
             out.append(message)
