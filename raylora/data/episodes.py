@@ -104,7 +104,11 @@ _ANDROIDCONTROL = ("goal", "screenshots", "screenshot_widths", "screenshot_heigh
 
 
 def _androidcontrol(src: Path, split: str | None, level: str) -> Iterator[Step | Dropped]:
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix != ".json") if src.is_dir() else [src]
+    files = [src]
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix != ".json")
+        shards = [p for p in files if p.name.startswith("android_control")]  # the published shard names
+        files = shards or files
     keep = _split_ids(src if src.is_dir() else src.parent, "splits.json", split)
     for file in files:
         for number, data in enumerate(tfrecord.records(file), start=1):
