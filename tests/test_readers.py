@@ -340,3 +340,15 @@ def test_gui_actor_box_that_does_not_fit_is_named(tmp_path):
     }
     with pytest.raises(DataError, match=r"actor\.json\[0\]: bbox_gt \[150, 20, 260, 40\] does not fit"):
         samples.read(_write(tmp_path / "actor.json", [row]))
+
+
+def test_an_image_in_an_assistant_turn_is_never_supervised():
+    import torch
+
+    from raylora.train import encode
+
+    # <|im_start|> assistant\n <|vision_start|> <|image_pad|> ×2 <|vision_end|> "A" "screen" <|im_end|>
+    start, role, vision_start, pad, vision_end, end = 1, [2, 3], 10, 11, 12, 9
+    ids = torch.tensor([start, *role, vision_start, pad, pad, vision_end, 20, 21, end])
+    labels = encode._labels(ids, (start, role, {vision_start, pad, vision_end}), end)
+    assert labels[labels != encode.IGNORE_INDEX].tolist() == [20, 21, end]
