@@ -229,8 +229,11 @@ def _node(node: bytes) -> tuple[list[int] | None, bool]:
 def _gui_odyssey(src: Path, split: str | None, level: str) -> Iterator[Step | Dropped]:
     if level != "high":
         raise DataError("--level", "GUI-Odyssey episodes carry one instruction per episode (level high only)")
-    folder = src / "annotations" if (src / "annotations").is_dir() else src
-    files = sorted(folder.glob("*.json")) if src.is_dir() else [src]
+    if src.is_dir():
+        folder = src / "annotations" if (src / "annotations").is_dir() else src
+        files = sorted(folder.glob("*.json"))
+    else:
+        folder, files = src.parent, [src]
     base = folder.parent if folder.name == "annotations" else folder
     keep = _split_ids(base / "splits", "random_split.json", split)
     for file in files:
@@ -295,7 +298,7 @@ def _points(info: Any) -> list[list[float]]:
 
 # -- Aguvis ------------------------------------------------------------------------------------------
 
-_CALL = re.compile(r"((?:pyautogui|mobile)\.\w+|terminate|answer)\((.*)\)", re.S)
+_CALL = re.compile(r"((?:pyautogui|mobile)\.\w+|terminate|answer)\((.*)\)")
 
 
 def _aguvis(src: Path) -> Iterator[Step | Dropped]:
@@ -324,7 +327,8 @@ def _aguvis(src: Path) -> Iterator[Step | Dropped]:
 
 
 def _aguvis_act(text: str) -> Act | str:
-    match = _CALL.search(text)
+    # The first line with a call ("# comment" lines and a thought before it are not the action).
+    match = next((m for m in map(_CALL.search, text.splitlines()) if m), None)
     if not match:
         return f"no pyautogui/mobile call in {text[:40]!r}"
     name, body = match.group(1), match.group(2)
@@ -386,8 +390,7 @@ def _os_atlas(src: Path) -> Iterator[Step | Dropped]:
             )
         shot = _shot(src.parent, "images", row["img_filename"], where)
         for i, element in enumerate(row["elements"]):
-            categories = {"data_type": str(element["data_type"])} if element.get("data_type") else {}
-            yield _element(shot, element, None, f"{where} element {i}", categories)
+            yield _element(shot, element, f"{where} element {i}")
 
 
 def _showui(src: Path) -> Iterator[Step | Dropped]:
@@ -396,12 +399,15 @@ def _showui(src: Path) -> Iterator[Step | Dropped]:
             raise DataError(where, "not ShowUI metadata: expected the fields 'img_url' and 'element'")
         shot = _shot(src.parent, "images", row["img_url"], where)
         for i, element in enumerate(row["element"]):
-            yield _element(shot, element, element.get("point"), f"{where} element {i}", {})
+            yield _element(shot, element, f"{where} element {i}")
 
 
-def _element(shot: Shot, element: Any, point: Any, where: str, categories: dict) -> Step | Dropped:
-    box = element.get("bbox") if isinstance(element, dict) else None
-    instruction = element.get("instruction") if isinstance(element, dict) else None
+def _element(shot: Shot, element: Any, where: str) -> Step | Dropped:
+    """A grounding element ``{instruction, bbox[, point][, data_type]}``; the point (ShowUI's) when given,
+    else the box's center."""
+    element = element if isinstance(element, dict) else {}
+    box, instruction, point = element.get("bbox"), element.get("instruction"), element.get("point")
+    categories = {"data_type": str(element["data_type"])} if element.get("data_type") else {}
     if not isinstance(instruction, str) or not instruction.strip():
         return Dropped(where, "no instruction")
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
