@@ -109,6 +109,8 @@ def _androidcontrol(src: Path, split: str | None, level: str) -> Iterator[Step |
         files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix != ".json")
         shards = [p for p in files if p.name.startswith("android_control")]  # the published shard names
         files = shards or files
+        if not files:
+            raise DataError(str(src), "no TFRecord files (expected android_control-*-of-*)")
     keep = _split_ids(src if src.is_dir() else src.parent, "splits.json", split)
     for file in files:
         for number, data in enumerate(tfrecord.records(file), start=1):
@@ -234,6 +236,8 @@ def _gui_odyssey(src: Path, split: str | None, level: str) -> Iterator[Step | Dr
         files = sorted(folder.glob("*.json"))
     else:
         folder, files = src.parent, [src]
+    if not files:
+        raise DataError(str(src), "no episode JSON files (expected annotations/*.json)")
     base = folder.parent if folder.name == "annotations" else folder
     keep = _split_ids(base / "splits", "random_split.json", split)
     for file in files:
