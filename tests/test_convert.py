@@ -387,6 +387,31 @@ def test_an_unknown_layout_is_refused_in_one_line(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "name, record, expected",
+    [
+        (
+            "os-atlas",
+            [{"img_url": "a.png", "element": []}],
+            "expected the fields 'img_filename' and 'elements'",
+        ),
+        (
+            "aguvis",
+            [{"img_filename": "a.png", "elements": []}],
+            "expected the fields 'image' and 'conversations'",
+        ),
+        ("gui-odyssey", {"episode_id": "e", "steps": []}, "expected the field 'device_info'"),
+        ("showui", {"img_url": "a.png"}, "expected a JSON array of records"),
+    ],
+)
+def test_each_converter_names_the_field_it_expected(tmp_path, name, record, expected):
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps(record))
+    with pytest.raises(DataError, match=expected):
+        convert.convert(src, name, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 # -- training on a converted file ----------------------------------------------------------------------
 
 
