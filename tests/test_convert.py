@@ -321,6 +321,7 @@ def test_aguvis_stage1_grounding_and_stage2_planning(tmp_path):
     assert _answer(rows[0]) == '{"point_2d": [250, 750]}' and _answer(rows[1]) == '{"point_2d": [100, 200]}'
     assert (250 / 1000 * 200, 750 / 1000 * 100) == (50, 75)
     assert _tool_args(rows[2]) == {"action": "type", "text": "milk"}
+    assert _answer(rows[2]).startswith("<thinking>\nThought: type the query\n</thinking>\n<tool_call>")
     assert _tool_args(rows[3]) == {"action": "swipe", "coordinate": [500, 800], "direction": "up"}
     assert "Previous actions:\nStep 1: open app" in rows[2]["messages"][1]["content"][-1]["text"]
     _round_trip(out, "qwen3vl")

@@ -6,8 +6,9 @@ or element, in an answer template and coordinate convention, streamed.
     navigation step  system (the action space) · user [the last ``history`` screenshots, the previous
                      actions, the screenshot, the task] · assistant ``<tool_call>{"name": "mobile_use",
                      "arguments": {"action": ...}}</tool_call>`` (MAI-UI's action space, which
-                     :mod:`.actions` reads), points in the answer convention; ``bbox`` the target element
-                     when the dataset has one (AndroidControl's accessibility tree)
+                     :mod:`.actions` reads), after ``<thinking>…</thinking>`` when the dataset has the
+                     reasoning (Aguvis stage 2), points in the answer convention; ``bbox`` the target
+                     element when the dataset has one (AndroidControl's accessibility tree)
 
 The current screenshot is always the last image. Screenshots given as bytes (AndroidControl) are written
 once beside the output, in ``OUT_images/``; paths in the records are relative to the output file.
@@ -117,6 +118,8 @@ def record(
         content += [_text("Current screenshot:"), _item(image), _text(f"Task: {step.instruction}")]
         messages = [{"role": "system", "content": _system(convention)}, {"role": "user", "content": content}]
         answer = tool_call(step.act, convention, size)
+        if step.thought:  # MAI-UI's reasoning before its action
+            answer = f"<thinking>\n{step.thought}\n</thinking>\n{answer}"
     messages.append({"role": "assistant", "content": answer})
     row: dict = {"messages": messages, "id": step.where}
     if step.box is not None:

@@ -73,6 +73,8 @@ class Step:
     grounding: bool = False
     history: tuple[tuple[Shot, Act], ...] = ()
     categories: dict = field(default_factory=dict)
+    thought: str | None = None
+    """The reasoning written before the action (Aguvis stage 2's inner monologue), when there is one."""
 
 
 @dataclass(frozen=True)
@@ -312,12 +314,15 @@ def _aguvis(src: Path) -> Iterator[Step | Dropped]:
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]
         shot = _shot(src.parent, "images", images[-1], where)
         turns = row["conversations"]
-        thought = any(t.get("recipient") == "all" for t in turns if isinstance(t, dict))
-        instruction = ""
+        planning = any(t.get("recipient") == "all" for t in turns if isinstance(t, dict))
+        instruction, thoughts = "", []
         for i, turn in enumerate(turns):
             said, text = turn.get("from"), str(turn.get("value", ""))
             if said in ("human", "user"):
-                instruction = text.replace("<image>", "").strip()
+                instruction, thoughts = text.replace("<image>", "").strip(), []
+                continue
+            if said in ("gpt", "assistant") and turn.get("recipient") == "all":
+                thoughts.append(text.strip())
                 continue
             if said not in ("gpt", "assistant") or turn.get("recipient", "os") != "os":
                 continue
@@ -325,9 +330,10 @@ def _aguvis(src: Path) -> Iterator[Step | Dropped]:
             if isinstance(act, str):
                 yield Dropped(f"{where} turn {i}", act)
                 continue
-            planning = thought or "previous action" in instruction.lower()
-            grounding = act.type == "click" and not planning
-            yield Step(shot, instruction, act, f"{where} turn {i}", grounding=grounding)
+            grounding = act.type == "click" and not (planning or "previous action" in instruction.lower())
+            thought = "\n".join(thoughts) or None
+            yield Step(shot, instruction, act, f"{where} turn {i}", grounding=grounding, thought=thought)
+            thoughts = []
 
 
 def _aguvis_act(text: str) -> Act | str:
