@@ -5,7 +5,11 @@ score alike, so every path reads and scores the same way.
     formats       the dataset formats teams have (chat, sharegpt, qwen, screenspot, hf, ...) → chat rows
     readers       alpaca, tool turns, image items in every spelling, GUI-Actor; video refused
     tfrecord      TFRecord files and tf.train.Example / protobuf messages, read without TensorFlow
-    episodes      AndroidControl, GUI-Odyssey, Aguvis, OS-Atlas, ShowUI as published → steps
+    episodes      the steps the episode and element-list readers yield, and what they share
+    androidcontrol  AndroidControl's TFRecord episodes (goal, step instructions, accessibility boxes)
+    odyssey       GUI-Odyssey's episode JSON files (0–1000)
+    aguvis        Aguvis stage 1 grounding and stage 2 planning records (pyautogui / mobile calls, 0–1)
+    elements      grounding element lists: OS-Atlas, ShowUI (AMEX)
     convert       ``raylora data convert``: steps → chat records in a template and convention (JSONL)
     samples       chat rows → checked Samples (conversation, images, target box); screenshots read and decoded
     coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions

@@ -19,11 +19,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from . import coordinates, episodes, templates
+from . import aguvis, androidcontrol, coordinates, elements, episodes, odyssey, templates
+
+NAMES = ("androidcontrol", "gui-odyssey", "aguvis", "os-atlas", "showui")
 
 HISTORY = {"mai-ui": 3}
 """Screenshots of earlier steps a navigation record shows by default, per template (MAI-UI's agent
@@ -63,8 +66,8 @@ def convert(
     level: str = "high",
 ) -> Report:
     """Convert dataset ``name`` at ``src`` into ``out`` (written whole or not at all)."""
-    if name not in episodes.NAMES:
-        raise DataError("--from", f"unknown dataset {name!r} (known: {', '.join(episodes.NAMES)})")
+    if name not in NAMES:
+        raise DataError("--from", f"unknown dataset {name!r} (known: {', '.join(NAMES)})")
     if level not in ("high", "low"):
         raise DataError("--level", f"must be high or low, got {level!r}")
     chosen = templates.get(template)
@@ -79,7 +82,7 @@ def convert(
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for step in episodes.read(name, src, split, level):
+            for step in steps(name, src, split, level):
                 if isinstance(step, episodes.Dropped):
                     report.dropped[step.reason] += 1
                     continue
@@ -91,6 +94,23 @@ def convert(
     finally:
         tmp.unlink(missing_ok=True)
     return report
+
+
+def steps(
+    name: str, src: Path, split: str | None = None, level: str = "high"
+) -> Iterator[episodes.Step | episodes.Dropped]:
+    """The steps of dataset ``name`` at ``src`` (a DataError naming the field expected when it is not)."""
+    if not src.exists():
+        raise DataError(str(src), "no such file or folder")
+    if name == "androidcontrol":
+        return androidcontrol.read(src, split, level)
+    if name == "gui-odyssey":
+        return odyssey.read(src, split, level)
+    if split is not None:
+        raise DataError("--split", f"{name} has no split files; convert the split's own file")
+    if level != "high":
+        raise DataError("--level", f"{name} has one instruction per record (level high only)")
+    return {"aguvis": aguvis.read, "os-atlas": elements.os_atlas, "showui": elements.showui}[name](src)
 
 
 def record(

@@ -77,7 +77,7 @@ def _feature_values(feature: bytes) -> list:
         if kind == 3:
             out = []
             for v in values:
-                out.extend(_packed_varints(v) if isinstance(v, bytes) else [_signed(v)])
+                out.extend(_packed_varints(v) if isinstance(v, bytes) else [signed(v)])
             return out
     return []
 
@@ -120,11 +120,12 @@ def _packed_varints(data: bytes) -> list[int]:
     out, i = [], 0
     while i < len(data):
         value, i = _varint(data, i)
-        out.append(_signed(value))
+        out.append(signed(value))
     return out
 
 
-def _signed(value: int) -> int:
+def signed(value: int) -> int:
+    """A varint read as a two's-complement int64 (int32 fields are sign-extended to 64 bits)."""
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
