@@ -3,7 +3,9 @@ Pure Python at import (no torch), used by training, ``raylora eval``, ``raylora 
 score alike, so every path reads and scores the same way.
 
     formats       the dataset formats teams have (chat, sharegpt, qwen, screenspot, hf, ...) → chat rows
-    readers       alpaca, tool turns, image items in every spelling, GUI-Actor; video refused
+    readers       LLaMA-Factory alpaca, image items in every spelling; video refused by record
+    tools         tool calls and responses (sharegpt, ms-swift, OpenAI) as Qwen's template renders them
+    guiactor      GUI-Actor records: bbox_gt the reference, the answer the template's
     tfrecord      TFRecord files and tf.train.Example / protobuf messages, read without TensorFlow
     episodes      the steps the episode and element-list readers yield, and what they share
     androidcontrol  AndroidControl's TFRecord episodes (goal, step instructions, accessibility boxes)

@@ -22,7 +22,8 @@ expects (``{"img_filename": "image_path"}``: the format's ``img_filename`` is th
 
 Tool turns (sharegpt ``function_call`` / ``observation`` + ``tools``, ms-swift ``tool_call`` /
 ``tool_response``, OpenAI ``tool_calls``), a top-level ``system``, and image items spelled the OpenAI,
-transformers or base64 way are read by :mod:`.readers`; video is refused by record.
+transformers or base64 way are read by :mod:`.readers` and :mod:`.tools`, GUI-Actor by :mod:`.guiactor`;
+video is refused by record.
 
 Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with ``categories`` (the
 fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from . import coordinates, readers, templates
+from . import coordinates, guiactor, readers, templates, tools
 
 FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "alpaca", "gui-actor", "hf")
 PLACEHOLDER = "<image>"
@@ -96,7 +97,7 @@ def detect(row: Any, where: str) -> str:
     if isinstance(row, dict):
         if "img_filename" in row and "bbox" in row:
             return "screenspot-pro" if "img_size" in row or "ui_type" in row else "screenspot"
-        if readers.is_gui_actor(row):
+        if guiactor.detected(row):
             return "gui-actor"
         if "output" in row and ("instruction" in row or "input" in row):
             return "alpaca"
@@ -328,7 +329,7 @@ def _sharegpt(
         named = {tag["user_tag"]: "user", tag["assistant_tag"]: "assistant", tag["system_tag"]: "system"}
         named.update({tag.get("function_tag", "function_call"): "tool_call"})
         named.update({tag.get("observation_tag", "observation"): "tool"})
-        role = named.get(said) or _ROLES.get(said) or readers.TOOL_ROLES.get(said)
+        role = named.get(said) or _ROLES.get(said) or tools.TOOL_ROLES.get(said)
         if role is None:
             raise DataError(
                 where, f"{key}[{i}] has role {said!r} (user, assistant, system, or a tool call/response)"
@@ -337,7 +338,7 @@ def _sharegpt(
         if not isinstance(text, str):
             raise DataError(where, f"{key}[{i}].{tag['content_tag']} must be text")
         messages.append({"role": role, "content": text})
-    messages = readers.with_tool_turns(messages, row.get(columns.get("tools") or "tools"), where)
+    messages = tools.with_tool_turns(messages, row.get(columns.get("tools") or "tools"), where)
     extra = _extra(row)
     if row.get("objects"):
         extra["bbox"] = _place_objects(messages, row["objects"], images, root, where, coords, template)
@@ -411,7 +412,7 @@ def _alpaca(row: Any, where: str, root: Path, coords: str, template: str, column
 
 
 def _gui_actor(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    read = readers.gui_actor(row, where, root, coords, template)
+    read = guiactor.read(row, where, root, coords, template)
     return {**_qwen(read["record"], where, root, coords, template), "bbox": read["bbox"]}
 
 
