@@ -27,6 +27,8 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         where, row, _ = next(
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )
+        if isinstance(row, DataError):  # the first record, refused by the reader (video, a bad item)
+            raise row
         fmt = formats.detect(row, where)
     records = samples.read(
         ref, limit, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
