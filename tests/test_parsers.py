@@ -284,3 +284,33 @@ def test_one_point_reader():
     assert not hasattr(templates, "parse_point")
     assert actions.point("<|box_start|>(10,20),(30,40)<|box_end|>") == (20.0, 30.0)
     assert actions.point([[5, 6]]) == (5.0, 6.0)
+
+
+# -- raylora's own answers read back -------------------------------------------------------------------
+
+EXTENTS = {"qwen3vl": 1000, "mai-ui": 999, "unit": 1, "pixels": None}
+
+
+@SETTINGS
+@given(screen_points(), st.sampled_from(["click", "qwen3vl", "mai-ui"]), st.sampled_from(list(EXTENTS)))
+def test_a_rendered_answer_reads_back_to_its_pixel_within_half_a_unit(case, template, data_coordinates):
+    """A supervised answer as a template renders it (raylora's training target), parsed back: the box
+    center's pixel to within half a unit of the answer's convention."""
+    from raylora.data import templates
+
+    size, center = case
+    box = (center[0] - 0.5, center[1] - 0.5, center[0] + 0.5, center[1] + 0.5)
+    row = templates.grounding_row("shot.png", "open it", box, size, template, data_coordinates)
+    answer = row["messages"][-1]["content"][0]["text"]
+    convention = templates.get(template).answer_convention(data_coordinates)
+    action = actions.parse(answer)
+    assert action is not None and action.type == "click", answer
+    extent = EXTENTS[convention]
+    if extent is None:
+        back, half = action.point, (0.5, 0.5)
+    else:
+        back = (action.point[0] / extent * size[0], action.point[1] / extent * size[1])
+        unit = 1e-4 if extent == 1 else 1  # 0–1 answers are written with 4 decimals
+        half = (0.5 * unit * size[0] / extent, 0.5 * unit * size[1] / extent)
+    assert abs(back[0] - center[0]) <= half[0] * (1 + 1e-9) + 1e-9, (answer, center, size)
+    assert abs(back[1] - center[1]) <= half[1] * (1 + 1e-9) + 1e-9, (answer, center, size)
