@@ -355,3 +355,21 @@ def test_raylora_score_exits_2_on_a_reference_with_no_action(folder):
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and f"{data}:1: the reference answer" in proc.stderr, proc.stderr
+
+
+def test_validate_names_eval_references_with_no_action(folder):
+    """A study that generates answers on its eval data checks the references before anything starts."""
+    from raylora import spec as spec_lib
+    from raylora.errors import UserError
+    from raylora.train import preflight
+
+    data = folder / "eval_free_text.jsonl"
+    answers = ["click(10, 20)", "The gear icon.", "click(1, 2)", "Nothing to do here"]
+    data.write_text("".join(json.dumps(_row(folder, a, (64, 64))) + "\n" for a in answers))
+    quickstart = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    overrides = [f"data.eval={data}", "data.coordinates=pixels"]
+    with pytest.raises(UserError) as raised:
+        preflight.local_inputs(spec_lib.load(quickstart, overrides))
+    lines = raised.value.lines()
+    assert [line.split(": ")[0] for line in lines] == [f"{data}:2", f"{data}:4"], lines
+    preflight.local_inputs(spec_lib.load(quickstart, [*overrides, "training.click_eval_samples=0"]))
