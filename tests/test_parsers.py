@@ -314,3 +314,26 @@ def test_a_rendered_answer_reads_back_to_its_pixel_within_half_a_unit(case, temp
         half = (0.5 * unit * size[0] / extent, 0.5 * unit * size[1] / extent)
     assert abs(back[0] - center[0]) <= half[0] * (1 + 1e-9) + 1e-9, (answer, center, size)
     assert abs(back[1] - center[1]) <= half[1] * (1 + 1e-9) + 1e-9, (answer, center, size)
+
+
+PIECES = list("()[]{}'\"\\,=.:<>|/ \n") + [
+    "click",
+    "type",
+    "pyautogui.",
+    "<tool_call>",
+    "[[",
+    "0.5",
+    "7",
+    "CLICK ",
+]
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
+    | st.builds(lambda n, c: c * n, st.integers(1, 5000), st.sampled_from(["[", "(", "{", "click(", "f(x=["]))
+)
+def test_any_text_parses_or_is_a_format_error_never_an_exception(text):
+    action = actions.parse(text)
+    assert action is None or isinstance(action, actions.Action)
+    assert action is None or action.point is None or len(action.point) == 2

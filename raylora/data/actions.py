@@ -289,7 +289,7 @@ def _json_at(text: str, pos: int):
     """The JSON value that starts at ``pos`` (after blanks), or None."""
     try:
         return json.JSONDecoder().raw_decode(text, len(text) - len(text[pos:].lstrip()))[0]
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested past Python's stack
         return None
 
 

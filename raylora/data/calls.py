@@ -55,7 +55,7 @@ def find(text: str) -> list[Call]:
             continue  # inside the previous call (a quoted argument, a nested call)
         try:
             args, kwargs, end = _arguments(text, match.end())
-        except _Bad:
+        except (_Bad, RecursionError):  # RecursionError: brackets nested past Python's stack
             continue
         calls.append(Call(match.group(1), tuple(args), kwargs, match.start(), end))
     return calls
@@ -149,7 +149,7 @@ def _sequence(text: str, pos: int, close: str) -> tuple[list, int]:
 def _object(text: str, pos: int):
     try:
         return json.JSONDecoder().raw_decode(text, pos)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Bad from None
 
 
