@@ -336,8 +336,8 @@ def score(
     from .data import scoring
 
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
+    goals = scoring.targets(records, convention)  # every record's: a reference with no action is an error
     outputs = scoring.read_predictions(predictions, records)
-    goals = {i: scoring.target(records[i], convention) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     report = scoring.summarize(list(results.values()))
     report["unanswered"] = len(records) - len(outputs)

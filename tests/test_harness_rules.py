@@ -345,8 +345,9 @@ def test_a_reference_with_no_action_is_an_error_naming_its_line(folder, prose_ro
 
 
 def test_raylora_score_exits_2_on_a_reference_with_no_action(folder):
-    data = folder / "free_text.jsonl"
-    data.write_text(json.dumps(_row(folder, "The gear icon, top right.", (64, 64))) + "\n")
+    data = folder / "free_text.jsonl"  # the second record has no prediction: its reference is still read
+    answers = ["click(1, 2)", "The gear icon, top right."]
+    data.write_text("".join(json.dumps(_row(folder, a, (64, 64))) + "\n" for a in answers))
     predictions = folder / "free_text_predictions.jsonl"
     predictions.write_text(json.dumps({"index": 0, "output": "click(1, 2)"}) + "\n")
     raylora = str(Path(sys.executable).with_name("raylora"))
@@ -354,7 +355,7 @@ def test_raylora_score_exits_2_on_a_reference_with_no_action(folder):
         [raylora, "score", str(predictions), "--data", str(data)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr and f"{data}:1: the reference answer" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and f"{data}:2: the reference answer" in proc.stderr, proc.stderr
 
 
 def test_validate_names_eval_references_with_no_action(folder):
