@@ -205,7 +205,7 @@ CASES = [
         _record("click(10, 10)", bbox=[0, 0, 20, 20], categories={"data_type": "icon", "platform": "mobile"}),
         "pyautogui.click(x=500, y=500)",
     ),
-    # navigation, MAI-UI tool calls; the screenshot is 1000×500, so 14% of its diagonal is 156.5 px
+    # navigation, MAI-UI tool calls with no box: right within 0.14 in fractions of the screen's width, height
     (
         _record(tool(action="click", coordinate=[500, 500]), image="wide.png", categories={"group": "nav"}),
         "<thinking>the first result</thinking>\n" + tool(action="click", coordinate=[560, 500]),
@@ -261,8 +261,8 @@ def test_raylora_score_json_exact_counts_intervals_and_splits(held_out):
     proc = _score(str(predictions), "--data", str(data), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    # clicks: rows 0–6; hits 0 (qwen3vl fenced list), 1 (MAI-UI 0–999 → 50.05), 2 (UI-TARS), 5 (60 px off,
-    # within 156.5); misses 3 (format error), 4 (outside the box), 6 (200 px off)
+    # clicks: rows 0–6; hits 0 (qwen3vl fenced list), 1 (MAI-UI 0–999 → 50.05), 2 (UI-TARS), 5 (0.06 of the
+    # width off, within 0.14); misses 3 (format error), 4 (outside the box), 6 (0.2 of the width off)
     assert (report["n"], report["click_n"], report["click_acc"]) == (13, 7, pytest.approx(4 / 7))
     assert report["click_acc_ci"] == pytest.approx(scoring.wilson(4, 7))
     assert report["click_acc_ci"] == pytest.approx([0.2505, 0.8418], abs=5e-5)
