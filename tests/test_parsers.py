@@ -337,3 +337,20 @@ def test_any_text_parses_or_is_a_format_error_never_an_exception(text):
     action = actions.parse(text)
     assert action is None or isinstance(action, actions.Action)
     assert action is None or action.point is None or len(action.point) == 2
+
+
+@SETTINGS
+@given(screen_points(), screen_points(), SUFFIXES)
+def test_a_drag_reads_back_its_start_and_end(first, second, suffix):
+    a, b = (tuple(round(v) for v in case[1]) for case in (first, second))
+    writings = [
+        f"pyautogui.moveTo({a[0]}, {a[1]})\npyautogui.dragTo({b[0]}, {b[1]}, duration=0.5)",
+        f"drag(start_box='({a[0]},{a[1]})', end_box='({b[0]},{b[1]})')",
+        f"drag(start_point='<point>{a[0]} {a[1]}</point>', end_point='<point>{b[0]} {b[1]}</point>')",
+        tool_call(
+            "mobile_use", {"action": "drag", "start_coordinate": list(a), "end_coordinate": list(b)}, True
+        ),
+    ]
+    for output in writings:
+        action = actions.parse(output + suffix)
+        assert (action.type, action.point, action.end) == ("drag", tuple(map(float, a)), tuple(map(float, b)))

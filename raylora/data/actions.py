@@ -391,10 +391,13 @@ def _calls(text: str) -> Action | None:
         action = _ui_tars(call)
         if action is not None:
             return action
+    start = None  # where a moveTo left the mouse: a dragTo's start
     for call in found:  # pyautogui: the first action (a moveTo before a click is not one)
-        action = _pyautogui(call) or _aguvis_mobile(call)
+        action = _pyautogui(call, start) or _aguvis_mobile(call)
         if action is not None:
             return action
+        if call.name == "pyautogui.moveTo":
+            start = _pyautogui_xy(call)[0]
     for call in found:
         if (
             call.name == "click"
@@ -443,19 +446,26 @@ _PYAUTOGUI_CLICKS = {
 }
 
 
-def _pyautogui(call: calls.Call) -> Action | None:
+def _pyautogui_xy(call: calls.Call) -> tuple[Point | None, str]:
+    """The point of a pyautogui mouse call and its format: ``aguvis`` when both numbers are written as
+    floats within 0–1 (Aguvis' convention; no pixel answer looks like that), ``pyautogui`` otherwise."""
+    args, kw = call.args, call.kwargs
+    x, y = kw.get("x", args[0] if args else None), kw.get("y", args[1] if len(args) > 1 else None)
+    unit = all(isinstance(v, float) and 0 <= v <= 1 for v in (x, y))
+    return point([x, y]), "aguvis" if unit else "pyautogui"
+
+
+def _pyautogui(call: calls.Call, start: Point | None = None) -> Action | None:
     prefix, _, name = call.name.rpartition(".")
     if prefix != "pyautogui":
         return None
     args, kw = call.args, call.kwargs
     if name in _PYAUTOGUI_CLICKS:
-        x, y = kw.get("x", args[0] if args else None), kw.get("y", args[1] if len(args) > 1 else None)
-        xy = point([x, y])
+        xy, fmt = _pyautogui_xy(call)
         if xy is None:
             return None
-        fmt = "aguvis" if all(isinstance(v, float) and 0 <= v <= 1 for v in (x, y)) else "pyautogui"
         kind = _PYAUTOGUI_CLICKS[name]
-        return Action(kind, fmt, end=xy) if kind == "drag" else Action(kind, fmt, point=xy)
+        return Action(kind, fmt, point=start, end=xy) if kind == "drag" else Action(kind, fmt, point=xy)
     if name in ("write", "typewrite"):
         value = kw.get("message", args[0] if args else None)
         return Action("type", "pyautogui", text=value) if isinstance(value, str) else None
