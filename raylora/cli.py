@@ -336,8 +336,8 @@ def score(
     from .data import scoring
 
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
+    goals = scoring.targets(records, convention)  # every record's: a reference with no action is an error
     outputs = scoring.read_predictions(predictions, records)
-    goals = {i: scoring.target(records[i], convention) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     report = scoring.summarize(list(results.values()))
     report["unanswered"] = len(records) - len(outputs)
@@ -395,6 +395,8 @@ def eval_(
     from .data import scoring
     from .train import evaluate, inference
 
+    goals = [scoring.target(r, convention) for r in records]  # a reference with no action: before any compute
+
     predictor = inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
     outputs = evaluate.generate(
         predictor.model,
@@ -410,9 +412,7 @@ def eval_(
             for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
-    report = scoring.summarize(
-        [scoring.score(text, scoring.target(r, convention)) for r, text in zip(records, outputs, strict=True)]
-    )
+    report = scoring.summarize([scoring.score(text, g) for g, text in zip(goals, outputs, strict=True)])
     report["unanswered"] = 0
     _print_score(report, as_json)
     if predictions_out is not None and not as_json:

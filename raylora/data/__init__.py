@@ -15,7 +15,8 @@ score alike, so every path reads and scores the same way.
     convert       ``raylora data convert``: steps → chat records in a template and convention (JSONL)
     samples       chat rows → checked Samples (conversation, images, target box); screenshots read and decoded
     coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions
-    templates     answer templates: a target box → the supervised answer; how an answer must be read
+    templates     answer templates: a target box → the supervised answer (read back by actions)
+    calls         call expressions in a model's text (``click(start_box='(1,2)')``), read as call syntax
     actions       a model's output text → one Action (click, type, scroll, ...)
     scoring       Actions against Samples: click/type/step accuracy, format errors, intervals, McNemar
 """

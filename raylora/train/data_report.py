@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data import coordinates, formats, samples, templates
+from ..data import actions, coordinates, formats, samples, templates
 from ..errors import DataError
 from . import encode, loader
 
@@ -81,7 +81,7 @@ def _coordinate_range(records: list[samples.Sample], convention: str) -> dict:
     """The x and y range of the points in the answers and the boxes, against the convention's range."""
     xs, ys = [], []
     for record in records:
-        if point := templates.parse_point(record.answer()):
+        if point := getattr(actions.parse(record.answer()), "point", None):
             xs.append(point[0])
             ys.append(point[1])
         if record.bbox is not None:
