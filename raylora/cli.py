@@ -337,7 +337,7 @@ def score(
 
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
     outputs = scoring.read_predictions(predictions, records)
-    goals = {i: scoring.target(records[i], convention) for i in outputs}
+    goals = {i: scoring.goal(records[i], convention) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     report = scoring.summarize(list(results.values()))
     report["unanswered"] = len(records) - len(outputs)
@@ -411,7 +411,7 @@ def eval_(
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
     report = scoring.summarize(
-        [scoring.score(text, scoring.target(r, convention)) for r, text in zip(records, outputs, strict=True)]
+        [scoring.score(text, scoring.goal(r, convention)) for r, text in zip(records, outputs, strict=True)]
     )
     report["unanswered"] = 0
     _print_score(report, as_json)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from . import coordinates, templates
+from . import coordinates, images, templates
 
 FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "hf")
 PLACEHOLDER = "<image>"
@@ -318,29 +318,42 @@ def _sharegpt(
         messages.append({"role": role, "content": text})
     extra = _extra(row)
     if row.get("objects"):
-        extra["bbox"] = _place_objects(messages, row["objects"], images, root, where, coords, template)
+        extra.update(_place_objects(messages, row["objects"], images, root, where, coords, template))
     return {**_with_images(messages, images, where), **extra}
 
 
+_BBOX_TYPES = {"real": "pixels", "norm1000": "qwen3vl", "norm1": "unit"}
+"""ms-swift's ``objects.bbox_type`` values and the convention each means; without one, ``real``."""
+
+
 def _place_objects(
-    messages: list[dict], objects: Any, images: list, root: Path, where: str, coords: str, template: str
-) -> list[float]:
+    messages: list[dict], objects: Any, images_: list, root: Path, where: str, coords: str, template: str
+) -> dict:
     """ms-swift grounding: ``<ref-object>`` in the text becomes ``objects.ref`` (in order) and ``<bbox>``
-    the template's answer at the center of ``objects.bbox`` (in order); the boxes are in ``bbox_type``'s
-    convention (``real``: pixels, ``norm1000``: 0–1000) or, without one, in ``data.coordinates``. Returns
-    the last answered box in the answer's convention, for click accuracy."""
+    the template's answer at the center of ``objects.bbox`` (in order) — or, inside a call's parentheses
+    (``click(start_box='<bbox>')``), the point ``(x,y)`` in place. Boxes are ``[x1, y1, x2, y2]`` or points
+    ``[x, y]`` in ``bbox_type``'s convention (``real``: pixels, ms-swift's default; ``norm1``: 0–1;
+    ``norm1000``: 0–1000), on the image ``image_id`` names (default: the first, as ms-swift). Returns the
+    last answered box as ``bbox`` (answer convention), ``box_pixels`` and ``image_id``."""
     refs, boxes = (objects.get(k) if isinstance(objects, dict) else None for k in ("ref", "bbox"))
-    kind = objects.get("bbox_type") if isinstance(objects, dict) else None
-    source = {"real": "pixels", "norm1000": "qwen3vl", None: coords}.get(kind)
+    kind = objects.get("bbox_type", "real") if isinstance(objects, dict) else None
+    source = _BBOX_TYPES.get(kind)
     if not isinstance(refs, list) or not isinstance(boxes, list) or source is None:
-        raise DataError(where, 'objects needs "ref" and "bbox" lists (bbox_type real or norm1000)')
-    refs, boxes = [str(r) for r in refs], list(boxes)
-    if "resized-pixels" in (source, templates.get(template).answer_convention(coords)):
-        raise DataError(where, "objects cannot be placed in resized-pixels; give bbox_type real or norm1000")
+        raise DataError(
+            where,
+            f'objects needs "ref" and "bbox" lists and a bbox_type of {", ".join(_BBOX_TYPES)} '
+            f"(got {kind!r})",
+        )
     chosen = templates.get(template)
     answer = chosen.answer_convention(coords)
-    size = None
-    placed = None
+    if answer == "resized-pixels":
+        raise DataError(
+            where, "objects cannot be placed in resized-pixels; give data.coordinates of another kind"
+        )
+    ids = objects.get("image_id")
+    ids = list(ids) if isinstance(ids, list) else [ids] * len(boxes) if ids is not None else [0] * len(boxes)
+    refs, boxes = [str(r) for r in refs], list(boxes)
+    placed: dict | None = None
     for message in messages:
         while "<ref-object>" in message["content"]:
             if not refs:
@@ -349,35 +362,46 @@ def _place_objects(
         while "<bbox>" in message["content"]:
             if not boxes:
                 raise DataError(where, "more <bbox> placeholders than objects.bbox")
-            box = boxes.pop(0)
-            if not (
-                isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-            ):
-                raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes, got {box!r}")
-            if size is None:
-                size = _first_image_size(images, root, where)
-            problem = coordinates.out_of_range(box, source, size)
-            if problem:
-                raise DataError(where, f"objects.bbox {box}: {problem}")
-            placed = coordinates.convert_box(box, source, answer, size)
-            point = coordinates.convert_point(coordinates.center(box), source, answer, size)
-            message["content"] = message["content"].replace("<bbox>", chosen.answer(point), 1)
+            image_id = ids.pop(0) if ids else 0
+            box, image_id = boxes.pop(0), image_id
+            placed = _object_box(box, image_id, source, answer, images_, root, where)
+            point = coordinates.convert_point(
+                coordinates.center(placed["box_pixels"]), "pixels", answer, placed["size"]
+            )
+            text = message["content"]
+            at = text.index("<bbox>")
+            inside_call = text[:at].count("(") > text[:at].count(")")
+            rendered = f"({_number(point[0])},{_number(point[1])})" if inside_call else chosen.answer(point)
+            message["content"] = text[:at] + rendered + text[at + len("<bbox>") :]
     if placed is None:
         raise DataError(where, "objects given but no <bbox> placeholder in the text")
-    return placed
+    return {"bbox": placed["bbox"], "box_pixels": placed["box_pixels"], "image_id": placed["image_id"]}
 
 
-def _first_image_size(images: list, root: Path, where: str) -> tuple[int, int]:
-    import io
+def _object_box(box: Any, image_id: Any, source: str, answer: str, images_: list, root: Path, where: str):
+    """One ``objects.bbox`` entry (a box or a 2-number point) on its image, in pixels and in ``answer``."""
+    if not (isinstance(box, list) and len(box) in (2, 4) and all(_is_number(v) for v in box)):
+        raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes or [x, y] points, got {box!r}")
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or not 0 <= image_id < len(images_):
+        raise DataError(
+            where, f"objects.image_id {image_id!r} is not one of the {len(images_)} image(s) (from 0)"
+        )
+    box = list(box) * 2 if len(box) == 2 else list(box)
+    size = images.size(images.resolve(images_[image_id], root, where), where)
+    problem = coordinates.out_of_range(box, source, size)
+    if problem:
+        raise DataError(where, f"objects.bbox {box}: {problem}")
+    pixels = list(coordinates.box_to_pixels(box, source, size))
+    bbox = coordinates.convert_box(pixels, "pixels", answer, size, rounded=False)
+    return {"bbox": bbox, "box_pixels": pixels, "image_id": image_id, "size": size}
 
-    if not images:
-        raise DataError(where, "objects need an image to place their boxes on")
-    ref = images[0]
-    if isinstance(ref, dict):
-        ref = ref.get("bytes") or ref.get("path")
-    if isinstance(ref, (bytes, bytearray)):
-        return _image_size(io.BytesIO(ref), where, "(bytes)")
-    return _image_size(root / str(ref), where, str(ref))
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
@@ -413,19 +437,32 @@ def _screenspot(row: Any, where: str, root: Path, coords: str, template: str, pr
     if not isinstance(row, dict) or any(f not in row for f in fields):
         raise DataError(where, f"a ScreenSpot record needs {', '.join(fields)}")
     box = row["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         raise DataError(where, f"bbox must be four numbers, got {box!r}")
+    if templates.get(template).answer_convention(coords) == "resized-pixels":
+        raise DataError(
+            where,
+            "grounding answers cannot be written in resized-pixels (the processor's bounds are not "
+            "known when data is read); give data.coordinates pixels, qwen3vl, mai-ui or unit",
+        )
     box = list(box) if pro else coordinates.xywh_to_xyxy(box)
-    image = _image_path(row["img_filename"], root, where)
-    size = tuple(row["img_size"]) if pro and row.get("img_size") else _image_size(image, where)
+    if not isinstance(row["img_filename"], str) or not row["img_filename"]:
+        raise DataError(where, "img_filename must be a file name")
+    image = images.resolve(row["img_filename"], root, where)
+    size = images.size(image, where)
+    if pro and row.get("img_size") is not None and list(row["img_size"]) != list(size):
+        raise DataError(
+            where,
+            f"img_size {row['img_size']} differs from the image file's {size[0]}×{size[1]} "
+            f"({row['img_filename']}): which one was the box drawn on?",
+        )
     problem = coordinates.out_of_range(box, "pixels", size)
     if problem or box[0] > box[2] or box[1] > box[3]:
         raise DataError(where, f"bbox {row['bbox']} does not fit the {size[0]}×{size[1]} image ({problem})")
-    chat = templates.grounding_row(str(image), row["instruction"], box, size, template, coords)
+    chat = templates.grounding_row(image, row["instruction"], box, size, template, coords)
+    chat.update({key: value for key, value in _extra(row).items() if key not in ("bbox", "image_id")})
     keep = ("ui_type", "platform", "application", "group") if pro else ("data_type", "data_source")
     chat["categories"] = {k: str(row[k]) for k in keep if row.get(k) is not None}
-    if row.get("id") is not None:
-        chat["id"] = row["id"]
     return chat
 
 
@@ -433,28 +470,15 @@ def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str
     return _screenspot(row, where, root, coords, template, pro=True)
 
 
-def _image_path(name: Any, root: Path, where: str) -> Path:
-    if not isinstance(name, str) or not name:
-        raise DataError(where, "img_filename must be a file name")
-    for folder in (root, root / "images", root.parent / "images"):  # ScreenSpot ships images beside
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(where, f"image not found: {root / name}")
-
-
-def _image_size(source, where: str, name: str | None = None) -> tuple[int, int]:
-    """An image's (width, height) from its header; ``source`` a path or a file object."""
-    from PIL import Image
-
-    try:
-        with Image.open(source) as image:
-            return image.size
-    except Exception as e:  # PIL raises many types for a broken file
-        raise DataError(where, f"cannot read image {name or source}: {e}") from None
+_STRUCTURE = {"messages", "conversations", "images", "image", "objects", "bbox", "img_filename", "img_size"}
 
 
 def _extra(row: dict) -> dict:
-    return {key: row[key] for key in ("bbox", "id", "categories") if key in row}
+    """What a record carries beside its conversation: ``bbox``, ``id``, ``categories``, ``image_id`` and
+    its other plain fields (the category fields per-category metrics may split by)."""
+    kept = {key: row[key] for key in ("bbox", "id", "categories", "image_id") if key in row}
+    plain = (str, int, float, bool)
+    return {**{k: v for k, v in row.items() if k not in _STRUCTURE and isinstance(v, plain)}, **kept}
 
 
 _CONVERTERS = {

@@ -63,11 +63,11 @@ def grounding_row(
     image, instruction: str, box_pixels, size: coordinates.Size, template: str, data_coordinates: str
 ) -> dict:
     """A chat row (the ``chat`` format) asking for ``instruction`` on ``image``, answered at the center of
-    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the original image); its ``bbox`` in the answer's
-    convention, for click accuracy."""
+    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the displayed image); its ``bbox`` in the answer's
+    convention (unrounded) and ``box_pixels`` as given, for click accuracy."""
     chosen = get(template)
     convention = chosen.answer_convention(data_coordinates)
-    box = coordinates.convert_box(box_pixels, "pixels", convention, size)
+    box = coordinates.convert_box(box_pixels, "pixels", convention, size, rounded=False)
     point = coordinates.convert_point(coordinates.center(box_pixels), "pixels", convention, size)
     messages = []
     if chosen.system:
@@ -79,7 +79,7 @@ def grounding_row(
         }
     )
     messages.append({"role": "assistant", "content": [{"type": "text", "text": chosen.answer(point)}]})
-    return {"messages": messages, "bbox": box}
+    return {"messages": messages, "bbox": box, "box_pixels": [float(v) for v in box_pixels]}
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
