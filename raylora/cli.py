@@ -329,15 +329,28 @@ def score(
             "both answered and McNemar's paired test.",
         ),
     ] = None,
+    min_pixels: Annotated[int | None, typer.Option("--min-pixels", min=1)] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels",
+            min=1,
+            help="The processor's image area bounds (data.image), which --coordinates resized-pixels need "
+            "(sides in multiples of 28, Qwen2.5-VL's).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score model outputs against a dataset, no model needed: click accuracy, format errors, action-type and
     step accuracy for navigation records, per category, each with n and a 95% Wilson interval."""
+    from .data import coordinates as conventions
     from .data import scoring
 
-    records, convention = _scored_data(data_ref, fmt, coordinates, template)
+    known = min_pixels is not None and max_pixels is not None
+    bounds = conventions.Bounds(min_pixels, max_pixels) if known else None
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, bounds_known=known)
     outputs = scoring.read_predictions(predictions, records)
-    goals = {i: scoring.goal(records[i], convention) for i in outputs}
+    goals = {i: scoring.goal(records[i], convention, bounds=bounds) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     report = scoring.summarize(list(results.values()))
     report["unanswered"] = len(records) - len(outputs)
@@ -391,7 +404,7 @@ def eval_(
         _check_model_ref(model)
     except UserError:
         raise UserError("eval", f"{model}: not a folder, a hub id (owner/name) or builtin:...") from None
-    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit)
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit, bounds_known=True)
     from .data import scoring
     from .train import evaluate, inference
 
@@ -410,8 +423,12 @@ def eval_(
             for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
+    bounds = evaluate.bounds(predictor.processor, predictor.image_kw)
     report = scoring.summarize(
-        [scoring.score(text, scoring.goal(r, convention)) for r, text in zip(records, outputs, strict=True)]
+        [
+            scoring.score(text, scoring.goal(r, convention, bounds=bounds))
+            for r, text in zip(records, outputs, strict=True)
+        ]
     )
     report["unanswered"] = 0
     _print_score(report, as_json)
@@ -419,8 +436,16 @@ def eval_(
         print(f"predictions: {predictions_out}")
 
 
-def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit: int | None = None):
-    """The records of ``data_ref`` and the convention their answers (and boxes) are in."""
+def _scored_data(
+    data_ref: str,
+    fmt: str,
+    coordinates: str,
+    template: str,
+    limit: int | None = None,
+    bounds_known: bool = False,
+):
+    """The records of ``data_ref`` and the convention their answers (and boxes) are in; ``resized-pixels``
+    are refused in one line unless the processor's bounds are known."""
     from . import builtin
     from .data import coordinates as conventions
     from .data import formats, samples, templates
@@ -431,6 +456,10 @@ def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit
         convention = templates.get(template).answer_convention(conventions.get(coordinates).name)
     except ValueError as e:
         raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
+    if conventions.get(convention).resized and not bounds_known:
+        from .data.scoring import RESIZED_NEEDS_BOUNDS
+
+        raise UserError("--coordinates", RESIZED_NEEDS_BOUNDS)
     try:
         path = builtin.resolve_data(data_ref, "eval") if builtin.is_builtin(data_ref) else data_ref
     except ValueError as e:
@@ -772,6 +801,22 @@ def _load_checked(spec_path: Path, overrides: list[str]):
     return spec
 
 
+def _one_line_warnings() -> None:
+    """raylora's own warnings about the user's data print as one line, as its errors do."""
+    import warnings
+
+    from .data.samples import CoordinateWarning
+
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if issubclass(category, CoordinateWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main() -> None:
     """Console entry point."""
     import logging
@@ -780,6 +825,7 @@ def main() -> None:
     from .errors import EnvironmentFault, TrialError
 
     environment.set_defaults(environment.CLI)
+    _one_line_warnings()
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

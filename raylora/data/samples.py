@@ -16,6 +16,7 @@ be a path or the encoded image bytes. Turning a record into the model's inputs i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def read(
     template: str = "click",
     spill_dir: Path | None = None,
     columns: dict | None = None,
-    categories: tuple[str, ...] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> list[Sample]:
     """Read and validate the records of a dataset in any of :mod:`raylora.data.formats`; the first bad one
     raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
@@ -139,7 +140,7 @@ def problems(
     template: str = "click",
     most: int = 20,
     columns: dict | None = None,
-    categories: tuple[str, ...] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> list[DataError]:
     """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``. Every
     image is opened and decoded in full (a truncated file, a text file named ``.png``, a zero-sized or
@@ -173,7 +174,7 @@ def _record(
     root: Path,
     convention: str = "qwen3vl",
     spill_dir: Path | None = None,
-    categories: tuple[str, ...] | None = None,
+    categories: Sequence[str] | None = None,
 ) -> Sample:
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
         raise DataError(where, 'a record needs "messages": a non-empty list of {"role", "content"} turns')

@@ -149,6 +149,9 @@ class Data(_Section):
     """The coordinate convention of the data's answers and boxes (and of ``click`` answers made from
     grounding annotations): qwen3vl 0–1000, mai-ui 0–999, pixels of the image, pixels of the
     processor-resized image, unit 0–1."""
+    categories: list[str] | None = None
+    """The record fields per-category metrics split by (``by`` in ``raylora score --json``, in every
+    format); default ``data_type``, ``ui_type``, ``platform``, ``application``, ``group``, ``data_source``."""
     template: Literal["click", "qwen3vl", "mai-ui"] = "click"
     """How grounding annotations (ScreenSpot) become prompt and answer: ``click(x, y)``, Qwen3-VL's
     ``{"point_2d": [x, y]}`` (0–1000), or MAI-UI's ``<answer>{"coordinate": [x, y]}</answer>`` (0–999)."""

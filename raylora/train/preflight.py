@@ -72,7 +72,12 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
     bad = samples.problems(
-        ref, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
+        ref,
+        spec.data.format,
+        spec.data.coordinates,
+        spec.data.template,
+        columns=spec.data.columns,
+        categories=spec.data.categories,
     )
     raise_all(bad)
 
