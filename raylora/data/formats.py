@@ -7,8 +7,8 @@
     qwen            Qwen's fine-tuning scripts: ``image`` (a path or a list) + ``conversations``
     screenspot      ScreenSpot v1/v2 annotations: ``img_filename``, ``bbox`` [x, y, w, h] pixels,
                     ``instruction``, ``data_type``, ``data_source``
-    screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size``,
-                    ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
+    screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size`` (must
+                    equal the file's), ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
     hf              a Hugging Face ``datasets`` dataset: a folder written by ``save_to_disk``, a folder of
                     Parquet or Arrow shards, an ``.arrow`` file, or a hub id ``hf://ORG/NAME[#SPLIT]``
                     (through ``datasets.load_dataset``, cached); its records are any format above, detected
@@ -16,8 +16,10 @@
 Any container is read a batch at a time. ``columns`` renames a dataset's columns to the names a format
 expects (``{"img_filename": "image_path"}``: the format's ``img_filename`` is the dataset's ``image_path``).
 
-Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with ``categories`` (the
-fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
+Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with its plain fields
+(the category fields per-category metrics split by), ``image_id`` (the screen its answer refers to) and,
+for grounding annotations, ``box_pixels`` (the box in float pixels). Image paths are resolved by
+:func:`raylora.data.images.resolve` alone. Grounding annotations become a prompt and an answer through the
 answer template (:mod:`raylora.data.templates`). A format read wrongly fails loudly: a placeholder count
 that does not match the images, a box outside its image, a record of another format — each names the
 record (``file.jsonl:LINE``, ``file.json[INDEX]``, ``file.parquet:row N``).
