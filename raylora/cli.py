@@ -280,9 +280,9 @@ def _click_line(text: str, image: Path) -> str:
     point = _click(text)
     if point is None:
         return "click: none (the answer names no click(x, y))"
-    from PIL import Image
+    from .data import images
 
-    width, height = Image.open(image).size
+    width, height = images.size(str(image), str(image))
     x, y = point
     return (
         f"click: ({x:g}, {y:g}) in 0-1000 → pixel ({round(x * width / 1000)}, {round(y * height / 1000)}) "
