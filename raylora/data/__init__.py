@@ -4,7 +4,7 @@ score alike, so every path reads and scores the same way.
 
     formats       the dataset formats teams have (chat, sharegpt, qwen, screenspot, hf, ...) → chat rows
     samples       chat rows → checked Samples (conversation, images, target box, the screen it refers to)
-    images        screenshots: the one path rule, the displayed size (EXIF), RGB pixels, the processor's limits
+    images        screenshots: the one path rule, displayed size (EXIF), RGB pixels, the processor's limits
     coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions
     templates     answer templates: a target box → the supervised answer; how an answer must be read
     actions       a model's output text → one Action (click, type, scroll, ...)
