@@ -348,7 +348,7 @@ def score(
 
     known = min_pixels is not None and max_pixels is not None
     bounds = conventions.Bounds(min_pixels, max_pixels) if known else None
-    records, convention = _scored_data(data_ref, fmt, coordinates, template, bounds_known=known)
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, bounds=bounds)
     outputs = scoring.read_predictions(predictions, records)
     goals = {i: scoring.goal(records[i], convention, bounds=bounds) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
@@ -404,11 +404,20 @@ def eval_(
         _check_model_ref(model)
     except UserError:
         raise UserError("eval", f"{model}: not a folder, a hub id (owner/name) or builtin:...") from None
-    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit, bounds_known=True)
     from .data import scoring
-    from .train import evaluate, inference
+    from .data import templates as answer_templates
+    from .train import encode, evaluate, inference
 
-    predictor = inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+    def load():
+        return inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    predictor = None
+    chosen = answer_templates.TEMPLATES.get(template)
+    if chosen is not None and chosen.answer_convention(coordinates) == "resized-pixels":
+        predictor = load()  # the data's answers depend on the processor's bounds: known once it is loaded
+    bounds = encode.bounds(predictor.processor, predictor.image_kw) if predictor is not None else None
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit, bounds, processor=True)
+    predictor = predictor or load()
     outputs = evaluate.generate(
         predictor.model,
         records,
@@ -423,7 +432,7 @@ def eval_(
             for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
-    bounds = evaluate.bounds(predictor.processor, predictor.image_kw)
+    bounds = encode.bounds(predictor.processor, predictor.image_kw)
     report = scoring.summarize(
         [
             scoring.score(text, scoring.goal(r, convention, bounds=bounds))
@@ -442,10 +451,11 @@ def _scored_data(
     coordinates: str,
     template: str,
     limit: int | None = None,
-    bounds_known: bool = False,
+    bounds=None,
+    processor: bool = False,
 ):
     """The records of ``data_ref`` and the convention their answers (and boxes) are in; ``resized-pixels``
-    are refused in one line unless the processor's bounds are known."""
+    are refused in one line unless the processor's ``bounds`` are known (or a ``processor`` will be)."""
     from . import builtin
     from .data import coordinates as conventions
     from .data import formats, samples, templates
@@ -456,7 +466,7 @@ def _scored_data(
         convention = templates.get(template).answer_convention(conventions.get(coordinates).name)
     except ValueError as e:
         raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
-    if conventions.get(convention).resized and not bounds_known:
+    if conventions.get(convention).resized and bounds is None and not processor:
         from .data.scoring import RESIZED_NEEDS_BOUNDS
 
         raise UserError("--coordinates", RESIZED_NEEDS_BOUNDS)
@@ -464,7 +474,7 @@ def _scored_data(
         path = builtin.resolve_data(data_ref, "eval") if builtin.is_builtin(data_ref) else data_ref
     except ValueError as e:
         raise UserError("--data", str(e)) from None
-    return samples.read(path, limit, fmt, coordinates, template), convention
+    return samples.read(path, limit, fmt, coordinates, template, bounds=bounds), convention
 
 
 def _print_score(report: dict, as_json: bool) -> None:

@@ -17,14 +17,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from raylora.data import actions, formats, samples, scoring, templates
+from raylora.data import actions, coordinates, formats, samples, scoring, templates
 from raylora.errors import DataError
 
 SCREENS = [(3840, 2160), (1080, 2400), (4000, 300), (1920, 1080)]
 EXTENT = {"qwen3vl": 1000.0, "mai-ui": 999.0, "unit": 1.0}  # relative conventions' far edge
 CONVENTIONS = ("qwen3vl", "mai-ui", "pixels", "unit")
 NATIVE = {"qwen3vl": "qwen3vl", "mai-ui": "mai-ui", "click": None}  # what each output style fixes
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 
 
 def _screen():
@@ -128,6 +128,45 @@ def test_a_rendered_answer_parses_back_to_its_pixel_within_half_a_unit(size, tem
     assert abs(x - (box[0] + box[2]) / 2) <= unit / 2 + 1e-9 * w
     assert abs(y - (box[1] + box[3]) / 2) <= unit / 2 + 1e-9 * h
     assert row["box_pixels"] == box  # the box is never rounded
+
+
+def _smart_resize(w, h, min_pixels, max_pixels, factor):
+    """Qwen2-VL's processor resize (transformers' ``smart_resize``), for (width, height)."""
+    hb, wb = round(h / factor) * factor, round(w / factor) * factor
+    if hb * wb > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        hb, wb = (
+            max(factor, math.floor(h / beta / factor) * factor),
+            max(factor, math.floor(w / beta / factor) * factor),
+        )
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return wb, hb
+
+
+@FAST
+@given(_case(), st.integers(56 * 56, 1024 * 1024), st.integers(1, 16), st.data())
+def test_resized_pixels_are_pixels_of_the_image_the_processor_resized(case, low, ratio, data):
+    size, box, meant, _, _ = case
+    assume(max(size) / min(size) <= 200)
+    bounds = coordinates.Bounds(low, low * ratio)
+    rw, rh = _smart_resize(*size, low, low * ratio, 28)
+    # rendering: the answer is the box's center in resized pixels, within half a resized pixel
+    row = templates.grounding_row(
+        "s.png", "go", list(box), size, "click", "resized-pixels", bounds.resized(size)
+    )
+    x, y = actions.parse(row["messages"][-1]["content"][0]["text"]).point
+    assert abs(x * size[0] / rw - (box[0] + box[2]) / 2) <= size[0] / rw / 2 + 1e-6
+    assert abs(y * size[1] / rh - (box[1] + box[3]) / 2) <= size[1] / rh / 2 + 1e-6
+    # scoring: a click written in resized pixels hits exactly when its pixel is in the box
+    written = (round(meant[0] / size[0] * rw, 4), round(meant[1] / size[1] * rh, 4))
+    pixel = (written[0] / rw * size[0], written[1] / rh * size[1])
+    edges = [pixel[0] - box[0], box[2] - pixel[0], pixel[1] - box[1], box[3] - pixel[1]]
+    assume(all(abs(e) > 1e-6 for e in edges))
+    record = _record(row["messages"][-1]["content"][0]["text"], box_pixels=box)
+    goal = scoring.goal(record, "resized-pixels", size=size, bounds=bounds)
+    assert scoring.score(_text("click", written), goal).click is all(e >= 0 for e in edges)
 
 
 # -- the screen a record is scored on ----------------------------------------------------------------

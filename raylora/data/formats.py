@@ -53,10 +53,16 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 
 def rows(
-    ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "click", columns: dict | None = None
+    ref: str,
+    fmt: str = "auto",
+    coords: str = "qwen3vl",
+    template: str = "click",
+    columns: dict | None = None,
+    bounds: coordinates.Bounds | None = None,
 ) -> Iterator:
     """``(where, chat row, root)`` for every record of dataset ``ref`` read as ``fmt`` (``auto``: detected
-    from the first record); ``root`` is the folder relative image paths are read from."""
+    from the first record); ``root`` is the folder relative image paths are read from. ``bounds`` are the
+    processor's, which answers rendered in ``resized-pixels`` need."""
     path, entry = _split_entry(ref)
     options: dict = {}
     if entry is not None:
@@ -75,6 +81,8 @@ def rows(
         raise row
     fmt = detect(row, where) if fmt in ("auto", "hf") else fmt
     convert = _CONVERTERS[fmt]
+    if bounds is not None and fmt in _RENDERING:
+        options = {**options, "bounds": bounds}
     for where, row in itertools.chain([first], raw):
         if isinstance(row, DataError):
             yield where, row, root
@@ -289,7 +297,15 @@ def _chat(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
 
 
 def _sharegpt(
-    row: Any, where: str, root: Path, coords: str, template: str, columns=None, tags=None, image_key=None
+    row: Any,
+    where: str,
+    root: Path,
+    coords: str,
+    template: str,
+    columns=None,
+    tags=None,
+    image_key=None,
+    bounds: coordinates.Bounds | None = None,
 ) -> dict:
     if not isinstance(row, dict):
         raise DataError(where, "a sharegpt record is a JSON object")
@@ -320,7 +336,7 @@ def _sharegpt(
         messages.append({"role": role, "content": text})
     extra = _extra(row)
     if row.get("objects"):
-        extra.update(_place_objects(messages, row["objects"], images, root, where, coords, template))
+        extra.update(_place_objects(messages, row["objects"], images, root, where, coords, template, bounds))
     return {**_with_images(messages, images, where), **extra}
 
 
@@ -329,7 +345,14 @@ _BBOX_TYPES = {"real": "pixels", "norm1000": "qwen3vl", "norm1": "unit"}
 
 
 def _place_objects(
-    messages: list[dict], objects: Any, images_: list, root: Path, where: str, coords: str, template: str
+    messages: list[dict],
+    objects: Any,
+    images_: list,
+    root: Path,
+    where: str,
+    coords: str,
+    template: str,
+    bounds: coordinates.Bounds | None = None,
 ) -> dict:
     """ms-swift grounding: ``<ref-object>`` in the text becomes ``objects.ref`` (in order) and ``<bbox>``
     the template's answer at the center of ``objects.bbox`` (in order) — or, inside a call's parentheses
@@ -348,10 +371,8 @@ def _place_objects(
         )
     chosen = templates.get(template)
     answer = chosen.answer_convention(coords)
-    if answer == "resized-pixels":
-        raise DataError(
-            where, "objects cannot be placed in resized-pixels; give data.coordinates of another kind"
-        )
+    if answer == "resized-pixels" and bounds is None:
+        raise DataError(where, RESIZED_UNKNOWN)
     ids = objects.get("image_id")
     ids = list(ids) if isinstance(ids, list) else [ids] * len(boxes) if ids is not None else [0] * len(boxes)
     refs, boxes = [str(r) for r in refs], list(boxes)
@@ -366,10 +387,9 @@ def _place_objects(
                 raise DataError(where, "more <bbox> placeholders than objects.bbox")
             image_id = ids.pop(0) if ids else 0
             box, image_id = boxes.pop(0), image_id
-            placed = _object_box(box, image_id, source, answer, images_, root, where)
-            point = coordinates.convert_point(
-                coordinates.center(placed["box_pixels"]), "pixels", answer, placed["size"]
-            )
+            placed = _object_box(box, image_id, source, answer, images_, root, where, bounds)
+            center = coordinates.center(placed["box_pixels"])
+            point = coordinates.convert_point(center, "pixels", answer, placed["size"], placed["resized"])
             text = message["content"]
             at = text.index("<bbox>")
             inside_call = text[:at].count("(") > text[:at].count(")")
@@ -380,7 +400,16 @@ def _place_objects(
     return {"bbox": placed["bbox"], "box_pixels": placed["box_pixels"], "image_id": placed["image_id"]}
 
 
-def _object_box(box: Any, image_id: Any, source: str, answer: str, images_: list, root: Path, where: str):
+def _object_box(
+    box: Any,
+    image_id: Any,
+    source: str,
+    answer: str,
+    images_: list,
+    root: Path,
+    where: str,
+    bounds: coordinates.Bounds | None,
+):
     """One ``objects.bbox`` entry (a box or a 2-number point) on its image, in pixels and in ``answer``."""
     if not (isinstance(box, list) and len(box) in (2, 4) and all(_is_number(v) for v in box)):
         raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes or [x, y] points, got {box!r}")
@@ -394,8 +423,9 @@ def _object_box(box: Any, image_id: Any, source: str, answer: str, images_: list
     if problem:
         raise DataError(where, f"objects.bbox {box}: {problem}")
     pixels = list(coordinates.box_to_pixels(box, source, size))
-    bbox = coordinates.convert_box(pixels, "pixels", answer, size, rounded=False)
-    return {"bbox": bbox, "box_pixels": pixels, "image_id": image_id, "size": size}
+    resized = bounds.resized(size) if bounds is not None else None
+    bbox = coordinates.convert_box(pixels, "pixels", answer, size, resized, rounded=False)
+    return {"bbox": bbox, "box_pixels": pixels, "image_id": image_id, "size": size, "resized": resized}
 
 
 def _is_number(value: Any) -> bool:
@@ -406,8 +436,8 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    return _sharegpt(row, where, root, coords, template, image_key="image")
+def _qwen(row: Any, where: str, root: Path, coords: str, template: str, bounds=None) -> dict:
+    return _sharegpt(row, where, root, coords, template, image_key="image", bounds=bounds)
 
 
 def _with_images(messages: list[dict], images: list, where: str) -> dict:
@@ -434,19 +464,17 @@ def _with_images(messages: list[dict], images: list, where: str) -> dict:
     return {"messages": out}
 
 
-def _screenspot(row: Any, where: str, root: Path, coords: str, template: str, pro: bool = False) -> dict:
+def _screenspot(
+    row: Any, where: str, root: Path, coords: str, template: str, pro: bool = False, bounds=None
+) -> dict:
     fields = ("img_filename", "bbox", "instruction")
     if not isinstance(row, dict) or any(f not in row for f in fields):
         raise DataError(where, f"a ScreenSpot record needs {', '.join(fields)}")
     box = row["bbox"]
     if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         raise DataError(where, f"bbox must be four numbers, got {box!r}")
-    if templates.get(template).answer_convention(coords) == "resized-pixels":
-        raise DataError(
-            where,
-            "grounding answers cannot be written in resized-pixels (the processor's bounds are not "
-            "known when data is read); give data.coordinates pixels, qwen3vl, mai-ui or unit",
-        )
+    if templates.get(template).answer_convention(coords) == "resized-pixels" and bounds is None:
+        raise DataError(where, RESIZED_UNKNOWN)
     box = list(box) if pro else coordinates.xywh_to_xyxy(box)
     if not isinstance(row["img_filename"], str) or not row["img_filename"]:
         raise DataError(where, "img_filename must be a file name")
@@ -461,15 +489,16 @@ def _screenspot(row: Any, where: str, root: Path, coords: str, template: str, pr
     problem = coordinates.out_of_range(box, "pixels", size)
     if problem or box[0] > box[2] or box[1] > box[3]:
         raise DataError(where, f"bbox {row['bbox']} does not fit the {size[0]}×{size[1]} image ({problem})")
-    chat = templates.grounding_row(image, row["instruction"], box, size, template, coords)
+    resized = bounds.resized(size) if bounds is not None else None
+    chat = templates.grounding_row(image, row["instruction"], box, size, template, coords, resized)
     chat.update({key: value for key, value in _extra(row).items() if key not in ("bbox", "image_id")})
     keep = ("ui_type", "platform", "application", "group") if pro else ("data_type", "data_source")
     chat["categories"] = {k: str(row[k]) for k in keep if row.get(k) is not None}
     return chat
 
 
-def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    return _screenspot(row, where, root, coords, template, pro=True)
+def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str, bounds=None) -> dict:
+    return _screenspot(row, where, root, coords, template, pro=True, bounds=bounds)
 
 
 _STRUCTURE = {"messages", "conversations", "images", "image", "objects", "bbox", "img_filename", "img_size"}
@@ -482,6 +511,13 @@ def _extra(row: dict) -> dict:
     plain = (str, int, float, bool)
     return {**{k: v for k, v in row.items() if k not in _STRUCTURE and isinstance(v, plain)}, **kept}
 
+
+_RENDERING = ("sharegpt", "qwen", "screenspot", "screenspot-pro")
+"""Formats whose answers raylora writes (grounding annotations, ms-swift objects): they take ``bounds``."""
+RESIZED_UNKNOWN = (
+    "answers in resized-pixels need the processor's image bounds (data.image.min_pixels and max_pixels; "
+    "--min-pixels and --max-pixels), which are not known here"
+)
 
 _CONVERTERS = {
     "chat": _chat,

@@ -70,14 +70,17 @@ def read(
     spill_dir: Path | None = None,
     columns: dict | None = None,
     categories: Sequence[str] | None = None,
+    bounds=None,
 ) -> list[Sample]:
     """Read and validate the records of a dataset in any of :mod:`raylora.data.formats`; the first bad one
     raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
     content) and referenced by path, so a dataset of embedded screenshots is not held in memory.
-    ``categories`` names the record fields per-category metrics split by (default :data:`CATEGORIES`)."""
+    ``categories`` names the record fields per-category metrics split by (default :data:`CATEGORIES`);
+    ``bounds`` (:class:`~raylora.data.coordinates.Bounds`) the processor's, for answers written in
+    ``resized-pixels``."""
     records = []
     ids: dict[str, str] = {}
-    for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
+    for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns, bounds):
         if isinstance(row, DataError):
             raise row
         record = _record(row, where, root, coordinates, spill_dir, categories)
@@ -141,6 +144,7 @@ def problems(
     most: int = 20,
     columns: dict | None = None,
     categories: Sequence[str] | None = None,
+    bounds=None,
 ) -> list[DataError]:
     """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``. Every
     image is opened and decoded in full (a truncated file, a text file named ``.png``, a zero-sized or
@@ -148,7 +152,7 @@ def problems(
     found: list[DataError] = []
     ids: dict[str, str] = {}
     try:
-        for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
+        for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns, bounds):
             try:
                 if isinstance(row, DataError):
                     raise row

@@ -60,15 +60,22 @@ def get(name: str) -> Template:
 
 
 def grounding_row(
-    image, instruction: str, box_pixels, size: coordinates.Size, template: str, data_coordinates: str
+    image,
+    instruction: str,
+    box_pixels,
+    size: coordinates.Size,
+    template: str,
+    data_coordinates: str,
+    resized: coordinates.Size | None = None,
 ) -> dict:
     """A chat row (the ``chat`` format) asking for ``instruction`` on ``image``, answered at the center of
-    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the displayed image); its ``bbox`` in the answer's
-    convention (unrounded) and ``box_pixels`` as given, for click accuracy."""
+    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the displayed image; ``resized`` by the processor, for
+    ``resized-pixels``); its ``bbox`` in the answer's convention (unrounded) and ``box_pixels`` as given,
+    for click accuracy."""
     chosen = get(template)
     convention = chosen.answer_convention(data_coordinates)
-    box = coordinates.convert_box(box_pixels, "pixels", convention, size, rounded=False)
-    point = coordinates.convert_point(coordinates.center(box_pixels), "pixels", convention, size)
+    box = coordinates.convert_box(box_pixels, "pixels", convention, size, resized, rounded=False)
+    point = coordinates.convert_point(coordinates.center(box_pixels), "pixels", convention, size, resized)
     messages = []
     if chosen.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": chosen.system}]})

@@ -166,6 +166,15 @@ class Data(_Section):
     (0: in the training process itself). Default: the worker's other CPUs, ``resources.cpus_per_worker``
     − 1 (so 7 for 8 CPUs per GPU worker; 0 for the fractional CPUs of a laptop study)."""
 
+    @model_validator(mode="after")
+    def _resized_bounds(self) -> Data:
+        if self.coordinates == "resized-pixels" and not (self.image.min_pixels and self.image.max_pixels):
+            raise ValueError(
+                "coordinates resized-pixels are pixels of the image resized within data.image's bounds: set "
+                "data.image.min_pixels and data.image.max_pixels"
+            )
+        return self
+
 
 class Resources(_Section):
     workers_per_trial: Positive = 1

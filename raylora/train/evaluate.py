@@ -7,7 +7,7 @@ and ``raylora score`` report the same numbers for the same outputs.
 
 from __future__ import annotations
 
-from ..data import actions, coordinates, samples, scoring
+from ..data import actions, samples, scoring
 from . import encode
 
 
@@ -23,14 +23,6 @@ def is_hit(point: tuple[float, float] | None, bbox: tuple[float, float, float, f
         return False
     x, y = point
     return bbox[0] <= x <= bbox[2] and bbox[1] <= y <= bbox[3]
-
-
-def bounds(processor, image_kw: dict) -> coordinates.Bounds:
-    """The image-area bounds and side multiple ``processor`` resizes with (what ``resized-pixels`` mean)."""
-    image_processor = processor.image_processor
-    size = image_kw.get("size", image_processor.size)
-    factor = image_processor.patch_size * image_processor.merge_size
-    return coordinates.Bounds(size["shortest_edge"], size["longest_edge"], factor)
 
 
 def eval_loss(model, items: list[dict], batch_size: int, pad_id: int, device) -> tuple[float, float]:
@@ -129,7 +121,7 @@ def outcomes(
     device,
 ) -> list[scoring.Outcome | None]:
     """Generate for ``records`` and score each output against its record (answers in ``convention``)."""
-    goals = scoring.goals(records, convention, bounds(processor, image_kw))
+    goals = scoring.goals(records, convention, encode.bounds(processor, image_kw))
     wanted = [i for i, goal in enumerate(goals) if goal.reference is not None]
     texts = generate(
         model, [records[i] for i in wanted], processor, image_kw, max_new_tokens, batch_size, device

@@ -84,7 +84,15 @@ def open_split(
     the samples longer than ``max_length`` — without decoding a screenshot."""
     spill = cache_dir.parent / "images" if cache_dir is not None else None
     records = samples.read(
-        ref, limit, fmt, coordinates, template, spill_dir=spill, columns=columns, categories=categories
+        ref,
+        limit,
+        fmt,
+        coordinates,
+        template,
+        spill_dir=spill,
+        columns=columns,
+        categories=categories,
+        bounds=encode.bounds(processor, image_kw),
     )
     index = (
         cache_dir / f"{_key(ref, processor, image_kw, limit, (fmt, coordinates, template, columns))}.json"

@@ -78,8 +78,18 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
         spec.data.template,
         columns=spec.data.columns,
         categories=spec.data.categories,
+        bounds=_bounds(spec),
     )
     raise_all(bad)
+
+
+def _bounds(spec: Spec):
+    """The spec's image bounds, for answers written in resized-pixels (the schema requires both then); the
+    side multiple is the processor's, so it is left at its default: validity does not depend on it."""
+    from ..data.coordinates import Bounds
+
+    image = spec.data.image
+    return Bounds(image.min_pixels, image.max_pixels) if image.min_pixels and image.max_pixels else None
 
 
 def _check_targets(spec: Spec, model_dir: Path) -> None:
