@@ -26,6 +26,7 @@ items.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -117,7 +118,10 @@ def score(output: str, goal: Goal) -> Outcome | None:
         return Outcome(
             True, False if is_click else None, False if nav else None, False if nav else None, goal.categories
         )
-    predicted = actions.in_convention(predicted, goal.convention, ref.format, goal.size)
+    # The reference's own format is read in the answer convention (the model learned the data's); another
+    # format that fixes a convention (Qwen3-VL's 0–1000, MAI-UI's 0–999) in that one.
+    src = predicted.native if predicted.native and predicted.format != ref.format else goal.convention
+    predicted, ref = _in_pixels(predicted, src, goal), _in_pixels(ref, goal.convention, goal)
     click = None
     if is_click:
         same_kind = not nav or predicted.type == ref.type
@@ -129,45 +133,49 @@ def score(output: str, goal: Goal) -> Outcome | None:
     return Outcome(False, click, type_ok, step_ok, goal.categories)
 
 
-def _pixels(point, goal: Goal) -> tuple[float, float] | None:
-    """A point in the answer convention as float pixels of the screen. With no screen known (a record
-    without images) a relative convention's extent stands in for it."""
-    if point is None:
-        return None
-    convention = coordinates.get(goal.convention)
-    size = goal.size or (convention.extent((1, 1), goal.resized) if convention.relative else None)
-    if size is None:
-        return float(point[0]), float(point[1])
-    return coordinates.to_pixels(point, goal.convention, size, goal.resized)
+def _in_pixels(action: actions.Action, src: str, goal: Goal) -> actions.Action:
+    """``action`` with its points (written in convention ``src``) as float pixels of the screen. With no
+    screen known (a record without images) a relative answer convention's extent stands in for it; points
+    that still cannot be converted are kept as written."""
+    screen = _screen(goal)
+    convention = coordinates.get(src)
+    if screen is None and convention.relative is not None:
+        return action
+
+    def pixels(point):
+        if point is None:
+            return None
+        if screen is None or (convention.relative is None and not convention.resized):
+            return float(point[0]), float(point[1])
+        return coordinates.to_pixels(point, src, screen, goal.resized)
+
+    return dataclasses.replace(action, point=pixels(action.point), end=pixels(action.end))
 
 
-def _screen(a, b, goal: Goal) -> tuple[float, float]:
-    """The screen's (width, height) in pixels: the image's, a relative convention's extent without one, or
-    for pixels of an unknown screen the far corner the two points imply."""
-    convention = coordinates.get(goal.convention)
+def _screen(goal: Goal) -> tuple[float, float] | None:
+    """The screen's (width, height): the image's, or a relative answer convention's extent without one."""
     if goal.size is not None:
         return goal.size
-    if convention.relative is not None:
-        return convention.extent((1, 1), None)
-    return max(a[0], b[0], 1.0), max(a[1], b[1], 1.0)
+    convention = coordinates.get(goal.convention)
+    return convention.extent((1, 1), None) if convention.relative is not None else None
 
 
 def _on_target(point, ref_point, goal: Goal) -> bool:
-    """Inside the goal's box (edges included), or with no box within :data:`DISTANCE` of the reference."""
+    """Inside the goal's box (edges included), or with no box within :data:`DISTANCE` of the reference;
+    points in pixels."""
     if point is None:
         return False
     if goal.box is not None:
-        x, y = _pixels(point, goal)
-        return goal.box[0] <= x <= goal.box[2] and goal.box[1] <= y <= goal.box[3]
+        return goal.box[0] <= point[0] <= goal.box[2] and goal.box[1] <= point[1] <= goal.box[3]
     return _near(point, ref_point, goal)
 
 
-def _near(point, ref_point, goal: Goal) -> bool:
-    """Within :data:`DISTANCE` of the screen's diagonal, in pixels (AndroidControl's rule)."""
-    if point is None or ref_point is None:
+def _near(a, b, goal: Goal) -> bool:
+    """Within :data:`DISTANCE` of the screen's diagonal, in pixels (AndroidControl's rule); for pixels of
+    an unknown screen, of the far corner the two points imply."""
+    if a is None or b is None:
         return False
-    a, b = _pixels(point, goal), _pixels(ref_point, goal)
-    width, height = _screen(a, b, goal)
+    width, height = _screen(goal) or (max(a[0], b[0], 1.0), max(a[1], b[1], 1.0))
     return math.hypot(a[0] - b[0], a[1] - b[1]) <= DISTANCE * math.hypot(width, height)
 
 
