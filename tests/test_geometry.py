@@ -159,14 +159,17 @@ def test_resized_pixels_are_pixels_of_the_image_the_processor_resized(case, low,
     x, y = actions.parse(row["messages"][-1]["content"][0]["text"]).point
     assert abs(x * size[0] / rw - (box[0] + box[2]) / 2) <= size[0] / rw / 2 + 1e-6
     assert abs(y * size[1] / rh - (box[1] + box[3]) / 2) <= size[1] / rh / 2 + 1e-6
-    # scoring: a click written in resized pixels hits exactly when its pixel is in the box
-    written = (round(meant[0] / size[0] * rw, 4), round(meant[1] / size[1] * rh, 4))
-    pixel = (written[0] / rw * size[0], written[1] / rh * size[1])
+    # scoring: a click written in resized pixels (or in the 0–1000 / 0–999 a Qwen3-VL or MAI-UI answer
+    # fixes) hits exactly when its pixel is in the box
+    style = data.draw(st.sampled_from(("click", "qwen3vl", "mai-ui")))
+    extent = (rw, rh) if style == "click" else (EXTENT[style], EXTENT[style])
+    written = (round(meant[0] / size[0] * extent[0], 4), round(meant[1] / size[1] * extent[1], 4))
+    pixel = (written[0] / extent[0] * size[0], written[1] / extent[1] * size[1])
     edges = [pixel[0] - box[0], box[2] - pixel[0], pixel[1] - box[1], box[3] - pixel[1]]
     assume(all(abs(e) > 1e-6 for e in edges))
     record = _record(row["messages"][-1]["content"][0]["text"], box_pixels=box)
     goal = scoring.goal(record, "resized-pixels", size=size, bounds=bounds)
-    assert scoring.score(_text("click", written), goal).click is all(e >= 0 for e in edges)
+    assert scoring.score(_text(style, written), goal).click is all(e >= 0 for e in edges)
 
 
 # -- the screen a record is scored on ----------------------------------------------------------------

@@ -151,6 +151,7 @@ def problems(
     oversized image, one the processor would refuse: an aspect ratio over 200), and a repeated id."""
     found: list[DataError] = []
     ids: dict[str, str] = {}
+    seen: list[Sample] = []
     try:
         for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns, bounds):
             try:
@@ -158,6 +159,7 @@ def problems(
                     raise row
                 record = _record(row, where, root, coordinates, categories=categories)
                 _unique(record, ids)
+                seen.append(record)
                 for ref in record.images:
                     problem = images.limits(images.load(ref, where).size)
                     if problem:
@@ -169,6 +171,7 @@ def problems(
                     break
     except DataError as e:  # the file itself: missing, empty, not a dataset
         return [e]
+    _warn_unit_range(str(path), seen, coordinates, template)
     return found
 
 
