@@ -641,6 +641,39 @@ def data_inspect(
             _print_data_report(report)
 
 
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="The dataset's file or folder, as published.")],
+    name: Annotated[
+        str, typer.Option("--from", help="androidcontrol, gui-odyssey, aguvis, os-atlas or showui.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The chat JSONL to write.")],
+    template: Annotated[str, typer.Option("--template", help="click, qwen3vl or mai-ui.")] = "click",
+    coordinates: Annotated[
+        str, typer.Option("--coordinates", help="The answers' convention for --template click: qwen3vl, ...")
+    ] = "qwen3vl",
+    history: Annotated[
+        int | None,
+        typer.Option("--history", min=0, help="Earlier screenshots per navigation step (mai-ui: 3, else 0)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Only this split's episodes: NAME or FILE.json:NAME.")
+    ] = None,
+    level: Annotated[
+        str, typer.Option("--level", help="high: the goal; low: the goal and the step instruction.")
+    ] = "high",
+) -> None:
+    """Write an episode or element-list dataset as chat records, one per step or element, with its
+    reference box; print the records, the dropped ones with reasons, and the actions by type."""
+    from .data import convert
+
+    try:
+        report = convert.convert(src, name, out, template, coordinates, history, split, level)
+    except ValueError as e:  # an unknown template or convention
+        raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
+    print("\n".join(report.lines()))
+
+
 def _print_data_report(report: dict) -> None:
     coords = report["coordinates"]
     print(f"{report['path']}: {report['format']} · {report['records']} records · {report['images']} images")

@@ -27,6 +27,8 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         where, row, _ = next(
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )
+        if isinstance(row, DataError):  # the first record, refused by the reader (video, a bad item)
+            raise row
         fmt = formats.detect(row, where)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
