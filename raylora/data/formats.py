@@ -26,7 +26,7 @@ transformers or base64 way are read by :mod:`.readers` and :mod:`.tools`, GUI-Ac
 video is refused by record.
 
 Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with its plain fields
-(the category fields per-category metrics split by), ``image_id`` (the screen its answer refers to) and,
+(the category fields per-category metrics split by), :data:`SCREEN` (the screen its answer refers to) and,
 for grounding annotations, ``box_pixels`` (the box in float pixels). Image paths are resolved by
 :func:`raylora.data.images.resolve` alone. Grounding annotations become a prompt and an answer through the
 answer template (:mod:`raylora.data.templates`). A format read wrongly fails loudly: a placeholder count
@@ -363,6 +363,10 @@ def _sharegpt(
     return {**_with_images(messages, images, where), **extra}
 
 
+SCREEN = "_screen"
+"""The chat-row key a format names the screen its answer refers to with (an image index; ms-swift's
+``objects.image_id``). Internal: a record's own ``image_id`` field means other things in other datasets."""
+
 _BBOX_TYPES = {"real": "pixels", "norm1000": "qwen3vl", "norm1": "unit"}
 """ms-swift's ``objects.bbox_type`` values and the convention each means; without one, ``real``."""
 
@@ -420,7 +424,7 @@ def _place_objects(
             message["content"] = text[:at] + rendered + text[at + len("<bbox>") :]
     if placed is None:
         raise DataError(where, "objects given but no <bbox> placeholder in the text")
-    return {"bbox": placed["bbox"], "box_pixels": placed["box_pixels"], "image_id": placed["image_id"]}
+    return {"bbox": placed["bbox"], "box_pixels": placed["box_pixels"], SCREEN: placed["image_id"]}
 
 
 def _object_box(
@@ -532,7 +536,7 @@ def _screenspot(
         raise DataError(where, f"bbox {row['bbox']} does not fit the {size[0]}×{size[1]} image ({problem})")
     resized = bounds.resized(size) if bounds is not None else None
     chat = templates.grounding_row(image, row["instruction"], box, size, template, coords, resized)
-    chat.update({key: value for key, value in _extra(row).items() if key not in ("bbox", "image_id")})
+    chat.update({key: value for key, value in _extra(row).items() if key != "bbox"})
     keep = ("ui_type", "platform", "application", "group") if pro else ("data_type", "data_source")
     chat["categories"] = {k: str(row[k]) for k in keep if row.get(k) is not None}
     return chat
@@ -546,9 +550,9 @@ _STRUCTURE = {"messages", "conversations", "images", "image", "objects", "bbox",
 
 
 def _extra(row: dict) -> dict:
-    """What a record carries beside its conversation: ``bbox``, ``id``, ``categories``, ``image_id`` and
-    its other plain fields (the category fields per-category metrics may split by)."""
-    kept = {key: row[key] for key in ("bbox", "id", "categories", "image_id") if key in row}
+    """What a record carries beside its conversation: ``bbox``, ``id``, ``categories`` and its other plain
+    fields (the category fields per-category metrics may split by)."""
+    kept = {key: row[key] for key in ("bbox", "id", "categories") if key in row}
     plain = (str, int, float, bool)
     return {**{k: v for k, v in row.items() if k not in _STRUCTURE and isinstance(v, plain)}, **kept}
 

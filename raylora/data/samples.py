@@ -214,7 +214,7 @@ def _record(
         value = row.get(name)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value):
             fields.setdefault(name, str(value))
-    screen = _screen(row.get("image_id"), len(refs), where)
+    screen = _screen(row.get(formats.SCREEN), len(refs), where)
     _check_range(row, messages, where, convention, refs, screen)
     return Sample(
         messages,
@@ -228,13 +228,13 @@ def _record(
     )
 
 
-def _screen(image_id: Any, count: int, where: str) -> int:
-    """The index of the screenshot the answer refers to: ``image_id`` when given, else the last image."""
-    if image_id is None:
+def _screen(index: Any, count: int, where: str) -> int:
+    """The index of the screenshot the answer refers to: the one the format names, else the last image."""
+    if index is None:
         return max(count - 1, 0)
-    if isinstance(image_id, bool) or not isinstance(image_id, int) or not 0 <= image_id < max(count, 1):
-        raise DataError(where, f"image_id {image_id!r} is not one of the record's {count} image(s) (from 0)")
-    return image_id
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < max(count, 1):
+        raise DataError(where, f"image {index!r} is not one of the record's {count} image(s) (from 0)")
+    return index
 
 
 def _spilled(ref: Any, folder: Path) -> Any:
