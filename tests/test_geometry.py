@@ -243,8 +243,9 @@ def test_exif_orientation_and_alpha_are_applied_as_displayed(tmp_path):
 # -- one path rule ------------------------------------------------------------------------------------
 
 
-def _write_every_format(folder: Path) -> dict[str, str]:
-    """One record per format under ``folder`` (data/ss/...), images relative to the data file."""
+def _write_every_format(folder: Path) -> list[tuple[str, str, str]]:
+    """One record per format under ``folder`` (data/ss/...), images relative to the data file: ``(format,
+    file, image)`` each."""
     _png(folder / "images" / "x.png", (1000, 500))
     _png(folder / "shots" / "y.png", (1000, 500))
     user = [{"type": "image", "image": "shots/y.png"}, {"type": "text", "text": "go"}]
@@ -278,19 +279,44 @@ def _write_every_format(folder: Path) -> dict[str, str]:
             "ui_type": "icon",
         }
     ]
-    files = {"chat": chat, "sharegpt": share, "qwen": qwen, "objects": swift}
+    alpaca = {"instruction": "go", "input": "", "output": "click(5, 5)", "images": ["shots/y.png"]}
+    actor = {
+        "image": "shots/y.png",
+        "conversations": [
+            {"from": "human", "value": "<image>go"},
+            {"from": "gpt", "value": "<ACTION_PLACEHOLDER>", "bbox_gt": [0.1, 0.1, 0.2, 0.2]},
+        ],
+    }
+    files = {
+        "chat": chat,
+        "sharegpt": share,
+        "qwen": qwen,
+        "objects": swift,
+        "alpaca": alpaca,
+        "actor": actor,
+    }
     for name, row in files.items():
         (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
     (folder / "v2.json").write_text(json.dumps(v2))
     (folder / "pro.json").write_text(json.dumps(pro))
-    return {
-        "chat": "chat.jsonl",
-        "sharegpt": "sharegpt.jsonl",
-        "qwen": "qwen.jsonl",
-        "sharegpt ": "objects.jsonl",
-        "screenspot": "v2.json",
-        "screenspot-pro": "pro.json",
-    }
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist([{**share, "messages": json.dumps(share["messages"])}]), folder / "s.parquet"
+    )
+    shots = "shots/y.png"
+    return [
+        ("chat", "chat.jsonl", shots),
+        ("sharegpt", "sharegpt.jsonl", shots),
+        ("qwen", "qwen.jsonl", shots),
+        ("sharegpt", "objects.jsonl", shots),
+        ("alpaca", "alpaca.jsonl", shots),
+        ("gui-actor", "actor.jsonl", shots),
+        ("hf", "s.parquet", shots),
+        ("screenspot", "v2.json", "images/x.png"),
+        ("screenspot-pro", "pro.json", "images/x.png"),
+    ]
 
 
 def test_relative_data_paths_with_folders_resolve_images_once_for_every_format(tmp_path, monkeypatch):
@@ -298,14 +324,13 @@ def test_relative_data_paths_with_folders_resolve_images_once_for_every_format(t
     files = _write_every_format(folder)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
-    for fmt, name in files.items():
-        (record,) = samples.read(f"data/ss/{name}", fmt=fmt.strip())
-        expected = folder / ("images/x.png" if fmt.startswith("screenspot") else "shots/y.png")
-        assert record.images == [str(expected)], fmt
+    for fmt, name, image in files:
+        (record,) = samples.read(f"data/ss/{name}", fmt=fmt)
+        assert record.images == [str(folder / image)], fmt
     monkeypatch.chdir(tmp_path / "elsewhere")  # the paths a record holds mean the same file anywhere
-    for fmt, name in files.items():
-        (record,) = samples.read(folder / name, fmt=fmt.strip())
-        assert Path(record.images[0]).is_file() and Path(record.images[0]).is_absolute()
+    for fmt, name, image in files:
+        (record,) = samples.read(folder / name, fmt=fmt)
+        assert record.images == [str(folder / image)], fmt
 
 
 def test_formats_share_one_path_rule():
