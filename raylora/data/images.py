@@ -131,10 +131,13 @@ def size(ref: Any, where: str = "image") -> tuple[int, int]:
 
 def load(ref: Any, where: str = "image"):
     """A path or encoded bytes → the displayed image as RGB (a DataError naming ``where`` when it cannot be
-    decoded)."""
+    decoded, or when the processor would refuse it: see :func:`limits`)."""
     from PIL import Image
 
     with _opened(ref, where) as image:
+        problem = limits(image.size)
+        if problem:
+            raise DataError(where, f"{_name(ref)}: {problem}")
         method = _TRANSPOSE.get(_orientation(image))
         try:
             image.load()
