@@ -280,9 +280,9 @@ def _click_line(text: str, image: Path) -> str:
     point = _click(text)
     if point is None:
         return "click: none (the answer names no click(x, y))"
-    from PIL import Image
+    from .data import images
 
-    width, height = Image.open(image).size
+    width, height = images.size(str(image), str(image))
     x, y = point
     return (
         f"click: ({x:g}, {y:g}) in 0-1000 → pixel ({round(x * width / 1000)}, {round(y * height / 1000)}) "
@@ -329,14 +329,29 @@ def score(
             "both answered and McNemar's paired test.",
         ),
     ] = None,
+    min_pixels: Annotated[int | None, typer.Option("--min-pixels", min=1)] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels",
+            min=1,
+            help="The processor's image area bounds (data.image), which --coordinates resized-pixels need "
+            "(sides in multiples of 28, Qwen2.5-VL's).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score model outputs against a dataset, no model needed: click accuracy, format errors, action-type and
     step accuracy for navigation records, per category, each with n and a 95% Wilson interval."""
+    from .data import coordinates as conventions
     from .data import scoring
 
-    records, convention = _scored_data(data_ref, fmt, coordinates, template)
-    goals = scoring.targets(records, convention)  # every record's: a reference with no action is an error
+    known = min_pixels is not None and max_pixels is not None
+    bounds = conventions.Bounds(min_pixels, max_pixels) if known else None
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, bounds=bounds)
+    goals = scoring.goals(
+        records, convention, bounds
+    )  # every record's: a reference with no action is an error
     outputs = scoring.read_predictions(predictions, records)
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     report = scoring.summarize(list(results.values()))
@@ -391,13 +406,22 @@ def eval_(
         _check_model_ref(model)
     except UserError:
         raise UserError("eval", f"{model}: not a folder, a hub id (owner/name) or builtin:...") from None
-    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit)
     from .data import scoring
-    from .train import evaluate, inference
+    from .data import templates as answer_templates
+    from .train import encode, evaluate, inference
 
-    goals = [scoring.target(r, convention) for r in records]  # a reference with no action: before any compute
+    def load():
+        return inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
 
-    predictor = inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
+    predictor = None
+    chosen = answer_templates.TEMPLATES.get(template)
+    if chosen is not None and chosen.answer_convention(coordinates) == "resized-pixels":
+        predictor = load()  # the data's answers depend on the processor's bounds: known once it is loaded
+    bounds = encode.bounds(predictor.processor, predictor.image_kw) if predictor is not None else None
+    records, convention = _scored_data(data_ref, fmt, coordinates, template, limit, bounds, processor=True)
+    predictor = predictor or load()
+    bounds = encode.bounds(predictor.processor, predictor.image_kw)
+    goals = scoring.goals(records, convention, bounds)  # a reference with no action: before any generation
     outputs = evaluate.generate(
         predictor.model,
         records,
@@ -419,8 +443,17 @@ def eval_(
         print(f"predictions: {predictions_out}")
 
 
-def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit: int | None = None):
-    """The records of ``data_ref`` and the convention their answers (and boxes) are in."""
+def _scored_data(
+    data_ref: str,
+    fmt: str,
+    coordinates: str,
+    template: str,
+    limit: int | None = None,
+    bounds=None,
+    processor: bool = False,
+):
+    """The records of ``data_ref`` and the convention their answers (and boxes) are in; ``resized-pixels``
+    are refused in one line unless the processor's ``bounds`` are known (or a ``processor`` will be)."""
     from . import builtin
     from .data import coordinates as conventions
     from .data import formats, samples, templates
@@ -431,11 +464,15 @@ def _scored_data(data_ref: str, fmt: str, coordinates: str, template: str, limit
         convention = templates.get(template).answer_convention(conventions.get(coordinates).name)
     except ValueError as e:
         raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
+    if conventions.get(convention).resized and bounds is None and not processor:
+        from .data.scoring import RESIZED_NEEDS_BOUNDS
+
+        raise UserError("--coordinates", RESIZED_NEEDS_BOUNDS)
     try:
         path = builtin.resolve_data(data_ref, "eval") if builtin.is_builtin(data_ref) else data_ref
     except ValueError as e:
         raise UserError("--data", str(e)) from None
-    return samples.read(path, limit, fmt, coordinates, template), convention
+    return samples.read(path, limit, fmt, coordinates, template, bounds=bounds), convention
 
 
 def _print_score(report: dict, as_json: bool) -> None:
@@ -805,6 +842,22 @@ def _load_checked(spec_path: Path, overrides: list[str]):
     return spec
 
 
+def _one_line_warnings() -> None:
+    """raylora's own warnings about the user's data print as one line, as its errors do."""
+    import warnings
+
+    from .data.samples import CoordinateWarning
+
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if issubclass(category, CoordinateWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main() -> None:
     """Console entry point."""
     import logging
@@ -813,6 +866,7 @@ def main() -> None:
     from .errors import EnvironmentFault, TrialError
 
     environment.set_defaults(environment.CLI)
+    _one_line_warnings()
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -168,7 +168,8 @@ def test_screenspot_v2_xywh_pixels_become_the_templates_answer(tmp_path):
     (tmp_path / "ss.json").write_text(json.dumps([record]))
     ((_, row),) = _rows(tmp_path / "ss.json", template="mai-ui")
     assert row["messages"][-1]["content"][0]["text"] == '<answer>{"coordinate": [200, 200]}</answer>'
-    assert row["bbox"] == [100, 100, 300, 300]  # in the answer's 0–999
+    assert row["bbox"] == pytest.approx([99.9, 99.9, 299.7, 299.7])  # the answer's 0–999, unrounded
+    assert row["box_pixels"] == [100, 50, 300, 150]  # what scoring compares in
     assert row["categories"] == {"data_type": "icon", "data_source": "ios"}
 
 

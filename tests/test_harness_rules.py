@@ -70,7 +70,7 @@ def _goals(folder: Path, rows: list[dict], convention: str) -> list:
     path = folder / f"data{next(_COUNTER)}.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     records = samples.read(path, coordinates=convention)
-    return [scoring.target(record, convention) for record in records]
+    return [scoring.goal(record, convention) for record in records]
 
 
 def _tool(**arguments) -> str:
@@ -340,7 +340,7 @@ def test_a_reference_with_no_action_is_an_error_naming_its_line(folder, prose_ro
     records = samples.read(path, coordinates="pixels")
     line = prose_rows.index(True) + 1
     with pytest.raises(DataError) as raised:
-        scoring.targets(records, "pixels")
+        scoring.goals(records, "pixels")
     assert raised.value.where == f"{path}:{line}" and "names no action" in raised.value.message
 
 

@@ -299,7 +299,7 @@ def test_video_refusal_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
     [
         ("qwen3vl", "qwen3vl", '{"point_2d": [200, 400]}', [100, 200, 300, 600]),
         ("click", "pixels", "click(40, 40)", [20, 20, 60, 60]),
-        ("mai-ui", "qwen3vl", '<answer>{"coordinate": [200, 400]}</answer>', [100, 200, 300, 599]),
+        ("mai-ui", "qwen3vl", '<answer>{"coordinate": [200, 400]}</answer>', [99.9, 199.8, 299.7, 599.4]),
     ],
 )
 def test_gui_actor_bbox_gt_is_the_reference_and_the_answer_is_the_templates(
@@ -318,7 +318,8 @@ def test_gui_actor_bbox_gt_is_the_reference_and_the_answer_is_the_templates(
     [(_, chat)] = [(w, r) for w, r, _ in formats.rows(str(data), "auto", coords, template)]
     [sample] = samples.read(data, coordinates=coords, template=template)
     assert "<ACTION_PLACEHOLDER>" not in json.dumps(chat)
-    assert sample.answer() == answer and list(sample.bbox) == box
+    assert sample.answer() == answer and list(sample.bbox) == pytest.approx(box)  # the box is never rounded
+    assert sample.box_pixels == pytest.approx((20, 20, 60, 60))  # 0.1–0.3 × 200, 0.2–0.6 × 100
     # The answer's point lands on the box center's pixel: (0.2 × 200, 0.4 × 100) = (40, 40).
     extent = {"qwen3vl": 1000, "mai-ui": 999}.get(template if template != "click" else coords)
     point = json.loads(answer.removeprefix("<answer>").removesuffix("</answer>")) if extent else None

@@ -329,7 +329,7 @@ def test_pixel_data_reads_a_qwen3vl_answer_on_the_image(tmp_path):
     Image.new("RGB", (200, 100)).save(tmp_path / "s.png")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(_record("click(100, 50)", bbox=[90, 40, 110, 60], image="s.png")) + "\n")
-    goal = scoring.target(
+    goal = scoring.goal(
         __import__("raylora.data.samples", fromlist=["read"]).read(data, coordinates="pixels")[0], "pixels"
     )
     assert goal.size == (200, 100)
@@ -372,7 +372,7 @@ def test_trainer_rates_are_the_same_numbers(held_out):
 
     records = samples.read(data)
     outputs = scoring.read_predictions(predictions, records)
-    results = [scoring.score(outputs[i], scoring.target(r, "qwen3vl")) for i, r in enumerate(records)]
+    results = [scoring.score(outputs[i], scoring.goal(r, "qwen3vl")) for i, r in enumerate(records)]
     rates = scoring.rates(scoring.counts(results), prefix="eval/")
     assert rates == pytest.approx(
         {

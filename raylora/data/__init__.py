@@ -13,7 +13,8 @@ score alike, so every path reads and scores the same way.
     aguvis        Aguvis stage 1 grounding and stage 2 planning records (pyautogui / mobile calls, 0–1)
     elements      grounding element lists: OS-Atlas, ShowUI (AMEX)
     convert       ``raylora data convert``: steps → chat records in a template and convention (JSONL)
-    samples       chat rows → checked Samples (conversation, images, target box); screenshots read and decoded
+    samples       chat rows → checked Samples (conversation, images, target box, the screen it refers to)
+    images        screenshots: the one path rule, displayed size (EXIF), RGB pixels, the processor's limits
     coordinates   the coordinate conventions (qwen3vl 0–1000, mai-ui 0–999, pixels, ...) and conversions
     templates     answer templates: a target box → the supervised answer (read back by actions)
     calls         call expressions in a model's text (``click(start_box='(1,2)')``), read as call syntax

@@ -65,26 +65,45 @@ def to_unit(point: tuple[float, float], src: str, size: Size, resized: Size | No
     return point[0] / ex, point[1] / ey
 
 
-def from_unit(point: tuple[float, float], dst: str, size: Size, resized: Size | None = None):
-    """0–1 fractions as a point in convention ``dst`` (rounded when ``dst`` writes integers)."""
+def from_unit(
+    point: tuple[float, float], dst: str, size: Size, resized: Size | None = None, rounded: bool = True
+):
+    """0–1 fractions as a point in convention ``dst`` (rounded when ``dst`` writes integers, unless not
+    ``rounded``: boxes are kept exact, so a hit test never moves a point across an edge)."""
     convention = get(dst)
     ex, ey = convention.extent(size, resized)
     x, y = point[0] * ex, point[1] * ey
+    if not rounded:
+        return x, y
     if convention.integer:
         return _clamp(round(x), ex), _clamp(round(y), ey)
     return round(x, 4), round(y, 4)
 
 
-def convert_point(point, src: str, dst: str, size: Size, resized: Size | None = None):
+def convert_point(point, src: str, dst: str, size: Size, resized: Size | None = None, rounded: bool = True):
     """A point from convention ``src`` to ``dst`` for an image of ``size`` (``resized`` by the processor)."""
-    return from_unit(to_unit(point, src, size, resized), dst, size, resized)
+    return from_unit(to_unit(point, src, size, resized), dst, size, resized, rounded)
 
 
-def convert_box(box, src: str, dst: str, size: Size, resized: Size | None = None):
+def convert_box(box, src: str, dst: str, size: Size, resized: Size | None = None, rounded: bool = True):
     """A box ``[x1, y1, x2, y2]`` from convention ``src`` to ``dst``."""
-    x1, y1 = convert_point(box[:2], src, dst, size, resized)
-    x2, y2 = convert_point(box[2:], src, dst, size, resized)
+    x1, y1 = convert_point(box[:2], src, dst, size, resized, rounded)
+    x2, y2 = convert_point(box[2:], src, dst, size, resized, rounded)
     return [x1, y1, x2, y2]
+
+
+def to_pixels(point, src: str, size: Size, resized: Size | None = None) -> tuple[float, float]:
+    """A point in convention ``src`` as float pixels of the displayed image of ``size``: where scoring
+    compares every point and box."""
+    if get(src).relative is None and not get(src).resized:
+        return float(point[0]), float(point[1])
+    x, y = to_unit(point, src, size, resized)
+    return x * size[0], y * size[1]
+
+
+def box_to_pixels(box, src: str, size: Size, resized: Size | None = None) -> tuple[float, ...]:
+    """A box ``[x1, y1, x2, y2]`` in convention ``src`` as float pixels of the image of ``size``."""
+    return (*to_pixels(box[:2], src, size, resized), *to_pixels(box[2:], src, size, resized))
 
 
 def xywh_to_xyxy(box) -> list[float]:
@@ -126,6 +145,19 @@ def resized_size(size: Size, min_pixels: int, max_pixels: int, factor: int = 32)
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return w, h
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The processor's image-area bounds and side multiple, which ``resized-pixels`` depend on."""
+
+    min_pixels: int
+    max_pixels: int
+    factor: int = 28  # Qwen2.5-VL's (14-pixel patches merged 2×2), the family that answers resized pixels
+
+    def resized(self, size: Size) -> Size:
+        """The size the processor resizes an image of ``size`` to."""
+        return resized_size(size, self.min_pixels, self.max_pixels, self.factor)
 
 
 def _clamp(value: int, extent: float) -> int:

@@ -88,13 +88,9 @@ def screenshot(base: Path, folder: str, name: Any, where: str) -> Shot:
 
 
 def _size(path: Path, where: str) -> tuple[int, int]:
-    from PIL import Image
+    from . import images
 
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as e:
-        raise DataError(where, f"cannot read screenshot {path}: {e}") from None
+    return images.size(str(path), where)
 
 
 def load_json(path: Path) -> Any:

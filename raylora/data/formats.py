@@ -7,8 +7,8 @@
     qwen            Qwen's fine-tuning scripts: ``image`` (a path or a list) + ``conversations``
     screenspot      ScreenSpot v1/v2 annotations: ``img_filename``, ``bbox`` [x, y, w, h] pixels,
                     ``instruction``, ``data_type``, ``data_source``
-    screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size``,
-                    ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
+    screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size`` (must
+                    equal the file's), ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
     alpaca          LLaMA-Factory alpaca: ``instruction`` / ``input`` / ``output`` (+ ``images``, ``system``,
                     ``history``, ``tools``), or a ``dataset_info.json`` entry with ``formatting: alpaca``
     gui-actor       GUI-Actor: ``image`` + ``conversations`` with ``bbox_gt`` (0–1) and
@@ -25,8 +25,10 @@ Tool turns (sharegpt ``function_call`` / ``observation`` + ``tools``, ms-swift `
 transformers or base64 way are read by :mod:`.readers` and :mod:`.tools`, GUI-Actor by :mod:`.guiactor`;
 video is refused by record.
 
-Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with ``categories`` (the
-fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
+Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with its plain fields
+(the category fields per-category metrics split by), :data:`SCREEN` (the screen its answer refers to) and,
+for grounding annotations, ``box_pixels`` (the box in float pixels). Image paths are resolved by
+:func:`raylora.data.images.resolve` alone. Grounding annotations become a prompt and an answer through the
 answer template (:mod:`raylora.data.templates`). A format read wrongly fails loudly: a placeholder count
 that does not match the images, a box outside its image, a record of another format — each names the
 record (``file.jsonl:LINE``, ``file.json[INDEX]``, ``file.parquet:row N``).
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from . import coordinates, guiactor, readers, templates, tools
+from . import coordinates, guiactor, images, readers, templates, tools
 
 FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "alpaca", "gui-actor", "hf")
 PLACEHOLDER = "<image>"
@@ -60,10 +62,16 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 
 def rows(
-    ref: str, fmt: str = "auto", coords: str = "qwen3vl", template: str = "click", columns: dict | None = None
+    ref: str,
+    fmt: str = "auto",
+    coords: str = "qwen3vl",
+    template: str = "click",
+    columns: dict | None = None,
+    bounds: coordinates.Bounds | None = None,
 ) -> Iterator:
     """``(where, chat row, root)`` for every record of dataset ``ref`` read as ``fmt`` (``auto``: detected
-    from the first record); ``root`` is the folder relative image paths are read from."""
+    from the first record); ``root`` is the folder relative image paths are read from. ``bounds`` are the
+    processor's, which answers rendered in ``resized-pixels`` need."""
     path, entry = _split_entry(ref)
     options: dict = {}
     if entry is not None:
@@ -82,6 +90,8 @@ def rows(
         raise row
     fmt = detect(row, where) if fmt in ("auto", "hf") else fmt
     convert = _CONVERTERS[fmt]
+    if bounds is not None and fmt in _RENDERING:
+        options = {**options, "bounds": bounds}
     for where, row in itertools.chain([first], raw):
         if isinstance(row, DataError):
             yield where, row, root
@@ -302,7 +312,15 @@ def _chat(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
 
 
 def _sharegpt(
-    row: Any, where: str, root: Path, coords: str, template: str, columns=None, tags=None, image_key=None
+    row: Any,
+    where: str,
+    root: Path,
+    coords: str,
+    template: str,
+    columns=None,
+    tags=None,
+    image_key=None,
+    bounds: coordinates.Bounds | None = None,
 ) -> dict:
     if not isinstance(row, dict):
         raise DataError(where, "a sharegpt record is a JSON object")
@@ -341,29 +359,51 @@ def _sharegpt(
     messages = tools.with_tool_turns(messages, row.get(columns.get("tools") or "tools"), where)
     extra = _extra(row)
     if row.get("objects"):
-        extra["bbox"] = _place_objects(messages, row["objects"], images, root, where, coords, template)
+        extra.update(_place_objects(messages, row["objects"], images, root, where, coords, template, bounds))
     return {**_with_images(messages, images, where), **extra}
 
 
+SCREEN = "_screen"
+"""The chat-row key a format names the screen its answer refers to with (an image index; ms-swift's
+``objects.image_id``). Internal: a record's own ``image_id`` field means other things in other datasets."""
+
+_BBOX_TYPES = {"real": "pixels", "norm1000": "qwen3vl", "norm1": "unit"}
+"""ms-swift's ``objects.bbox_type`` values and the convention each means; without one, ``real``."""
+
+
 def _place_objects(
-    messages: list[dict], objects: Any, images: list, root: Path, where: str, coords: str, template: str
-) -> list[float]:
+    messages: list[dict],
+    objects: Any,
+    images_: list,
+    root: Path,
+    where: str,
+    coords: str,
+    template: str,
+    bounds: coordinates.Bounds | None = None,
+) -> dict:
     """ms-swift grounding: ``<ref-object>`` in the text becomes ``objects.ref`` (in order) and ``<bbox>``
-    the template's answer at the center of ``objects.bbox`` (in order); the boxes are in ``bbox_type``'s
-    convention (``real``: pixels, ``norm1000``: 0–1000) or, without one, in ``data.coordinates``. Returns
-    the last answered box in the answer's convention, for click accuracy."""
+    the template's answer at the center of ``objects.bbox`` (in order) — or, inside a call's parentheses
+    (``click(start_box='<bbox>')``), the point ``(x,y)`` in place. Boxes are ``[x1, y1, x2, y2]`` or points
+    ``[x, y]`` in ``bbox_type``'s convention (``real``: pixels, ms-swift's default; ``norm1``: 0–1;
+    ``norm1000``: 0–1000), on the image ``image_id`` names (default: the first, as ms-swift). Returns the
+    last answered box as ``bbox`` (answer convention), ``box_pixels`` and ``image_id``."""
     refs, boxes = (objects.get(k) if isinstance(objects, dict) else None for k in ("ref", "bbox"))
-    kind = objects.get("bbox_type") if isinstance(objects, dict) else None
-    source = {"real": "pixels", "norm1000": "qwen3vl", None: coords}.get(kind)
+    kind = objects.get("bbox_type", "real") if isinstance(objects, dict) else None
+    source = _BBOX_TYPES.get(kind)
     if not isinstance(refs, list) or not isinstance(boxes, list) or source is None:
-        raise DataError(where, 'objects needs "ref" and "bbox" lists (bbox_type real or norm1000)')
-    refs, boxes = [str(r) for r in refs], list(boxes)
-    if "resized-pixels" in (source, templates.get(template).answer_convention(coords)):
-        raise DataError(where, "objects cannot be placed in resized-pixels; give bbox_type real or norm1000")
+        raise DataError(
+            where,
+            f'objects needs "ref" and "bbox" lists and a bbox_type of {", ".join(_BBOX_TYPES)} '
+            f"(got {kind!r})",
+        )
     chosen = templates.get(template)
     answer = chosen.answer_convention(coords)
-    size = None
-    placed = None
+    if answer == "resized-pixels" and bounds is None:
+        raise DataError(where, RESIZED_UNKNOWN)
+    ids = objects.get("image_id")
+    ids = list(ids) if isinstance(ids, list) else [ids] * len(boxes) if ids is not None else [0] * len(boxes)
+    refs, boxes = [str(r) for r in refs], list(boxes)
+    placed: dict | None = None
     for message in messages:
         while "<ref-object>" in message["content"]:
             if not refs:
@@ -372,39 +412,59 @@ def _place_objects(
         while "<bbox>" in message["content"]:
             if not boxes:
                 raise DataError(where, "more <bbox> placeholders than objects.bbox")
-            box = boxes.pop(0)
-            if not (
-                isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-            ):
-                raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes, got {box!r}")
-            if size is None:
-                size = _first_image_size(images, root, where)
-            problem = coordinates.out_of_range(box, source, size)
-            if problem:
-                raise DataError(where, f"objects.bbox {box}: {problem}")
-            placed = coordinates.convert_box(box, source, answer, size)
-            point = coordinates.convert_point(coordinates.center(box), source, answer, size)
-            message["content"] = message["content"].replace("<bbox>", chosen.answer(point), 1)
+            image_id = ids.pop(0) if ids else 0
+            box, image_id = boxes.pop(0), image_id
+            placed = _object_box(box, image_id, source, answer, images_, root, where, bounds)
+            center = coordinates.center(placed["box_pixels"])
+            point = coordinates.convert_point(center, "pixels", answer, placed["size"], placed["resized"])
+            text = message["content"]
+            at = text.index("<bbox>")
+            inside_call = text[:at].count("(") > text[:at].count(")")
+            rendered = f"({_number(point[0])},{_number(point[1])})" if inside_call else chosen.answer(point)
+            message["content"] = text[:at] + rendered + text[at + len("<bbox>") :]
     if placed is None:
         raise DataError(where, "objects given but no <bbox> placeholder in the text")
-    return placed
+    return {"bbox": placed["bbox"], "box_pixels": placed["box_pixels"], SCREEN: placed["image_id"]}
 
 
-def _first_image_size(images: list, root: Path, where: str) -> tuple[int, int]:
-    import io
+def _object_box(
+    box: Any,
+    image_id: Any,
+    source: str,
+    answer: str,
+    images_: list,
+    root: Path,
+    where: str,
+    bounds: coordinates.Bounds | None,
+):
+    """One ``objects.bbox`` entry (a box or a 2-number point) on its image, in pixels and in ``answer``."""
+    if not (isinstance(box, list) and len(box) in (2, 4) and all(_is_number(v) for v in box)):
+        raise DataError(where, f"objects.bbox must hold [x1, y1, x2, y2] boxes or [x, y] points, got {box!r}")
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or not 0 <= image_id < len(images_):
+        raise DataError(
+            where, f"objects.image_id {image_id!r} is not one of the {len(images_)} image(s) (from 0)"
+        )
+    box = list(box) * 2 if len(box) == 2 else list(box)
+    size = images.size(images.resolve(images_[image_id], root, where), where)
+    problem = coordinates.out_of_range(box, source, size)
+    if problem:
+        raise DataError(where, f"objects.bbox {box}: {problem}")
+    pixels = list(coordinates.box_to_pixels(box, source, size))
+    resized = bounds.resized(size) if bounds is not None else None
+    bbox = coordinates.convert_box(pixels, "pixels", answer, size, resized, rounded=False)
+    return {"bbox": bbox, "box_pixels": pixels, "image_id": image_id, "size": size, "resized": resized}
 
-    if not images:
-        raise DataError(where, "objects need an image to place their boxes on")
-    ref = images[0]
-    if isinstance(ref, dict):
-        ref = ref.get("bytes") or ref.get("path")
-    if isinstance(ref, (bytes, bytearray)):
-        return _image_size(io.BytesIO(ref), where, "(bytes)")
-    return _image_size(root / str(ref), where, str(ref))
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    return _sharegpt(row, where, root, coords, template, image_key="image")
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _qwen(row: Any, where: str, root: Path, coords: str, template: str, bounds=None) -> dict:
+    return _sharegpt(row, where, root, coords, template, image_key="image", bounds=bounds)
 
 
 def _alpaca(row: Any, where: str, root: Path, coords: str, template: str, columns=None) -> dict:
@@ -413,7 +473,11 @@ def _alpaca(row: Any, where: str, root: Path, coords: str, template: str, column
 
 def _gui_actor(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
     read = guiactor.read(row, where, root, coords, template)
-    return {**_qwen(read["record"], where, root, coords, template), "bbox": read["bbox"]}
+    return {
+        **_qwen(read["record"], where, root, coords, template),
+        "bbox": read["bbox"],
+        "box_pixels": read["box_pixels"],
+    }
 
 
 def _with_images(messages: list[dict], images: list, where: str) -> dict:
@@ -445,54 +509,60 @@ def _with_images(messages: list[dict], images: list, where: str) -> dict:
     return {"messages": out}
 
 
-def _screenspot(row: Any, where: str, root: Path, coords: str, template: str, pro: bool = False) -> dict:
+def _screenspot(
+    row: Any, where: str, root: Path, coords: str, template: str, pro: bool = False, bounds=None
+) -> dict:
     fields = ("img_filename", "bbox", "instruction")
     if not isinstance(row, dict) or any(f not in row for f in fields):
         raise DataError(where, f"a ScreenSpot record needs {', '.join(fields)}")
     box = row["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         raise DataError(where, f"bbox must be four numbers, got {box!r}")
+    if templates.get(template).answer_convention(coords) == "resized-pixels" and bounds is None:
+        raise DataError(where, RESIZED_UNKNOWN)
     box = list(box) if pro else coordinates.xywh_to_xyxy(box)
-    image = _image_path(row["img_filename"], root, where)
-    size = tuple(row["img_size"]) if pro and row.get("img_size") else _image_size(image, where)
+    if not isinstance(row["img_filename"], str) or not row["img_filename"]:
+        raise DataError(where, "img_filename must be a file name")
+    image = images.resolve(row["img_filename"], root, where)
+    size = images.size(image, where)
+    if pro and row.get("img_size") is not None and list(row["img_size"]) != list(size):
+        raise DataError(
+            where,
+            f"img_size {row['img_size']} differs from the image file's {size[0]}×{size[1]} "
+            f"({row['img_filename']}): which one was the box drawn on?",
+        )
     problem = coordinates.out_of_range(box, "pixels", size)
     if problem or box[0] > box[2] or box[1] > box[3]:
         raise DataError(where, f"bbox {row['bbox']} does not fit the {size[0]}×{size[1]} image ({problem})")
-    chat = templates.grounding_row(str(image), row["instruction"], box, size, template, coords)
+    resized = bounds.resized(size) if bounds is not None else None
+    chat = templates.grounding_row(image, row["instruction"], box, size, template, coords, resized)
+    chat.update({key: value for key, value in _extra(row).items() if key != "bbox"})
     keep = ("ui_type", "platform", "application", "group") if pro else ("data_type", "data_source")
     chat["categories"] = {k: str(row[k]) for k in keep if row.get(k) is not None}
-    if row.get("id") is not None:
-        chat["id"] = row["id"]
     return chat
 
 
-def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    return _screenspot(row, where, root, coords, template, pro=True)
+def _screenspot_pro(row: Any, where: str, root: Path, coords: str, template: str, bounds=None) -> dict:
+    return _screenspot(row, where, root, coords, template, pro=True, bounds=bounds)
 
 
-def _image_path(name: Any, root: Path, where: str) -> Path:
-    if not isinstance(name, str) or not name:
-        raise DataError(where, "img_filename must be a file name")
-    for folder in (root, root / "images", root.parent / "images"):  # ScreenSpot ships images beside
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(where, f"image not found: {root / name}")
-
-
-def _image_size(source, where: str, name: str | None = None) -> tuple[int, int]:
-    """An image's (width, height) from its header; ``source`` a path or a file object."""
-    from PIL import Image
-
-    try:
-        with Image.open(source) as image:
-            return image.size
-    except Exception as e:  # PIL raises many types for a broken file
-        raise DataError(where, f"cannot read image {name or source}: {e}") from None
+_STRUCTURE = {"messages", "conversations", "images", "image", "objects", "bbox", "img_filename", "img_size"}
 
 
 def _extra(row: dict) -> dict:
-    return {key: row[key] for key in ("bbox", "id", "categories") if key in row}
+    """What a record carries beside its conversation: ``bbox``, ``id``, ``categories`` and its other plain
+    fields (the category fields per-category metrics may split by)."""
+    kept = {key: row[key] for key in ("bbox", "id", "categories") if key in row}
+    plain = (str, int, float, bool)
+    return {**{k: v for k, v in row.items() if k not in _STRUCTURE and isinstance(v, plain)}, **kept}
 
+
+_RENDERING = ("sharegpt", "qwen", "screenspot", "screenspot-pro")
+"""Formats whose answers raylora writes (grounding annotations, ms-swift objects): they take ``bounds``."""
+RESIZED_UNKNOWN = (
+    "answers in resized-pixels need the processor's image bounds (data.image.min_pixels and max_pixels; "
+    "--min-pixels and --max-pixels), which are not known here"
+)
 
 _CONVERTERS = {
     "chat": _chat,

@@ -44,13 +44,17 @@ def read(row: dict, where: str, root: Path, coords: str, template: str) -> dict:
     images = [images] if isinstance(images, str) else list(images)
     if len(images) != 1:
         raise DataError(where, f"a GUI-Actor record grounds on one image, it has {len(images)}")
-    size = _size(root / images[0], where)
+    size = _size(images[0], root, where)
     source = "unit" if max(box) <= 1 else "pixels"
     problem = coordinates.out_of_range(box, source, size)
     if problem or box[0] > box[2] or box[1] > box[3]:
         raise DataError(where, f"bbox_gt {box} does not fit the {size[0]}×{size[1]} image ({problem})")
     chosen = templates.get(template)
     convention = chosen.answer_convention(coords)
+    if coordinates.get(convention).resized:
+        raise DataError(
+            where, "GUI-Actor answers cannot be written in resized-pixels; give another convention"
+        )
     point = coordinates.convert_point(coordinates.center(box), source, convention, size)
     conversations = [dict(t) for t in turns]
     conversations[answer_at]["value"] = chosen.answer(point)
@@ -58,7 +62,9 @@ def read(row: dict, where: str, root: Path, coords: str, template: str) -> dict:
     if chosen.system and not has_system:
         conversations.insert(0, {"from": "system", "value": chosen.system})
     record = {"conversations": conversations, "image": images}
-    return {"record": record, "bbox": coordinates.convert_box(box, source, convention, size)}
+    pixels = list(coordinates.box_to_pixels(box, source, size))
+    bbox = coordinates.convert_box(pixels, "pixels", convention, size, rounded=False)
+    return {"record": record, "bbox": bbox, "box_pixels": pixels}
 
 
 def _answer_turn(turns: list) -> int | None:
@@ -72,11 +78,8 @@ def _answer_turn(turns: list) -> int | None:
     return said[-1] if said else None
 
 
-def _size(path: Path, where: str) -> tuple[int, int]:
-    from PIL import Image
+def _size(name: Any, root: Path, where: str) -> tuple[int, int]:
+    """The displayed size of the record's image, found by the one path rule (:mod:`.images`)."""
+    from . import images
 
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as e:
-        raise DataError(where, f"cannot read image {path}: {e}") from None
+    return images.size(images.resolve(name, root, where), where)

@@ -16,13 +16,13 @@ be a path or the encoded image bytes. Turning a record into the model's inputs i
 
 from __future__ import annotations
 
-import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from . import formats
+from . import formats, images
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ class Sample:
     categories: dict = field(default_factory=dict)
     """Fields per-category metrics split by (ScreenSpot's ``data_type``, ``platform``, ...)."""
     id: Any = None
+    screen: int = -1
+    """The index in ``images`` of the screenshot the answer and box refer to: the last one (a navigation
+    history ends with the current screen) unless the format names another (ms-swift ``image_id``)."""
+    box_pixels: tuple[float, float, float, float] | None = None
+    """The target box in float pixels of the screen image, when the format knows it (ScreenSpot, ms-swift
+    ``objects``): scoring uses it rather than ``bbox`` converted back from the answer convention."""
 
     def prompt_messages(self) -> list[dict]:
         """The conversation up to (not including) its last assistant turn."""
@@ -63,20 +69,71 @@ def read(
     template: str = "click",
     spill_dir: Path | None = None,
     columns: dict | None = None,
+    categories: Sequence[str] | None = None,
+    bounds=None,
 ) -> list[Sample]:
     """Read and validate the records of a dataset in any of :mod:`raylora.data.formats`; the first bad one
     raises DataError naming it. With ``spill_dir``, images given as bytes are written there (named by their
-    content) and referenced by path, so a dataset of embedded screenshots is not held in memory."""
+    content) and referenced by path, so a dataset of embedded screenshots is not held in memory.
+    ``categories`` names the record fields per-category metrics split by (default :data:`CATEGORIES`);
+    ``bounds`` (:class:`~raylora.data.coordinates.Bounds`) the processor's, for answers written in
+    ``resized-pixels``."""
     records = []
-    for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
+    ids: dict[str, str] = {}
+    for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns, bounds):
         if isinstance(row, DataError):
             raise row
-        records.append(_record(row, where, root, coordinates, spill_dir))
+        record = _record(row, where, root, coordinates, spill_dir, categories)
+        _unique(record, ids)
+        records.append(record)
         if limit is not None and len(records) >= limit:
             break
     if not records:
         raise DataError(str(path), "no records")
+    _warn_unit_range(str(path), records, coordinates, template)
     return records
+
+
+CATEGORIES = ("data_type", "ui_type", "platform", "application", "group", "data_source")
+"""The record fields per-category metrics split by unless ``data.categories`` names others."""
+
+
+class CoordinateWarning(UserWarning):
+    """Coordinates that fit their convention but look like another one's."""
+
+
+def _unique(record: Sample, ids: dict[str, str]) -> None:
+    """A second record with the same id: a prediction by id would silently score against the last one."""
+    if record.id is None:
+        return
+    key = str(record.id)
+    if key in ids:
+        raise DataError(record.where, f"id {record.id!r} is also the id of {ids[key]}; ids must be unique")
+    ids[key] = record.where
+
+
+def _warn_unit_range(path: str, records: list[Sample], convention: str, template: str) -> None:
+    """Every coordinate of the file within 0–1 under a 0–1000 or 0–999 convention: the data is very likely
+    written in 0–1 (``unit``), and every point would land in the top-left corner."""
+    from . import actions, coordinates, templates
+
+    answer = templates.get(template).answer_convention(convention)
+    extent = coordinates.get(answer).relative
+    if extent is None or extent <= 1:
+        return
+    values = []
+    for record in records:
+        values += [*(getattr(actions.parse(record.answer()), "point", None) or ()), *(record.bbox or ())]
+    if values and all(0 <= v <= 1 for v in values) and any(v != 0 for v in values):
+        import warnings
+
+        warnings.warn(
+            CoordinateWarning(
+                f"{path}: every coordinate lies within 0–1, but the answers are read in {answer} "
+                f"(0–{extent:g}); is the data written in unit (0–1)? Give data.coordinates: unit"
+            ),
+            stacklevel=3,
+        )
 
 
 def problems(
@@ -86,20 +143,25 @@ def problems(
     template: str = "click",
     most: int = 20,
     columns: dict | None = None,
+    categories: Sequence[str] | None = None,
+    bounds=None,
 ) -> list[DataError]:
     """Every bad record of a dataset (up to ``most``), each naming its record: ``raylora validate``. Every
     image is opened and decoded in full (a truncated file, a text file named ``.png``, a zero-sized or
-    oversized image)."""
+    oversized image, one the processor would refuse: an aspect ratio over 200), and a repeated id."""
     found: list[DataError] = []
-    count = 0
+    ids: dict[str, str] = {}
+    seen: list[Sample] = []
     try:
-        for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns):
-            count += 1
+        for where, row, root in formats.rows(str(path), fmt, coordinates, template, columns, bounds):
             try:
                 if isinstance(row, DataError):
                     raise row
-                for ref in _record(row, where, root, coordinates).images:
-                    load_image(ref, where)
+                record = _record(row, where, root, coordinates, categories=categories)
+                _unique(record, ids)
+                seen.append(record)
+                for ref in record.images:
+                    images.load(ref, where)
             except DataError as e:
                 found.append(e)
                 if len(found) >= most:
@@ -107,15 +169,21 @@ def problems(
                     break
     except DataError as e:  # the file itself: missing, empty, not a dataset
         return [e]
+    _warn_unit_range(str(path), seen, coordinates, template)
     return found
 
 
 def _record(
-    row: Any, where: str, root: Path, convention: str = "qwen3vl", spill_dir: Path | None = None
+    row: Any,
+    where: str,
+    root: Path,
+    convention: str = "qwen3vl",
+    spill_dir: Path | None = None,
+    categories: Sequence[str] | None = None,
 ) -> Sample:
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
         raise DataError(where, 'a record needs "messages": a non-empty list of {"role", "content"} turns')
-    images: list[Any] = []
+    refs: list[Any] = []
     messages = []
     for i, message in enumerate(row["messages"]):
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
@@ -131,41 +199,40 @@ def _record(
             if kind == "text" and isinstance(item.get("text"), str):
                 items.append({"type": "text", "text": item["text"]})
             elif kind == "image":
-                ref = _image_ref(item.get("image"), root, f"{where}: messages[{i}].content[{j}]")
-                images.append(_spilled(ref, spill_dir) if spill_dir is not None else ref)
+                ref = images.resolve(item.get("image"), root, f"{where}: messages[{i}].content[{j}]")
+                refs.append(_spilled(ref, spill_dir) if spill_dir is not None else ref)
                 items.append({"type": "image"})
             else:
                 raise DataError(where, f"messages[{i}].content[{j}] must be a text or image item")
         messages.append({"role": message["role"], "content": items})
     if not any(m["role"] == "assistant" and _text_of(m["content"]).strip() for m in messages):
         raise DataError(where, "no assistant turn with text: there is nothing to learn from this record")
-    categories = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
-    _check_range(row, messages, where, convention, images)
-    return Sample(messages, images, _bbox(row.get("bbox"), where), where, categories, row.get("id"))
+    fields = {str(k): str(v) for k, v in (row.get("categories") or {}).items()}
+    for name in CATEGORIES if categories is None else categories:
+        value = row.get(name)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value):
+            fields.setdefault(name, str(value))
+    screen = _screen(row.get(formats.SCREEN), len(refs), where)
+    _check_range(row, messages, where, convention, refs, screen)
+    return Sample(
+        messages,
+        refs,
+        _bbox(row.get("bbox"), where),
+        where,
+        fields,
+        row.get("id"),
+        screen,
+        _bbox(row.get("box_pixels"), where),
+    )
 
 
-def _image_ref(value: Any, root: Path, where: str) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
-        return bytes(value["bytes"])  # a Hugging Face datasets Image column
-    if isinstance(value, dict) and isinstance(value.get("path"), str):
-        value = value["path"]
-    if not isinstance(value, str) or not value:
-        raise DataError(where, "an image needs a path (relative to the data file), a URI or bytes")
-    if value.startswith("data:"):
-        return _data_uri(value, where)
-    if value.startswith(("http://", "https://")):
-        return _fetched(value, where)
-    if value.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        value = unquote(urlsplit(value).path)
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise DataError(where, f"image not found: {path}")
-    return str(path)
+def _screen(index: Any, count: int, where: str) -> int:
+    """The index of the screenshot the answer refers to: the one the format names, else the last image."""
+    if index is None:
+        return max(count - 1, 0)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < max(count, 1):
+        raise DataError(where, f"image {index!r} is not one of the record's {count} image(s) (from 0)")
+    return index
 
 
 def _spilled(ref: Any, folder: Path) -> Any:
@@ -184,14 +251,16 @@ def _spilled(ref: Any, folder: Path) -> Any:
     return str(target)
 
 
-def _check_range(row: dict, messages: list[dict], where: str, convention: str, images: list) -> None:
+def _check_range(
+    row: dict, messages: list[dict], where: str, convention: str, refs: list, screen: int
+) -> None:
     """An answer point or box outside the convention's range is the pixels-vs-relative mix-up: relative
-    conventions are checked against their range, ``pixels`` against the first image's size (read from its
+    conventions are checked against their range, ``pixels`` against the screen image's size (read from its
     header). ``resized-pixels`` depend on the processor's bounds and are not checked here."""
     from . import actions, coordinates
 
     chosen = coordinates.get(convention)
-    if chosen.resized or (chosen.relative is None and not images):
+    if chosen.resized or (chosen.relative is None and not refs):
         return
     answer = [m for m in messages if m["role"] == "assistant"][-1]
     action = actions.parse(_text_of(answer["content"]))
@@ -199,48 +268,10 @@ def _check_range(row: dict, messages: list[dict], where: str, convention: str, i
     values = [*(point or ()), *(row.get("bbox") or ())]
     if not values:
         return
-    size = (1, 1) if chosen.relative is not None else image_size(images[0], where)
+    size = (1, 1) if chosen.relative is not None else images.size(refs[screen], where)
     problem = coordinates.out_of_range(values, convention, size)
     if problem:
         raise DataError(where, f"{problem}: is data.coordinates ({convention}) the convention of this data?")
-
-
-def _data_uri(value: str, where: str) -> bytes:
-    import base64
-
-    header, _, payload = value.partition(",")
-    if ";base64" not in header:
-        raise DataError(where, "a data: image URI must be base64 (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except ValueError as e:
-        raise DataError(where, f"a data: image URI that is not valid base64 ({e})") from None
-
-
-def _fetched(url: str, where: str) -> str:
-    """An http(s) image, fetched once into ``$RAYLORA_HOME/cache/images`` (offline: a clear error)."""
-    import hashlib
-    import os
-    import urllib.request
-
-    from .. import environment
-
-    suffix = Path(url.split("?")[0]).suffix[:8] or ".img"
-    target = (
-        environment.home() / "cache" / "images" / (hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
-    )
-    if target.is_file():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body = response.read()
-    except OSError as e:
-        raise DataError(where, f"cannot fetch image {url}: {e}") from None
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(body)
-    os.replace(tmp, target)
-    return str(target)
 
 
 def _bbox(value: Any, where: str) -> tuple[float, float, float, float] | None:
@@ -256,52 +287,15 @@ def _text_of(content: list[dict]) -> str:
     return "".join(item["text"] for item in content if item["type"] == "text")
 
 
-MAX_IMAGE_PIXELS = 50_000_000
-"""The largest screenshot accepted (50 megapixels; ScreenSpot-Pro's largest are ~20). Larger ones are
-refused by name rather than decoded: the processor resizes to ``data.image.max_pixels`` anyway, and a
-196-megapixel file costs gigabytes to decode in every loader worker."""
+MAX_IMAGE_PIXELS = images.MAX_IMAGE_PIXELS
+image_size = images.size
+load_image = images.load
 
 
-def image_size(ref: Any, where: str = "image") -> tuple[int, int]:
-    """An image's (width, height) from its header alone; a DataError naming ``where`` when it is not an
-    image, is empty, or is larger than :data:`MAX_IMAGE_PIXELS`."""
-    with _opened(ref, where) as image:
-        return image.size
-
-
-def load_image(ref: Any, where: str = "image"):
-    """A path or encoded bytes → an RGB PIL image (a DataError naming ``where`` when it cannot be decoded)."""
-    with _opened(ref, where) as image:
-        try:
-            return image.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
-            raise DataError(where, f"cannot decode image {_name(ref)}: {e}") from None
-
-
-def _opened(ref: Any, where: str):
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(where, f"image {_name(ref)} is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
-    except (OSError, ValueError, SyntaxError) as e:  # not an image at all, or an unreadable file
-        raise DataError(where, f"cannot read image {_name(ref)}: {e}") from None
-    width, height = image.size
-    if width == 0 or height == 0:
-        image.close()
-        raise DataError(where, f"image {_name(ref)} is empty ({width}×{height})")
-    if width * height > MAX_IMAGE_PIXELS:
-        image.close()
-        raise DataError(
-            where, f"image {_name(ref)} is {width}×{height}, larger than {MAX_IMAGE_PIXELS:,} pixels"
-        )
-    return image
-
-
-def _name(ref: Any) -> str:
-    return f"({len(ref)} bytes)" if isinstance(ref, bytes) else str(ref)
+def screen_size(record: Sample) -> tuple[int, int] | None:
+    """The displayed size of the screenshot ``record``'s answer and box refer to (its :attr:`Sample.screen`
+    image), or None for a record without images: the one size training, ``eval``, ``score`` and the
+    study's evaluation convert coordinates with."""
+    if not record.images:
+        return None
+    return images.size(record.images[record.screen], record.where)

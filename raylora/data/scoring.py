@@ -20,23 +20,25 @@ Each record's reference answer (its last assistant turn) is parsed with :mod:`.a
 - an output that parses as no action is a **format error**: a miss in every accuracy, and counted on its
   own (``format_error_rate`` over all scored records).
 
-A reference answer that parses as no action is a DataError naming the record's ``file:LINE`` when its
-:func:`target` is made: it is never silently left out. Every rate comes with its count and a 95% Wilson
-interval, overall and per category field the data carries (``data_type``, ``ui_type``, ``platform``,
-``application``, ``group``). :func:`mcnemar` compares two models on the same items.
+Every point and box is compared in float pixels of the record's screen image (its last, or the one the
+format names), never in rounded relative units. A reference answer that parses as no action is a DataError
+naming the record's ``file:LINE`` when its :func:`goal` is made: it is never silently left out. Every rate
+comes with its count and a 95% Wilson interval, overall and per category field the data carries
+(``data_type``, ``ui_type``, ``platform``, ``application``, ``group``). :func:`mcnemar` compares two models
+on the same items.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import DataError
-from . import actions, coordinates
+from . import actions, coordinates, samples
 
 DISTANCE = 0.14
 """A box-less click is right within this distance of the reference point, both as fractions of the screen's
@@ -47,14 +49,16 @@ COUNTS = ("n", "format_errors", "click_n", "click_hits", "nav_n", "type_hits", "
 
 
 @dataclass(frozen=True)
-class Target:
-    """What one record asks for, as scoring needs it."""
+class Goal:
+    """What one record asks for, as scoring needs it: the reference action (its points in ``convention``)
+    and the target box in float pixels of the screen image."""
 
     reference: actions.Action | None
-    box: tuple[float, float, float, float] | None
-    convention: str  # the answer convention: the reference's and the box's
-    size: coordinates.Size | None = None  # the screenshot's (width, height), when read
+    box: tuple[float, float, float, float] | None  # float pixels of the screen image
+    convention: str  # the answer convention: the reference's (and the outputs' unless their format fixes one)
+    size: coordinates.Size | None = None  # the screen image's displayed (width, height)
     categories: dict = field(default_factory=dict)
+    resized: coordinates.Size | None = None  # the processor's resized size (for resized-pixels)
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,12 @@ class Outcome:
     categories: dict = field(default_factory=dict)
 
 
-def target(record, convention: str, size: coordinates.Size | None = None) -> Target:
-    """The :class:`Target` of a :class:`~raylora.data.samples.Sample` whose answer is in ``convention``;
-    its image size is read from the image header when scoring may need it (see :func:`needs_size`)."""
+def goal(
+    record, convention: str, size: coordinates.Size | None = None, bounds: coordinates.Bounds | None = None
+) -> Goal:
+    """The :class:`Goal` of a :class:`~raylora.data.samples.Sample` whose answer is in ``convention``, on its
+    screen image (:func:`~raylora.data.samples.screen_size`, unless ``size`` is given); ``bounds`` are the
+    processor's, which ``resized-pixels`` need (a DataError naming the record without them)."""
     reference = actions.parse(record.answer())
     if reference is None:
         raise DataError(
@@ -78,47 +85,43 @@ def target(record, convention: str, size: coordinates.Size | None = None) -> Tar
             f"the reference answer {_excerpt(record.answer())} names no action in any format raylora reads "
             "(see raylora.data.actions): it cannot be scored",
         )
-    box = tuple(record.bbox) if record.bbox is not None else None
-    if size is None and needs_size(reference, box, convention) and len(record.images) == 1:
-        size = image_size(record.images[0])
-    return Target(reference, box, convention, size, dict(record.categories))
+    if size is None:
+        size = samples.screen_size(record)
+    resized = None
+    if coordinates.get(convention).resized and size is not None:
+        if bounds is None:
+            raise DataError(record.where, RESIZED_NEEDS_BOUNDS)
+        resized = bounds.resized(size)
+    if record.box_pixels is not None:
+        box = tuple(record.box_pixels)
+    elif record.bbox is not None and size is not None:
+        box = coordinates.box_to_pixels(record.bbox, convention, size, resized)
+    else:
+        box = tuple(record.bbox) if record.bbox is not None else None  # no screen: as written
+    return Goal(reference, box, convention, size, dict(record.categories), resized)
+
+
+def goals(records: Iterable, convention: str, bounds: coordinates.Bounds | None = None) -> list[Goal]:
+    """:func:`goal` of each record."""
+    return [goal(record, convention, bounds=bounds) for record in records]
 
 
 def _excerpt(text: str, most: int = 60) -> str:
     return repr(text if len(text) <= most else text[: most - 1] + "…")
 
 
-def targets(records: Iterable, convention: str) -> list[Target]:
-    """:func:`target` of each record."""
-    return [target(record, convention) for record in records]
-
-
-def needs_size(reference: actions.Action | None, box, convention: str) -> bool:
-    """Whether scoring against this reference needs the screenshot's size: a pixel convention (outputs in
-    a relative format are converted), or a point judged by distance (no box, or a navigation step)."""
-    if reference is None:
-        return False
-    return coordinates.get(convention).relative is None or box is None or reference.navigation
-
-
-def image_size(ref: Any) -> coordinates.Size | None:
-    """(width, height) of an image path or bytes, from its header (None when it cannot be read)."""
-    import io
-
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as image:
-            return image.size
-    except (OSError, ValueError):
-        return None
+RESIZED_NEEDS_BOUNDS = (
+    "resized-pixels need the processor's image bounds: give --min-pixels and --max-pixels (data.image in a "
+    "spec), or name the data's convention with another data.coordinates"
+)
 
 
 # -- one record --------------------------------------------------------------------------------------
 
 
-def score(output: str, goal: Target) -> Outcome | None:
-    """How ``output`` does on ``goal`` (None when the reference itself names no action)."""
+def score(output: str, goal: Goal) -> Outcome | None:
+    """How ``output`` does on ``goal`` (None when the reference itself names no action). Every point is
+    compared in float pixels of the screen image."""
     ref = goal.reference
     if ref is None:
         return None
@@ -129,11 +132,14 @@ def score(output: str, goal: Target) -> Outcome | None:
         return Outcome(
             True, False if is_click else None, False if nav else None, False if nav else None, goal.categories
         )
-    predicted = actions.in_convention(predicted, goal.convention, ref.format, goal.size)
+    # The reference's own format is read in the answer convention (the model learned the data's); another
+    # format that fixes a convention (Qwen3-VL's 0–1000, MAI-UI's 0–999) in that one.
+    src = predicted.native if predicted.native and predicted.format != ref.format else goal.convention
+    predicted, ref = _in_pixels(predicted, src, goal), _in_pixels(ref, goal.convention, goal)
     click = None
     if is_click:
         same_kind = not nav or _kind(predicted) == _kind(ref)
-        click = same_kind and _on_target(predicted.point, ref.point, goal.box, goal)
+        click = same_kind and _on_target(predicted.point, ref.point, goal)
     type_ok = step_ok = None
     if nav:
         type_ok = _kind(predicted) == _kind(ref)
@@ -146,33 +152,59 @@ def _kind(action: actions.Action) -> str:
     return "swipe" if action.type == "scroll" else action.type
 
 
-def _on_target(point, ref_point, box, goal: Target) -> bool:
+def _in_pixels(action: actions.Action, src: str, goal: Goal) -> actions.Action:
+    """``action`` with its points (written in convention ``src``) as float pixels of the screen. With no
+    screen known (a record without images) a relative answer convention's extent stands in for it; points
+    that still cannot be converted are kept as written."""
+    screen = _screen(goal)
+    convention = coordinates.get(src)
+    if screen is None and convention.relative is not None:
+        return action
+
+    def pixels(point):
+        if point is None:
+            return None
+        if screen is None or (convention.relative is None and not convention.resized):
+            return float(point[0]), float(point[1])
+        return coordinates.to_pixels(point, src, screen, goal.resized)
+
+    return dataclasses.replace(action, point=pixels(action.point), end=pixels(action.end))
+
+
+def _screen(goal: Goal) -> tuple[float, float] | None:
+    """The screen's (width, height): the image's, or a relative answer convention's extent without one."""
+    if goal.size is not None:
+        return goal.size
+    convention = coordinates.get(goal.convention)
+    return convention.extent((1, 1), None) if convention.relative is not None else None
+
+
+def _on_target(point, ref_point, goal: Goal) -> bool:
+    """Inside the goal's box (edges included), or with no box within :data:`DISTANCE` of the reference;
+    points in pixels."""
     if point is None:
         return False
-    if box is not None:
-        return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+    if goal.box is not None:
+        return goal.box[0] <= point[0] <= goal.box[2] and goal.box[1] <= point[1] <= goal.box[3]
     return _near(point, ref_point, goal)
 
 
-def _near(point, ref_point, goal: Target) -> bool:
-    """Within :data:`DISTANCE` of the reference, both as fractions of the screen's width and height (the
-    size is needed for pixel conventions; with none known, the far corner the two points imply)."""
-    if point is None or ref_point is None:
+def _near(a, b, goal: Goal) -> bool:
+    """Within :data:`DISTANCE` of the reference, both as fractions of the screen's width and height
+    (AITW's and AndroidControl's rule; points in pixels); for pixels of an unknown screen, of the far corner
+    the two points imply."""
+    if a is None or b is None:
         return False
-    convention = coordinates.get(goal.convention)
-    size = goal.size
-    if size is None and convention.relative is None:
-        size = (max(point[0], ref_point[0], 1.0), max(point[1], ref_point[1], 1.0))
-    (ax, ay), (bx, by) = (coordinates.to_unit(p, goal.convention, size or (1, 1)) for p in (point, ref_point))
-    return math.hypot(ax - bx, ay - by) <= DISTANCE
+    width, height = _screen(goal) or (max(a[0], b[0], 1.0), max(a[1], b[1], 1.0))
+    return math.hypot((a[0] - b[0]) / width, (a[1] - b[1]) / height) <= DISTANCE
 
 
-def _arguments_match(predicted: actions.Action, ref: actions.Action, goal: Target) -> bool:
+def _arguments_match(predicted: actions.Action, ref: actions.Action, goal: Goal) -> bool:
     kind = ref.type
     if kind in ("click", "long_press", "double_click", "right_click", "triple_click"):
-        return _on_target(predicted.point, ref.point, goal.box, goal)
+        return _on_target(predicted.point, ref.point, goal)
     if kind == "drag":
-        start = ref.point is None or _on_target(predicted.point, ref.point, goal.box, goal)
+        start = ref.point is None or _on_target(predicted.point, ref.point, goal)
         return start and _near(predicted.end, ref.end, goal)
     if kind in ("swipe", "scroll"):
         return ref.finger is None or predicted.finger == ref.finger
@@ -354,11 +386,15 @@ def read_predictions(path: str | Path, records: Sequence) -> dict[int, str]:
     by_id = {str(r.id): i for i, r in enumerate(records) if r.id is not None}
     found: dict[int, str] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()
     except OSError as e:
         raise DataError(str(path), f"cannot read: {e.strerror or e}") from None
-    for number, line in enumerate(lines, 1):
+    for number, raw in enumerate(lines, 1):
         where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(where, f"not UTF-8 ({e.reason} at byte {e.start})") from None
         if not line.strip():
             continue
         try:

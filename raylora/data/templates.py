@@ -59,15 +59,22 @@ def get(name: str) -> Template:
 
 
 def grounding_row(
-    image, instruction: str, box_pixels, size: coordinates.Size, template: str, data_coordinates: str
+    image,
+    instruction: str,
+    box_pixels,
+    size: coordinates.Size,
+    template: str,
+    data_coordinates: str,
+    resized: coordinates.Size | None = None,
 ) -> dict:
     """A chat row (the ``chat`` format) asking for ``instruction`` on ``image``, answered at the center of
-    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the original image); its ``bbox`` in the answer's
-    convention, for click accuracy."""
+    ``box_pixels`` (``[x1, y1, x2, y2]`` pixels of the displayed image; ``resized`` by the processor, for
+    ``resized-pixels``); its ``bbox`` in the answer's convention (unrounded) and ``box_pixels`` as given,
+    for click accuracy."""
     chosen = get(template)
     convention = chosen.answer_convention(data_coordinates)
-    box = coordinates.convert_box(box_pixels, "pixels", convention, size)
-    point = coordinates.convert_point(coordinates.center(box_pixels), "pixels", convention, size)
+    box = coordinates.convert_box(box_pixels, "pixels", convention, size, resized, rounded=False)
+    point = coordinates.convert_point(coordinates.center(box_pixels), "pixels", convention, size, resized)
     messages = []
     if chosen.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": chosen.system}]})
@@ -78,7 +85,7 @@ def grounding_row(
         }
     )
     messages.append({"role": "assistant", "content": [{"type": "text", "text": chosen.answer(point)}]})
-    return {"messages": messages, "bbox": box}
+    return {"messages": messages, "bbox": box, "box_pixels": [float(v) for v in box_pixels]}
 
 
 def _number(value: float) -> str:

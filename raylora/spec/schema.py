@@ -149,6 +149,9 @@ class Data(_Section):
     """The coordinate convention of the data's answers and boxes (and of ``click`` answers made from
     grounding annotations): qwen3vl 0–1000, mai-ui 0–999, pixels of the image, pixels of the
     processor-resized image, unit 0–1."""
+    categories: list[str] | None = None
+    """The record fields per-category metrics split by (``by`` in ``raylora score --json``, in every
+    format); default ``data_type``, ``ui_type``, ``platform``, ``application``, ``group``, ``data_source``."""
     template: Literal["click", "qwen3vl", "mai-ui"] = "click"
     """How grounding annotations (ScreenSpot) become prompt and answer: ``click(x, y)``, Qwen3-VL's
     ``{"point_2d": [x, y]}`` (0–1000), or MAI-UI's ``<answer>{"coordinate": [x, y]}</answer>`` (0–999)."""
@@ -162,6 +165,15 @@ class Data(_Section):
     """DataLoader processes per training worker that decode and process screenshots ahead of the step
     (0: in the training process itself). Default: the worker's other CPUs, ``resources.cpus_per_worker``
     − 1 (so 7 for 8 CPUs per GPU worker; 0 for the fractional CPUs of a laptop study)."""
+
+    @model_validator(mode="after")
+    def _resized_bounds(self) -> Data:
+        if self.coordinates == "resized-pixels" and not (self.image.min_pixels and self.image.max_pixels):
+            raise ValueError(
+                "coordinates resized-pixels are pixels of the image resized within data.image's bounds: set "
+                "data.image.min_pixels and data.image.max_pixels"
+            )
+        return self
 
 
 class Resources(_Section):

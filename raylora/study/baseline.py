@@ -101,6 +101,8 @@ def measure(spec: Spec) -> dict:
     reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
     if getattr(spec.data, "columns", None):
         reading["columns"] = spec.data.columns
+    if getattr(spec.data, "categories", None) is not None:
+        reading["categories"] = spec.data.categories
     split = loader.open_split(
         builtin.resolve_data(spec.data.eval, "eval"),
         predictor.processor,

@@ -30,12 +30,19 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         if isinstance(row, DataError):  # the first record, refused by the reader (video, a bad item)
             raise row
         fmt = formats.detect(row, where)
-    records = samples.read(
-        ref, limit, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
-    )
-    answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
+    records = samples.read(
+        ref,
+        limit,
+        spec.data.format,
+        spec.data.coordinates,
+        spec.data.template,
+        columns=spec.data.columns,
+        categories=spec.data.categories,
+        bounds=encode.bounds(processor, image_kw),
+    )
+    answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     # Lengths from image headers and text alone: a dataset larger than memory is inspected without
     # decoding its screenshots (only the rendered example is encoded).
     lengths = [loader.token_length(record, processor, image_kw) for record in records]

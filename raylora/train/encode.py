@@ -34,6 +34,16 @@ def image_kwargs(min_pixels: int | None, max_pixels: int | None, processor) -> d
     return {"size": size}
 
 
+def bounds(processor, image_kw: dict):
+    """The image-area bounds and side multiple ``processor`` resizes with (what ``resized-pixels`` mean)."""
+    from ..data.coordinates import Bounds
+
+    image_processor = processor.image_processor
+    size = image_kw.get("size", image_processor.size)
+    factor = image_processor.patch_size * image_processor.merge_size
+    return Bounds(size["shortest_edge"], size["longest_edge"], factor)
+
+
 def encode(records: list[Sample], processor, max_length: int, image_kw: dict) -> Examples:
     """Tokenize records with the chat template and mask everything but assistant tokens."""
     out = Examples()

@@ -121,7 +121,7 @@ def outcomes(
     device,
 ) -> list[scoring.Outcome | None]:
     """Generate for ``records`` and score each output against its record (answers in ``convention``)."""
-    goals = scoring.targets(records, convention)
+    goals = scoring.goals(records, convention, encode.bounds(processor, image_kw))
     wanted = [i for i, goal in enumerate(goals) if goal.reference is not None]
     texts = generate(
         model, [records[i] for i in wanted], processor, image_kw, max_new_tokens, batch_size, device

@@ -78,11 +78,22 @@ def open_split(
     coordinates: str = "qwen3vl",
     template: str = "click",
     columns: dict | None = None,
+    categories: list[str] | None = None,
 ) -> Split:
     """Read ``ref``'s records and their token lengths (from the on-disk index when it is current) and drop
     the samples longer than ``max_length`` — without decoding a screenshot."""
     spill = cache_dir.parent / "images" if cache_dir is not None else None
-    records = samples.read(ref, limit, fmt, coordinates, template, spill_dir=spill, columns=columns)
+    records = samples.read(
+        ref,
+        limit,
+        fmt,
+        coordinates,
+        template,
+        spill_dir=spill,
+        columns=columns,
+        categories=categories,
+        bounds=encode.bounds(processor, image_kw),
+    )
     index = (
         cache_dir / f"{_key(ref, processor, image_kw, limit, (fmt, coordinates, template, columns))}.json"
         if (cache_dir is not None)

@@ -74,7 +74,13 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
     bad = samples.problems(
-        ref, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
+        ref,
+        spec.data.format,
+        spec.data.coordinates,
+        spec.data.template,
+        columns=spec.data.columns,
+        categories=spec.data.categories,
+        bounds=_bounds(spec),
     )
     raise_all(bad)
 
@@ -89,10 +95,19 @@ def _check_references(spec: Spec, ref: str, most: int = 20) -> list[UserError]:
     found: list[UserError] = []
     for record in samples.read(ref, columns=spec.data.columns, **reading):
         try:
-            scoring.target(record, convention)
+            scoring.goal(record, convention, bounds=_bounds(spec))
         except UserError as e:
             found.append(e)
     return found[:most]
+
+
+def _bounds(spec: Spec):
+    """The spec's image bounds, for answers written in resized-pixels (the schema requires both then); the
+    side multiple is the processor's, so it is left at its default: validity does not depend on it."""
+    from ..data.coordinates import Bounds
+
+    image = spec.data.image
+    return Bounds(image.min_pixels, image.max_pixels) if image.min_pixels and image.max_pixels else None
 
 
 def _check_targets(spec: Spec, model_dir: Path) -> None:

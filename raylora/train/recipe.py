@@ -77,6 +77,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         "coordinates": spec.data.coordinates,
         "template": spec.data.template,
         "columns": spec.data.columns,
+        "categories": spec.data.categories,
     }
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
