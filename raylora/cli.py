@@ -526,6 +526,68 @@ def search(
 
 
 @app.command()
+def status(
+    target: Annotated[
+        str, typer.Argument(metavar="STUDY_DIR_OR_URI", help="A study folder or URI (<storage>/<study>).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Where a running, stopped or finished study stands, read from its folder (starts nothing): trials by
+    state, the best so far, each running trial's step and last report, the lock holder, what --resume would
+    do."""
+    from .study import status as status_lib
+
+    standing = status_lib.read(target)
+    if as_json:
+        print(json.dumps(standing.to_dict()))
+        return
+    _print_standing(standing)
+
+
+def _print_standing(standing) -> None:
+    asked = f" of {standing.num_trials} asked" if standing.num_trials is not None else ""
+    print(f"study {standing.name} ({standing.location}): {standing.state}")
+    counts = " · ".join(f"{state.lower()} {n}" for state, n in standing.counts.items())
+    print(f"  trials{asked}: {counts}")
+    best = standing.best
+    if best:
+        from .record.trials import short_params
+
+        params = short_params(best["params"])
+        print(f"  best: {best['trial_id']} {standing.metric} {best['value']:.4g}  {params}")
+    else:
+        print("  best: no complete trial yet")
+    for trial in standing.running:
+        age = _age(trial.last_report_age_s)
+        last = f"step {trial.step}, last report {age} ago" if age else "no report yet"
+        value = f", {standing.metric} {trial.value:.4g}" if trial.value is not None else ""
+        print(f"  unfinished {trial.trial_id}: {last}{value}")
+    lock = standing.lock
+    if lock:
+        gone = " — that driver is gone (stale)" if lock["stale"] else ""
+        renewed = (
+            f", renewed {_age(lock['renewed_age_s'])} ago" if lock.get("renewed_age_s") is not None else ""
+        )
+        print(
+            f"  lock: pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}{renewed}{gone}"
+        )
+    else:
+        print("  lock: free (no driver runs the study)")
+    print(f"  --resume would: {standing.resume}")
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@app.command()
 def report(
     target: Annotated[
         str,
