@@ -23,7 +23,7 @@ from ..layout import ADAPTER, EVAL_ITEMS, STATE_FILE, TARGETS
 from ..spec import Spec
 from . import cost, encode, evaluate, faults, init_adapter, loader
 from . import model as model_lib
-from .session import Session
+from .session import Phase, Session
 from .sharding import gather_state, is_sharded, load_state
 
 # -- the recipe --------------------------------------------------------------------------------------
@@ -54,6 +54,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     nodes = _gather(session.node, distributed)
 
     # -- model
+    session.phase(Phase.LOADING_MODEL)
     path = builtin.resolve_model(spec.model.name_or_path)
     built = model_lib.build(spec, path, device)
     peft_model, processor = built.model, built.processor
@@ -80,12 +81,18 @@ def train(spec: Spec, session: Session) -> Outcome:
     }
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
+    session.phase(Phase.INDEXING_DATA)
+
+    def indexed(done: int, total: int) -> None:
+        session.phase(Phase.INDEXING_DATA, done, total)
+
     train_set = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"),
         processor,
         spec.data.max_length,
         image_kw,
         cache_dir=index,
+        on_indexed=indexed,
         **reading,
     )
     if not train_set.records:
@@ -100,6 +107,7 @@ def train(spec: Spec, session: Session) -> Outcome:
             spec.data.max_length,
             image_kw,
             cache_dir=index,
+            on_indexed=indexed,
             **reading,
         )
     pad_id = processor.tokenizer.pad_token_id
@@ -113,6 +121,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     step = resumed_from = 0
     resume = session.latest_checkpoint()
     if resume is not None:
+        session.phase(Phase.RESUMING)
         step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler, sharded)
     batches = loader.batches(
         train_set,
@@ -126,6 +135,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- loop
+    session.phase(Phase.FIRST_STEP)
     faults.maybe_oom(spec)
     net.train()
     window = _Window()
