@@ -93,7 +93,20 @@ def init(
 
     target = starters.write(starter, directory, force)
     print(f"wrote {target}")
+    _prime_plots()
     print(f"next: raylora validate {target}  then  raylora search {target}")
+
+
+def _prime_plots() -> None:
+    """Build matplotlib's font cache now, once per machine, if it has none: else the first study's report
+    waits for it."""
+    import matplotlib
+
+    if not list(Path(matplotlib.get_cachedir()).glob("fontlist-*.json")):
+        print("building matplotlib's font cache (once per machine)")
+        from .tracking import report
+
+        report.prime()
 
 
 @app.command()
@@ -507,8 +520,11 @@ def search(
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
-    _print_leaderboard(record, plan.storage.display(layout.SUMMARY))
-    print(f"report: {plan.storage.display('report/leaderboard.md')}")
+    _print_leaderboard(record)
+    # The verdict first: it is what the study was run for; the tables and links after it.
+    print(f"report: {plan.storage.display(f'{layout.REPORT_DIR}/index.html')}  (the verdict)")
+    print(f"leaderboard: {plan.storage.display(f'{layout.REPORT_DIR}/leaderboard.md')}")
+    print(f"summary: {plan.storage.display(layout.SUMMARY)}")
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
     if plan.dashboard_url:
@@ -799,7 +815,7 @@ def _print_plan(spec, plan) -> None:
         print(f"  search {path}: {raw}")
 
 
-def _print_leaderboard(record, summary: str, top: int = 10) -> None:
+def _print_leaderboard(record, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -822,7 +838,6 @@ def _print_leaderboard(record, summary: str, top: int = 10) -> None:
             f"best: {best.trial_id} {record.metric}={best.value:.4g}  adapter: {best.adapter_path}",
             soft_wrap=True,
         )
-    console.print(f"summary: {summary}", soft_wrap=True)
 
 
 def _load_checked(spec_path: Path, overrides: list[str]):

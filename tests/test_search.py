@@ -347,6 +347,7 @@ def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
     ]
     assert steps and steps == sorted(steps) and steps[0] < 40, proc.stdout
     study_dir = tmp_path / "st" / "s"
-    assert f"report: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
+    assert f"report: {study_dir / 'report' / 'index.html'}  (the verdict)" in proc.stdout
+    assert f"leaderboard: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
     assert f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}" in proc.stdout
     assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", proc.stdout), proc.stdout

@@ -82,7 +82,7 @@ def run(
     spec, where = _checked_inputs(spec, storage, tracking_uri, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
-    plan = plan_study(spec, where, address, resume, dry_run)
+    plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log)
     if dry_run:
         return plan, plan.record
     with _storage_faults_stop_the_study(), _exclusive(where):
@@ -133,7 +133,7 @@ def _storage_faults_stop_the_study():
 # -- plan: read the study and the cluster; write nothing --------------------------------------------------
 
 
-def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool) -> Plan:
+def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool, log=None) -> Plan:
     """What a search of ``spec`` in ``where`` would do: the trials left, and (when some are) the cluster's
     nodes and how many trials run at once. Reads the study's state; writes nothing."""
     where.pull()
@@ -148,6 +148,8 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
     plan.record, plan.rebuild = record, rebuild
     if remaining:
+        if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
+            log(f"study {spec.study.name}: {'attaching to Ray at ' + address if address else 'starting Ray'}")
         _place(spec, plan, address)
     return plan
 
@@ -236,31 +238,32 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
 
     record, where = plan.record, plan.storage
     base = None
-    if baseline.wanted(spec):  # before the pool's workers hold the accelerators its task needs
-        base = baseline.for_study(spec, plan.study_dir, log)
-        where.push()
+    if baseline.wanted(spec):  # submitted before the pool's workers take the resources its task needs
+        spare = placement.spare_cpus(spec.resources, plan.nodes, plan.max_concurrent)
+        base = baseline.start(spec, plan.study_dir, spare if spare >= baseline.MIN_CPUS else None, log)
+        if spare < baseline.MIN_CPUS:  # no room beside the trials: scored first
+            base.result()
     pool = _pool(spec, plan)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
         pool.warm.remote()  # the first workers start while MLflow and Tune get ready
     progress = Progress(spec, record, log)
-    tracker = _started_tracker(opened.tracker.result(), record, base)
     progress.begin(plan)
-    progress.watch(pool)
+    progress.watch(pool)  # the workers' start-up phases are said while MLflow opens
+    _prime_report_once_trained(record)
     try:
+        tracker = _started_tracker(opened.tracker.result(), record)
         listener = StudyListener(where, pool, progress, tracker)
         searcher = _tune(spec, plan, pool, opened.optuna_study, record, opened.pending, listener)
     finally:
         progress.end()
     if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
         _stop_on_fault(searcher.fault, record, tracker)
-    _write_up(spec, plan, record, opened.optuna_study, tracker, base)
+    _write_up(spec, plan, record, opened.optuna_study, tracker, base.result() if base else None)
     return record
 
 
-def _started_tracker(tracker, record: StudyRecord, base: dict | None):
+def _started_tracker(tracker, record: StudyRecord):
     tracker.start_study(record)
-    if base:
-        tracker.log_baseline(base)
     tracker.end_stale_runs(record)
     return tracker
 
@@ -278,6 +281,8 @@ def _write_up(spec: Spec, plan: Plan, record: StudyRecord, optuna_study, tracker
     if base:
         from . import baseline
 
+        plan.storage.push()  # baseline.json, with the study's state
+        tracker.log_baseline(base)
         baseline.compare_trials(record, plan.storage, base)
     tracker.end_study(record)
     _write_report(plan.study_dir, record, optuna_study, tracker)
@@ -310,6 +315,22 @@ def _in_background(fn, *args):
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)  # the submitted call still runs; nothing else will be
     return future
+
+
+def _prime_report_once_trained(record: StudyRecord) -> None:
+    """Import the report's libraries (and build matplotlib's font cache if this machine has none) in the
+    background once a trial has reported, so the study's end does not wait for them and its start does
+    not share the CPUs with them."""
+    import threading
+
+    def prime() -> None:
+        while not any(t.steps for t in list(record.trials.values())):
+            time.sleep(2.0)
+        from ..tracking import report
+
+        report.prime()
+
+    threading.Thread(target=prime, daemon=True, name="raylora-report").start()
 
 
 def _import_mlflow() -> None:
