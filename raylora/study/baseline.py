@@ -176,6 +176,14 @@ class Pending:
         self.path, self.log, self.ref, self.saved = path, log, ref, saved
         self.started = time.monotonic()
 
+    def ready(self) -> bool:
+        """Whether :meth:`result` would return without waiting."""
+        if self.ref is None:
+            return True
+        import ray
+
+        return bool(ray.wait([self.ref], timeout=0)[0])
+
     def result(self, every_s: float | None = None) -> dict | None:
         """Wait for the result (a line every ``every_s`` seconds meanwhile: default
         ``RAYLORA_PROGRESS_EVERY_S``) and save it as ``baseline.json``; None, with one line logged, when

@@ -258,8 +258,16 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
         progress.end()
     if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
         _stop_on_fault(searcher.fault, record, tracker)
-    _write_up(spec, plan, record, opened.optuna_study, tracker, base.result() if base else None)
+    _write_up(spec, plan, record, opened.optuna_study, tracker, _base_result(base, record))
     return record
+
+
+def _base_result(base, record: StudyRecord) -> dict | None:
+    """The base model's result for the write-up; an interrupted study does not wait for it (``--resume``
+    scores it again, or finds it cached)."""
+    if base is None or (record.unfinished() and not base.ready()):
+        return None
+    return base.result()
 
 
 def _started_tracker(tracker, record: StudyRecord):

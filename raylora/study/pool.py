@@ -152,6 +152,7 @@ class TrialPool:
         """
         with self.cond:
             state = self.runners[runner]
+            state.phase = None  # its group is up and asks for work: no longer starting
             if fresh and state.current is not None:
                 slot, job = state.current, self.jobs[state.current]
                 job.attempts += 1
@@ -167,7 +168,7 @@ class TrialPool:
                 job = self.jobs[slot]
                 if slot in self.stopped or job.state != JobState.QUEUED:
                     continue
-                job.state, state.current, state.phase = JobState.RUNNING, slot, None
+                job.state, state.current = JobState.RUNNING, slot
                 state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None
