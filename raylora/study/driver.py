@@ -82,7 +82,12 @@ def run(
     spec, where = _checked_inputs(spec, storage, tracking_uri, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
+    # The rank check imports torch and transformers: a search runs it beside Ray's start and stops on
+    # its error before the study is written; --dry-run, which must start nothing for it, first.
+    ranks = _in_background(_check_ranks, spec) if not dry_run else _check_ranks(spec)
     plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log)
+    if ranks is not None:
+        ranks.result()
     if dry_run:
         return plan, plan.record
     with _storage_faults_stop_the_study(), _exclusive(where):
@@ -96,14 +101,18 @@ def _checked_inputs(spec: Spec, storage: str | None, tracking_uri: str | None, l
     from ..tracking.tracker import check_uri
     from ..tracking.tracker import tracking_uri as resolve_uri
     from ..train.init_adapter import with_resolved
-    from ..train.preflight import check_ranks
 
     spec = with_resolved(spec, storage or spec.study.storage)  # study:NAME:best → its adapter, once
     where = study_storage(spec, storage, log)
     where.check()
     check_uri(resolve_uri(tracking_uri, spec))
-    check_ranks(spec)
     return spec, where
+
+
+def _check_ranks(spec: Spec) -> None:
+    from ..train.preflight import check_ranks
+
+    check_ranks(spec)
 
 
 @contextmanager
