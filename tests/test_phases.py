@@ -88,3 +88,18 @@ def test_a_short_phase_goes_unsaid_and_the_snapshot_shows_where_training_is():
     assert lines == []
     pool.progress("t000", {"step": 3, "max_steps": 40})
     assert "phase" not in pool.snapshot()["t000"] and pool.snapshot()["t000"]["step"] == 3
+
+
+def test_a_group_started_ahead_of_its_trial_is_heard_once():
+    pool = TrialPool({"max_failures": 1, "workers": 1}, max_runners=0)
+    pool.runners[0] = _Runner(phase=_phase(None, "starting workers 0/1"))  # pool.warm before Tune submits
+    lines: list[str] = []
+    progress = _progress(lines)
+    since = pool.snapshot()["workers 0"]["since"]
+    progress.phase_lines(pool.snapshot(), since + 5)
+    pool.submit("t000", {"spec": 1})
+    assert pool.snapshot()["t000"]["phase"] == "starting workers 0/1"
+    progress.phase_lines(pool.snapshot(), since + 10)
+    pool.checked_in(0, rank=0)
+    progress.phase_lines(pool.snapshot(), since + 20)
+    assert [line.split("] ", 1)[1] for line in lines] == ["workers 0 starting workers 0/1", "t000 importing"]

@@ -157,9 +157,13 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
     plan.record, plan.rebuild = record, rebuild
     if remaining:
+        from .progress import saying
+
+        what = f"{'attaching to Ray at ' + address if address else 'starting Ray'}"
         if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
-            log(f"study {spec.study.name}: {'attaching to Ray at ' + address if address else 'starting Ray'}")
-        _place(spec, plan, address)
+            log(f"study {spec.study.name}: {what}")
+        with saying(log, what):
+            _place(spec, plan, address)
     return plan
 
 

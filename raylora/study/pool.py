@@ -116,16 +116,23 @@ class TrialPool:
     def snapshot(self) -> dict[str, dict]:
         """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}`` once it
         trains, ``{slot: {phase, since}}`` while its worker group starts (a queued trial gets the phase of
-        the group that will take it)."""
+        the group that will take it, with its ``group``; a starting group no trial waits for yet is
+        ``workers <group>``)."""
         with self.cond:
             out = {
                 slot: dict(self.live[slot])
                 for slot, job in self.jobs.items()
                 if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
             }
-            starting = [r.phase for r in self.runners.values() if r.alive and r.current is None and r.phase]
+            starting = [
+                {**r.phase, "group": rid}
+                for rid, r in self.runners.items()
+                if r.alive and r.current is None and r.phase
+            ]
             waiting = [slot for slot in self.queue if slot not in self.stopped]
-            out.update({slot: dict(phase) for slot, phase in zip(waiting, starting, strict=False)})
+            out.update(dict(zip(waiting, starting, strict=False)))
+            # a group started ahead of its trial (Tune has not submitted it yet) is heard too
+            out.update({f"workers {p['group']}": p for p in starting[len(waiting) :]})
             return out
 
     def drain(self, timeout: float) -> bool:

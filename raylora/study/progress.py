@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from .. import environment
 from ..record.states import TrialState
@@ -138,10 +139,11 @@ class Progress(TrialListener):
         ``phase_after_s`` (a phase that only advances, ``indexing the data 3/9``, is said once)."""
         for slot, values in sorted(snapshot.items()):
             phase = values.get("phase")
-            if phase is None or self._said.get(slot) == phase_name(phase):
+            said = values.get("group", slot)  # a group's phase is said once, before and after its trial
+            if phase is None or self._said.get(said) == phase_name(phase):
                 continue
             if now - values["since"] >= self.phase_after_s:
-                self._said[slot] = phase_name(phase)
+                self._said[said] = phase_name(phase)
                 self._line(f"{slot} {phase}")
 
     def _objective(self, slot: str) -> str:
@@ -163,6 +165,9 @@ class Progress(TrialListener):
             table.add_column(column)
         with self._lock:
             steps = dict(self.steps)
+        for name, values in sorted(steps.items()):
+            if name not in self.record.trials:  # a worker group starting ahead of its trial
+                table.add_row(name, _where(values, steps_only=True), "-", "-", "-", "")
         for trial in sorted(self.record.unfinished(), key=lambda t: t.trial_id):
             values = steps.get(trial.trial_id, {})
             step = _where(values, steps_only=True) if values else "queued"
@@ -197,6 +202,25 @@ class Progress(TrialListener):
             self._view.console.print(line, highlight=False, markup=False, soft_wrap=True)
         else:
             self.log(line)
+
+
+@contextmanager
+def saying(log: Callable[[str], None] | None, what: str, every_s: float | None = None):
+    """Say ``what (N s)`` every ``every_s`` seconds (``RAYLORA_PROGRESS_EVERY_S``) while the block runs, so
+    a slow step of the driver's own (Ray's start) is never silent; ``log`` None says nothing."""
+    every_s = environment.progress_every_s() if every_s is None else every_s
+    done, start = threading.Event(), time.monotonic()
+
+    def say() -> None:
+        while not done.wait(max(every_s, 1.0)):
+            log(f"{what} ({int(time.monotonic() - start)} s)")
+
+    if log is not None:
+        threading.Thread(target=say, daemon=True, name="raylora-saying").start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _where(values: dict, steps_only: bool = False) -> str:
