@@ -159,7 +159,7 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     if remaining:
         from .progress import saying
 
-        what = f"{'attaching to Ray at ' + address if address else 'starting Ray'}"
+        what = f"attaching to Ray at {address}" if address else "starting Ray"
         if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
             log(f"study {spec.study.name}: {what}")
         with saying(log, what):
@@ -344,8 +344,14 @@ def _prime_report_once_trained(record: StudyRecord) -> None:
     not share the CPUs with them."""
     import threading
 
+    def trained() -> bool:
+        try:
+            return any(t.steps for t in list(record.trials.values()))
+        except RuntimeError:  # the searcher added a trial meanwhile: look again
+            return False
+
     def prime() -> None:
-        while not any(t.steps for t in list(record.trials.values())):
+        while not trained():
             time.sleep(2.0)
         from ..tracking import report
 
