@@ -10,6 +10,7 @@ inside a Ray Train worker, which reports metrics and adapter-only checkpoints to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -82,10 +83,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
     session.phase(Phase.INDEXING_DATA)
-
-    def indexed(done: int, total: int) -> None:
-        session.phase(Phase.INDEXING_DATA, done, total)
-
+    indexed = functools.partial(session.phase, Phase.INDEXING_DATA)  # (done, total) per record measured
     train_set = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"),
         processor,
