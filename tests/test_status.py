@@ -154,3 +154,11 @@ def test_a_folder_that_is_not_a_study_exits_2_with_one_line(tmp_path, make):
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("imported:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: status: {target}"), proc.stderr
+
+
+def test_a_summary_that_does_not_parse_is_rebuilt_on_resume(tmp_path):
+    directory = _study(tmp_path)
+    (directory / "summary.json").write_text('{"study": "quickstart", "trials": [')  # a disk that filled
+    standing = status.read(str(directory), now=NOW)
+    assert standing.state == "stopped" and sum(standing.counts.values()) == 0
+    assert standing.resume.startswith("rebuild summary.json from optuna.journal; start 6 new trial(s)")
