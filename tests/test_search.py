@@ -363,15 +363,13 @@ def test_the_quickstart_says_its_start_up_phases_in_order_and_ends_on_its_verdic
     lines = proc.stdout.splitlines()
     assert lines[0] == "study quickstart: starting Ray", proc.stdout
     order = ["starting workers", "importing", "loading the model", "indexing the data", "first training step"]
-    said = [
-        re.sub(r" \d+/\d+$", "", m.group(1))
-        for line in lines
-        if (m := re.match(r"\[\d\d:\d\d\] t000 ([a-z][a-z ]+(?: \d+/\d+)?)$", line))
-    ]
-    phases = [p for p in dict.fromkeys(said) if p in order]
+    # t000's phases, and those of its worker group said before Tune had handed it the trial
+    phase_line = re.compile(r"\[\d\d:\d\d\] (?:t000|workers 0) ([a-z][a-z ]+?)(?: \d+/\d+)?$")
+    said = [(i, m.group(1)) for i, line in enumerate(lines) if (m := phase_line.match(line))]
+    phases = [p for p in dict.fromkeys(p for _, p in said) if p in order]
     assert len(phases) >= 2 and phases == sorted(phases, key=order.index), proc.stdout
     first_step = next(i for i, line in enumerate(lines) if re.search(r"\] t000 step \d+", line))
-    last_phase = max(i for i, line in enumerate(lines) if any(f"] t000 {p}" in line for p in phases))
+    last_phase = max(i for i, p in said if p in order)
     assert last_phase < first_step, proc.stdout
     study_dir = tmp_path / "st" / "quickstart"
     ending = [
