@@ -103,3 +103,17 @@ def test_a_group_started_ahead_of_its_trial_is_heard_once():
     pool.checked_in(0, rank=0)
     progress.phase_lines(pool.snapshot(), since + 20)
     assert [line.split("] ", 1)[1] for line in lines] == ["workers 0 starting workers 0/1", "t000 importing"]
+
+
+def test_a_group_restarting_under_its_trial_says_so():
+    pool = TrialPool({"max_failures": 1, "workers": 2}, max_runners=0)
+    pool.runners[0] = _Runner()
+    pool.submit("t000", {"spec": 1})
+    pool.checked_in(0, rank=0)
+    pool.checked_in(0, rank=1)
+    pool.next_job(0, fresh=True, timeout=0)
+    pool.progress("t000", {"step": 7, "max_steps": 40})
+    pool.checked_in(0, rank=1)  # rank 1 again: a worker died and Ray Train restarts the group
+    assert pool.snapshot()["t000"]["phase"] == "starting workers 1/2"
+    assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t000"  # handed back to resume
+    assert pool.snapshot()["t000"]["step"] == 7

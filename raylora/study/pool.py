@@ -131,6 +131,14 @@ class TrialPool:
             ]
             waiting = [slot for slot in self.queue if slot not in self.stopped]
             out.update(dict(zip(waiting, starting, strict=False)))
+            # a group restarting under its trial (a worker died) says so instead of the trial's last step
+            out.update(
+                {
+                    r.current: {**r.phase, "group": rid}
+                    for rid, r in self.runners.items()
+                    if r.current and r.phase
+                }
+            )
             # a group started ahead of its trial (Tune has not submitted it yet) is heard too
             out.update({f"workers {p['group']}": p for p in starting[len(waiting) :]})
             return out
