@@ -93,7 +93,20 @@ def init(
 
     target = starters.write(starter, directory, force)
     print(f"wrote {target}")
+    _prime_plots()
     print(f"next: raylora validate {target}  then  raylora search {target}")
+
+
+def _prime_plots() -> None:
+    """Build matplotlib's font cache now, once per machine, if it has none: else the first study's report
+    waits for it."""
+    import matplotlib
+
+    if not list(Path(matplotlib.get_cachedir()).glob("fontlist-*.json")):
+        print("building matplotlib's font cache (once per machine)")
+        from .tracking import report
+
+        report.prime()
 
 
 @app.command()
@@ -544,8 +557,11 @@ def search(
         return
     if plan.remaining == 0:
         print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
-    _print_leaderboard(record, plan.storage.display(layout.SUMMARY))
-    print(f"report: {plan.storage.display('report/leaderboard.md')}")
+    _print_leaderboard(record)
+    # The verdict first: it is what the study was run for; the tables and links after it.
+    print(f"report: {plan.storage.display(f'{layout.REPORT_DIR}/index.html')}  (the verdict)")
+    print(f"leaderboard: {plan.storage.display(f'{layout.REPORT_DIR}/leaderboard.md')}")
+    print(f"summary: {plan.storage.display(layout.SUMMARY)}")
     if plan.runs_link:
         print(f"MLflow: {plan.runs_link}")
     if plan.dashboard_url:
@@ -560,6 +576,68 @@ def search(
         unfinished = ", ".join(plan.unfinished)
         print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
         sys.exit(130)
+
+
+@app.command()
+def status(
+    target: Annotated[
+        str, typer.Argument(metavar="STUDY_DIR_OR_URI", help="A study folder or URI (<storage>/<study>).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Where a running, stopped or finished study stands, read from its folder (starts nothing): trials by
+    state, the best so far, each running trial's step and last report, the lock holder, what --resume would
+    do."""
+    from .study import status as status_lib
+
+    standing = status_lib.read(target)
+    if as_json:
+        print(json.dumps(standing.to_dict()))
+        return
+    _print_standing(standing)
+
+
+def _print_standing(standing) -> None:
+    asked = f" of {standing.num_trials} asked" if standing.num_trials is not None else ""
+    print(f"study {standing.name} ({standing.location}): {standing.state}")
+    counts = " · ".join(f"{state.lower()} {n}" for state, n in standing.counts.items())
+    print(f"  trials{asked}: {counts}")
+    best = standing.best
+    if best:
+        from .record.trials import short_params
+
+        params = short_params(best["params"])
+        print(f"  best: {best['trial_id']} {standing.metric} {best['value']:.4g}  {params}")
+    else:
+        print("  best: no complete trial yet")
+    for trial in standing.running:
+        age = _age(trial.last_report_age_s)
+        last = f"step {trial.step}, last report {age} ago" if age else "no report yet"
+        value = f", {standing.metric} {trial.value:.4g}" if trial.value is not None else ""
+        print(f"  unfinished {trial.trial_id}: {last}{value}")
+    lock = standing.lock
+    if lock:
+        gone = " — that driver is gone (stale)" if lock["stale"] else ""
+        renewed = (
+            f", renewed {_age(lock['renewed_age_s'])} ago" if lock.get("renewed_age_s") is not None else ""
+        )
+        print(
+            f"  lock: pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}{renewed}{gone}"
+        )
+    else:
+        print("  lock: free (no driver runs the study)")
+    print(f"  --resume would: {standing.resume}")
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 @app.command()
@@ -807,7 +885,7 @@ def _print_plan(spec, plan) -> None:
         print(f"  search {path}: {raw}")
 
 
-def _print_leaderboard(record, summary: str, top: int = 10) -> None:
+def _print_leaderboard(record, top: int = 10) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -830,7 +908,6 @@ def _print_leaderboard(record, summary: str, top: int = 10) -> None:
             f"best: {best.trial_id} {record.metric}={best.value:.4g}  adapter: {best.adapter_path}",
             soft_wrap=True,
         )
-    console.print(f"summary: {summary}", soft_wrap=True)
 
 
 def _load_checked(spec_path: Path, overrides: list[str]):

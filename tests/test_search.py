@@ -347,6 +347,36 @@ def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
     ]
     assert steps and steps == sorted(steps) and steps[0] < 40, proc.stdout
     study_dir = tmp_path / "st" / "s"
-    assert f"report: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
+    assert f"report: {study_dir / 'report' / 'index.html'}  (the verdict)" in proc.stdout
+    assert f"leaderboard: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
     assert f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}" in proc.stdout
     assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", proc.stdout), proc.stdout
+
+
+def test_the_quickstart_says_its_start_up_phases_in_order_and_ends_on_its_verdict(tmp_path):
+    # Not a terminal: plain lines. Every phase that lasts a second is said (RAYLORA_PROGRESS_EVERY_S=1).
+    quickstart = ROOT / "search_spaces" / "quickstart.yaml"
+    overrides = ["study.num_trials=1", "training.max_steps=4", "training.eval_every=2"]
+    args = [part for value in overrides for part in ("--set", value)]
+    proc = _search(quickstart, tmp_path / "st", *args, env={"RAYLORA_PROGRESS_EVERY_S": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "study quickstart: starting Ray", proc.stdout
+    order = ["starting workers", "importing", "loading the model", "indexing the data", "first training step"]
+    # t000's phases, and those of its worker group said before Tune had handed it the trial
+    phase_line = re.compile(r"\[\d\d:\d\d\] (?:t000|workers 0) ([a-z][a-z ]+?)(?: \d+/\d+)?$")
+    said = [(i, m.group(1)) for i, line in enumerate(lines) if (m := phase_line.match(line))]
+    phases = [p for p in dict.fromkeys(p for _, p in said) if p in order]
+    assert len(phases) >= 2 and phases == sorted(phases, key=order.index), proc.stdout
+    first_step = next(i for i, line in enumerate(lines) if re.search(r"\] t000 step \d+", line))
+    last_phase = max(i for i, p in said if p in order)
+    assert last_phase < first_step, proc.stdout
+    study_dir = tmp_path / "st" / "quickstart"
+    ending = [
+        line
+        for line in lines
+        if re.match(r"(report|leaderboard|summary|MLflow|Optuna|Ray dashboard): ", line)
+    ]
+    assert ending[0] == f"report: {study_dir / 'report' / 'index.html'}  (the verdict)", proc.stdout
+    assert (study_dir / "report" / "index.html").is_file()
+    assert "base model: " in proc.stdout  # scored beside the trial: the study has room for it

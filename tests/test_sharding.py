@@ -55,6 +55,9 @@ class _GroupSession:
     def progress(self, step, max_steps, running):
         pass
 
+    def phase(self, phase, done=None, total=None):
+        pass
+
     def report(self, metrics, write_checkpoint=None):
         if self.rank != 0:
             return

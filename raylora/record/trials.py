@@ -83,11 +83,16 @@ class StudyRecord:
     @staticmethod
     def open_summary(path: Path) -> dict[str, TrialRecord]:
         """The trials of a ``summary.json`` (none if the file does not exist yet)."""
-        trials: dict[str, TrialRecord] = {}
         if not path.is_file():
-            return trials
+            return {}
+        return StudyRecord.parse_summary(path.read_text())
+
+    @staticmethod
+    def parse_summary(text: str) -> dict[str, TrialRecord]:
+        """The trials of a ``summary.json``'s text; ValueError when it does not parse."""
+        trials: dict[str, TrialRecord] = {}
         try:
-            for row in json.loads(path.read_text())["trials"]:
+            for row in json.loads(text)["trials"]:
                 known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
                 known["state"] = TrialState(known.get("state", TrialState.RUNNING))
                 trials[row["trial_id"]] = TrialRecord(**known)

@@ -17,4 +17,5 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     listener          the searcher's trial events, passed on to the pool, the progress lines and MLflow
     progress          the lines a user sees during a study
     refresh           ``raylora report``: a study's report rebuilt from its folder
+    status            ``raylora status``: where a study stands, read from its folder without Ray
 """

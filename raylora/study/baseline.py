@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from ..data import scoring
@@ -138,41 +139,88 @@ def wanted(spec: Spec) -> bool:
 
 
 def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
-    """The base model's result for the study in ``directory``: its ``baseline.json`` when that was
-    measured for this spec, else :func:`load_or_measure` as a Ray task with one trial worker's resources
-    (so a driver without a GPU is fine), saved there. None, with one line logged, when it fails: the study
-    goes on without it."""
-    from ..files import write_atomic
+    """The base model's result for the study in ``directory``, measured now if it must be (see
+    :func:`start`). None, with one line logged, when it fails: the study goes on without it."""
+    return start(spec, directory, log=log).result()
 
+
+def start(spec: Spec, directory: Path, spare_cpus: float | None = None, log=print) -> Pending:
+    """Start scoring the base model for the study in ``directory`` (or find its ``baseline.json`` measured
+    for this spec): a Ray task with one trial worker's GPUs, so a driver without a GPU is fine.
+
+    ``spare_cpus``: the CPUs the study's trials leave free. The task then asks for at most that many and
+    runs beside the first trials; its result is read at the end of the study. Without them (None, or
+    less than :data:`MIN_CPUS`), :meth:`Pending.result` is called by whoever must wait for it first."""
     path = directory / BASELINE
     try:
         saved = json.loads(path.read_text()) if path.is_file() else None
     except ValueError:
         saved = None
     if saved and saved.get("fingerprint") == fingerprint(spec):
-        return saved
-    try:
+        return Pending(path, log, saved=saved)
+    import ray
+
+    resources = spec.resources
+    cpus = resources.cpus_per_worker if spare_cpus is None else min(resources.cpus_per_worker, spare_cpus)
+    task = ray.remote(num_cpus=cpus, num_gpus=resources.gpus_per_worker, max_calls=1)(_measure_task)
+    log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once per model and data)")
+    return Pending(path, log, ref=task.remote(spec.to_dict()))
+
+
+MIN_CPUS = 0.1
+"""Fewer spare CPUs than this and the base model is scored before the trials, not beside them."""
+
+
+class Pending:
+    """The base model's result, being measured by a Ray task (or already known)."""
+
+    def __init__(self, path: Path, log, ref=None, saved: dict | None = None):
+        self.path, self.log, self.ref, self.saved = path, log, ref, saved
+        self.started = time.monotonic()
+
+    def ready(self) -> bool:
+        """Whether :meth:`result` would return without waiting."""
+        if self.ref is None:
+            return True
         import ray
 
-        resources = spec.resources
-        task = ray.remote(
-            num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_calls=1
-        )(_measure_task)
-        log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once per model and data)")
-        result = ray.get(task.remote(spec.to_dict()))
-    except Exception as e:  # a base the trials may still train on; the comparison is what is lost
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        log(f"warning: the base model could not be evaluated ({first[:300]}); the study goes on without it")
-        return None
-    write_atomic(path, json.dumps(result) + "\n")
-    summary = result["summary"]
-    scores = ", ".join(
-        f"{name} {summary[name]:.3g}"
-        for name in ("click_acc", "type_acc", "step_acc", "format_error_rate")
-        if summary.get(name) is not None
-    )
-    log(f"base model: {scores} on {summary['n']} eval records")
-    return result
+        return bool(ray.wait([self.ref], timeout=0)[0])
+
+    def result(self, every_s: float | None = None) -> dict | None:
+        """Wait for the result (a line every ``every_s`` seconds meanwhile: default
+        ``RAYLORA_PROGRESS_EVERY_S``) and save it as ``baseline.json``; None, with one line logged, when
+        it failed."""
+        if self.ref is None:
+            return self.saved
+        from .. import environment
+
+        every_s = environment.progress_every_s() if every_s is None else every_s
+        try:
+            self.saved = self._wait(every_s)
+        except Exception as e:  # a base the trials may still train on; the comparison is what is lost
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            self.log(f"warning: the base model could not be evaluated ({first[:300]}); the study goes on")
+            self.ref, self.saved = None, None
+            return None
+        self.ref = None
+        from ..files import write_atomic
+
+        write_atomic(self.path, json.dumps(self.saved) + "\n")
+        summary = self.saved["summary"]
+        scores = ", ".join(
+            f"{name} {summary[name]:.3g}"
+            for name in ("click_acc", "type_acc", "step_acc", "format_error_rate")
+            if summary.get(name) is not None
+        )
+        self.log(f"base model: {scores} on {summary['n']} eval records")
+        return self.saved
+
+    def _wait(self, every_s: float) -> dict:
+        import ray
+
+        while not ray.wait([self.ref], timeout=max(every_s, 1.0))[0]:
+            self.log(f"evaluating the base model ({int(time.monotonic() - self.started)} s)")
+        return ray.get(self.ref)
 
 
 def _measure_task(spec: dict) -> dict:

@@ -82,7 +82,12 @@ def run(
     spec, where = _checked_inputs(spec, storage, tracking_uri, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
-    plan = plan_study(spec, where, address, resume, dry_run)
+    # The rank check imports torch and transformers: a search runs it beside Ray's start and stops on
+    # its error before the study is written; --dry-run, which must start nothing for it, first.
+    ranks = _in_background(_check_ranks, spec) if not dry_run else _check_ranks(spec)
+    plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log)
+    if ranks is not None:
+        ranks.result()
     if dry_run:
         return plan, plan.record
     with _storage_faults_stop_the_study(), _exclusive(where):
@@ -96,14 +101,18 @@ def _checked_inputs(spec: Spec, storage: str | None, tracking_uri: str | None, l
     from ..tracking.tracker import check_uri
     from ..tracking.tracker import tracking_uri as resolve_uri
     from ..train.init_adapter import with_resolved
-    from ..train.preflight import check_ranks
 
     spec = with_resolved(spec, storage or spec.study.storage)  # study:NAME:best → its adapter, once
     where = study_storage(spec, storage, log)
     where.check()
     check_uri(resolve_uri(tracking_uri, spec))
-    check_ranks(spec)
     return spec, where
+
+
+def _check_ranks(spec: Spec) -> None:
+    from ..train.preflight import check_ranks
+
+    check_ranks(spec)
 
 
 @contextmanager
@@ -133,7 +142,7 @@ def _storage_faults_stop_the_study():
 # -- plan: read the study and the cluster; write nothing --------------------------------------------------
 
 
-def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool) -> Plan:
+def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool, log=None) -> Plan:
     """What a search of ``spec`` in ``where`` would do: the trials left, and (when some are) the cluster's
     nodes and how many trials run at once. Reads the study's state; writes nothing."""
     where.pull()
@@ -148,7 +157,13 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
     plan.record, plan.rebuild = record, rebuild
     if remaining:
-        _place(spec, plan, address)
+        from .progress import saying
+
+        what = f"attaching to Ray at {address}" if address else "starting Ray"
+        if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
+            log(f"study {spec.study.name}: {what}")
+        with saying(log, what):
+            _place(spec, plan, address)
     return plan
 
 
@@ -236,31 +251,40 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
 
     record, where = plan.record, plan.storage
     base = None
-    if baseline.wanted(spec):  # before the pool's workers hold the accelerators its task needs
-        base = baseline.for_study(spec, plan.study_dir, log)
-        where.push()
+    if baseline.wanted(spec):  # submitted before the pool's workers take the resources its task needs
+        spare = placement.spare_cpus(spec.resources, plan.nodes, plan.max_concurrent)
+        base = baseline.start(spec, plan.study_dir, spare if spare >= baseline.MIN_CPUS else None, log)
+        if spare < baseline.MIN_CPUS:  # no room beside the trials: scored first
+            base.result()
     pool = _pool(spec, plan)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
         pool.warm.remote()  # the first workers start while MLflow and Tune get ready
     progress = Progress(spec, record, log)
-    tracker = _started_tracker(opened.tracker.result(), record, base)
     progress.begin(plan)
-    progress.watch(pool)
+    progress.watch(pool)  # the workers' start-up phases are said while MLflow opens
+    _prime_report_once_trained(record)
     try:
+        tracker = _started_tracker(opened.tracker.result(), record)
         listener = StudyListener(where, pool, progress, tracker)
         searcher = _tune(spec, plan, pool, opened.optuna_study, record, opened.pending, listener)
     finally:
         progress.end()
     if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
         _stop_on_fault(searcher.fault, record, tracker)
-    _write_up(spec, plan, record, opened.optuna_study, tracker, base)
+    _write_up(spec, plan, record, opened.optuna_study, tracker, _base_result(base, record))
     return record
 
 
-def _started_tracker(tracker, record: StudyRecord, base: dict | None):
+def _base_result(base, record: StudyRecord) -> dict | None:
+    """The base model's result for the write-up; an interrupted study does not wait for it (``--resume``
+    scores it again, or finds it cached)."""
+    if base is None or (record.unfinished() and not base.ready()):
+        return None
+    return base.result()
+
+
+def _started_tracker(tracker, record: StudyRecord):
     tracker.start_study(record)
-    if base:
-        tracker.log_baseline(base)
     tracker.end_stale_runs(record)
     return tracker
 
@@ -278,6 +302,8 @@ def _write_up(spec: Spec, plan: Plan, record: StudyRecord, optuna_study, tracker
     if base:
         from . import baseline
 
+        plan.storage.push()  # baseline.json, with the study's state
+        tracker.log_baseline(base)
         baseline.compare_trials(record, plan.storage, base)
     tracker.end_study(record)
     _write_report(plan.study_dir, record, optuna_study, tracker)
@@ -310,6 +336,28 @@ def _in_background(fn, *args):
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)  # the submitted call still runs; nothing else will be
     return future
+
+
+def _prime_report_once_trained(record: StudyRecord) -> None:
+    """Import the report's libraries (and build matplotlib's font cache if this machine has none) in the
+    background once a trial has reported, so the study's end does not wait for them and its start does
+    not share the CPUs with them."""
+    import threading
+
+    def trained() -> bool:
+        try:
+            return any(t.steps for t in list(record.trials.values()))
+        except RuntimeError:  # the searcher added a trial meanwhile: look again
+            return False
+
+    def prime() -> None:
+        while not trained():
+            time.sleep(2.0)
+        from ..tracking import report
+
+        report.prime()
+
+    threading.Thread(target=prime, daemon=True, name="raylora-report").start()
 
 
 def _import_mlflow() -> None:

@@ -180,6 +180,14 @@ class StudyLock:
     def _display(self) -> str:
         return self.storage.display(LOCK)
 
+    def current(self) -> dict | None:
+        """Who holds the lock now, read without taking it: the lock file's fields plus ``stale`` (its
+        holder is gone: it may be taken over), or None when nobody holds it."""
+        held = self._read()
+        if held is None:
+            return None
+        return {**{k: v for k, v in held.items() if k != "token"}, "stale": self._stale(held)}
+
     def __enter__(self) -> StudyLock:
         return self.acquire()
 

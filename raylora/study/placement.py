@@ -51,6 +51,17 @@ def trial_driver_resources(nodes: list[Node]) -> dict[str, float]:
     return {"CPU": TRIAL_DRIVER_CPU}
 
 
+def spare_cpus(resources: Resources, nodes: list[Node], trials: int) -> float:
+    """The CPUs left free on the cluster when ``trials`` trials run at once (their workers and Tune
+    drivers), or 0 when a GPU a trial worker has is not left free too (what the base model's task needs)."""
+    workers = trials * resources.workers_per_trial
+    gpus = sum(n.gpus for n in nodes) - workers * resources.gpus_per_worker
+    if gpus < resources.gpus_per_worker:
+        return 0.0
+    cpus = sum(n.cpus for n in nodes) - workers * resources.cpus_per_worker - trials * TRIAL_DRIVER_CPU
+    return max(0.0, cpus)
+
+
 def check_fits(resources: Resources, nodes: list[Node]) -> None:
     """Raise a SpecError when a trial of this shape can never be placed on these nodes."""
     workers, cpu, gpu = resources.workers_per_trial, resources.cpus_per_worker, resources.gpus_per_worker

@@ -44,6 +44,8 @@ class _Runner:
     current: str | None = None
     alive: bool = True
     served: int = 0
+    phase: dict | None = None  # {"phase", "since"} while its group starts, before it asks for a trial
+    ranks: set[int] = field(default_factory=set)  # workers of the group that are up
 
 
 class TrialPool:
@@ -112,13 +114,34 @@ class TrialPool:
         return slot in self.stopped or self.closing
 
     def snapshot(self) -> dict[str, dict]:
-        """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}``."""
+        """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}`` once it
+        trains, ``{slot: {phase, since}}`` while its worker group starts (a queued trial gets the phase of
+        the group that will take it, with its ``group``; a starting group no trial waits for yet is
+        ``workers <group>``)."""
         with self.cond:
-            return {
+            out = {
                 slot: dict(self.live[slot])
                 for slot, job in self.jobs.items()
                 if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
             }
+            starting = [
+                {**r.phase, "group": rid}
+                for rid, r in self.runners.items()
+                if r.alive and r.current is None and r.phase
+            ]
+            waiting = [slot for slot in self.queue if slot not in self.stopped]
+            out.update(dict(zip(waiting, starting, strict=False)))
+            # a group restarting under its trial (a worker died) says so instead of the trial's last step
+            out.update(
+                {
+                    r.current: {**r.phase, "group": rid}
+                    for rid, r in self.runners.items()
+                    if r.current and r.phase
+                }
+            )
+            # a group started ahead of its trial (Tune has not submitted it yet) is heard too
+            out.update({f"workers {p['group']}": p for p in starting[len(waiting) :]})
+            return out
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every started trial's workers to stop (after :meth:`close`, they stop
@@ -144,6 +167,7 @@ class TrialPool:
         """
         with self.cond:
             state = self.runners[runner]
+            state.phase = None  # its group is up and asks for work: no longer starting
             if fresh and state.current is not None:
                 slot, job = state.current, self.jobs[state.current]
                 job.attempts += 1
@@ -163,6 +187,23 @@ class TrialPool:
                 state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None
+
+    def checked_in(self, runner: int, rank: int) -> None:
+        """Worker ``rank`` of ``runner``'s group is up (a rank seen again: the group restarted)."""
+        from ..train.session import Phase, phase_text
+
+        with self.cond:
+            state = self.runners[runner]
+            state.ranks = {rank} if rank in state.ranks else state.ranks | {rank}
+            workers = self.settings["workers"]
+            up = len(state.ranks)
+            phase = phase_text(Phase.STARTING_WORKERS, up, workers) if up < workers else Phase.IMPORTING
+            state.phase = _phase(state.phase, phase)
+
+    def phase(self, slot: str, text: str) -> None:
+        """Rank 0 of trial ``slot`` is in a start-up phase (:class:`~raylora.train.session.Phase`)."""
+        with self.cond:
+            self.live[slot] = _phase(self.live.get(slot), text)
 
     def progress(self, slot: str, values: dict) -> None:
         """Rank 0's latest step of trial ``slot`` (between evaluations; for the live view only)."""
@@ -203,8 +244,11 @@ class TrialPool:
     def _start_runner(self) -> None:
         import ray
 
+        from ..train.session import Phase, phase_text
+
         rid = len(self.runners)
-        self.runners[rid] = _Runner()
+        starting = phase_text(Phase.STARTING_WORKERS, 0, self.settings["workers"])
+        self.runners[rid] = _Runner(phase=_phase(None, starting))
         handle = ray.get_runtime_context().current_actor
         threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
 
@@ -270,3 +314,12 @@ class TrialPool:
                 failure_config=ray.train.FailureConfig(max_failures=s["max_failures"] + 3),
             ),
         )
+
+
+def _phase(current: dict | None, text: str) -> dict:
+    """``{phase, since}``: ``since`` stays when the same phase only advances (``indexing the data 3/9``)."""
+    from ..train.session import phase_name
+
+    if current and "phase" in current and phase_name(current["phase"]) == phase_name(text):
+        return {"phase": str(text), "since": current["since"]}
+    return {"phase": str(text), "since": time.time()}

@@ -19,15 +19,20 @@ def serve_trials(config: dict) -> None:
     import ray
     import ray.train
 
-    from ..spec import Spec
+    pool, runner = config["pool"], config["runner"]
+    rank = ray.train.get_context().get_world_rank()
+    pool.checked_in.remote(runner, rank)  # the user hears "starting workers n/m", then "importing"
+
     from ..train import quantization
-    from ..train.recipe import train
 
     if not config["may_quantize"]:
         quantization.keep_out()
-    pool, runner = config["pool"], config["runner"]
+    import peft  # noqa: F401  (and transformers: what the importing phase is; the recipe needs both)
+
+    from ..spec import Spec
+    from ..train.recipe import train
+
     checkpoints = Checkpoints(**config["checkpoints"])
-    rank = ray.train.get_context().get_world_rank()
     fresh = True
     while True:
         job = _next_job(pool, runner, fresh, rank)
@@ -99,6 +104,21 @@ class PoolSession:
         self._resume: Path | None = None
         self._told = float("-inf")
         self._first: tuple[int, float] | None = None
+        self._phase: tuple[str, float] = ("", float("-inf"))
+
+    def phase(self, phase, done: int | None = None, total: int | None = None) -> None:
+        """Rank 0 tells the pool a phase began, and how far a counting one is at most every second."""
+        import time
+
+        from ..train.session import phase_text
+
+        if self.rank != 0:
+            return
+        now = time.monotonic()
+        if phase == self._phase[0] and now - self._phase[1] < 1.0 and done != total:
+            return
+        self._phase = (phase, now)
+        self.pool.phase.remote(self.trial_id, phase_text(phase, done, total))
 
     def stop_requested(self, distributed: bool, device) -> bool:
         """Whether the scheduler stopped this trial, asked once per step and never waited for."""

@@ -6,6 +6,11 @@ row per running trial (step of max_steps, samples/s, ETA, its latest objective).
 logs``, ``kubectl logs``, CI) plain lines only: the events, and one line per running trial every
 ``RAYLORA_PROGRESS_EVERY_S`` seconds (30 by default). Steps between evaluations come from the trial pool,
 which rank 0 of each trial tells every couple of seconds (:meth:`TrialPool.progress`).
+
+Before its first step a trial's worker group goes through start-up phases (starting workers n/m,
+importing, loading the model, indexing the data n/m, resuming from a checkpoint; see
+:class:`~raylora.train.session.Phase`): the live view shows the phase in the step column, and plain output
+says each one that lasts more than :data:`PHASE_AFTER_S` seconds, so no start is silent.
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from .. import environment
 from ..record.states import TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
 from ..spec import Spec
+from ..train.session import phase_name
 from .listener import TrialListener
+
+PHASE_AFTER_S = 3.0
+"""A start-up phase shorter than this goes unsaid in plain output (it would only add noise)."""
 
 
 class Progress(TrialListener):
@@ -33,7 +43,9 @@ class Progress(TrialListener):
         self.live = sys.stdout.isatty() if live is None else live
         self.every_s = environment.progress_every_s()
         self.total = spec.study.num_trials
-        self.steps: dict[str, dict] = {}  # slot -> the pool's latest step report
+        self.steps: dict[str, dict] = {}  # slot -> the pool's latest step report (or start-up phase)
+        self.phase_after_s = min(PHASE_AFTER_S, self.every_s)
+        self._said: dict[str, str] = {}  # slot -> the last start-up phase a plain line named
         self._view = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,8 +116,9 @@ class Progress(TrialListener):
     def _follow(self, pool) -> None:
         import ray
 
+        poll = 1.0 if self.live else min(self.every_s, 2.0)
         last_line = time.monotonic()
-        while not self._stop.wait(1.0 if self.live else min(self.every_s, 5.0)):
+        while not self._stop.wait(poll):
             try:
                 snapshot = ray.get(pool.snapshot.remote(), timeout=10)
             except Exception:  # the pool is busy or gone: the events still say what happens
@@ -114,10 +127,24 @@ class Progress(TrialListener):
                 self.steps = snapshot
             if self._view is not None:
                 self._view.update(self._table())
-            elif time.monotonic() - last_line >= self.every_s:
+                continue
+            self.phase_lines(snapshot, time.time())
+            if time.monotonic() - last_line >= self.every_s - poll:  # never more than every_s apart
                 last_line = time.monotonic()
                 for slot, values in sorted(snapshot.items()):
-                    self._line(f"{slot} {_step_text(values)}{self._objective(slot)}")
+                    self._line(f"{slot} {_where(values)}{self._objective(slot)}")
+
+    def phase_lines(self, snapshot: dict[str, dict], now: float) -> None:
+        """Plain output: one line when a trial's worker group has been in a start-up phase for
+        ``phase_after_s`` (a phase that only advances, ``indexing the data 3/9``, is said once)."""
+        for slot, values in sorted(snapshot.items()):
+            phase = values.get("phase")
+            said = values.get("group", slot)  # a group's phase is said once, before and after its trial
+            if phase is None or self._said.get(said) == phase_name(phase):
+                continue
+            if now - values["since"] >= self.phase_after_s:
+                self._said[said] = phase_name(phase)
+                self._line(f"{slot} {phase}")
 
     def _objective(self, slot: str) -> str:
         trial = self.record.trials.get(slot)
@@ -138,9 +165,12 @@ class Progress(TrialListener):
             table.add_column(column)
         with self._lock:
             steps = dict(self.steps)
+        for name, values in sorted(steps.items()):
+            if name not in self.record.trials:  # a worker group starting ahead of its trial
+                table.add_row(name, _where(values, steps_only=True), "-", "-", "-", "")
         for trial in sorted(self.record.unfinished(), key=lambda t: t.trial_id):
             values = steps.get(trial.trial_id, {})
-            step = f"{values['step']}/{values['max_steps']}" if values else "starting"
+            step = _where(values, steps_only=True) if values else "queued"
             rate = values.get("samples_per_s")
             latest = f"{trial.last_value:.4g} @ {trial.steps}" if trial.last_value is not None else "-"
             table.add_row(
@@ -172,6 +202,32 @@ class Progress(TrialListener):
             self._view.console.print(line, highlight=False, markup=False, soft_wrap=True)
         else:
             self.log(line)
+
+
+@contextmanager
+def saying(log: Callable[[str], None] | None, what: str, every_s: float | None = None):
+    """Say ``what (N s)`` every ``every_s`` seconds (``RAYLORA_PROGRESS_EVERY_S``) while the block runs, so
+    a slow step of the driver's own (Ray's start) is never silent; ``log`` None says nothing."""
+    every_s = environment.progress_every_s() if every_s is None else every_s
+    done, start = threading.Event(), time.monotonic()
+
+    def say() -> None:
+        while not done.wait(max(every_s, 1.0)):
+            log(f"{what} ({int(time.monotonic() - start)} s)")
+
+    if log is not None:
+        threading.Thread(target=say, daemon=True, name="raylora-saying").start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _where(values: dict, steps_only: bool = False) -> str:
+    """``step 12/40 · ...`` for a training trial, ``loading the model (for 14 s)`` while it starts."""
+    if "step" not in values:
+        return f"{values['phase']} (for {max(0, int(time.time() - values['since']))} s)"
+    return f"{values['step']}/{values['max_steps']}" if steps_only else _step_text(values)
 
 
 def _step_text(values: dict) -> str:

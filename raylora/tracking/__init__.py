@@ -7,6 +7,7 @@ Never imports :mod:`raylora.study` (the driver uses tracking, not the other way 
     secrets         credentials kept out of printed URIs and MLflow
     report          the report folder: leaderboards, scope comparison, importances
     html_report     report/index.html: the study on one self-contained page
+    figures         the report's figures kept between writes, drawn again only when their inputs change
     verdict         the sentences at the top of index.html
     promote         the best trial's adapter → a registered pyfunc model under an alias
     serving         that pyfunc model (base + adapter, greedy generation)

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..record.states import TrialState
 from ..train import cost
 from . import verdict as verdict_lib
+from .figures import FigureCache
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -39,17 +40,27 @@ def write(path: Path, record, optuna_study=None) -> Path:
     """Write the page for ``record`` (a StudyRecord) and its Optuna study (None: Optuna figures left out)."""
     trials = list(record.trials.values())
     own = _own_trials(optuna_study)
+    figures, shown, ran = FigureCache(), _shown(record), _ran(own)  # drawn again only when these change
     sections = [
         ("Verdict", _verdict(record, trials)),
         *([("Pareto front", _pareto(record, own))] if len(record.goals) > 1 else []),
-        (f"{record.metric} against cost", _figure_or_note(lambda: _quality_cost(record, trials))),
-        ("By scope and by quantization", _figure_or_note(lambda: _groups(record, trials))),
+        (
+            f"{record.metric} against cost",
+            figures.get(
+                "quality_cost", shown, lambda: _figure_or_note(lambda: _quality_cost(record, trials))
+            ),
+        ),
+        (
+            "By scope and by quantization",
+            figures.get("groups", shown, lambda: _figure_or_note(lambda: _groups(record, trials))),
+        ),
         ("Leaderboard", _leaderboard(record)),
-        ("Parameter importances", _optuna_figure(own, "plot_param_importances")),
-        ("Intermediate values", _optuna_figure(own, "plot_intermediate_values")),
-        ("Parallel coordinates", _optuna_figure(own, "plot_parallel_coordinate")),
-        ("Timeline", _optuna_figure(own, "plot_timeline")),
+        *(
+            (title, figures.get(name, ran, lambda name=name: _optuna_figure(own, name)))
+            for title, name in OPTUNA_FIGURES
+        ),
     ]
+    figures.prune()
     body = "".join(
         f'<h2 id="{_anchor(title)}">{html.escape(title)}</h2>{content}' for title, content in sections
     )
@@ -60,6 +71,39 @@ def write(path: Path, record, optuna_study=None) -> Path:
     )
     path.write_text(page)
     return path
+
+
+OPTUNA_FIGURES = (
+    ("Parameter importances", "plot_param_importances"),
+    ("Intermediate values", "plot_intermediate_values"),
+    ("Parallel coordinates", "plot_parallel_coordinate"),
+    ("Timeline", "plot_timeline"),
+)
+
+
+def _shown(record) -> list:
+    """What the figures of ``record`` show: every trial as the summary has it, the objectives."""
+    from dataclasses import asdict
+
+    return [record.metric, record.mode, record.goals, [asdict(t) for t in record.trials.values()]]
+
+
+def _ran(study) -> list | None:
+    """What Optuna's figures of ``study`` show: each trial's state, params, values, steps and times."""
+    if study is None:
+        return None
+    return [
+        (
+            t.number,
+            t.state.name,
+            t.params,
+            t.values,
+            t.intermediate_values,
+            t.datetime_start,
+            t.datetime_complete,
+        )
+        for t in study.get_trials(deepcopy=False)
+    ]
 
 
 def _anchor(title: str) -> str:

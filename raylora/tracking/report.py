@@ -41,6 +41,19 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     return directory
 
 
+def prime() -> None:
+    """Import what writing the report imports: matplotlib (which builds its font cache the first time on
+    a machine, ~10 s), Optuna's importance evaluators (scikit-learn with them) and figures. Seconds the
+    end of a study would otherwise wait for; ``raylora init`` and a study's driver, while its trials
+    train, spend them instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import optuna.importance  # noqa: F401
+    import optuna.visualization.matplotlib  # noqa: F401
+
+
 def load_optuna(journal: Path, name: str):
     import optuna
     from optuna.storages import JournalStorage

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +79,11 @@ def open_split(
     template: str = "click",
     columns: dict | None = None,
     categories: list[str] | None = None,
+    on_indexed: Callable[[int, int], None] | None = None,
 ) -> Split:
     """Read ``ref``'s records and their token lengths (from the on-disk index when it is current) and drop
-    the samples longer than ``max_length`` — without decoding a screenshot."""
+    the samples longer than ``max_length`` — without decoding a screenshot. ``on_indexed(done, total)``
+    hears how far measuring the lengths is, when they are not in the index."""
     spill = cache_dir.parent / "images" if cache_dir is not None else None
     records = samples.read(
         ref,
@@ -101,7 +103,11 @@ def open_split(
     )
     lengths = _cached(index, len(records))
     if lengths is None:
-        lengths = [token_length(record, processor, image_kw) for record in records]
+        lengths = []
+        for record in records:
+            lengths.append(token_length(record, processor, image_kw))
+            if on_indexed is not None:
+                on_indexed(len(lengths), len(records))
         if index is not None:
             _write_atomic(index, json.dumps(lengths))
     kept = [(r, n) for r, n in zip(records, lengths, strict=True) if n <= max_length]

@@ -10,6 +10,7 @@ inside a Ray Train worker, which reports metrics and adapter-only checkpoints to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -23,7 +24,7 @@ from ..layout import ADAPTER, EVAL_ITEMS, STATE_FILE, TARGETS
 from ..spec import Spec
 from . import cost, encode, evaluate, faults, init_adapter, loader
 from . import model as model_lib
-from .session import Session
+from .session import Phase, Session
 from .sharding import gather_state, is_sharded, load_state
 
 # -- the recipe --------------------------------------------------------------------------------------
@@ -54,6 +55,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     nodes = _gather(session.node, distributed)
 
     # -- model
+    session.phase(Phase.LOADING_MODEL)
     path = builtin.resolve_model(spec.model.name_or_path)
     built = model_lib.build(spec, path, device)
     peft_model, processor = built.model, built.processor
@@ -81,12 +83,15 @@ def train(spec: Spec, session: Session) -> Outcome:
     }
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
+    session.phase(Phase.INDEXING_DATA)
+    indexed = functools.partial(session.phase, Phase.INDEXING_DATA)  # (done, total) per record measured
     train_set = loader.open_split(
         builtin.resolve_data(spec.data.train, "train"),
         processor,
         spec.data.max_length,
         image_kw,
         cache_dir=index,
+        on_indexed=indexed,
         **reading,
     )
     if not train_set.records:
@@ -101,6 +106,7 @@ def train(spec: Spec, session: Session) -> Outcome:
             spec.data.max_length,
             image_kw,
             cache_dir=index,
+            on_indexed=indexed,
             **reading,
         )
     pad_id = processor.tokenizer.pad_token_id
@@ -114,6 +120,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     step = resumed_from = 0
     resume = session.latest_checkpoint()
     if resume is not None:
+        session.phase(Phase.RESUMING)
         step = resumed_from = _load_checkpoint(resume, peft_model, optimizer, scheduler, sharded)
     batches = loader.batches(
         train_set,
@@ -127,6 +134,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- loop
+    session.phase(Phase.FIRST_STEP)
     faults.maybe_oom(spec)
     net.train()
     window = _Window()

@@ -11,8 +11,37 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
+
+
+class Phase(StrEnum):
+    """The start-up phases of a trial's worker group, in order, as the user reads them (each can take tens
+    of seconds on a busy node, none of them says anything on its own)."""
+
+    STARTING_WORKERS = "starting workers"
+    """Ray starts the group's processes (said by the trial pool, with how many are up)."""
+    IMPORTING = "importing"
+    """The workers import torch, transformers and PEFT."""
+    LOADING_MODEL = "loading the model"
+    """The base model is loaded (and quantized), LoRA put on its scopes."""
+    INDEXING_DATA = "indexing the data"
+    """Each split's records read and their token lengths measured (cached on disk after the first trial)."""
+    RESUMING = "resuming from a checkpoint"
+    """An interrupted trial's adapter and optimizer state are loaded."""
+    FIRST_STEP = "first training step"
+    """Data-loader workers start and the first step runs; the step count takes over after it."""
+
+
+def phase_text(phase: Phase, done: int | None = None, total: int | None = None) -> str:
+    """``indexing the data 120/500``: a phase, with how far it is when it counts."""
+    return f"{phase} {done}/{total}" if total is not None else str(phase)
+
+
+def phase_name(text: str) -> str:
+    """The phase a :func:`phase_text` names, without its count."""
+    return str(text).rstrip("0123456789/ ")
 
 
 class Session(Protocol):
@@ -33,6 +62,11 @@ class Session(Protocol):
 
     def stop_requested(self, distributed: bool, device: Any) -> bool:
         """Whether the study stopped this trial; asked after every step, the same answer on every rank."""
+        ...
+
+    def phase(self, phase: Phase, done: int | None = None, total: int | None = None) -> None:
+        """A start-up phase begins, or advances (``done`` of ``total``), so a slow start is never silent.
+        Must be cheap: it may be called once per record, and is never waited for."""
         ...
 
     def progress(self, step: int, max_steps: int, running: dict) -> None:
@@ -69,6 +103,15 @@ class LocalSession:
         self.every_s = environment.progress_every_s()
         self._bar = None
         self._last_line = time.monotonic()
+        self._phase: Phase | None = None
+
+    def phase(self, phase: Phase, done: int | None = None, total: int | None = None) -> None:
+        """A line when a phase begins; a counting phase again every ``progress_every_s``."""
+        now = time.monotonic()
+        if phase == self._phase and now - self._last_line < self.every_s:
+            return
+        self._phase, self._last_line = phase, now
+        self.log(phase_text(phase, done, total))
 
     def progress(self, step: int, max_steps: int, running: dict) -> None:
         if self.live:

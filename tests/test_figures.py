@@ -1,0 +1,42 @@
+"""The report's figures are drawn again only when what they show changed (``tracking.figures``)."""
+
+from __future__ import annotations
+
+import optuna
+
+from raylora.record.states import TrialState
+from raylora.record.trials import StudyRecord, TrialRecord
+from raylora.tracking import html_report
+
+ROWS = [(["llm"], 1.0, 2.0), (["llm", "vision"], 0.8, 3.0), (["llm", "vision", "projector"], 0.9, 4.0)]
+
+
+def _study(tmp_path):
+    record = StudyRecord(tmp_path, "demo", "eval/loss", "min")
+    study = optuna.create_study()
+    for i, (scope, value, memory) in enumerate(ROWS):
+        params = {"training.lora.scope": scope, "training.lora.r": 8 * (i + 1)}
+        cost = {"cost/peak_mem_gb": memory, "cost/accelerator_hours": memory / 100}
+        record.trials[f"t{i:03d}"] = TrialRecord(
+            f"t{i:03d}", TrialState.COMPLETE, params, value, 10, cost=cost
+        )
+        asked = study.ask()
+        asked.suggest_int("training.lora.r", 8, 24, step=8)
+        asked.report(value + 0.1, 5)
+        study.tell(asked, value)
+    return record, study
+
+
+def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kept = tmp_path / "home" / "cache" / "figures"
+    record, study = _study(tmp_path)
+    first = html_report.write(tmp_path / "a.html", record, study).read_text()
+    assert first.count("<svg") == 6 and len(list(kept.glob("*.html"))) == 6
+    again = html_report.write(tmp_path / "b.html", record, study).read_text()
+    assert again == first and len(list(kept.glob("*.html"))) == 6  # nothing drawn: all read back
+    record.trials["t001"].value = 0.75  # the record's two figures change; Optuna's study did not
+    changed = html_report.write(tmp_path / "c.html", record, study).read_text()
+    assert len(list(kept.glob("*.html"))) == 8 and changed != first
+    assert changed.count("<svg") == 6
