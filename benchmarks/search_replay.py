@@ -50,6 +50,7 @@ SURESTOP_SPACE = {
     "training.lora.dropout": {"uniform": [0.0, 0.3]},
 }
 BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
+INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
 METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch")
 
 
@@ -86,10 +87,20 @@ class Table:
                 out.append(float(value))
         return out
 
-    def nearest(self, params: dict) -> int:
-        """The row nearest ``params`` on standardized transformed parameters."""
+    def nearest(self, params: dict, used: set[int] = frozenset()) -> int:
+        """The row nearest ``params`` on standardized transformed parameters, among rows not ``used`` yet.
+
+        Each row is one training run with its own seed: a second trial mapped to the same row would get
+        that run's curve again, noise and all, and a sampler that keeps proposing one point would be
+        told the same number forever (TPE then collapses onto it). A new trial gets a new run: the
+        nearest unused one (the nearest of all once every row is used).
+        """
         z = (np.array(self._encode(params)) - self._mean) / self._std
-        return int(np.argmin(((self._z - z) ** 2).sum(axis=1)))
+        distance = ((self._z - z) ** 2).sum(axis=1)
+        if len(used) < len(distance):
+            distance[list(used)] = np.inf
+        row = int(np.argmin(distance))
+        return row
 
     def subset(self, rows: list[int]) -> Table:
         return Table(
@@ -147,6 +158,8 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     every = table.steps[1] - table.steps[0]
     data["training"].update({"max_steps": table.steps[-1], "eval_every": every, "click_eval_samples": 0})
     sampler = "tpe" if method in ("raylora", "asha") else "random"
+    if method != "random":  # independent of the reference search's draws, as a user's study would be
+        seed += INDEPENDENT
     scheduler = {"raylora": {}, "asha": {"grace_steps": every, "reduction_factor": 2}}.get(method, {})
     data["study"].update(
         {
@@ -219,7 +232,7 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
     searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
     scheduler = _scheduler(spec, method)
     metric, evals = spec.study.objective.metric, len(table.steps)
-    run, events, running = Run(), [], {}  # running: trial id → (row, start of its current interval)
+    run, events, running, used = Run(), [], {}, set()  # running: trial id → (row, start of its current interval)
     consumed, launched, now = 0.0, 0, 0.0
 
     def spent(at: float) -> float:
@@ -230,7 +243,8 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
         trial_id = f"r{launched:04d}"
         launched += 1
         config = searcher.suggest(trial_id)
-        row = table.nearest(config["params"])
+        row = table.nearest(config["params"], used)
+        used.add(row)
         scheduler.on_trial_add(None, types.SimpleNamespace(trial_id=trial_id))
         running[trial_id] = (row, at)
         heapq.heappush(events, (at + table.seconds[row] / evals, trial_id, 0))
@@ -270,9 +284,9 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
     return run
 
 
-def top_k_one_epoch(table: Table, spec, trials: int) -> Run:
+def top_k_one_epoch(table: Table, spec, trials: int, workers: int) -> Run:
     """Screen ``trials`` random configurations up to the first evaluation at >= 10% of training, then
-    train the best quarter to the end (one accelerator each; hours accumulate in that order)."""
+    train the best quarter to the end on ``workers`` accelerators, best screened first."""
     import optuna
 
     from raylora.spec import space
@@ -285,17 +299,22 @@ def top_k_one_epoch(table: Table, spec, trials: int) -> Run:
     for _ in range(trials):
         trial = study.ask()
         sample(trial)
-        rows.append(table.nearest(space.decode(spec, trial.params)))
+        rows.append(table.nearest(space.decode(spec, trial.params), set(rows)))
         study.tell(trial, 0.0)
     run = Run()
-    spent = sum(table.seconds[r] * (screen + 1) / evals for r in rows) / 3600
+    screened = sum(table.seconds[r] * (screen + 1) / evals for r in rows)
     keep = sorted(range(len(rows)), key=lambda i: table.curves[rows[i], screen])[: max(1, trials // 4)]
-    for i, r in enumerate(rows):
-        run.rows.append((r, i not in keep))
+    run.rows = [(r, i not in keep) for i, r in enumerate(rows)]
+    free, spans = [0.0] * workers, []  # each kept trial continues on the first free accelerator
     for i in keep:
-        spent += table.seconds[rows[i]] * (evals - screen - 1) / evals / 3600
-        run.completions.append((spent, float(table.final[rows[i]])))
-    run.hours = spent
+        start = heapq.heappop(free)
+        end = start + table.seconds[rows[i]] * (evals - screen - 1) / evals
+        spans.append((start, end, float(table.final[rows[i]])))
+        heapq.heappush(free, end)
+    for _, end, value in sorted(spans, key=lambda s: s[1]):
+        spent = screened + sum(min(end, e) - s for s, e, _ in spans if s < end)
+        run.completions.append((spent / 3600, value))
+    run.hours = (screened + sum(e - s for s, e, _ in spans)) / 3600
     return run
 
 
@@ -315,7 +334,7 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
     for method in ("raylora", "asha", "hyperband"):
         spec = spec_for(table, method, seed, trials, workers)
         runs[method] = simulate(table, spec, method, workers, budget, trials)
-    runs["topk_one_epoch"] = top_k_one_epoch(table, spec_for(table, "random", seed, trials, workers), trials)
+    runs["topk_one_epoch"] = top_k_one_epoch(table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers)
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
     out = {}

@@ -262,30 +262,15 @@ def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study
 
 
 def _scheduler_name(spec: Spec) -> str:
-    scheduler = spec.study.scheduler
-    grace = scheduler.grace_steps or spec.training.eval_every
-    if scheduler.type == "fifo" or grace >= space.largest_max_steps(spec):
-        return "fifo"
-    return f"asha(grace={grace}, reduction={scheduler.reduction_factor:g})"
+    from .stopping import scheduler_name
+
+    return scheduler_name(spec, space.largest_max_steps(spec))
 
 
 def _scheduler(spec: Spec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from .stopping import scheduler
 
-    if _scheduler_name(spec) == "fifo":
-        return FIFOScheduler()
-    grace = spec.study.scheduler.grace_steps or spec.training.eval_every
-    # max_t below the last step, and no stop at max_t: a trial stopped at its final report keeps its
-    # Train placement group on Ray 2.60 and the study hangs. Rungs at earlier steps release fine.
-    return ASHAScheduler(
-        time_attr="step",
-        metric=spec.study.objective.metric,
-        mode=spec.study.objective.mode,
-        max_t=space.largest_max_steps(spec) - 1,
-        grace_period=grace,
-        reduction_factor=spec.study.scheduler.reduction_factor,
-        stop_last_trials=False,
-    )
+    return scheduler(spec, space.largest_max_steps(spec))
 
 
 def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event):

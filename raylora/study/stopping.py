@@ -248,7 +248,8 @@ def _hours_left(trial: Any, complete: Sequence[Any]) -> float:
 
 
 def _could_win(trial: Any, curves: dict[str, dict[int, float]], sign: float, winner: float) -> bool:
-    step = max(int(s) for s in trial.curve)
-    at_stop = sign * trial.curve[str(step)] if str(step) in trial.curve else sign * trial.curve[step]
+    own = {int(s): v for s, v in trial.curve.items()}
+    step = max(own)
+    at_stop = sign * own[step]
     gains = [sign * c[step] - min(sign * v for v in c.values()) for c in curves.values() if step in c]
     return bool(gains) and at_stop - max(gains) < winner
