@@ -191,7 +191,9 @@ def test_nearest_neighbour_uses_log_scale_and_skips_used_rows(replay):
     # 3e-4 is 0.48 decades from 1e-4 and 0.52 from 1e-3: nearer 1e-4 on a log scale, 1e-3 on a linear one.
     assert table.nearest({"training.learning_rate.llm": 3e-4, "training.lora.r": 8}) == 0
     assert table.nearest({"training.learning_rate.llm": 3e-4, "training.lora.r": 8}, {0}) == 1
-    assert table.nearest({"training.learning_rate.llm": 1e-2, "training.lora.r": 8}) == 2
+    # Standardized: one decade of lr is 1/1.88 std, rank 8 -> 32 is 2.12 std; the rank weighs more here.
+    assert table.nearest({"training.learning_rate.llm": 1e-2, "training.lora.r": 8}) == 1
+    assert table.nearest({"training.learning_rate.llm": 3e-3, "training.lora.r": 32}) == 2
     assert table.nearest({"training.learning_rate.llm": 1e-4, "training.lora.r": 8}, {0, 1, 2}) == 0
 
 
@@ -263,3 +265,23 @@ def test_replay_smoke_prints_every_method(replay, capsys):
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
     assert capsys.readouterr().out.count("\n") == 1  # one JSON object on one line
+
+
+def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path):
+    from raylora.study.record import StudyRecord
+    from raylora.tracking import html_report, verdict
+
+    record = StudyRecord(tmp_path, "s", "eval/loss", "min")
+    trials = [
+        _trial("w", TrialState.COMPLETE, {10: 9.0, 20: 1.0, 40: 0.5}),  # step 10 ranks the three backwards
+        _trial("x", TrialState.COMPLETE, {10: 1.0, 20: 0.9, 40: 0.8}),
+        _trial("y", TrialState.COMPLETE, {10: 0.5, 20: 2.0, 40: 1.5}),
+        _trial("p", TrialState.PRUNED, {10: 1.9}, hours=0.25),
+    ]
+    record.trials = {t.trial_id: t for t in trials}
+    lines = verdict.verdict(trials, "eval/loss", "min")
+    assert any(line.startswith("warning: at step 10") for line in lines)
+    assert any("saved about 0.75 accelerator-hours" in line and ": p." in line for line in lines)
+    assert stopping.warning(trials, "min").startswith("warning: at step 10")
+    page = html_report.write(tmp_path / "index.html", record).read_text()
+    assert "Accelerator-hours saved by stopping: 0.75" in page and "could still have beaten the winner: p" in page

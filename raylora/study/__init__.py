@@ -12,4 +12,5 @@ pool whose long-lived Ray Train worker groups train the trials.
     pool_worker       the loop each Ray Train worker runs, and its Session
     checkpoints       adapter checkpoints under <study>/runs/<slot>/
     progress          the lines a user sees during a study
+    stopping          the Tune scheduler a spec asks for (ASHA, Pareto-rank ASHA), grace auto, rung agreement
 """

@@ -214,6 +214,11 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
         baseline.compare_trials(record, where, base)
     tracker.end_study(record)
     _write_report(spec, plan.study_dir, record, optuna_study, tracker)
+    from .stopping import warning
+
+    low = warning(list(record.trials.values()), record.mode)  # the report says it too
+    if low:
+        log(low)
     where.push(report=True)
     tracker.close()
     record.save()

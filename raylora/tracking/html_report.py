@@ -39,12 +39,14 @@ def write(path: Path, record, optuna_study=None) -> Path:
     """Write the page for ``record`` (a StudyRecord) and its Optuna study (None: Optuna figures left out)."""
     trials = list(record.trials.values())
     own = _own_trials(optuna_study)
+    stopped = _stopping(record, trials)
     sections = [
         ("Verdict", _verdict(record, trials)),
         *([("Pareto front", _pareto(record, own))] if len(record.goals) > 1 else []),
         (f"{record.metric} against cost", _figure_or_note(lambda: _quality_cost(record, trials))),
         ("By scope and by quantization", _figure_or_note(lambda: _groups(record, trials))),
         ("Leaderboard", _leaderboard(record)),
+        *([("Early stopping", stopped)] if stopped else []),
         ("Parameter importances", _optuna_figure(own, "plot_param_importances")),
         ("Intermediate values", _optuna_figure(own, "plot_intermediate_values")),
         ("Parallel coordinates", _optuna_figure(own, "plot_parallel_coordinate")),
@@ -70,6 +72,25 @@ def _verdict(record, trials) -> str:
     lines = verdict_lib.verdict(trials, record.metric, record.mode, _eval_items(record))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     return f'<ul class="verdict">{items}</ul>'
+
+
+def _stopping(record, trials) -> str:
+    """Rung–final agreement by step, hours saved, stopped trials that could still have won ("" if none)."""
+    from ..study.stopping import stopping_summary
+
+    summary = stopping_summary(trials, record.mode)
+    if not summary:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(step)}</td><td>{rho:.3f}</td></tr>"
+        for step, rho in sorted(summary["agreement"].items(), key=lambda kv: int(kv[0]))
+    )
+    won = ", ".join(summary["could_have_won"]) or "none"
+    return (
+        f"<p>Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that could "
+        f"still have beaten the winner: {html.escape(won)}.</p>"
+        f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
+    )
 
 
 def _eval_items(record) -> dict[str, dict]:
