@@ -380,6 +380,7 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
             "reached_random_best": round(float(np.mean([r["compute_to_random_best"] < math.inf for r in rows])), 3),
             "top1pct_stopped": round(stopped / sampled, 4) if sampled else None,
             "top1pct_sampled": sampled,
+            "top1pct_stopped_upper95": _upper95(stopped, sampled),
             "median_regret_at_budget": {str(f): _finite(np.median(regret[:, i])) for i, f in enumerate(BUDGET_GRID)},
             "median_hours_used": _median([r["hours"] for r in rows]),
             "median_trials": _median([r["trials"] for r in rows]),
@@ -399,6 +400,13 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
         "raylora_worse_than_topk_at_any_budget": bool(worse),
         "raylora_worse_than_topk_at": worse,
     }
+
+
+def _upper95(k: int, n: int) -> float | None:
+    """One-sided 95% Clopper-Pearson upper bound on a rate seen k times in n."""
+    from scipy.stats import beta
+
+    return None if n == 0 else (1.0 if k == n else round(float(beta.ppf(0.95, k + 1, n - k)), 4))
 
 
 def _name(spec) -> str:
