@@ -12,12 +12,14 @@ evaluation interval costing the table's seconds for that run divided by its eval
     python benchmarks/search_replay.py --table surestop --seeds 50 --first-seed 0 --workers 4 --json
 
 Methods (each seed gives every method random search's accelerator-hours as its budget):
-  raylora         the spec's defaults: TPE and the default scheduler (``grace_steps: auto``)
+  raylora         the spec's defaults: TPE and the default scheduler (ASHA, grace ``eval_every``, reduction 2)
   random          random sampler, no stopping, ``--trials`` trials (the reference)
-  asha            the defaults before issue 27: TPE + ASHA, grace = ``eval_every``, reduction 2
+  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2 (the defaults
+                  before issue 27, and still the defaults: the replay showed the alternative costlier)
   hyperband       random sampler + Tune's asynchronous Hyperband (3 brackets, reduction 3)
   topk_one_epoch  random sampler; ``--trials`` configurations for the first ~10% of training, the best
                   quarter trained to the end
+  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), the protective option
 
 Metrics: ``compute_to_random_best`` (accelerator-hours until a completed trial is as good as random
 search's final best, over random search's hours; null when never), ``top1pct_stopped`` (of the trials
@@ -51,7 +53,7 @@ SURESTOP_SPACE = {
 }
 BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
 INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
-METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch")
+METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto")
 
 
 @dataclass
@@ -157,10 +159,14 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     data["search"] = table.search
     every = table.steps[1] - table.steps[0]
     data["training"].update({"max_steps": table.steps[-1], "eval_every": every, "click_eval_samples": 0})
-    sampler = "tpe" if method in ("raylora", "asha") else "random"
+    sampler = "tpe" if method in ("raylora", "asha", "raylora_grace_auto") else "random"
     if method != "random":  # independent of the reference search's draws, as a user's study would be
         seed += INDEPENDENT
-    scheduler = {"raylora": {}, "asha": {"grace_steps": every, "reduction_factor": 2}}.get(method, {})
+    scheduler = {
+        "raylora": {},
+        "asha": {"grace_steps": every, "reduction_factor": 2},
+        "raylora_grace_auto": {"grace_steps": "auto"},
+    }.get(method, {})
     data["study"].update(
         {
             "num_trials": trials,
@@ -331,9 +337,11 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
     """Every method on one seed; random search sets the budget."""
     runs = {"random": simulate(table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials)}
     budget = runs["random"].hours
-    for method in ("raylora", "asha", "hyperband"):
+    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto"):
         spec = spec_for(table, method, seed, trials, workers)
-        runs[method] = simulate(table, spec, method, workers, budget, trials)
+        same = method == "asha" and _name(spec) == _name(spec_for(table, "raylora", seed, trials, workers))
+        # The defaults are plain ASHA's: the same spec and seed replay the same study.
+        runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
     runs["topk_one_epoch"] = top_k_one_epoch(table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers)
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
@@ -431,7 +439,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--trials", type=int, default=32, help="random search's trials (the budget)")
+    parser.add_argument(
+        "--trials", type=int, help="random search's trials, the budget (default: 32 surestop, 8 tiny)"
+    )
     parser.add_argument("--rows", type=int, default=0, help="replay on a random sub-table of this many rows")
     parser.add_argument("--split-seed", type=int, default=0, help="which sub-table --rows draws")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -440,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rows:
         rng = np.random.default_rng(args.split_seed)
         table = table.subset(sorted(rng.choice(len(table.final), args.rows, replace=False).tolist()))
+    args.trials = args.trials or (32 if args.table == "surestop" else 8)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     per_seed = [replay_seed(table, s, args.workers, args.trials) for s in seeds]
     out = summarize(table, per_seed, args.workers, args.trials, seeds)

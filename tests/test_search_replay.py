@@ -79,6 +79,12 @@ def test_auto_grace_is_the_first_evaluation_at_the_fraction(max_steps, every):
     assert stopping.grace_steps(build(data), max_steps) == reference
 
 
+def test_default_grace_is_eval_every():
+    data = quickstart(scheduler={})
+    data["training"].update({"max_steps": 750, "eval_every": 15})
+    assert stopping.grace_steps(build(data), 750) == 15
+
+
 def test_scheduler_is_tunes_asha_on_one_objective_and_pareto_asha_on_several():
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
@@ -261,7 +267,7 @@ def test_top_k_one_epoch_trains_the_best_screened_quarter(replay):
 
 def test_replay_smoke_prints_every_method(replay, capsys):
     out = replay.main(["--table", "surestop", "--rows", "20", "--seeds", "2", "--trials", "6", "--json"])
-    assert set(out["methods"]) == {"raylora", "random", "asha", "hyperband", "topk_one_epoch"}
+    assert set(out["methods"]) == {"raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto"}
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
     assert capsys.readouterr().out.count("\n") == 1  # one JSON object on one line
