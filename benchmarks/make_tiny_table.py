@@ -85,10 +85,10 @@ def main() -> None:
     if table is None:
         table = {
             "description": (
-                f"raylora's built-in tiny Qwen3-VL on builtin:gui-grounding: {args.configs} random configurations "
-                f"of the quickstart space (scope, rank, learning rates, quantization {quantization}), "
-                f"{args.steps} steps each, eval loss every {args.eval_every} steps; seconds on a shared 2-core CPU. "
-                "Made by benchmarks/make_tiny_table.py."
+                f"raylora's built-in tiny Qwen3-VL on builtin:gui-grounding: {args.configs} random "
+                f"configurations of the quickstart space (scope, rank, learning rates, quantization "
+                f"{quantization}), {args.steps} steps each, eval loss every {args.eval_every} steps; seconds "
+                "on a shared 2-core CPU. Made by benchmarks/make_tiny_table.py."
             ),
             "search": data["search"],
             "eval_steps": list(range(args.eval_every, args.steps + 1, args.eval_every)),

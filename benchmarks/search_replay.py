@@ -238,7 +238,12 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
     searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
     scheduler = _scheduler(spec, method)
     metric, evals = spec.study.objective.metric, len(table.steps)
-    run, events, running, used = Run(), [], {}, set()  # running: trial id → (row, start of its current interval)
+    run, events, running, used = (
+        Run(),
+        [],
+        {},
+        set(),
+    )  # running: trial id → (row, start of its current interval)
     consumed, launched, now = 0.0, 0, 0.0
 
     def spent(at: float) -> float:
@@ -335,14 +340,20 @@ def hours_to_reach(run: Run, target: float) -> float:
 
 def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
     """Every method on one seed; random search sets the budget."""
-    runs = {"random": simulate(table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials)}
+    runs = {
+        "random": simulate(
+            table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials
+        )
+    }
     budget = runs["random"].hours
     for method in ("raylora", "asha", "hyperband", "raylora_grace_auto"):
         spec = spec_for(table, method, seed, trials, workers)
         same = method == "asha" and _name(spec) == _name(spec_for(table, "raylora", seed, trials, workers))
         # The defaults are plain ASHA's: the same spec and seed replay the same study.
         runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
-    runs["topk_one_epoch"] = top_k_one_epoch(table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers)
+    runs["topk_one_epoch"] = top_k_one_epoch(
+        table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
+    )
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
     out = {}
@@ -385,15 +396,22 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
         regret = np.array([r["regret"] for r in rows])
         methods[method] = {
             "compute_to_random_best": _median([r["compute_to_random_best"] for r in rows]),
-            "reached_random_best": round(float(np.mean([r["compute_to_random_best"] < math.inf for r in rows])), 3),
+            "reached_random_best": round(
+                float(np.mean([r["compute_to_random_best"] < math.inf for r in rows])), 3
+            ),
             "top1pct_stopped": round(stopped / sampled, 4) if sampled else None,
             "top1pct_sampled": sampled,
             "top1pct_stopped_upper95": _upper95(stopped, sampled),
-            "median_regret_at_budget": {str(f): _finite(np.median(regret[:, i])) for i, f in enumerate(BUDGET_GRID)},
+            "median_regret_at_budget": {
+                str(f): _finite(np.median(regret[:, i])) for i, f in enumerate(BUDGET_GRID)
+            },
             "median_hours_used": _median([r["hours"] for r in rows]),
             "median_trials": _median([r["trials"] for r in rows]),
         }
-    ours, topk = methods["raylora"]["median_regret_at_budget"], methods["topk_one_epoch"]["median_regret_at_budget"]
+    ours, topk = (
+        methods["raylora"]["median_regret_at_budget"],
+        methods["topk_one_epoch"]["median_regret_at_budget"],
+    )
     worse = [f for f in ours if _worse(ours[f], topk[f])]
     spec = spec_for(table, "raylora", seeds[0], trials, workers)
     return {

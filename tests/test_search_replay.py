@@ -92,7 +92,9 @@ def test_scheduler_is_tunes_asha_on_one_objective_and_pareto_asha_on_several():
     built = stopping.scheduler(one, 40)
     assert isinstance(built, AsyncHyperBandScheduler)
     assert [m for m, _ in built._brackets[0]._rungs] == [20, 10]  # max_t = 39: no rung at the last step
-    two = quickstart(objectives=[{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}])
+    two = quickstart(
+        objectives=[{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}]
+    )
     two["study"].pop("objective")
     pareto = stopping.scheduler(build(two), 40)
     assert isinstance(pareto, stopping.ParetoASHA)
@@ -167,7 +169,10 @@ def test_a_summary_json_carries_the_stopping_section(tmp_path):
     from raylora.study.record import StudyRecord
 
     record = StudyRecord(tmp_path, "s", "eval/loss", "min")
-    for t in [_trial(c, TrialState.COMPLETE, {10: v, 20: v / 2}) for c, v in zip("abc", (3.0, 1.0, 2.0))]:
+    for t in [
+        _trial(c, TrialState.COMPLETE, {10: v, 20: v / 2})
+        for c, v in zip("abc", (3.0, 1.0, 2.0), strict=True)
+    ]:
         record.trials[t.trial_id] = t
     section = record.to_dict()["stopping"]
     assert section["agreement"] == {"10": 1.0, "20": 1.0}
@@ -180,14 +185,22 @@ def test_a_summary_json_carries_the_stopping_section(tmp_path):
 def _synthetic(replay, rows=12, evals=4):
     rng = np.random.default_rng(3)
     lrs = np.exp(rng.uniform(np.log(3e-4), np.log(3e-3), rows))
-    curves = np.array([[1.0 + i * 0.01 + rng.normal(0, 0.3) / (e + 1) for e in range(evals)] for i in range(rows)])
+    curves = np.array(
+        [[1.0 + i * 0.01 + rng.normal(0, 0.3) / (e + 1) for e in range(evals)] for i in range(rows)]
+    )
     params = [{"training.learning_rate.llm": float(lr), "training.lora.r": 16} for lr in lrs]
-    search = {"training.learning_rate.llm": {"loguniform": [3e-4, 3e-3]}, "training.lora.r": {"choice": [8, 16, 32]}}
+    search = {
+        "training.learning_rate.llm": {"loguniform": [3e-4, 3e-3]},
+        "training.lora.r": {"choice": [8, 16, 32]},
+    }
     return replay.Table("synthetic", params, curves, [10, 20, 30, 40], np.full(rows, 400.0), search)
 
 
 def test_nearest_neighbour_uses_log_scale_and_skips_used_rows(replay):
-    search = {"training.learning_rate.llm": {"loguniform": [1e-5, 1e-1]}, "training.lora.r": {"choice": [8, 32]}}
+    search = {
+        "training.learning_rate.llm": {"loguniform": [1e-5, 1e-1]},
+        "training.lora.r": {"choice": [8, 32]},
+    }
     params = [
         {"training.learning_rate.llm": 1e-4, "training.lora.r": 8},
         {"training.learning_rate.llm": 1e-3, "training.lora.r": 8},
@@ -267,7 +280,14 @@ def test_top_k_one_epoch_trains_the_best_screened_quarter(replay):
 
 def test_replay_smoke_prints_every_method(replay, capsys):
     out = replay.main(["--table", "surestop", "--rows", "20", "--seeds", "2", "--trials", "6", "--json"])
-    assert set(out["methods"]) == {"raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto"}
+    assert set(out["methods"]) == {
+        "raylora",
+        "random",
+        "asha",
+        "hyperband",
+        "topk_one_epoch",
+        "raylora_grace_auto",
+    }
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
     assert capsys.readouterr().out.count("\n") == 1  # one JSON object on one line
@@ -290,4 +310,7 @@ def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path
     assert any("saved about 0.75 accelerator-hours" in line and ": p." in line for line in lines)
     assert stopping.warning(trials, "min").startswith("warning: at step 10")
     page = html_report.write(tmp_path / "index.html", record).read_text()
-    assert "Accelerator-hours saved by stopping: 0.75" in page and "could still have beaten the winner: p" in page
+    assert (
+        "Accelerator-hours saved by stopping: 0.75" in page
+        and "could still have beaten the winner: p" in page
+    )

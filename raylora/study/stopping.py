@@ -90,13 +90,13 @@ def pareto_order(points: Sequence[Sequence[float]]) -> list[int]:
     while remaining:
         front = [i for i in remaining if not any(_dominates(points[j], points[i]) for j in remaining)]
         crowding = _crowding([points[i] for i in front])
-        order += [i for _, i in sorted(zip(crowding, front), key=lambda ci: -ci[0])]
+        order += [i for _, i in sorted(zip(crowding, front, strict=True), key=lambda ci: -ci[0])]
         remaining = [i for i in remaining if i not in front]
     return order
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def _crowding(front: list[Sequence[float]]) -> list[float]:
@@ -105,7 +105,7 @@ def _crowding(front: list[Sequence[float]]) -> list[float]:
         order = sorted(range(len(front)), key=lambda i: front[i][k])
         low, high = front[order[0]][k], front[order[-1]][k]
         distance[order[0]] = distance[order[-1]] = math.inf
-        for before, i, after in zip(order, order[1:], order[2:]):
+        for before, i, after in zip(order, order[1:], order[2:], strict=False):
             if high > low:
                 distance[i] += (front[after][k] - front[before][k]) / (high - low)
     return distance
@@ -151,7 +151,7 @@ class ParetoASHA:
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if "step" not in result or any(m not in result for m, _ in self.goals):
             return self.CONTINUE
-        point = [s * float(result[m]) for s, (m, _) in zip(self._signs, self.goals)]
+        point = [s * float(result[m]) for s, (m, _) in zip(self._signs, self.goals, strict=True)]
         for milestone, recorded in reversed(self.rungs):
             if result["step"] < milestone or trial.trial_id in recorded:
                 continue
@@ -190,7 +190,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
         return None
     rx, ry = _ranks(xs), _ranks(ys)
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
     return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
@@ -290,11 +290,11 @@ def sentences(trials: Sequence[Any], mode: str) -> list[str]:
             f"Early stopping ended {len(stopped)} trial(s) and saved about {summary['hours_saved']:.3g} "
             "accelerator-hours. "
             + (
-                f"{len(won)} stopped trial(s) could still have beaten the winner, judging by the largest gain "
-                f"a complete trial made after the same step: {', '.join(won)}."
+                f"{len(won)} stopped trial(s) could still have beaten the winner, judging by the largest "
+                f"gain a complete trial made after the same step: {', '.join(won)}."
                 if won
-                else "None of them could still have beaten the winner, judging by the largest gain a complete "
-                "trial made after the same step."
+                else "None of them could still have beaten the winner, judging by the largest gain a "
+                "complete trial made after the same step."
             )
         )
     return out
