@@ -81,6 +81,8 @@ class Table:
         out: list[float] = []
         for path, raw in self.search.items():
             value = params.get(path)
+            if value is None:  # a conditional parameter not sampled (vision's rate for an LLM-only scope)
+                value = _middle(raw)
             if "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"]):
                 out += [float(value == option) for option in raw["choice"]]  # one-hot categories
             elif "loguniform" in raw or "choice" in raw:
@@ -114,6 +116,15 @@ class Table:
             self.search,
             self.metric,
         )
+
+
+def _middle(raw: dict):
+    """The middle of a search range on its own scale (what an unsampled conditional parameter counts as)."""
+    if "choice" in raw:
+        return raw["choice"][len(raw["choice"]) // 2]
+    kind = next(k for k in ("loguniform", "uniform", "int") if k in raw)
+    low, high = raw[kind]
+    return math.sqrt(low * high) if kind == "loguniform" else (low + high) / 2
 
 
 def load_surestop(path: Path = DATA / "surestop_cc03c_pool.json") -> Table:
