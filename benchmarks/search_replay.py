@@ -10,6 +10,7 @@ parameters: log learning rate, log rank, ...); N simulated workers run trials co
 evaluation interval costing the table's seconds for that run divided by its evaluations.
 
     python benchmarks/search_replay.py --table surestop --seeds 50 --first-seed 0 --workers 4 --json
+    python benchmarks/search_replay.py --table surestop --rows 200 --split-seed 7 ...   # a re-split
 
 Methods (each seed gives every method random search's accelerator-hours as its budget):
   raylora         the spec's defaults: TPE and the default scheduler (ASHA, grace ``eval_every``, reduction 2)
