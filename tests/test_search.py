@@ -350,3 +350,35 @@ def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
     assert f"report: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
     assert f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}" in proc.stdout
     assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", proc.stdout), proc.stdout
+
+
+def test_pareto_asha_runs_inside_a_real_tune_experiment(tmp_path):
+    """ParetoASHA (what a multi-objective study gets) is driven by Tune itself: trials dominated at a
+    rung stop there, and the two that no trial dominates train to the end."""
+    import ray
+    from ray import tune
+
+    from raylora.study.stopping import ParetoASHA
+
+    def trainable(config):
+        for step in range(1, 9):
+            tune.report({"step": step, "eval/loss": config["a"] / step, "cost/peak_mem_gb": config["b"]})
+
+    goals = [("eval/loss", "min"), ("cost/peak_mem_gb", "min")]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            trainable,
+            param_space={"a": tune.grid_search([1, 2, 3, 4, 5, 6]), "b": tune.grid_search([1.0, 2.0])},
+            tune_config=tune.TuneConfig(
+                scheduler=ParetoASHA(goals, max_t=7, grace_period=2, reduction_factor=2),
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    steps = {(r.config["a"], r.config["b"]): r.metrics["step"] for r in results}
+    assert steps[(1, 1.0)] == 8  # best on both: never stopped
+    assert max(steps.values()) == 8 and min(steps.values()) == 2  # others stopped at the rungs 2 and 4
+    assert sum(s == 2 for s in steps.values()) >= 6
