@@ -380,3 +380,35 @@ def test_the_quickstart_says_its_start_up_phases_in_order_and_ends_on_its_verdic
     assert ending[0] == f"report: {study_dir / 'report' / 'index.html'}  (the verdict)", proc.stdout
     assert (study_dir / "report" / "index.html").is_file()
     assert "base model: " in proc.stdout  # scored beside the trial: the study has room for it
+
+
+def test_pareto_asha_runs_inside_a_real_tune_experiment(tmp_path):
+    """ParetoASHA (what a multi-objective study gets) is driven by Tune itself: trials dominated at a
+    rung stop there, and the two that no trial dominates train to the end."""
+    import ray
+    from ray import tune
+
+    from raylora.study.stopping import ParetoASHA
+
+    def trainable(config):
+        for step in range(1, 9):
+            tune.report({"step": step, "eval/loss": config["a"] / step, "cost/peak_mem_gb": config["b"]})
+
+    goals = [("eval/loss", "min"), ("cost/peak_mem_gb", "min")]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            trainable,
+            param_space={"a": tune.grid_search([1, 2, 3, 4, 5, 6]), "b": tune.grid_search([1.0, 2.0])},
+            tune_config=tune.TuneConfig(
+                scheduler=ParetoASHA(goals, max_t=7, grace_period=2, reduction_factor=2),
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    steps = {(r.config["a"], r.config["b"]): r.metrics["step"] for r in results}
+    assert steps[(1, 1.0)] == 8  # best on both: never stopped
+    assert max(steps.values()) == 8 and min(steps.values()) == 2  # others stopped at the rungs 2 and 4
+    assert sum(s == 2 for s in steps.values()) >= 6

@@ -47,6 +47,8 @@ class TrialRecord:
     """The latest ``cost/*`` metrics the trial reported (see :mod:`raylora.train.cost`)."""
     values: dict[str, float] = field(default_factory=dict)
     """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.record.objectives`)."""
+    curve: dict[str, float] = field(default_factory=dict)
+    """The first objective at each reported step (``{"step": value}``): the rung–final agreement's data."""
     vs_base: dict | None = None
     """The final evaluation against the base model's on the same records
     (:func:`raylora.record.comparison.compare` plus ``metric``); None without a base or an end."""
@@ -146,7 +148,15 @@ class StudyRecord:
             },
             "trials": [asdict(t) for t in sorted(self.trials.values(), key=lambda t: t.trial_id)],
             **self._pareto(),
+            **self._stopping(),
         }
+
+    def _stopping(self) -> dict:
+        """What early stopping did (:func:`.agreement.stopping_summary`), once it can be told."""
+        from .agreement import stopping_summary
+
+        summary = stopping_summary(list(self.trials.values()), self.mode)
+        return {"stopping": summary} if summary else {}
 
     def _pareto(self) -> dict:
         """Several objectives: them, the constraints and the ``pareto_front`` (trial ids)."""

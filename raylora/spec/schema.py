@@ -54,8 +54,11 @@ class Sampler(_Section):
 class Scheduler(_Section):
     type: Literal["asha", "fifo"] = "asha"
     """``asha`` stops weak trials at rungs of the reported training step; ``fifo`` never stops early."""
-    grace_steps: Positive | None = None
-    """Steps every trial runs before it can be stopped (default: ``training.eval_every``)."""
+    grace_steps: Positive | Literal["auto"] | None = None
+    """Steps every trial runs before it can be stopped (default: ``training.eval_every``). ``auto``: the
+    first evaluation at or after 15% of ``max_steps`` (:data:`raylora.study.stopping.AUTO_GRACE_FRACTION`),
+    which on replayed public curves stops a top-1% configuration about 5x less often but needs more
+    accelerator-hours to reach the same best (``benchmarks/RESULTS.md``)."""
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
 
 
@@ -82,7 +85,8 @@ class Study(_Section):
     trial (Optuna's ``add_trials``); their searched parameters must fit this study's search space."""
     objectives: Annotated[list[Objective], Field(min_length=1, max_length=3)] | None = None
     """One to three objectives (instead of ``objective``), e.g. ``eval/loss`` against ``cost/peak_mem_gb``:
-    Optuna's multi-objective TPE or NSGA-II; ASHA prunes on the first; ``summary.json`` gets the
+    Optuna's multi-objective TPE or NSGA-II; ASHA stops trials by Pareto rank across all of them
+    (:class:`raylora.study.stopping.ParetoASHA`); ``summary.json`` gets the
     ``pareto_front``."""
     constraints: dict[str, str] = {}
     """``{metric: "<= value" | ">= value"}``, e.g. ``cost/peak_mem_gb: "<= 40"``: trials outside are

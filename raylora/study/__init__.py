@@ -18,4 +18,5 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     progress          the lines a user sees during a study
     refresh           ``raylora report``: a study's report rebuilt from its folder
     status            ``raylora status``: where a study stands, read from its folder without Ray
+    stopping          the Tune scheduler a spec asks for (ASHA, Pareto-rank ASHA), grace auto
 """

@@ -271,7 +271,7 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
         progress.end()
     if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
         _stop_on_fault(searcher.fault, record, tracker)
-    _write_up(spec, plan, record, opened.optuna_study, tracker, _base_result(base, record))
+    _write_up(plan, record, opened.optuna_study, tracker, _base_result(base, record), log)
     return record
 
 
@@ -297,7 +297,7 @@ def _stop_on_fault(fault: str, record: StudyRecord, tracker) -> None:
     )
 
 
-def _write_up(spec: Spec, plan: Plan, record: StudyRecord, optuna_study, tracker, base: dict | None) -> None:
+def _write_up(plan: Plan, record: StudyRecord, optuna_study, tracker, base: dict | None, log) -> None:
     """After the trials: each against the base model, the study's end in MLflow, the report, the summary."""
     if base:
         from . import baseline
@@ -307,6 +307,11 @@ def _write_up(spec: Spec, plan: Plan, record: StudyRecord, optuna_study, tracker
         baseline.compare_trials(record, plan.storage, base)
     tracker.end_study(record)
     _write_report(plan.study_dir, record, optuna_study, tracker)
+    from ..record.agreement import warning
+
+    low = warning(list(record.trials.values()), record.mode)  # the report says it too
+    if low:
+        log(low)
     plan.storage.push(report=True)
     tracker.close()
     record.save()
@@ -380,30 +385,15 @@ def _write_report(directory: Path, record: StudyRecord, optuna_study, tracker) -
 
 
 def _scheduler_name(spec: Spec) -> str:
-    scheduler = spec.study.scheduler
-    grace = scheduler.grace_steps or spec.training.eval_every
-    if scheduler.type == "fifo" or grace >= space.largest_max_steps(spec):
-        return "fifo"
-    return f"asha(grace={grace}, reduction={scheduler.reduction_factor:g})"
+    from .stopping import scheduler_name
+
+    return scheduler_name(spec, space.largest_max_steps(spec))
 
 
 def _scheduler(spec: Spec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from .stopping import scheduler
 
-    if _scheduler_name(spec) == "fifo":
-        return FIFOScheduler()
-    grace = spec.study.scheduler.grace_steps or spec.training.eval_every
-    # max_t below the last step, and no stop at max_t: a trial stopped at its final report keeps its
-    # Train placement group on Ray 2.60 and the study hangs. Rungs at earlier steps release fine.
-    return ASHAScheduler(
-        time_attr="step",
-        metric=spec.study.objective.metric,
-        mode=spec.study.objective.mode,
-        max_t=space.largest_max_steps(spec) - 1,
-        grace_period=grace,
-        reduction_factor=spec.study.scheduler.reduction_factor,
-        stop_last_trials=False,
-    )
+    return scheduler(spec, space.largest_max_steps(spec))
 
 
 def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, listener):

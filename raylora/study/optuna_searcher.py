@@ -143,6 +143,7 @@ class StudySearcher(Searcher):
         if len(self.study.directions) == 1:  # Optuna keeps no intermediate values of several objectives
             ot_trial.report(float(value), step)
         trial.last_value = float(value)
+        trial.curve[str(step)] = float(value)
         # On a tie the newer checkpoint is the one Ray keeps (a trial resumed at its last step reports
         # the same value again, and Ray deletes the older copy).
         if self.record.better(value, trial.value) or value == trial.value:

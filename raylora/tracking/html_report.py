@@ -41,6 +41,7 @@ def write(path: Path, record, optuna_study=None) -> Path:
     trials = list(record.trials.values())
     own = _own_trials(optuna_study)
     figures, shown, ran = FigureCache(), _shown(record), _ran(own)  # drawn again only when these change
+    stopped = _stopping(record, trials)
     sections = [
         ("Verdict", _verdict(record, trials)),
         *([("Pareto front", _pareto(record, own))] if len(record.goals) > 1 else []),
@@ -55,6 +56,7 @@ def write(path: Path, record, optuna_study=None) -> Path:
             figures.get("groups", shown, lambda: _figure_or_note(lambda: _groups(record, trials))),
         ),
         ("Leaderboard", _leaderboard(record)),
+        *([("Early stopping", stopped)] if stopped else []),
         *(
             (title, figures.get(name, ran, lambda name=name: _optuna_figure(own, name)))
             for title, name in OPTUNA_FIGURES
@@ -114,6 +116,25 @@ def _verdict(record, trials) -> str:
     lines = verdict_lib.verdict(trials, record.metric, record.mode, _eval_items(record))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     return f'<ul class="verdict">{items}</ul>'
+
+
+def _stopping(record, trials) -> str:
+    """Rung–final agreement by step, hours saved, stopped trials that could still have won ("" if none)."""
+    from ..record.agreement import stopping_summary
+
+    summary = stopping_summary(trials, record.mode)
+    if not summary:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(step)}</td><td>{rho:.3f}</td></tr>"
+        for step, rho in sorted(summary["agreement"].items(), key=lambda kv: int(kv[0]))
+    )
+    won = ", ".join(summary["could_have_won"]) or "none"
+    return (
+        f"<p>Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that could "
+        f"still have beaten the winner: {html.escape(won)}.</p>"
+        f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
+    )
 
 
 def _eval_items(record) -> dict[str, dict]:

@@ -21,6 +21,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..record import agreement
 from ..record.states import TrialState
 from ..train import cost
 
@@ -141,6 +142,7 @@ def verdict(trials: Sequence, metric: str, mode: str, items: dict | None = None)
                 "eval_items.json, are not here; the intervals above are across trials with different "
                 "hyperparameters)"
             )
+    lines += agreement.sentences(trials, mode)
     lines.append("What the data cannot tell yet: " + "; ".join(unknowns) + ".")
     return lines
 

@@ -1,0 +1,493 @@
+"""Search replay: raylora's own sampler and scheduler driven against a table of learning curves.
+
+Nothing is trained. For every seed and method the replay builds a spec (the quickstart spec with the
+table's search space, steps and evaluation points), then runs what ``raylora search`` runs on it:
+:class:`~raylora.study.optuna_searcher.StudySearcher` over the Optuna sampler ``open_optuna`` builds (with
+``study.enqueue``, warm start, objectives and constraints as the spec says) and the Tune scheduler
+:func:`raylora.study.stopping.scheduler` builds (Tune's own ``ASHAScheduler`` object on one objective).
+A sampled configuration gets the curve of its nearest neighbour in the table (standardized transformed
+parameters: log learning rate, log rank, ...); N simulated workers run trials concurrently, each
+evaluation interval costing the table's seconds for that run divided by its evaluations.
+
+    python benchmarks/search_replay.py --table surestop --seeds 50 --first-seed 0 --workers 4 --json
+    python benchmarks/search_replay.py --table surestop --rows 200 --split-seed 7 ...   # a re-split
+
+Methods (each seed gives every method random search's accelerator-hours as its budget):
+  raylora         the spec's defaults: TPE and the default scheduler (ASHA, grace ``eval_every``, reduction 2)
+  random          random sampler, no stopping, ``--trials`` trials (the reference)
+  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2 (the defaults
+                  before issue 27, and still the defaults: the replay showed the alternative costlier)
+  hyperband       random sampler + Tune's asynchronous Hyperband (3 brackets, reduction 3)
+  topk_one_epoch  random sampler; ``--trials`` configurations for the first ~10% of training, the best
+                  quarter trained to the end
+  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), the protective option
+
+Metrics: ``compute_to_random_best`` (accelerator-hours until a completed trial is as good as random
+search's final best, over random search's hours; null when never), ``top1pct_stopped`` (of the trials
+whose table row is in the table's top 1%, the fraction stopped early), regret against budget, and the
+table's Spearman between each rung and the final values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import statistics
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+SURESTOP_SPACE = {
+    "training.learning_rate.llm": {"loguniform": [1e-5, 1e-3]},
+    "training.lora.r": {"choice": [4, 8, 16, 32]},
+    "training.per_device_train_batch_size": {"choice": [8, 16, 32, 64]},
+    "training.warmup_steps": {"int": [0, 75]},
+    "training.weight_decay": {"loguniform": [1e-5, 1e-1]},
+    "training.lora.dropout": {"uniform": [0.0, 0.3]},
+}
+BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
+INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
+METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto")
+
+
+@dataclass
+class Table:
+    """Learning curves: one row per configuration (``params`` as spec paths), lower values better."""
+
+    name: str
+    params: list[dict]
+    curves: np.ndarray  # (rows, evaluations)
+    steps: list[int]
+    seconds: np.ndarray  # accelerator-seconds of each full run
+    search: dict
+    metric: str = "eval/loss"
+    final: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.final = self.curves.min(axis=1)  # what a study records: the best evaluation's value
+        self._columns = [p for p in self.search]
+        self._x = np.array([self._encode(p) for p in self.params], dtype=float)
+        self._mean, self._std = self._x.mean(0), self._x.std(0)
+        self._std[self._std == 0] = 1.0
+        self._z = (self._x - self._mean) / self._std
+
+    def _encode(self, params: dict) -> list[float]:
+        out: list[float] = []
+        for path, raw in self.search.items():
+            value = params.get(path)
+            if value is None:  # a conditional parameter not sampled (vision's rate for an LLM-only scope)
+                value = _middle(raw)
+            if "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"]):
+                out += [float(value == option) for option in raw["choice"]]  # one-hot categories
+            elif "loguniform" in raw or "choice" in raw:
+                out.append(math.log(float(value)))  # rates, ranks and batch sizes act multiplicatively
+            else:
+                out.append(float(value))
+        return out
+
+    def nearest(self, params: dict, used: set[int] = frozenset()) -> int:
+        """The row nearest ``params`` on standardized transformed parameters, among rows not ``used`` yet.
+
+        Each row is one training run with its own seed: a second trial mapped to the same row would get
+        that run's curve again, noise and all, and a sampler that keeps proposing one point would be
+        told the same number forever (TPE then collapses onto it). A new trial gets a new run: the
+        nearest unused one (the nearest of all once every row is used).
+        """
+        z = (np.array(self._encode(params)) - self._mean) / self._std
+        distance = ((self._z - z) ** 2).sum(axis=1)
+        if len(used) < len(distance):
+            distance[list(used)] = np.inf
+        row = int(np.argmin(distance))
+        return row
+
+    def subset(self, rows: list[int]) -> Table:
+        return Table(
+            self.name,
+            [self.params[r] for r in rows],
+            self.curves[rows],
+            self.steps,
+            self.seconds[rows],
+            self.search,
+            self.metric,
+        )
+
+
+def _middle(raw: dict):
+    """The middle of a search range on its own scale (what an unsampled conditional parameter counts as)."""
+    if "choice" in raw:
+        return raw["choice"][len(raw["choice"]) // 2]
+    kind = next(k for k in ("loguniform", "uniform", "int") if k in raw)
+    low, high = raw[kind]
+    return math.sqrt(low * high) if kind == "loguniform" else (low + high) / 2
+
+
+def load_surestop(path: Path = DATA / "surestop_cc03c_pool.json") -> Table:
+    pool = json.loads(path.read_text())
+    steps, params = pool["eval_steps"], []
+    for run in pool["runs"]:
+        c = run["config"]
+        params.append(
+            {
+                "training.learning_rate.llm": c["lr"],
+                "training.lora.r": c["rank"],
+                "training.per_device_train_batch_size": c["batch"],
+                "training.warmup_steps": round(c["warmup_frac"] * steps[-1]),
+                "training.weight_decay": c["weight_decay"],
+                "training.lora.dropout": c["lora_dropout"],
+            }
+        )
+    curves = np.array([run["val_ce"] for run in pool["runs"]])
+    seconds = np.array([run["wall_clock_s"] for run in pool["runs"]])
+    return Table("surestop", params, curves, steps, seconds, SURESTOP_SPACE)
+
+
+def load_tiny(path: Path = DATA / "tiny_quickstart_table.json") -> Table:
+    table = json.loads(path.read_text())
+    rows = table["rows"]
+    return Table(
+        "tiny",
+        [r["params"] for r in rows],
+        np.array([r["eval_loss"] for r in rows]),
+        table["eval_steps"],
+        np.array([r["seconds"] for r in rows]),
+        table["search"],
+    )
+
+
+def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
+    """The spec ``raylora search`` would get for this method: quickstart, reshaped to the table."""
+    import yaml
+
+    from raylora.spec.load import build
+
+    data = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    data["search"] = table.search
+    every = table.steps[1] - table.steps[0]
+    data["training"].update({"max_steps": table.steps[-1], "eval_every": every, "click_eval_samples": 0})
+    sampler = "tpe" if method in ("raylora", "asha", "raylora_grace_auto") else "random"
+    if method != "random":  # independent of the reference search's draws, as a user's study would be
+        seed += INDEPENDENT
+    scheduler = {
+        "raylora": {},
+        "asha": {"grace_steps": every, "reduction_factor": 2},
+        "raylora_grace_auto": {"grace_steps": "auto"},
+    }.get(method, {})
+    data["study"].update(
+        {
+            "num_trials": trials,
+            "max_concurrent_trials": workers,
+            "sampler": {"type": sampler, "seed": seed},
+            "scheduler": {"type": "fifo"} if method == "random" else scheduler,
+        }
+    )
+    return build(data)
+
+
+class _Record:
+    """A StudyRecord that keeps nothing on disk (the replay saves after every report)."""
+
+    def __new__(cls, spec):
+        from raylora.study import optuna_searcher
+
+        record = optuna_searcher.StudyRecord(Path("/nonexistent"), "replay", *_objective(spec))
+        record.goals = [(o.metric, o.mode) for o in spec.study.goals]
+        record.limits = spec.study.constraint_limits()
+        record.save = lambda: None
+        return record
+
+
+def _objective(spec):
+    return spec.study.objective.metric, spec.study.objective.mode
+
+
+def _scheduler(spec, method: str):
+    from raylora.study import stopping
+
+    if method != "hyperband":
+        return stopping.scheduler(spec, spec.training.max_steps)
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    return AsyncHyperBandScheduler(
+        time_attr="step",
+        metric=spec.study.objective.metric,
+        mode="min",
+        max_t=spec.training.max_steps - 1,
+        grace_period=spec.training.eval_every,
+        reduction_factor=3,
+        brackets=3,
+        stop_last_trials=False,
+    )
+
+
+@dataclass
+class Run:
+    """One simulated study: completions as (accelerator-hours so far, value), and what was stopped."""
+
+    completions: list[tuple[float, float]] = field(default_factory=list)
+    hours: float = 0.0
+    rows: list[tuple[int, bool]] = field(default_factory=list)  # (table row, stopped early)
+
+
+def simulate(table: Table, spec, method: str, workers: int, budget_h: float | None, trials: int) -> Run:
+    """Run the study's searcher and scheduler over the table with ``workers`` simulated accelerators."""
+    import optuna
+
+    from raylora.study import optuna_searcher, warm
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    np.random.seed(spec.study.sampler.seed)  # Tune's Hyperband picks brackets with numpy's global RNG
+    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.study.goals]
+    study = optuna.create_study(directions=directions)
+    study.sampler = optuna_searcher._sampler(spec, seed=spec.study.sampler.seed)
+    warm.warm_start(study, spec, log=lambda message: None)
+    searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
+    scheduler = _scheduler(spec, method)
+    metric, evals = spec.study.objective.metric, len(table.steps)
+    run, events, running, used = (
+        Run(),
+        [],
+        {},
+        set(),
+    )  # running: trial id → (row, start of its current interval)
+    consumed, launched, now = 0.0, 0, 0.0
+
+    def spent(at: float) -> float:
+        return consumed + sum(at - start for _, start in running.values())
+
+    def launch(at: float) -> None:
+        nonlocal launched
+        trial_id = f"r{launched:04d}"
+        launched += 1
+        config = searcher.suggest(trial_id)
+        row = table.nearest(config["params"], used)
+        used.add(row)
+        scheduler.on_trial_add(None, types.SimpleNamespace(trial_id=trial_id))
+        running[trial_id] = (row, at)
+        heapq.heappush(events, (at + table.seconds[row] / evals, trial_id, 0))
+
+    def may_launch() -> bool:
+        if budget_h is None:
+            return launched < trials
+        return spent(now) / 3600 < budget_h
+
+    for _ in range(workers):
+        if may_launch():
+            launch(0.0)
+    while events:
+        now, trial_id, index = heapq.heappop(events)
+        row, start = running[trial_id]
+        consumed += now - start
+        result = {"step": table.steps[index], metric: float(table.curves[row, index])}
+        trial = types.SimpleNamespace(trial_id=trial_id)
+        last = index == evals - 1
+        action = "CONTINUE" if last else scheduler.on_trial_result(None, trial, result)
+        if last or action == "STOP":
+            del running[trial_id]
+            if last:
+                scheduler.on_trial_complete(None, trial, result)
+            searcher.on_trial_result(trial_id, result)
+            searcher.on_trial_complete(trial_id, result)
+            run.rows.append((row, not last))
+            if last:
+                run.completions.append((spent(now) / 3600, float(table.final[row])))
+            if may_launch():
+                launch(now)
+            continue
+        searcher.on_trial_result(trial_id, result)
+        running[trial_id] = (row, now)
+        heapq.heappush(events, (now + table.seconds[row] / evals, trial_id, index + 1))
+    run.hours = consumed / 3600
+    return run
+
+
+def top_k_one_epoch(table: Table, spec, trials: int, workers: int) -> Run:
+    """Screen ``trials`` random configurations up to the first evaluation at >= 10% of training, then
+    train the best quarter to the end on ``workers`` accelerators, best screened first."""
+    import optuna
+
+    from raylora.spec import space
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.study.sampler.seed))
+    sample, evals = space.define_by_run(spec), len(table.steps)
+    screen = next(i for i, s in enumerate(table.steps) if s >= 0.1 * table.steps[-1])
+    rows = []
+    for _ in range(trials):
+        trial = study.ask()
+        sample(trial)
+        rows.append(table.nearest(space.decode(spec, trial.params), set(rows)))
+        study.tell(trial, 0.0)
+    run = Run()
+    screened = sum(table.seconds[r] * (screen + 1) / evals for r in rows)
+    keep = sorted(range(len(rows)), key=lambda i: table.curves[rows[i], screen])[: max(1, trials // 4)]
+    run.rows = [(r, i not in keep) for i, r in enumerate(rows)]
+    free, spans = [0.0] * workers, []  # each kept trial continues on the first free accelerator
+    for i in keep:
+        start = heapq.heappop(free)
+        end = start + table.seconds[rows[i]] * (evals - screen - 1) / evals
+        spans.append((start, end, float(table.final[rows[i]])))
+        heapq.heappush(free, end)
+    for _, end, value in sorted(spans, key=lambda s: s[1]):
+        spent = screened + sum(min(end, e) - s for s, e, _ in spans if s < end)
+        run.completions.append((spent / 3600, value))
+    run.hours = (screened + sum(e - s for s, e, _ in spans)) / 3600
+    return run
+
+
+def best_at(run: Run, hours: float) -> float:
+    """The best completed value within ``hours`` (inf before the first completion)."""
+    return min((v for h, v in run.completions if h <= hours + 1e-12), default=math.inf)
+
+
+def hours_to_reach(run: Run, target: float) -> float:
+    return min((h for h, v in run.completions if v <= target + 1e-12), default=math.inf)
+
+
+def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
+    """Every method on one seed; random search sets the budget."""
+    runs = {
+        "random": simulate(
+            table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials
+        )
+    }
+    budget = runs["random"].hours
+    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto"):
+        spec = spec_for(table, method, seed, trials, workers)
+        same = method == "asha" and _name(spec) == _name(spec_for(table, "raylora", seed, trials, workers))
+        # The defaults are plain ASHA's: the same spec and seed replay the same study.
+        runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
+    runs["topk_one_epoch"] = top_k_one_epoch(
+        table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
+    )
+    target = best_at(runs["random"], math.inf)
+    top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
+    out = {}
+    for method, run in runs.items():
+        sampled = [stopped for row, stopped in run.rows if row in top]
+        out[method] = {
+            "compute_to_random_best": hours_to_reach(run, target) / budget,
+            "top1pct_sampled": len(sampled),
+            "top1pct_stopped": sum(sampled),
+            "regret": [best_at(run, f * budget) - float(table.final.min()) for f in BUDGET_GRID],
+            "hours": run.hours / budget,
+            "trials": len(run.rows),
+        }
+    return out
+
+
+def rung_agreement(table: Table, spec) -> dict[str, float]:
+    """The table's Spearman between each rung of the scheduler raylora builds and the final values."""
+    from raylora.record import agreement
+    from raylora.study import stopping
+
+    grace = stopping.grace_steps(spec, spec.training.max_steps)
+    rungs = stopping.milestones(grace, spec.training.max_steps - 1, spec.study.scheduler.reduction_factor)
+    out = {}
+    for rung in rungs:
+        index = next(i for i, s in enumerate(table.steps) if s >= rung)
+        out[str(table.steps[index])] = round(agreement.spearman(table.curves[:, index], table.final), 4)
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    m = statistics.median(values)
+    return None if math.isinf(m) else round(m, 4)
+
+
+def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, seeds: list[int]) -> dict:
+    methods = {}
+    for method in METHODS:
+        rows = [s[method] for s in per_seed]
+        sampled, stopped = sum(r["top1pct_sampled"] for r in rows), sum(r["top1pct_stopped"] for r in rows)
+        regret = np.array([r["regret"] for r in rows])
+        methods[method] = {
+            "compute_to_random_best": _median([r["compute_to_random_best"] for r in rows]),
+            "reached_random_best": round(
+                float(np.mean([r["compute_to_random_best"] < math.inf for r in rows])), 3
+            ),
+            "top1pct_stopped": round(stopped / sampled, 4) if sampled else None,
+            "top1pct_sampled": sampled,
+            "top1pct_stopped_upper95": _upper95(stopped, sampled),
+            "median_regret_at_budget": {
+                str(f): _finite(np.median(regret[:, i])) for i, f in enumerate(BUDGET_GRID)
+            },
+            "median_hours_used": _median([r["hours"] for r in rows]),
+            "median_trials": _median([r["trials"] for r in rows]),
+        }
+    ours, topk = (
+        methods["raylora"]["median_regret_at_budget"],
+        methods["topk_one_epoch"]["median_regret_at_budget"],
+    )
+    worse = [f for f in ours if _worse(ours[f], topk[f])]
+    spec = spec_for(table, "raylora", seeds[0], trials, workers)
+    return {
+        "table": table.name,
+        "rows": len(table.final),
+        "seeds": seeds,
+        "workers": workers,
+        "trials": trials,
+        "raylora_scheduler": _name(spec),
+        "rung_final_spearman": rung_agreement(table, spec),
+        "methods": methods,
+        "raylora_worse_than_topk_at_any_budget": bool(worse),
+        "raylora_worse_than_topk_at": worse,
+    }
+
+
+def _upper95(k: int, n: int) -> float | None:
+    """One-sided 95% Clopper-Pearson upper bound on a rate seen k times in n."""
+    from scipy.stats import beta
+
+    return None if n == 0 else (1.0 if k == n else round(float(beta.ppf(0.95, k + 1, n - k)), 4))
+
+
+def _name(spec) -> str:
+    from raylora.study import stopping
+
+    return stopping.scheduler_name(spec, spec.training.max_steps)
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) else round(float(x), 6)
+
+
+def _worse(ours: float | None, theirs: float | None) -> bool:
+    if theirs is None:
+        return False
+    return ours is None or ours > theirs + 1e-12
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", choices=("surestop", "tiny"), default="surestop")
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--trials", type=int, help="random search's trials, the budget (default: 32 surestop, 8 tiny)"
+    )
+    parser.add_argument("--rows", type=int, default=0, help="replay on a random sub-table of this many rows")
+    parser.add_argument("--split-seed", type=int, default=0, help="which sub-table --rows draws")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    table = load_surestop() if args.table == "surestop" else load_tiny()
+    if args.rows:
+        rng = np.random.default_rng(args.split_seed)
+        table = table.subset(sorted(rng.choice(len(table.final), args.rows, replace=False).tolist()))
+    args.trials = args.trials or (32 if args.table == "surestop" else 8)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    per_seed = [replay_seed(table, s, args.workers, args.trials) for s in seeds]
+    out = summarize(table, per_seed, args.workers, args.trials, seeds)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

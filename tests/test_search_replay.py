@@ -1,0 +1,317 @@
+"""The stopping rules (:mod:`raylora.study.stopping`) and the search replay (``benchmarks/search_replay.py``),
+each checked against a reference written here: hand-computed values, scipy, and an ASHA written from the
+paper's rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from raylora.record import agreement
+from raylora.record.states import TrialState
+from raylora.record.trials import TrialRecord
+from raylora.spec.load import build
+from raylora.study import stopping
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def replay():
+    spec = importlib.util.spec_from_file_location("search_replay", ROOT / "benchmarks" / "search_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["search_replay"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def quickstart(**study) -> dict:
+    data = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    data["study"].update(study)
+    return data
+
+
+# -- Spearman
+
+
+def test_spearman_matches_a_hand_computation_with_ties():
+    # x ranks 1, 2, 3, 4; y = [10, 30, 20, 20] ranks 1, 4, 2.5, 2.5.
+    # d = rank_x - mean 2.5: [-1.5, -.5, .5, 1.5]; e = rank_y - 2.5: [-1.5, 1.5, 0, 0]
+    # sum(d*e) = 2.25 - .75 = 1.5; sum(d^2) = 5; sum(e^2) = 4.5; rho = 1.5 / sqrt(22.5)
+    assert agreement.spearman([1, 2, 3, 4], [10, 30, 20, 20]) == pytest.approx(1.5 / math.sqrt(22.5))
+    assert agreement.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert agreement.spearman([1, 2], [1, 2]) is None  # too few pairs to rank
+    assert agreement.spearman([1, 1, 1], [1, 2, 3]) is None  # a constant has no ranking
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_agrees_with_scipy_on_random_tied_data(seed):
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 6, 25).tolist(), rng.normal(size=25).round(1).tolist()
+    assert agreement.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+
+
+def test_agreement_per_step_uses_only_trials_with_both_values():
+    curves = {"a": {10: 1.0, 20: 0.5}, "b": {10: 2.0, 20: 0.4}, "c": {10: 3.0, 20: 0.6}, "d": {10: 0.0}}
+    finals = {"a": 0.5, "b": 0.4, "c": 0.6}
+    rho = agreement.agreement(curves, finals)
+    assert rho[20] == pytest.approx(1.0)
+    assert rho[10] == pytest.approx(0.5)  # ranks (1,2,3) vs (2,1,3): 1 - 6*2/(3*8)
+
+
+# -- grace period and the scheduler a spec builds
+
+
+@pytest.mark.parametrize(("max_steps", "every"), [(750, 15), (40, 10), (100, 25), (1000, 7)])
+def test_auto_grace_is_the_first_evaluation_at_the_fraction(max_steps, every):
+    data = quickstart(scheduler={"grace_steps": "auto"})
+    data["training"].update({"max_steps": max_steps, "eval_every": every})
+    wanted = stopping.AUTO_GRACE_FRACTION * max_steps
+    reference = next(s for s in range(every, max_steps + every, every) if s >= wanted)
+    assert stopping.grace_steps(build(data), max_steps) == reference
+
+
+def test_default_grace_is_eval_every():
+    data = quickstart(scheduler={})
+    data["training"].update({"max_steps": 750, "eval_every": 15})
+    assert stopping.grace_steps(build(data), 750) == 15
+
+
+def test_scheduler_is_tunes_asha_on_one_objective_and_pareto_asha_on_several():
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    one = build(quickstart(scheduler={"grace_steps": 10, "reduction_factor": 2}))
+    built = stopping.scheduler(one, 40)
+    assert isinstance(built, AsyncHyperBandScheduler)
+    assert [m for m, _ in built._brackets[0]._rungs] == [20, 10]  # max_t = 39: no rung at the last step
+    two = quickstart(
+        objectives=[{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}]
+    )
+    two["study"].pop("objective")
+    pareto = stopping.scheduler(build(two), 40)
+    assert isinstance(pareto, stopping.ParetoASHA)
+    assert stopping.scheduler_name(build(two), 40).startswith("pareto-asha")
+
+
+# -- MO-ASHA by Pareto rank
+
+
+def test_pareto_order_is_by_front_then_crowding():
+    points = [(1, 5), (2, 4), (3, 3), (4, 0.5), (3, 4.5), (5, 5)]
+    order = stopping.pareto_order(points)
+    assert set(order[:4]) == {0, 1, 2, 3}  # the non-dominated four first
+    assert set(order[:2]) == {0, 3}  # the front's two ends have infinite crowding distance
+    assert order[4:] == [4, 5]  # (3, 4.5) is dominated only by (2, 4) and (3, 3); (5, 5) by everyone
+
+
+def test_pareto_asha_keeps_a_trial_the_first_objective_alone_would_stop():
+    recorded = [(1, 5), (2, 4), (3, 3)]
+    cheap_but_worse = (4, 0.5)  # last on the first objective, best on the second
+    assert stopping.promoted(recorded, cheap_but_worse, factor=2)
+    dominated = (3.5, 4.5)  # dominated by (2, 4) and (3, 3)
+    assert not stopping.promoted(recorded, dominated, factor=2)
+    assert stopping.promoted([], (9, 9), factor=2)  # the first trial at a rung goes on
+
+
+def test_pareto_asha_decides_at_rungs_with_signs_for_max():
+    goals = [("eval/click_acc", "max"), ("cost/peak_mem_gb", "min")]
+    scheduler = stopping.ParetoASHA(goals, max_t=39, grace_period=10, reduction_factor=2)
+    assert [m for m, _ in scheduler.rungs] == [10, 20]
+    act = lambda tid, step, acc, mem: scheduler.on_trial_result(  # noqa: E731
+        None, SimpleNamespace(trial_id=tid), {"step": step, "eval/click_acc": acc, "cost/peak_mem_gb": mem}
+    )
+    assert act("a", 10, 0.9, 1.0) == "CONTINUE"
+    assert act("b", 10, 0.5, 2.0) == "STOP"  # lower accuracy and more memory than a
+    assert act("c", 10, 0.5, 0.5) == "CONTINUE"  # a trade-off: on the front with a
+    assert act("a", 15, 0.1, 9.0) == "CONTINUE"  # between rungs: no decision
+    assert act("c", 10, 0.0, 9.0) == "CONTINUE"  # a rung is decided once per trial
+
+
+# -- what a study reports about its stopping
+
+
+def _trial(tid, state, curve, hours=None):
+    t = TrialRecord(tid, state=state, curve={str(s): v for s, v in curve.items()})
+    t.steps = max(curve)
+    t.value = min(curve.values())
+    if hours is not None:
+        t.cost["cost/accelerator_hours"] = hours
+    return t
+
+
+def test_stopping_summary_counts_hours_saved_and_who_could_still_have_won():
+    trials = [
+        _trial("w", TrialState.COMPLETE, {10: 2.0, 20: 1.0, 40: 0.5}),  # the winner: 0.5
+        _trial("x", TrialState.COMPLETE, {10: 1.0, 20: 0.9, 40: 0.8}),  # gains after step 10: 1.5 and 0.2
+        _trial("y", TrialState.COMPLETE, {10: 3.0, 20: 2.0, 40: 1.5}),
+        _trial("p", TrialState.PRUNED, {10: 1.9}, hours=0.25),  # 1.9 - 1.5 = 0.4 < 0.5: could have won
+        _trial("q", TrialState.PRUNED, {10: 2.5}, hours=0.5),  # 2.5 - 1.5 = 1.0: could not
+    ]
+    out = agreement.stopping_summary(trials, "min")
+    assert out["could_have_won"] == ["p"]
+    assert out["hours_saved"] == pytest.approx(0.25 / 10 * 30 + 0.5 / 10 * 30)
+    assert out["agreement"]["10"] == pytest.approx(0.5)  # (2,1,3) vs (1,2,3)
+    assert out["agreement"]["40"] == pytest.approx(1.0)
+    assert out["low_agreement"] is False
+    trials[0].curve["10"] = 9.0  # now step 10 ranks the three backwards
+    assert agreement.stopping_summary(trials, "min")["low_agreement"] is True
+
+
+def test_a_summary_json_carries_the_stopping_section(tmp_path):
+    from raylora.record.trials import StudyRecord
+
+    record = StudyRecord(tmp_path, "s", "eval/loss", "min")
+    for t in [
+        _trial(c, TrialState.COMPLETE, {10: v, 20: v / 2})
+        for c, v in zip("abc", (3.0, 1.0, 2.0), strict=True)
+    ]:
+        record.trials[t.trial_id] = t
+    section = record.to_dict()["stopping"]
+    assert section["agreement"] == {"10": 1.0, "20": 1.0}
+    assert section["could_have_won"] == []
+
+
+# -- the replay
+
+
+def _synthetic(replay, rows=12, evals=4):
+    rng = np.random.default_rng(3)
+    lrs = np.exp(rng.uniform(np.log(3e-4), np.log(3e-3), rows))
+    curves = np.array(
+        [[1.0 + i * 0.01 + rng.normal(0, 0.3) / (e + 1) for e in range(evals)] for i in range(rows)]
+    )
+    params = [{"training.learning_rate.llm": float(lr), "training.lora.r": 16} for lr in lrs]
+    search = {
+        "training.learning_rate.llm": {"loguniform": [3e-4, 3e-3]},
+        "training.lora.r": {"choice": [8, 16, 32]},
+    }
+    return replay.Table("synthetic", params, curves, [10, 20, 30, 40], np.full(rows, 400.0), search)
+
+
+def test_nearest_neighbour_uses_log_scale_and_skips_used_rows(replay):
+    search = {
+        "training.learning_rate.llm": {"loguniform": [1e-5, 1e-1]},
+        "training.lora.r": {"choice": [8, 32]},
+    }
+    params = [
+        {"training.learning_rate.llm": 1e-4, "training.lora.r": 8},
+        {"training.learning_rate.llm": 1e-3, "training.lora.r": 8},
+        {"training.learning_rate.llm": 1e-2, "training.lora.r": 32},
+    ]
+    table = replay.Table("t", params, np.ones((3, 2)), [1, 2], np.ones(3), search)
+    # 3e-4 is 0.48 decades from 1e-4 and 0.52 from 1e-3: nearer 1e-4 on a log scale, 1e-3 on a linear one.
+    assert table.nearest({"training.learning_rate.llm": 3e-4, "training.lora.r": 8}) == 0
+    assert table.nearest({"training.learning_rate.llm": 3e-4, "training.lora.r": 8}, {0}) == 1
+    # Standardized: one decade of lr is 1/1.88 std, rank 8 -> 32 is 2.12 std; the rank weighs more here.
+    assert table.nearest({"training.learning_rate.llm": 1e-2, "training.lora.r": 8}) == 1
+    assert table.nearest({"training.learning_rate.llm": 3e-3, "training.lora.r": 32}) == 2
+    assert table.nearest({"training.learning_rate.llm": 1e-4, "training.lora.r": 8}, {0, 1, 2}) == 0
+
+
+def reference_asha(order_of_rows, curves, steps, grace, max_t, factor):
+    """ASHA as Li et al. (2020) state it, one worker: each trial meets the rungs grace*factor^k < max_t in
+    turn and stops where it is below the (1 - 1/factor) percentile of the values recorded there before it."""
+    rungs = [grace * factor**k for k in range(int(math.log(max_t / grace) / math.log(factor) + 1))]
+    recorded = {r: [] for r in rungs}
+    stopped = []
+    for row in order_of_rows:
+        out = False
+        for rung in rungs:
+            value = -curves[row][steps.index(rung)]  # higher is better, as Tune negates a "min" metric
+            cutoff = np.percentile(recorded[rung], (1 - 1 / factor) * 100) if recorded[rung] else None
+            recorded[rung].append(value)
+            if cutoff is not None and value < cutoff:
+                out = True
+                break
+        stopped.append(out)
+    return stopped
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replay_stops_exactly_what_a_reference_asha_stops(replay, seed):
+    table = _synthetic(replay)
+    data = quickstart(
+        num_trials=12,
+        sampler={"type": "random", "seed": seed},
+        scheduler={"grace_steps": 10, "reduction_factor": 2},
+    )
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    run = replay.simulate(table, build(data), "asha", 1, None, 12)
+    rows = [r for r, _ in run.rows]
+    assert len(set(rows)) == 12  # every trial a new row
+    expected = reference_asha(rows, table.curves, table.steps, grace=10, max_t=39, factor=2)
+    assert [s for _, s in run.rows] == expected
+    assert any(expected) and not all(expected)
+    finished = [float(table.final[r]) for r, s in run.rows if not s]
+    assert sorted(v for _, v in run.completions) == sorted(finished)
+
+
+def test_replay_counts_accelerator_hours_of_parallel_workers(replay):
+    table = _synthetic(replay)
+    data = quickstart(num_trials=12, sampler={"type": "random", "seed": 0}, scheduler={"type": "fifo"})
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    run = replay.simulate(table, build(data), "random", 3, None, 12)
+    assert run.hours == pytest.approx(12 * 400 / 3600)  # no stopping: every run in full
+    # three workers finish three 400 s runs together: 1200 accelerator-seconds at each of the first three
+    assert [h for h, _ in run.completions[:3]] == pytest.approx([1200 / 3600] * 3)
+
+
+def test_top_k_one_epoch_trains_the_best_screened_quarter(replay):
+    table = _synthetic(replay, rows=12, evals=10)
+    table.steps = list(range(10, 110, 10))
+    data = quickstart(sampler={"type": "random", "seed": 0})
+    data["search"] = table.search
+    run = replay.top_k_one_epoch(table, build(data), 12, 2)
+    kept = [r for r, stopped in run.rows if not stopped]
+    screened_best = sorted((table.curves[r, 0] for r, _ in run.rows))[:3]
+    assert sorted(table.curves[kept, 0]) == pytest.approx(screened_best)  # 10% of 100 steps = 1st eval
+    assert run.hours == pytest.approx((12 * 0.1 + 3 * 0.9) * 400 / 3600)
+
+
+def test_replay_smoke_prints_every_method(replay, capsys):
+    out = replay.main(["--table", "surestop", "--rows", "20", "--seeds", "2", "--trials", "6", "--json"])
+    assert set(out["methods"]) == {
+        "raylora",
+        "random",
+        "asha",
+        "hyperband",
+        "topk_one_epoch",
+        "raylora_grace_auto",
+    }
+    assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
+    assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
+    assert capsys.readouterr().out.count("\n") == 1  # one JSON object on one line
+
+
+def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path):
+    from raylora.record.trials import StudyRecord
+    from raylora.tracking import html_report, verdict
+
+    record = StudyRecord(tmp_path, "s", "eval/loss", "min")
+    trials = [
+        _trial("w", TrialState.COMPLETE, {10: 9.0, 20: 1.0, 40: 0.5}),  # step 10 ranks the three backwards
+        _trial("x", TrialState.COMPLETE, {10: 1.0, 20: 0.9, 40: 0.8}),
+        _trial("y", TrialState.COMPLETE, {10: 0.5, 20: 2.0, 40: 1.5}),
+        _trial("p", TrialState.PRUNED, {10: 1.9}, hours=0.25),
+    ]
+    record.trials = {t.trial_id: t for t in trials}
+    lines = verdict.verdict(trials, "eval/loss", "min")
+    assert any(line.startswith("warning: at step 10") for line in lines)
+    assert any("saved about 0.75 accelerator-hours" in line and ": p." in line for line in lines)
+    assert agreement.warning(trials, "min").startswith("warning: at step 10")
+    page = html_report.write(tmp_path / "index.html", record).read_text()
+    assert (
+        "Accelerator-hours saved by stopping: 0.75" in page
+        and "could still have beaten the winner: p" in page
+    )
