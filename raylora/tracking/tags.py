@@ -41,5 +41,18 @@ PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under the
 
 
 def query(values: dict[str, str]) -> str:
-    """An MLflow ``filter_string`` matching runs with all these tag values."""
-    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in values.items())
+    """An MLflow ``filter_string`` matching runs with all these tag values (each quoted: :func:`quote`)."""
+    return " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in values.items())
+
+
+def quote(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter. MLflow's filters have no escape: a value holding
+    ``'`` is quoted with ``"``; one holding both cannot be searched (a :class:`~raylora.errors.UserError`)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    from ..errors import UserError
+
+    raise UserError("", f"{value!r} holds both ' and \", which an MLflow search cannot express; rename it")
