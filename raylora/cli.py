@@ -524,7 +524,7 @@ def search(
         _print_estimates(spec, _estimates(spec))
         return
     if plan.remaining == 0:
-        print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
+        print(f"study {spec.study.name}: all {len(record.finished())} trials finished; nothing to do")
     _print_leaderboard(record, plan.storage.display(layout.SUMMARY))
     print(f"report: {plan.storage.display('report/leaderboard.md')}")
     if plan.runs_link:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 WORDS = ("key", "secret", "token", "password", "passwd", "credential", "signature", "sig", "auth")
 """Words naming a credential: in a query parameter anywhere in its name (``X-Amz-Signature``), in a param
 as one of its ``_``/``.``/``-`` separated words (``db_password``, ``HF_TOKEN``, not ``max_new_tokens``)."""
 
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
 
 
 def is_secret(name: str) -> bool:
@@ -35,20 +34,20 @@ def _secret_query(name: str) -> bool:
 
 
 def redact(uri: str) -> str:
-    """``uri`` without user info and without query parameters that name a key, secret or token; text
-    that is not a URI is returned as it is."""
-    if "://" not in uri:
+    """``uri`` without user info and without query parameters that name a key, secret or token; the rest
+    as written (text that is not a URI is returned as it is)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
         return uri
-    try:
-        parts = urlsplit(uri)
-        netloc = parts.netloc.rpartition("@")[2]
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:  # not a URI urllib can split ("http://[::1"): drop whatever sits before an @
-        return _USERINFO.sub("", uri)
-    query = parts.query
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end].rpartition("@")[2], rest[end:]
+    path, question, after = tail.partition("?")
+    query, hash_, fragment = after.partition("#")
+    pairs = parse_qsl(query, keep_blank_values=True)
     if any(_secret_query(k) for k, _ in pairs):
         query = urlencode([(k, v) for k, v in pairs if not _secret_query(k)], safe=":/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+        question = "?" if query else ""
+    return f"{scheme}://{authority}{path}{question}{query}{hash_}{fragment}"
 
 
 def text(value: str) -> str:

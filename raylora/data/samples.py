@@ -163,8 +163,8 @@ def _image_ref(value: Any, root: Path, where: str) -> Any:
         value = unquote(urlsplit(value).path)
     path = Path(value).expanduser()
     path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise DataError(where, f"image not found: {path}")
+    if not path.is_file():  # a FIFO, a device or a folder would hang or fail the loader later
+        raise DataError(where, f"{'not a regular file' if path.exists() else 'image not found'}: {path}")
     return str(path)
 
 

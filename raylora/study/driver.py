@@ -86,6 +86,11 @@ def run(
         _in_background(_import_mlflow)
     plan = plan_study(spec, where, address, resume, dry_run)
     plan.tracking_uri = _tracking_uri(spec, where, storage, tracking_uri, log)
+    if space.trials(spec) < spec.study.num_trials:
+        log(
+            f"warning: the search space holds {space.trials(spec)} configuration(s), fewer than "
+            f"study.num_trials ({spec.study.num_trials}); the study trains each once and stops there"
+        )
     if dry_run:
         return plan, plan.record
     with _storage_faults_stop_the_study(), _exclusive(where):
@@ -159,7 +164,7 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
             f"study {spec.study.name!r} already exists in {where.location}; "
             "continue it with --resume, or choose another study.name or --storage",
         )
-    remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    remaining = max(space.trials(spec) - len(record.finished()), 0)
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
     plan.record, plan.rebuild = record, rebuild
     if remaining:
@@ -229,7 +234,7 @@ def open_study(spec: Spec, plan: Plan, resume: bool, log, accept_spec: bool = Fa
     specfile.save(directory, spec, plan.tracking_uri)
     where.push()
     pending = settle_interrupted(record, optuna_study)
-    plan.remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    plan.remaining = max(space.trials(spec) - len(record.finished()), 0)
     plan.resumed = [t.trial_id for t in pending]
     if (directory / PENDING).is_file():
         from ..tracking import tracker as tracking

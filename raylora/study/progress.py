@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .. import environment
 from ..record.states import TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
-from ..spec import Spec
+from ..spec import Spec, space
 from .listener import TrialListener
 
 
@@ -32,7 +32,7 @@ class Progress(TrialListener):
         self.start = time.monotonic()
         self.live = sys.stdout.isatty() if live is None else live
         self.every_s = environment.progress_every_s()
-        self.total = spec.study.num_trials
+        self.total = space.trials(spec)  # the space's size when smaller
         self.steps: dict[str, dict] = {}  # slot -> the pool's latest step report
         self._view = None
         self._stop = threading.Event()

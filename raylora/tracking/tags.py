@@ -46,13 +46,22 @@ def query(values: dict[str, str]) -> str:
 
 
 def quote(value: str) -> str:
-    """``value`` as a string literal of an MLflow filter. MLflow's filters have no escape: a value holding
-    ``'`` is quoted with ``"``; one holding both cannot be searched (a :class:`~raylora.errors.UserError`)."""
+    """``value`` as a string literal of an MLflow filter, checked by MLflow's own parser: filters have no
+    escape, so a value holding ``'`` is quoted with ``"`` and a backslash before a quote needs the other
+    quote; a value no literal can hold is a :class:`~raylora.errors.UserError`."""
+    from mlflow.utils.search_utils import SearchUtils
+
     value = str(value)
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
+    for mark in ("'", '"'):
+        literal = f"{mark}{value}{mark}"
+        if mark in value:
+            continue
+        try:
+            parsed = SearchUtils.parse_search_filter(f"tags.`k` = {literal} and tags.`j` = 'x'")
+        except Exception:  # MLflow's parser refuses it: try the other quote
+            continue
+        if [p.get("value") for p in parsed] == [value, "x"]:
+            return literal
     from ..errors import UserError
 
-    raise UserError("", f"{value!r} holds both ' and \", which an MLflow search cannot express; rename it")
+    raise UserError("", f"{value!r} cannot be written in an MLflow search (no quote holds it); rename it")

@@ -26,6 +26,7 @@ from ..files import digest, write_atomic
 from ..layout import PENDING
 from ..record.states import TrialState
 from ..redact import scrub
+from ..spec import space
 from . import store, tags
 
 if TYPE_CHECKING:
@@ -439,7 +440,7 @@ class Tracker:
             finished=len(record.finished()),
             best_trial=best.trial_id if best else None,
             best_value=best.value if best else None,
-            complete=len(record.finished()) >= self.spec.study.num_trials,
+            complete=len(record.finished()) >= space.trials(self.spec),
             pareto=record.to_dict().get("pareto_front"),
             time=int(time.time() * 1000),
         )
