@@ -271,7 +271,9 @@ def _every_configuration_once(seed: int):
         def after_trial(self, study, trial, state, values) -> None:
             pass
 
-    return EveryConfigurationOnce(seed=seed)
+    with warnings.catch_warnings():  # "experimental" is Optuna's label, nothing a user can act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return EveryConfigurationOnce(seed=seed)
 
 
 def _sampler(spec: Spec, seed: int):
