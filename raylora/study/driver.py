@@ -86,6 +86,7 @@ def run(
         _in_background(_import_mlflow)
     plan = plan_study(spec, where, address, resume, dry_run)
     plan.tracking_uri = _tracking_uri(spec, where, storage, tracking_uri, log)
+    spec = _without_credentials(spec)  # the store's are in plan.tracking_uri; Tune pickles the spec
     if space.trials(spec) < spec.study.num_trials:
         log(
             f"warning: the search space holds {space.trials(spec)} configuration(s), fewer than "
@@ -109,6 +110,14 @@ def _checked_inputs(spec: Spec, storage: str | None, log) -> tuple[Spec, object]
     where.check()
     check_ranks(spec, sampled=True)
     return spec, where
+
+
+def _without_credentials(spec: Spec) -> Spec:
+    """``spec`` with its tracking URI redacted: what Tune, its workers and the study's files get."""
+    from ..redact import redact
+
+    uri = spec.tracking.tracking_uri
+    return spec if not uri or redact(uri) == uri else spec.with_values({"tracking.tracking_uri": redact(uri)})
 
 
 def _tracking_uri(spec: Spec, where, storage: str | None, tracking_uri: str | None, log) -> str:

@@ -157,6 +157,11 @@ class Tracker:
             "baseline": self._write_baseline,
         }
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its searcher, and with it this tracker, into the study's tune/ folder: never the
+        # client, which holds the credentials a tracking URI may carry (it is never read back).
+        return {**self.__dict__, "client": None, "_writers": {}, "log": None}
+
     @property
     def pending_path(self) -> Path:
         return Path(self.storage.directory) / PENDING
