@@ -125,8 +125,9 @@ def open_client(uri: str):
     environment.set_defaults(environment.MLFLOW)
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    if sqlite_file(uri) is not None:
-        with created(uri):
-            client.search_experiments(max_results=1)  # creates and migrates a new store
+    if sqlite_file(uri) is None:
+        return MlflowClient(tracking_uri=uri)
+    with created(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates and migrates a new store
     return client
