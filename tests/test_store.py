@@ -199,6 +199,17 @@ def test_resume_from_another_folder_keeps_one_store_beside_the_storage(tmp_path,
     roles = sorted(r.data.tags["raylora.role"] for r in client.search_runs([experiment.experiment_id]))
     assert roles == ["study", "trial", "trial"]
 
+    summary = storage / "moved" / "summary.json"
+    before = json.loads(summary.read_text())
+    summary.write_text('{"study": "moved", "trials": [{"tri')  # torn, as a full disk leaves it
+    report = _raylora("report", str(storage / "moved"), cwd=second, env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "did not parse; rebuilt it from optuna.journal" in report.stdout + report.stderr
+    rebuilt = json.loads(summary.read_text())
+    assert [(t["trial_id"], t["state"]) for t in rebuilt["trials"]] == [
+        (t["trial_id"], t["state"]) for t in before["trials"]
+    ]
+
     missing = _raylora(
         "search", str(path), "--storage", str(tmp_path / "typo"), "--resume", cwd=second, env=env
     )

@@ -256,8 +256,6 @@ def promote_best(
     merged = None
     with tempfile.TemporaryDirectory(prefix="raylora-promote-") as tmp:
         adapter = _download_adapter(client, best, Path(tmp)) if version is None or merge_dir else None
-        if adapter is not None:
-            check_adapter(adapter, best.tags.get(BASE_MODEL), best.tags.get(BASE_REVISION), best)
         if version is None:
             model_uri = _logged_model_uri(client, found.experiment_id, best.run_id)
             if model_uri is None:
@@ -343,6 +341,7 @@ def _logged_model_uri(client, experiment_id: str, run_id: str) -> str | None:
 
 
 def _download_adapter(client, best: _RunView, dest: Path) -> Path:
+    """The trial's adapter, downloaded and loaded once (:func:`check_adapter`) before anything uses it."""
     import mlflow
 
     for path in ADAPTER_ARTIFACTS:
@@ -353,7 +352,9 @@ def _download_adapter(client, best: _RunView, dest: Path) -> Path:
                 dst_path=str(dest / "download"),
                 tracking_uri=client.tracking_uri,
             )
-            return Path(shutil.move(local, dest / "adapter"))  # the model's artifact is named after it
+            adapter = Path(shutil.move(local, dest / "adapter"))  # the model's artifact is named after it
+            check_adapter(adapter, best.tags.get(BASE_MODEL), best.tags.get(BASE_REVISION), best)
+            return adapter
     trial = best.tags.get(TRIAL_ID, best.run_id)
     raise NothingToDo(
         "--experiment", f"trial {trial} (run {best.run_id}) has no adapter/best or adapter/final"
