@@ -18,11 +18,10 @@ from ..tracking import report, tags
 def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     """Rebuild the report of a study (folder or URI), or of the study an MLflow experiment records; log
     it there. MLflow records an earlier run could not send are sent first."""
-    from mlflow import MlflowClient
-
     from ..errors import NothingToDo
     from ..layout import BASELINE as BASELINE
     from ..layout import JOURNAL
+    from ..tracking import store
     from ..tracking.storage import open_study
     from ..tracking.tracker import replay_pending
     from ..tracking.tracker import tracking_uri as resolve_uri
@@ -30,7 +29,7 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     is_study = "://" in target or Path(target).expanduser().is_dir()
     client = None
     if tracking_uri or not is_study:
-        client = MlflowClient(tracking_uri=_reachable(resolve_uri(tracking_uri), target, is_study))
+        client = store.open_client(_reachable(resolve_uri(tracking_uri), target, is_study))
     parent = None
     if not is_study:
         experiment = client.get_experiment_by_name(target)
@@ -81,15 +80,16 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
 
 
 def _reachable(uri: str, target: str, is_study: bool) -> str:
-    """``uri``, once it is known to hold a store that answers (reading never creates an empty one)."""
+    """``uri``, once it is known to be a store that answers. Looking an experiment up never creates an
+    empty store; a study's records may be sent to a new one named with ``--tracking-uri``."""
     from ..errors import UserError
     from ..tracking import store
+    from ..tracking.tracker import check_uri
 
-    if not is_study and store.sqlite_file(uri) is not None and not store.sqlite_file(uri).is_file():
-        raise UserError(
-            "report", f"{target}: no such study folder, and no MLflow store at {store.sqlite_file(uri)}"
-        )
-    store.must_exist(uri)
+    check_uri(uri)
+    missing = store.sqlite_file(uri)
+    if not is_study and missing is not None and not missing.is_file():
+        raise UserError("report", f"{target}: no such study folder, and no MLflow store at {missing}")
     store.must_answer(uri)
     return uri
 
