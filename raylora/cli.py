@@ -112,7 +112,10 @@ def _prime_plots() -> None:
 @app.command()
 def validate(spec_path: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec, its search space, and its local model and data; report every problem at once."""
+    from .train.preflight import check_ranks_from_config
+
     spec = _load_checked(spec_path, set_ or [])
+    check_ranks_from_config(spec)
     print(f"{spec_path}: ok ({len(spec.search)} searched paths, {spec.study.num_trials} trials)")
 
 
@@ -194,7 +197,7 @@ def train(
     output = output or Path(spec.study.storage).expanduser() / spec.study.name / "train"
     from .train.preflight import check_ranks
 
-    check_ranks(spec)
+    check_ranks(spec, sampled=False)  # the fixed values: --set wins over search:
     download.ensure_local(spec.model.name_or_path, spec.model.revision)
     session = LocalSession(output)
     try:
@@ -543,20 +546,35 @@ def search(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate, resolve the space, check resources; train nothing.")
     ] = False,
+    accept_spec: Annotated[
+        bool,
+        typer.Option(
+            "--accept-spec",
+            help="With --resume: take this spec as the study's when its spec.json is missing.",
+        ),
+    ] = False,
 ) -> None:
     """Run a hyperparameter study: Optuna proposes, ASHA stops early, trials train on Ray Train workers."""
-    spec = _load_checked(spec_path, list(set_ or []))
+    spec, pinned = _load_checked(spec_path, list(set_ or []), with_pins=True)
+    for path in pinned:
+        print(f"pinned by --set: {path} = {json.dumps(spec.get(path))} (not searched)")
     from .study import driver
 
     plan, record = driver.run(
-        spec, storage=storage, address=address, tracking_uri=tracking_uri, resume=resume, dry_run=dry_run
+        spec,
+        storage=storage,
+        address=address,
+        tracking_uri=tracking_uri,
+        resume=resume,
+        dry_run=dry_run,
+        accept_spec=accept_spec,
     )
     if dry_run:
         _print_plan(spec, plan)
         _print_estimates(spec, _estimates(spec))
         return
     if plan.remaining == 0:
-        print(f"study {spec.study.name}: all {spec.study.num_trials} trials finished; nothing to do")
+        print(f"study {spec.study.name}: all {len(record.finished())} trials finished; nothing to do")
     _print_leaderboard(record)
     # The verdict first: it is what the study was run for; the tables and links after it.
     print(f"report: {plan.storage.display(f'{layout.REPORT_DIR}/index.html')}  (the verdict)")
@@ -817,13 +835,15 @@ def promote_best(
 ) -> None:
     """Pick the best finished, feasible trial (or the cheapest one close enough to it); register its
     adapter as a pyfunc model; set the alias."""
-    from .tracking import promote, tracker
+    from .tracking import promote, store, tracker
 
     if mode not in (None, "min", "max"):
         raise UserError("--mode", f"must be min or max, got {mode!r}")
     chooser = promote.Policy(policy, tolerance, cost)
     chooser.check()
     uri = tracker.tracking_uri(tracking_uri)
+    store.must_exist(uri)  # promoting reads a store: it never creates an empty one
+    store.must_answer(uri)  # a dead server: one line within seconds, not minutes of retries
     experiment = experiment or _only_study_experiment(uri)
     result = promote.promote_best(
         policy=chooser,
@@ -910,13 +930,13 @@ def _print_leaderboard(record, top: int = 10) -> None:
         )
 
 
-def _load_checked(spec_path: Path, overrides: list[str]):
-    from . import spec as spec_lib
+def _load_checked(spec_path: Path, overrides: list[str], with_pins: bool = False):
+    from .spec.load import load_pinned
     from .train import preflight
 
-    spec = spec_lib.load(spec_path, overrides)
+    spec, pinned = load_pinned(spec_path, overrides)
     preflight.local_inputs(spec)
-    return spec
+    return (spec, pinned) if with_pins else spec
 
 
 def _one_line_warnings() -> None:
@@ -939,11 +959,13 @@ def main() -> None:
     """Console entry point."""
     import logging
 
-    from . import environment
+    from . import environment, redact
     from .errors import EnvironmentFault, TrialError
 
     environment.set_defaults(environment.CLI)
     _one_line_warnings()
+    # Every line raylora, MLflow or Ray prints passes one redaction: no credential reaches a terminal or log.
+    sys.stdout, sys.stderr = redact.Stream(sys.stdout), redact.Stream(sys.stderr)
     # MLflow and its migrations log INFO lines on every new store; results are what we print.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -30,6 +30,8 @@ TRACKING_URI = "MLFLOW_TRACKING_URI"
 # their own progress: raylora.train.download; loading a model shows none: raylora.train.model.build.)
 CLI = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per logged adapter
+    # MLflow's "View run ... at: URL" lines: raylora prints the study's one link (credentials removed).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 # Set before the first MLflow client exists.

@@ -74,7 +74,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 LAYERS = [
-    ("base", {"raylora.errors", "raylora.environment", "raylora.files", "raylora.layout"}),
+    ("base", {"raylora.errors", "raylora.environment", "raylora.files", "raylora.layout", "raylora.redact"}),
     ("spec", {"raylora.spec"}),
     ("data", {"raylora.data"}),
     ("builtin", {"raylora.builtin"}),

@@ -217,7 +217,7 @@ def test_missing_bucket_is_one_line_and_exit_2(s3, tmp_path):
 
 
 def test_storage_uris_never_carry_credentials_into_mlflow():
-    from raylora.tracking.secrets import scrub
+    from raylora.redact import scrub
     from raylora.tracking.storage import open_storage
 
     uri = "s3://AKIA:s3cr3t@bucket/p?endpoint_override=host:9000&secret_key=s3cr3t&scheme=http"

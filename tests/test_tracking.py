@@ -101,7 +101,7 @@ def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
 
 
 def test_secrets_never_reach_mlflow_params():
-    from raylora.tracking.secrets import scrub
+    from raylora.redact import scrub
 
     kept = scrub(
         {

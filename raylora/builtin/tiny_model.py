@@ -75,6 +75,21 @@ MAX_PIXELS = 256 * 256
 PATCH_SIZE = 16
 
 MERGE_SIZE = 2
+# The widths of every Linear (also read without torch by raylora validate's rank check: widths_config).
+TEXT_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+VISION_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 2,
+    "spatial_merge_size": MERGE_SIZE,
+    "out_hidden_size": 64,
+}
 
 TEMPORAL_PATCH_SIZE = 2
 
@@ -211,6 +226,11 @@ def build_tiny_processor():
     )
 
 
+def widths_config() -> dict:
+    """The tiny model's ``config.json`` as far as its Linear widths go (no torch: ``raylora validate``)."""
+    return {"model_type": "qwen3_vl", "text_config": dict(TEXT_WIDTHS), "vision_config": dict(VISION_WIDTHS)}
+
+
 def tiny_model_config(tokenizer):
     """Return the ``Qwen3VLConfig`` of the tiny model, its special token ids taken from ``tokenizer``."""
     from transformers import Qwen3VLConfig
@@ -219,12 +239,8 @@ def tiny_model_config(tokenizer):
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     text_config = {
         "vocab_size": _round_up(len(tokenizer), 64),
-        "hidden_size": 64,
-        "intermediate_size": 128,
+        **TEXT_WIDTHS,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
         "max_position_embeddings": 4096,
         "rope_parameters": {
             "rope_type": "default",
@@ -240,13 +256,9 @@ def tiny_model_config(tokenizer):
     # Every Linear's in_features is a multiple of 64: bitsandbytes' CPU 4-bit kernels need whole blocks.
     vision_config = {
         "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 2,
+        **VISION_WIDTHS,
         "patch_size": PATCH_SIZE,
-        "spatial_merge_size": MERGE_SIZE,
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
-        "out_hidden_size": 64,
         "num_position_embeddings": 16,
         "deepstack_visual_indexes": [0, 1],
     }

@@ -65,6 +65,9 @@ def resolve(value: Any, root: Path, where: str) -> Any:
     for candidate in candidates(path, root):
         if candidate.is_file():
             return os.path.abspath(candidate)
+    odd = next((c for c in candidates(path, root) if c.exists()), None)
+    if odd is not None:  # a FIFO, a device or a folder would hang or fail the loader later
+        raise DataError(where, f"not a regular file: {odd}")
     if path.is_absolute():
         raise DataError(where, f"image not found: {path}")
     raise DataError(

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import redact
 from ..files import write_atomic
 from ..layout import SUMMARY
 from .states import FINISHED, TrialState
@@ -173,7 +174,8 @@ class StudyRecord:
     def save(self) -> None:
         """Write ``summary.json`` atomically, so a killed driver never leaves half a file."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.directory / SUMMARY, json.dumps(self.to_dict(), indent=2) + "\n")
+        # A trial's error may quote a URI with its credentials: none reach the file (raylora.redact).
+        write_atomic(self.directory / SUMMARY, json.dumps(redact.values(self.to_dict()), indent=2) + "\n")
         self.on_save()
 
 

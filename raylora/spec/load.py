@@ -1,7 +1,8 @@
 """Loading a spec: YAML with line numbers, ``--set`` overrides, the seed note's key names, validation.
 
 Every problem is reported at once, each at the place to change it: ``spec.yaml:12: training.lora.r``,
-``--set training.lora.r`` or, for data built in code, the bare dotted path.
+``--set training.lora.r`` or, for data built in code, the bare dotted path. ``--set`` on a searched path
+pins it: the path leaves ``search:`` (and ``study.enqueue``) and every trial trains the value given.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from .schema import LR_PARTS, Spec, validate
 
 def load(path: str | Path, overrides: list[str] = ()) -> Spec:
     """Read a spec file, apply ``--set path=value`` overrides, validate; raise every error at once."""
+    return load_pinned(path, overrides)[0]
+
+
+def load_pinned(path: str | Path, overrides: list[str] = ()) -> tuple[Spec, list[str]]:
+    """:func:`load`, and the searched paths ``--set`` pinned (taken out of the search)."""
     path = Path(path)
+    pinned: list[str] = []
     data, lines = yamltext.load(path)
     prefixes = {key: f"{path}:{line}: " for key, line in lines.items()}
     errors: list[UserError] = []
@@ -29,6 +36,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
             errors.append(e)
             continue
         _set_override(data, key, value)
+        pinned += _pin(data, key)
         prefixes = {k: v for k, v in prefixes.items() if not k.startswith((f"{key}.", f"{key}["))}
         prefixes[key] = "--set "
     spec = None
@@ -39,7 +47,23 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
     except UserError as e:
         errors.append(e)
     raise_all(errors)
-    return spec
+    return spec, pinned
+
+
+def _pin(data: dict, key: str) -> list[str]:
+    """Take the searched paths at or under ``key`` out of the search (and of ``study.enqueue``)."""
+    search = data.get("search")
+    if not isinstance(search, dict):
+        return []
+    pinned = [p for p in search if p == key or str(p).startswith(key + ".")]
+    for path in pinned:
+        del search[path]
+    enqueue = data.get("study", {}).get("enqueue") if isinstance(data.get("study"), dict) else None
+    for config in enqueue if isinstance(enqueue, list) else ():
+        for path in pinned:
+            if isinstance(config, dict):
+                config.pop(path, None)
+    return pinned
 
 
 def build(data: dict, prefixes: dict[str, str] | None = None, path: Path | None = None) -> Spec:

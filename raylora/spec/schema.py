@@ -264,8 +264,8 @@ class Training(_Section):
 
 class Tracking(_Section):
     tracking_uri: str | None = None
-    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working
-    directory. ``--tracking-uri`` overrides it."""
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI``, else the store the study recorded (on
+    ``--resume``), else ``sqlite:///<study.storage>/mlflow.db``. ``--tracking-uri`` overrides it."""
     experiment: str | None = None
     """Default: the study name."""
     registered_model: str | None = None

@@ -238,6 +238,38 @@ def decode(spec: Spec, params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def size(spec: Spec) -> int | None:
+    """How many distinct configurations the search can sample (None when a range is continuous); a
+    learning rate counts only under the scopes that train its part, as :func:`define_by_run` samples."""
+    dists = distributions(spec)
+    counts = {path: _count(dist) for path, dist in dists.items()}
+    if None in counts.values():
+        return None
+    rate = "training.learning_rate."
+    scope = dists.get("training.lora.scope")
+    fixed = math.prod(n for p, n in counts.items() if not p.startswith(rate) and p != "training.lora.scope")
+    total = 0
+    for option in scope.values if scope else (spec.training.lora.scope,):
+        parts = trained_parts(option)
+        total += math.prod(n for p, n in counts.items() if p.startswith(rate) and p[len(rate) :] in parts)
+    return fixed * total
+
+
+def trials(spec: Spec) -> int:
+    """The trials a study runs: ``study.num_trials``, or the search space's :func:`size` when that is
+    smaller (a configuration trains once; another trial of it would repeat the same result)."""
+    points = size(spec)
+    return spec.study.num_trials if points is None else min(points, spec.study.num_trials)
+
+
+def _count(dist: Distribution) -> int | None:
+    if isinstance(dist, Choice):
+        return len(set(map(json.dumps, dist.encoded())))
+    if isinstance(dist, IntRange):
+        return (dist.high - dist.low) // dist.step + 1
+    return None
+
+
 def largest_max_steps(spec: Spec) -> int:
     """The most steps any trial of the study can train (``training.max_steps`` may be searched)."""
     dist = distributions(spec).get("training.max_steps")

@@ -42,6 +42,7 @@ class Plan:
     dashboard_url: str | None = None  # the Ray dashboard, when Ray serves one
     record: StudyRecord | None = field(default=None, repr=False)  # the study as it stands
     rebuild: bool = False  # summary.json did not parse: opening the study rebuilds it from the journal
+    tracking_uri: str = field(default="", repr=False)  # the MLflow store (credentials stay in this process)
 
 
 @dataclass
@@ -69,6 +70,7 @@ def run(
     tracking_uri: str | None = None,
     resume: bool = False,
     dry_run: bool = False,
+    accept_spec: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[Plan, StudyRecord]:
     """Run (or continue) the study; return the plan and the final record.
@@ -79,7 +81,7 @@ def run(
     with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
     """
     cluster.configure(address)  # before the first import of ray
-    spec, where = _checked_inputs(spec, storage, tracking_uri, log)
+    spec, where = _checked_inputs(spec, storage, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
     # The rank check imports torch and transformers: a search runs it beside Ray's start and stops on
@@ -88,31 +90,60 @@ def run(
     plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log)
     if ranks is not None:
         ranks.result()
+    plan.tracking_uri = _tracking_uri(spec, where, storage, tracking_uri, log)
+    spec = _without_credentials(spec)  # the store's are in plan.tracking_uri; Tune pickles the spec
+    _warn_small_space(spec, log)
     if dry_run:
         return plan, plan.record
     with _storage_faults_stop_the_study(), _exclusive(where):
-        opened = open_study(spec, plan, tracking_uri, resume, log)
+        opened = open_study(spec, plan, resume, log, accept_spec)
         if plan.remaining == 0:
             return plan, plan.record
         return plan, execute(spec, plan, opened, log)
 
 
-def _checked_inputs(spec: Spec, storage: str | None, tracking_uri: str | None, log) -> tuple[Spec, object]:
-    from ..tracking.tracker import check_uri
-    from ..tracking.tracker import tracking_uri as resolve_uri
+def _checked_inputs(spec: Spec, storage: str | None, log) -> tuple[Spec, object]:
     from ..train.init_adapter import with_resolved
 
     spec = with_resolved(spec, storage or spec.study.storage)  # study:NAME:best → its adapter, once
     where = study_storage(spec, storage, log)
     where.check()
-    check_uri(resolve_uri(tracking_uri, spec))
     return spec, where
 
 
 def _check_ranks(spec: Spec) -> None:
     from ..train.preflight import check_ranks
 
-    check_ranks(spec)
+    check_ranks(spec, sampled=True)
+
+
+def _warn_small_space(spec: Spec, log) -> None:
+    if space.trials(spec) < spec.study.num_trials:
+        log(
+            f"warning: the search space holds {space.trials(spec)} configuration(s), fewer than "
+            f"study.num_trials ({spec.study.num_trials}); the study trains each once and stops there"
+        )
+
+
+def _without_credentials(spec: Spec) -> Spec:
+    """``spec`` with its tracking URI redacted: what Tune, its workers and the study's files get."""
+    from ..redact import redact
+
+    uri = spec.tracking.tracking_uri
+    return spec if not uri or redact(uri) == uri else spec.with_values({"tracking.tracking_uri": redact(uri)})
+
+
+def _tracking_uri(spec: Spec, where, storage: str | None, tracking_uri: str | None, log) -> str:
+    """The study's MLflow store: the one given, else the one its ``spec.json`` records, else
+    ``<storage>/mlflow.db`` (:func:`raylora.tracking.store.for_study`)."""
+    from ..tracking import store
+    from ..tracking.tracker import check_uri
+    from .specfile import stored_uri
+
+    given = store.given(tracking_uri, spec.tracking.tracking_uri)
+    uri = store.for_study(given, stored_uri(where.directory), storage or spec.study.storage, log)
+    check_uri(uri)
+    return uri
 
 
 @contextmanager
@@ -147,13 +178,15 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     nodes and how many trials run at once. Reads the study's state; writes nothing."""
     where.pull()
     record, rebuild = _read_record(spec, where, dry_run)
+    if resume and not (record.trials or rebuild or (where.directory / JOURNAL).is_file()):
+        raise UserError("--resume", f"no study named {spec.study.name} in {_root(where)}")
     if (record.trials or rebuild) and not resume and not dry_run:
         raise UserError(
             "study.name",
             f"study {spec.study.name!r} already exists in {where.location}; "
             "continue it with --resume, or choose another study.name or --storage",
         )
-    remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    remaining = max(space.trials(spec) - len(record.finished()), 0)
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
     plan.record, plan.rebuild = record, rebuild
     if remaining:
@@ -165,6 +198,12 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
         with saying(log, what):
             _place(spec, plan, address)
     return plan
+
+
+def _root(where) -> str:
+    """The storage that holds the study (the folder or URI above ``<study.name>``)."""
+    location = where.location
+    return location.rsplit("/", 1)[0] if "://" not in location else location.split("?")[0].rsplit("/", 1)[0]
 
 
 def _read_record(spec: Spec, where, dry_run: bool) -> tuple[StudyRecord, bool]:
@@ -200,7 +239,7 @@ def _place(spec: Spec, plan: Plan, address: str | None) -> None:
 # -- open: take the study for writing ------------------------------------------------------------------
 
 
-def open_study(spec: Spec, plan: Plan, tracking_uri: str | None, resume: bool, log) -> OpenStudy:
+def open_study(spec: Spec, plan: Plan, resume: bool, log, accept_spec: bool = False) -> OpenStudy:
     """The study taken for writing: Optuna's journal opened (warm-started when new), the summary rebuilt
     when it did not parse, ``spec.json`` saved, interrupted trials settled, MLflow records an earlier run
     could not send sent; ``plan`` updated with the trials left and those to resume."""
@@ -211,7 +250,7 @@ def open_study(spec: Spec, plan: Plan, tracking_uri: str | None, resume: bool, l
     where, record, directory = plan.storage, plan.record, plan.study_dir
     record.on_save = where.push
     if resume:
-        specfile.check(directory, spec)
+        specfile.check(directory, spec, accept=accept_spec)
     optuna_study = open_optuna(directory, spec, log)
     warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior
     if plan.rebuild:
@@ -220,15 +259,15 @@ def open_study(spec: Spec, plan: Plan, tracking_uri: str | None, resume: bool, l
         rebuild_summary(record, optuna_study, spec, where)
         record.save()
         log(f"warning: {where.display(SUMMARY)} did not parse; rebuilt it from optuna.journal")
-    specfile.save(directory, spec)
+    specfile.save(directory, spec, plan.tracking_uri)
     where.push()
     pending = settle_interrupted(record, optuna_study)
-    plan.remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    plan.remaining = max(space.trials(spec) - len(record.finished()), 0)
     plan.resumed = [t.trial_id for t in pending]
     if (directory / PENDING).is_file():
         from ..tracking import tracker as tracking
 
-        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), plan.remaining > 0, log)
+        tracking.send_pending(where, plan.tracking_uri, plan.remaining > 0, log)
     if plan.remaining == 0:
         return OpenStudy(optuna_study, pending, None)
     if len(plan.nodes) > 1 and not where.remote:
@@ -236,7 +275,9 @@ def open_study(spec: Spec, plan: Plan, tracking_uri: str | None, resume: bool, l
     from ..train import download
 
     download.ensure_local(spec.model.name_or_path, spec.model.revision, log)  # once, where the user sees it
-    return OpenStudy(optuna_study, pending, _in_background(_open_tracker, spec, tracking_uri, where, log))
+    return OpenStudy(
+        optuna_study, pending, _in_background(_open_tracker, spec, plan.tracking_uri, where, log)
+    )
 
 
 # -- execute: run the trials, write the study up --------------------------------------------------------
@@ -369,10 +410,10 @@ def _import_mlflow() -> None:
     import mlflow  # noqa: F401
 
 
-def _open_tracker(spec: Spec, tracking_uri: str | None, where, log: Callable[[str], None]):
+def _open_tracker(spec: Spec, tracking_uri: str, where, log: Callable[[str], None]):
     from ..tracking import tracker as tracking
 
-    tracker = tracking.Tracker(spec, tracking.tracking_uri(tracking_uri, spec), where, log)
+    tracker = tracking.Tracker(spec, tracking_uri, where, log)
     tracker.connect()
     return tracker
 

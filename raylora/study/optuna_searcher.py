@@ -262,8 +262,26 @@ def open_optuna(directory: Path, spec: Spec, log: Callable[[str], None] = print)
     return study
 
 
+def _every_configuration_once(seed: int):
+    """Optuna's brute-force sampler for a space smaller than the study: each configuration once, the
+    running ones included. Its own end-of-space ``study.stop()`` is for ``optimize`` loops, which this
+    study has none of (the study stops at the space's size: :func:`raylora.spec.space.trials`)."""
+    import optuna
+
+    class EveryConfigurationOnce(optuna.samplers.BruteForceSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    with warnings.catch_warnings():  # "experimental" is Optuna's label, nothing a user can act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return EveryConfigurationOnce(seed=seed)
+
+
 def _sampler(spec: Spec, seed: int):
     import optuna
+
+    if space.size(spec) is not None and space.size(spec) < spec.study.num_trials:
+        return _every_configuration_once(seed)
 
     if spec.study.sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from .. import environment
 from ..record.states import TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
-from ..spec import Spec
+from ..spec import Spec, space
 from ..train.session import phase_name
 from .listener import TrialListener
 
@@ -42,7 +42,7 @@ class Progress(TrialListener):
         self.start = time.monotonic()
         self.live = sys.stdout.isatty() if live is None else live
         self.every_s = environment.progress_every_s()
-        self.total = spec.study.num_trials
+        self.total = space.trials(spec)  # the space's size when smaller
         self.steps: dict[str, dict] = {}  # slot -> the pool's latest step report (or start-up phase)
         self.phase_after_s = min(PHASE_AFTER_S, self.every_s)
         self._said: dict[str, str] = {}  # slot -> the last start-up phase a plain line named

@@ -1,5 +1,7 @@
 """``raylora report``: a study's report rebuilt from its folder (or the study an MLflow experiment records),
 after sending the MLflow records an earlier run could not, and comparing trials with the base model anew.
+A torn ``summary.json`` is rebuilt from the journal as ``search --resume`` does; reading never creates an
+MLflow store, and a tracking server that does not answer is one line.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from ..tracking import report, tags
 def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     """Rebuild the report of a study (folder or URI), or of the study an MLflow experiment records; log
     it there. MLflow records an earlier run could not send are sent first."""
-    from mlflow import MlflowClient
-
     from ..errors import NothingToDo
     from ..layout import BASELINE as BASELINE
     from ..layout import JOURNAL
+    from ..tracking import store
     from ..tracking.storage import open_study
     from ..tracking.tracker import replay_pending
     from ..tracking.tracker import tracking_uri as resolve_uri
 
     is_study = "://" in target or Path(target).expanduser().is_dir()
-    client = MlflowClient(tracking_uri=resolve_uri(tracking_uri)) if tracking_uri or not is_study else None
+    client = None
+    if tracking_uri or not is_study:
+        client = store.open_client(_reachable(resolve_uri(tracking_uri), target, is_study))
     parent = None
     if not is_study:
         experiment = client.get_experiment_by_name(target)
@@ -45,12 +48,8 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     directory = storage.directory
     if not (directory / SUMMARY).is_file():
         raise NothingToDo("report", f"no {SUMMARY} in {storage.location}")
-    if tracking_uri:
-        from ..tracking.tracker import check_uri
-
-        check_uri(resolve_uri(tracking_uri))
     replay_pending(storage, log, uri=resolve_uri(tracking_uri) if tracking_uri else None)
-    summary = json.loads((directory / SUMMARY).read_text())
+    summary = _summary(storage, log)
     record = StudyRecord(
         directory, summary["study"], summary["objective"]["metric"], summary["objective"]["mode"]
     )
@@ -78,3 +77,51 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     if parent is not None:
         client.log_artifacts(parent.info.run_id, str(out), "report")
     return out
+
+
+def _reachable(uri: str, target: str, is_study: bool) -> str:
+    """``uri``, once it is known to be a store that answers. Looking an experiment up never creates an
+    empty store; a study's records may be sent to a new one named with ``--tracking-uri``."""
+    from ..errors import UserError
+    from ..tracking import store
+    from ..tracking.tracker import check_uri
+
+    check_uri(uri)
+    missing = store.sqlite_file(uri)
+    if not is_study and missing is not None and not missing.is_file():
+        raise UserError("report", f"{target}: no such study folder, and no MLflow store at {missing}")
+    store.must_answer(uri)
+    return uri
+
+
+def _summary(storage, log) -> dict:
+    """The study's ``summary.json``; a torn one is rebuilt from the journal and ``spec.json`` first."""
+    path = storage.directory / SUMMARY
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        pass
+    from ..errors import UserError
+    from ..layout import JOURNAL, SPEC
+    from ..spec import Spec
+    from .optuna_searcher import open_optuna
+    from .repair import rebuild_summary
+
+    try:
+        spec = Spec.from_dict(json.loads((storage.directory / SPEC).read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        spec = None
+    if spec is None or not (storage.directory / JOURNAL).is_file():
+        raise UserError(
+            storage.display(SUMMARY), f"does not parse, and no {SPEC} and {JOURNAL} to rebuild it from"
+        )
+    record = StudyRecord(
+        storage.directory, spec.study.name, spec.study.objective.metric, spec.study.objective.mode
+    )
+    record.goals = [(o.metric, o.mode) for o in spec.study.goals]
+    record.limits = spec.study.constraint_limits()
+    rebuild_summary(record, open_optuna(storage.directory, spec, log), spec, storage)
+    record.save()
+    storage.push()
+    log(f"warning: {storage.display(SUMMARY)} did not parse; rebuilt it from {JOURNAL}")
+    return json.loads(path.read_text())

@@ -3,7 +3,8 @@
 A resumed study must be the same study: a new learning-rate range, another ``training.max_steps`` or other
 data would rank trials that are not comparable, and a changed choice list breaks Optuna's journal.
 Everything but :data:`MAY_CHANGE` (how many trials, where they run, where results go) is compared, and
-so are the bytes of local data files (their sha256).
+so are the bytes of local data files (their sha256). It also records the MLflow store the study records
+to (absolute, credentials removed: :mod:`raylora.redact`), which ``--resume`` uses unless given another.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SpecError, raise_all
-from ..layout import SPEC
+from .. import redact
+from ..errors import SpecError, UserError, raise_all
+from ..layout import JOURNAL, SPEC
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -23,9 +25,9 @@ MAY_CHANGE = ("study.num_trials", "study.max_concurrent_trials", "study.storage"
 DATA_FILES = ("data.train", "data.eval")
 
 
-def resolved(spec: Spec) -> dict:
-    """What ``spec.json`` holds: the resolved spec (defaults included), the values the user set, and the
-    sha256 of each local data file."""
+def resolved(spec: Spec, tracking_uri: str | None = None) -> dict:
+    """What ``spec.json`` holds: the resolved spec (defaults included), the values the user set, the
+    sha256 of each local data file and the MLflow store; no credentials (:func:`raylora.redact.values`)."""
     values = spec.model_dump(mode="json")
     digests = {}
     for path in DATA_FILES:
@@ -33,27 +35,45 @@ def resolved(spec: Spec) -> dict:
         digest = _sha256(ref) if isinstance(ref, str) else None
         if digest:
             digests[path] = digest
-    return {
-        "spec": values,
-        "set": _flatten(json.loads(json.dumps(spec.to_dict(), default=str))),
-        "data_sha256": digests,
-    }
+    return redact.values(
+        {
+            "spec": values,
+            "set": _flatten(json.loads(json.dumps(spec.to_dict(), default=str))),
+            "data_sha256": digests,
+            **({"tracking_uri": redact.redact(tracking_uri)} if tracking_uri else {}),
+        }
+    )
 
 
-def save(directory: Path, spec: Spec) -> None:
+def save(directory: Path, spec: Spec, tracking_uri: str | None = None) -> None:
     """Write ``spec.json`` atomically (the current spec: changes it allowed are recorded too)."""
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{SPEC}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(resolved(spec), indent=1) + "\n")
+    tmp.write_text(json.dumps(resolved(spec, tracking_uri), indent=1) + "\n")
     os.replace(tmp, directory / SPEC)
 
 
-def check(directory: Path, spec: Spec) -> None:
+def stored_uri(directory: Path) -> str | None:
+    """The MLflow store ``spec.json`` records (credentials removed), or None."""
+    try:
+        return json.loads((directory / SPEC).read_text()).get("tracking_uri")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check(directory: Path, spec: Spec, accept: bool = False) -> None:
     """Refuse a resume whose spec differs from the study's in anything but :data:`MAY_CHANGE`: one
-    :class:`SpecError` per changed path, ``old → new``. A study without ``spec.json`` (an older raylora)
-    is not checked."""
+    :class:`SpecError` per changed path, ``old → new``. A study with a journal but no ``spec.json`` (an
+    older raylora, a deleted file) is refused unless ``accept`` (``--accept-spec``) takes the current spec
+    as the study's."""
     path = directory / SPEC
     if not path.is_file():
+        if (directory / JOURNAL).is_file() and not accept:
+            raise UserError(
+                str(path),
+                "missing, so nothing shows this spec is the one the study began with; restore it, or "
+                "resume with --accept-spec to take the current spec as the study's",
+            )
         return
     try:
         stored = json.loads(path.read_text())

@@ -3,8 +3,8 @@ Never imports :mod:`raylora.study` (the driver uses tracking, not the other way 
 
     storage         the study folder: local/NFS, or an s3:// / gs:// URI with a local mirror
     tracker         MLflow, written by the driver alone, through an outbox that survives outages
+    store           which MLflow store a study records to, created under a lock, reached or refused
     tags            the MLflow tag names raylora writes and searches by
-    secrets         credentials kept out of printed URIs and MLflow
     report          the report folder: leaderboards, scope comparison, importances
     html_report     report/index.html: the study on one self-contained page
     figures         the report's figures kept between writes, drawn again only when their inputs change

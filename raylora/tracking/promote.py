@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NothingToDo, UserError
+from ..errors import EnvironmentFault, NothingToDo, UserError
 from ..record.states import TrialState
 from ..train.quantization import FOUR_BIT
 from . import tags
@@ -322,8 +322,9 @@ def _registered_model(study: _RunView | None) -> str | None:
 
 
 def _existing_version(client, model_name: str, run_id: str):
-    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    ready = [v for v in versions if v.status == "READY"]
+    # By run id (hex) alone: MLflow's filters cannot quote every name (it's "quoted"), Python can.
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    ready = [v for v in versions if v.status == "READY" and v.name == model_name]
     return min(ready, key=lambda v: int(v.version)) if ready else None
 
 
@@ -340,6 +341,7 @@ def _logged_model_uri(client, experiment_id: str, run_id: str) -> str | None:
 
 
 def _download_adapter(client, best: _RunView, dest: Path) -> Path:
+    """The trial's adapter, downloaded and loaded once (:func:`check_adapter`) before anything uses it."""
     import mlflow
 
     for path in ADAPTER_ARTIFACTS:
@@ -350,11 +352,41 @@ def _download_adapter(client, best: _RunView, dest: Path) -> Path:
                 dst_path=str(dest / "download"),
                 tracking_uri=client.tracking_uri,
             )
-            return Path(shutil.move(local, dest / "adapter"))  # the model's artifact is named after it
+            adapter = Path(shutil.move(local, dest / "adapter"))  # the model's artifact is named after it
+            check_adapter(adapter, best.tags.get(BASE_MODEL), best.tags.get(BASE_REVISION), best)
+            return adapter
     trial = best.tags.get(TRIAL_ID, best.run_id)
     raise NothingToDo(
         "--experiment", f"trial {trial} (run {best.run_id}) has no adapter/best or adapter/final"
     )
+
+
+def check_adapter(adapter: Path, base_model: str | None, revision: str | None, best: _RunView) -> None:
+    """Load ``adapter`` as its users will (vanilla ``PeftModel.from_pretrained``) onto the base model's
+    architecture on the meta device (its config alone, no weights); refuse, in one line, one that does not
+    load (a truncated or corrupt file, a missing module) before anything is registered."""
+    from ..train import quantization
+
+    quantization.import_quietly()  # PEFT imports bitsandbytes
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from ..errors import first_line
+    from ..train.inference import base_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(base_model_path(adapter, base_model), revision=revision)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+        PeftModel.from_pretrained(model, str(adapter), low_cpu_mem_usage=True)
+    except Exception as e:  # safetensors, json, PEFT's key and shape checks: each says the adapter is bad
+        trial = best.tags.get(TRIAL_ID, best.run_id)
+        raise EnvironmentFault(
+            "promote",
+            f"the adapter of trial {trial} (run {best.run_id}) does not load ({type(e).__name__}: "
+            f"{first_line(e, 200)}); nothing was registered",
+        ) from None
 
 
 def _log_pyfunc(client, best: _RunView, adapter: Path, params: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import environment
 from ..errors import UserError, first_line
 from ..layout import STATE_FILES
-from .secrets import redact
+from ..redact import redact
 
 REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage

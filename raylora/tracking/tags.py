@@ -41,5 +41,27 @@ PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under the
 
 
 def query(values: dict[str, str]) -> str:
-    """An MLflow ``filter_string`` matching runs with all these tag values."""
-    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in values.items())
+    """An MLflow ``filter_string`` matching runs with all these tag values (each quoted: :func:`quote`)."""
+    return " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in values.items())
+
+
+def quote(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter, checked by MLflow's own parser: filters have no
+    escape, so a value holding ``'`` is quoted with ``"`` and a backslash before a quote needs the other
+    quote; a value no literal can hold is a :class:`~raylora.errors.UserError`."""
+    from mlflow.utils.search_utils import SearchUtils
+
+    value = str(value)
+    for mark in ("'", '"'):
+        literal = f"{mark}{value}{mark}"
+        if mark in value:
+            continue
+        try:
+            parsed = SearchUtils.parse_search_filter(f"tags.`k` = {literal} and tags.`j` = 'x'")
+        except Exception:  # MLflow's parser refuses it: try the other quote
+            continue
+        if [p.get("value") for p in parsed] == [value, "x"]:
+            return literal
+    from ..errors import UserError
+
+    raise UserError("", f"{value!r} cannot be written in an MLflow search (no quote holds it); rename it")

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .. import environment
+from .. import environment, redact
 from ..files import digest, write_atomic
 from ..layout import PENDING
 from ..record.states import TrialState
-from . import tags
-from .secrets import scrub
+from ..redact import scrub
+from ..spec import space
+from . import store, tags
 
 if TYPE_CHECKING:
     from ..record.trials import StudyRecord, TrialRecord
@@ -54,10 +55,17 @@ BEST = {
 }
 
 
-def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
-    """--tracking-uri, else the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite)."""
-    uri = override or (spec and spec.tracking.tracking_uri) or os.environ.get(environment.TRACKING_URI)
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def tracking_uri(override: str | None = None, spec: Spec | None = None, storage: str | None = None) -> str:
+    """--tracking-uri, else the spec's, else $MLFLOW_TRACKING_URI, else ``<storage>/mlflow.db`` (SQLite,
+    beside the studies of ``storage``, default the spec's or the default ``study.storage``); absolute."""
+    given = store.given(override, spec.tracking.tracking_uri if spec else None)
+    if given:
+        return store.absolute(given)
+    if storage is None:
+        from ..spec.schema import Study
+
+        storage = spec.study.storage if spec else Study.model_fields["storage"].default
+    return store.default_uri(storage)
 
 
 KNOWN_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "uc")
@@ -69,7 +77,7 @@ def check_uri(uri: str) -> None:
     from urllib.parse import urlsplit
 
     from ..errors import UserError
-    from .secrets import redact
+    from ..redact import redact
 
     scheme = urlsplit(uri).scheme.split("+")[0].lower()
     if scheme and len(scheme) > 1 and scheme not in KNOWN_SCHEMES:
@@ -121,14 +129,13 @@ class Tracker:
     def __init__(self, spec: Spec, uri: str, storage, log: Callable[[str], None] = print):
         import logging
 
-        from mlflow import MlflowClient
-
         # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         environment.set_defaults(environment.MLFLOW)  # an unreachable server fails fast into the outbox
-        self.spec, self.uri, self.storage, self.log = spec, uri, storage, log
-        self.client = MlflowClient(tracking_uri=uri)
+        # self.uri is what is printed and saved; the client alone holds the credentials the URI may carry.
+        self.spec, self.uri, self.storage, self.log = spec, redact.redact(uri), storage, log
+        self.client = store.open_client(uri)  # a new SQLite store is created under a lock
         self.experiment_name = spec.tracking.experiment or spec.study.name
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
@@ -150,12 +157,17 @@ class Tracker:
             "baseline": self._write_baseline,
         }
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its searcher, and with it this tracker, into the study's tune/ folder: never the
+        # client, which holds the credentials a tracking URI may carry (it is never read back).
+        return {**self.__dict__, "client": None, "_writers": {}, "log": None}
+
     @property
     def pending_path(self) -> Path:
         return Path(self.storage.directory) / PENDING
 
     def connect(self) -> None:
-        """Open the store now (a new SQLite store runs its migrations); an unreachable server can wait."""
+        """Reach the store now; an unreachable server can wait."""
         try:
             self.client.search_experiments(max_results=1)
         except Exception:  # the outbox reports it at the first write
@@ -215,7 +227,7 @@ class Tracker:
         records = [r for r in self.outbox if r["write"] not in ("experiment", "parent")]
         if not records:
             return
-        saved = {"tracking_uri": self.uri, "spec": self.spec.to_dict(), "records": records}
+        saved = redact.values({"tracking_uri": self.uri, "spec": self.spec.to_dict(), "records": records})
         self.pending_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.pending_path, json.dumps(saved, indent=1) + "\n")
         self.storage.push()
@@ -265,13 +277,13 @@ class Tracker:
             tags.OBJECTIVE_METRIC: objective.metric,
             tags.OBJECTIVE_MODE: objective.mode,
             tags.BASE_MODEL: self.spec.model.name_or_path,
-            tags.STUDY_DIR: self.storage.location,
+            tags.STUDY_DIR: redact.redact(self.storage.location),
             **({tags.GIT_COMMIT: commit} if (commit := _git_commit()) else {}),
         }
         run = self.client.create_run(self.experiment_id, run_name=self.spec.study.name, tags=values)
         self.parent_id = run.info.run_id
         params = scrub({k: _param(v) for k, v in self.spec.flat().items()})
-        params.update({f"search.{k}": json.dumps(v) for k, v in self.spec.search.items()})
+        params.update({f"search.{k}": redact.text(json.dumps(v)) for k, v in self.spec.search.items()})
         self._log_params(self.parent_id, params, Param, RunTag)
 
     def _find(self, values: dict[str, str]) -> list:
@@ -415,12 +427,12 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(final), "adapter/final")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "trial_config.yaml"
-            concrete = self.spec.with_values(trial["params"]).to_dict()
+            concrete = redact.values(self.spec.with_values(trial["params"]).to_dict())
             config.write_text(yaml.safe_dump(concrete, sort_keys=False))
             self.client.log_artifact(run_id, str(config))
         self.client.set_tag(run_id, tags.STATE, str(trial["state"]))
         if trial["error"]:
-            self.client.set_tag(run_id, tags.ERROR, trial["error"][:5000])
+            self.client.set_tag(run_id, tags.ERROR, redact.text(trial["error"])[:5000])
         ok = trial["state"] in (TrialState.COMPLETE, TrialState.PRUNED)
         self.client.set_terminated(
             run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
@@ -433,7 +445,7 @@ class Tracker:
             finished=len(record.finished()),
             best_trial=best.trial_id if best else None,
             best_value=best.value if best else None,
-            complete=len(record.finished()) >= self.spec.study.num_trials,
+            complete=len(record.finished()) >= space.trials(self.spec),
             pareto=record.to_dict().get("pareto_front"),
             time=int(time.time() * 1000),
         )
@@ -506,13 +518,14 @@ def replay_pending(
     spec = Spec.from_dict(saved["spec"])
     record = StudyRecord.open(storage.directory, spec)
     record.on_save = storage.push
-    if uri and uri != saved["tracking_uri"]:
-        log(f"MLflow: sending the records saved for {saved['tracking_uri']} to {uri} instead")
-        saved["tracking_uri"] = uri
+    if uri and redact.redact(uri) != saved["tracking_uri"]:
+        log(f"MLflow: sending the records saved for {saved['tracking_uri']} to {redact.redact(uri)} instead")
+        saved["tracking_uri"] = redact.redact(uri)
         write_atomic(Path(storage.directory) / PENDING, json.dumps(saved, indent=1) + "\n")
         for trial in record.trials.values():
             trial.mlflow_run_id = None  # run ids of the other store
-    tracker = Tracker(spec, saved["tracking_uri"], storage, log)
+    # The saved URI has no credentials: MLflow's variables supply them, or the URI given (same store).
+    tracker = Tracker(spec, uri or saved["tracking_uri"], storage, log)
     tracker.start_study(record, reopen=False)
     sent = tracker.close(wait_s)
     if record.trials:
@@ -525,9 +538,10 @@ def send_pending(storage, uri: str, trials_to_run: bool, log: Callable[[str], No
     and trials to run). Records meant for another, unreachable tracking URI stop a run that would log
     elsewhere, so they are never overwritten."""
     saved_for = read_pending(storage)["tracking_uri"]
-    if trials_to_run and saved_for == uri:
+    if trials_to_run and saved_for == redact.redact(uri):
         return
-    if not replay_pending(storage, log) and trials_to_run:
+    same = uri if saved_for == redact.redact(uri) else None  # the credentials of the URI given, if any
+    if not replay_pending(storage, log, uri=same) and trials_to_run:
         from ..errors import UserError
 
         raise UserError(

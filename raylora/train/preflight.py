@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import SpecError, UserError, raise_all
@@ -122,57 +123,120 @@ def _check_targets(spec: Spec, model_dir: Path) -> None:
         raise SpecError("training.lora.target_modules", str(e)) from None
 
 
-def check_ranks(spec: Spec) -> None:
-    """``training.lora.r`` (and every searched rank) must fit the narrowest module LoRA targets: a rank
-    above ``min(in, out)`` of a Linear adds parameters without adding rank. Builds the model on the meta
-    device (torch, no weights), so ``search`` and ``train`` run it, not the torch-free ``validate``."""
+def check_ranks(spec: Spec, sampled: bool) -> None:
+    """Refuse a LoRA rank above the width of the narrowest module LoRA targets (``min(in, out)`` of a
+    Linear: a wider rank adds parameters without adding rank). ``sampled``: every rank and scope the
+    search can sample (``search``); else the fixed values the command trains with (``train``, where
+    ``--set`` wins over ``search:``). Builds the model on the meta device (torch, no weights)."""
+    ref = _local_model(spec)
+    if ref is None:
+        return
+    from . import scopes
+
+    config = scopes.load_config(ref)
+    meta = scopes.meta_model(config)
+    modules = dict(meta.named_modules())
+
+    def widths(scope: list[str]) -> dict[str, int]:
+        chosen = spec.training.lora.target_modules
+        if chosen is not None:
+            resolution = scopes.resolve_target_modules(meta, config.model_type, chosen)
+        else:
+            resolution = scopes.resolve_scopes(meta, config.model_type, scope)
+        return {n: min(modules[n].in_features, modules[n].out_features) for n in resolution.names()}
+
+    _refuse_wide_ranks(spec, sampled, widths)
+
+
+def check_ranks_from_config(spec: Spec) -> None:
+    """:func:`check_ranks` for every value the search can sample, from ``config.json``'s widths alone (no
+    torch: ``raylora validate``). Qwen3-VL and Qwen2.5-VL layouts with scopes; otherwise nothing."""
     from .. import builtin
+
+    if spec.training.lora.target_modules is not None:
+        return
+    if spec.model.name_or_path == builtin.TINY_MODEL:
+        from ..builtin.tiny_model import widths_config
+
+        config = widths_config()
+    else:
+        ref = _local_model(spec)
+        if ref is None:
+            return
+        try:
+            config = json.loads((Path(ref) / "config.json").read_text())
+        except (OSError, ValueError):
+            return  # reported by the model checks
+    leaves = leaf_widths(config)
+    if leaves:
+        _refuse_wide_ranks(spec, True, lambda scope: _scope_widths(scope, leaves))
+
+
+def leaf_widths(config: dict) -> dict[str, int]:
+    """The narrowest Linear of each leaf scope, from a Qwen-VL ``config.json`` ({} for other models)."""
+    if config.get("model_type") not in ("qwen3_vl", "qwen2_5_vl"):
+        return {}
+    text, vision = config.get("text_config", config), config.get("vision_config", {})
+    try:
+        hidden, heads = text["hidden_size"], text["num_attention_heads"]
+        head_dim = text.get("head_dim") or hidden // heads
+        kv = text.get("num_key_value_heads") or heads
+        seen = vision["hidden_size"]
+        merged = seen * vision.get("spatial_merge_size", 2) ** 2
+        projector = min(merged, vision.get("out_hidden_size", hidden))
+        return {
+            "llm.attn": min(hidden, heads * head_dim, kv * head_dim),
+            "llm.mlp": min(hidden, text["intermediate_size"]),
+            "vision.attn": seen,
+            "vision.mlp": min(seen, vision["intermediate_size"]),
+            "projector": projector,
+            "deepstack": projector,
+        }
+    except (KeyError, TypeError):
+        return {}
+
+
+def _scope_widths(scope: list[str], leaves: dict[str, int]) -> dict[str, int]:
+    from .scopes import _COMPOUND
+
+    return {leaf: leaves[leaf] for word in scope for leaf in _COMPOUND.get(word, (word,)) if leaf in leaves}
+
+
+def _local_model(spec: Spec) -> str | None:
+    """The local folder of the spec's model (the built-in one built), or None for a hub model."""
+    from .. import builtin
+
+    ref = spec.model.name_or_path
+    if builtin.is_builtin(ref):
+        return str(builtin.ensure_tiny_model()) if ref == builtin.TINY_MODEL else None
+    return ref if Path(ref).expanduser().is_dir() else None  # a hub model: checked when it is built
+
+
+def _refuse_wide_ranks(spec: Spec, sampled: bool, widths) -> None:
+    """Raise when a rank the command trains with is above the narrowest width ``widths(scope)`` gives
+    (module → width) for a scope it trains."""
     from ..spec import space
     from . import scopes
 
-    distributions = space.distributions(spec)
-    ref = spec.model.name_or_path
-    if builtin.is_builtin(ref):
-        ref = str(builtin.ensure_tiny_model()) if ref == builtin.TINY_MODEL else None
-    elif not Path(ref).expanduser().is_dir():
-        ref = None  # a hub model: checked when it is downloaded and built
-    if ref is None:
-        return
-    scope = distributions.get("training.lora.scope")
-    options = scope.candidates() if scope else (spec.training.lora.scope,)
-    config = scopes.load_config(ref)
-    meta = scopes.meta_model(config)
+    distributions = space.distributions(spec) if sampled else {}
+    scope_dist = distributions.get("training.lora.scope")
     narrowest: tuple[int, str] | None = None
-    for option in options:
+    for scope in scope_dist.candidates() if scope_dist else (spec.training.lora.scope,):
         try:
-            if spec.training.lora.target_modules is not None:
-                resolution = scopes.resolve_target_modules(
-                    meta, config.model_type, spec.training.lora.target_modules
-                )
-            else:
-                chosen = spec.with_values({"training.lora.scope": option}) if scope else spec
-                resolution = scopes.resolve_scopes(meta, config.model_type, chosen.training.lora.scope)
+            found = widths(scope)
         except scopes.ScopeError:
             return  # reported by the scope checks
-        modules = dict(meta.named_modules())
-        for name in resolution.names():
-            width = min(modules[name].in_features, modules[name].out_features)
+        for name, width in found.items():
             if narrowest is None or width < narrowest[0]:
                 narrowest = (width, name)
-    if narrowest is None:
-        return
-    width, name = narrowest
-    ranks = distributions.get("training.lora.r")
-    where, values = (
-        ("search.training.lora.r", ranks.candidates())
-        if ranks
-        else ("training.lora.r", (spec.training.lora.r,))
-    )
-    too_big = sorted({int(v) for v in values if v > width})
+    rank_dist = distributions.get("training.lora.r")
+    where = "search.training.lora.r" if rank_dist else "training.lora.r"
+    ranks = rank_dist.candidates() if rank_dist else (spec.training.lora.r,)
+    too_big = sorted({int(v) for v in ranks if narrowest and v > narrowest[0]})
     if too_big:
+        width, name = narrowest
         raise SpecError(
             where,
             f"rank {', '.join(map(str, too_big))} is above the width of the narrowest targeted module "
-            f"({name}: {modules[name].in_features}→{modules[name].out_features}); the widest sensible rank "
-            f"is {width}",
+            f"({name}: {width}); the widest sensible rank is {width}",
         )

@@ -1,0 +1,293 @@
+"""A study knows its stores, and reading one never creates or hangs on one (issue 26): the MLflow store is
+recorded in spec.json (absolute, without credentials), kept on --resume, made beside the storage by default,
+created under a lock; --resume of no study and a study without spec.json are refused; report and promote
+refuse a missing store or a dead server in one line; a corrupt adapter is never registered; and a planted
+credential is found nowhere a study, its report and its promotion write or print."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raylora import spec as spec_lib
+from raylora.errors import EnvironmentFault, UserError
+from raylora.tracking import store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _raylora(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raylora", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def _one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# -- which store (fast) -----------------------------------------------------------------------------
+
+
+def test_the_default_store_sits_beside_the_storage_and_every_store_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store.default_uri("studies") == f"sqlite:///{tmp_path}/studies/mlflow.db"
+    assert store.absolute("sqlite:///rel/m.db") == f"sqlite:///{tmp_path}/rel/m.db"
+    assert store.absolute("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert store.absolute("runs") == str(tmp_path / "runs")
+    assert store.absolute("http://h:5000") == "http://h:5000"
+
+    from raylora.tracking.tracker import tracking_uri
+
+    spec = spec_lib.build({"study": {"name": "s", "storage": "st"}})
+    assert tracking_uri(None, spec) == f"sqlite:///{tmp_path}/st/mlflow.db"
+    assert tracking_uri(None, spec, "/elsewhere") == "sqlite:////elsewhere/mlflow.db"
+    assert tracking_uri("sqlite:///x.db", spec) == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_resume_keeps_the_recorded_store_and_another_one_is_a_warning_naming_both():
+    lines = []
+    recorded = "http://h:5000"
+    assert store.for_study(None, recorded, "/st", lines.append) == recorded
+    assert store.for_study(None, None, "/st", lines.append) == "sqlite:////st/mlflow.db"
+    assert (
+        store.for_study("http://u:S3CR3T@h:5000", recorded, "/st", lines.append) == "http://u:S3CR3T@h:5000"
+    )
+    assert lines == []  # the same store, its credentials given on the command line
+    assert store.for_study("http://other:5000", recorded, "/st", lines.append) == "http://other:5000"
+    assert len(lines) == 1 and recorded in lines[0] and "http://other:5000" in lines[0]
+
+
+def test_spec_json_records_the_store_without_credentials(tmp_path):
+    from raylora.study import specfile
+
+    spec = spec_lib.build({"study": {"name": "s"}, "tracking": {"tracking_uri": "http://u:S3CR3T@h:5000"}})
+    specfile.save(tmp_path, spec, "https://u:S3CR3T@h:5000/?token=T0KEN&x=1")
+    text = (tmp_path / "spec.json").read_text()
+    assert "S3CR3T" not in text and "T0KEN" not in text
+    assert specfile.stored_uri(tmp_path) == "https://h:5000/?x=1"
+    specfile.check(tmp_path, spec)  # the redacted spec is still the same study
+
+
+def test_a_journal_without_spec_json_is_refused_unless_the_spec_is_accepted(tmp_path):
+    from raylora.study import specfile
+
+    spec = spec_lib.build({"study": {"name": "s"}})
+    specfile.check(tmp_path, spec)  # a new study: nothing to compare
+    (tmp_path / "optuna.journal").write_text("")
+    with pytest.raises(UserError, match="--accept-spec"):
+        specfile.check(tmp_path, spec)
+    specfile.check(tmp_path, spec, accept=True)
+
+
+def test_a_missing_sqlite_store_is_refused_not_created(tmp_path):
+    with pytest.raises(UserError, match="no MLflow store at"):
+        store.must_exist(f"sqlite:///{tmp_path}/none/mlflow.db")
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_dead_tracking_server_is_one_fault_within_seconds():
+    from mlflow_server import free_port
+
+    started = time.monotonic()
+    with pytest.raises(EnvironmentFault) as info:
+        store.must_answer(f"http://alice:S3CR3T@127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 30
+    assert "does not answer" in str(info.value) and "S3CR3T" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_corrupt_adapter_does_not_load_and_a_whole_one_does(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from raylora import builtin
+    from raylora.tracking.promote import _RunView, check_adapter
+
+    base = builtin.ensure_tiny_model()
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    run = _RunView("r1", "FINISHED", {"raylora.trial_id": "t001"}, {}, {})
+    check_adapter(adapter, builtin.TINY_MODEL, None, run)
+    (adapter / "adapter_model.safetensors").write_bytes(os.urandom(100))
+    with pytest.raises(EnvironmentFault, match="the adapter of trial t001 .* does not load"):
+        check_adapter(adapter, builtin.TINY_MODEL, None, run)
+
+
+def test_an_image_that_is_not_a_regular_file_says_so(tmp_path):
+    from raylora.data import samples
+    from raylora.errors import DataError
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.png").mkdir()
+    for name in ("pipe.png", "folder.png", "/dev/zero"):
+        with pytest.raises(DataError, match="not a regular file"):
+            samples._image_ref(name, tmp_path, "x.jsonl:1")
+    with pytest.raises(DataError, match="image not found"):
+        samples._image_ref("missing.png", tmp_path, "x.jsonl:1")
+
+
+# -- end to end (slow) ------------------------------------------------------------------------------
+
+
+def _study_yaml(tmp_path: Path, name: str, num_trials: int = 1) -> Path:
+    spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    spec["study"].update(
+        {"name": name, "num_trials": num_trials, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
+    )
+    spec["training"].update({"max_steps": 2, "eval_every": 2, "click_eval_samples": 0})
+    spec["data"]["eval_samples"] = 4
+    spec["search"] = {"training.learning_rate.llm": {"loguniform": [3.0e-4, 3.0e-3]}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_resume_from_another_folder_keeps_one_store_beside_the_storage(tmp_path, ray_tmpdir):
+    env = {"RAY_TMPDIR": str(ray_tmpdir), "MLFLOW_TRACKING_URI": ""}
+    storage = tmp_path / "st"
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    path = _study_yaml(tmp_path, "moved")
+    proc = _raylora("search", str(path), "--storage", str(storage), cwd=first, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    more = _raylora(
+        "search",
+        str(path),
+        "--storage",
+        str(storage),
+        "--resume",
+        "--set",
+        "study.num_trials=2",
+        cwd=second,
+        env=env,
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "warning" not in more.stdout + more.stderr
+
+    assert not (first / "mlflow.db").exists() and not (second / "mlflow.db").exists()
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    assert json.loads((storage / "moved" / "spec.json").read_text())["tracking_uri"] == uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("moved")
+    roles = sorted(r.data.tags["raylora.role"] for r in client.search_runs([experiment.experiment_id]))
+    assert roles == ["study", "trial", "trial"]
+
+    summary = storage / "moved" / "summary.json"
+    before = json.loads(summary.read_text())
+    summary.write_text('{"study": "moved", "trials": [{"tri')  # torn, as a full disk leaves it
+    report = _raylora("report", str(storage / "moved"), cwd=second, env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "did not parse; rebuilt it from optuna.journal" in report.stdout + report.stderr
+    rebuilt = json.loads(summary.read_text())
+    assert [(t["trial_id"], t["state"]) for t in rebuilt["trials"]] == [
+        (t["trial_id"], t["state"]) for t in before["trials"]
+    ]
+
+    missing = _raylora(
+        "search", str(path), "--storage", str(tmp_path / "typo"), "--resume", cwd=second, env=env
+    )
+    _one_line(missing, 2, f"--resume: no study named moved in {tmp_path / 'typo'}")
+    gone = _raylora("report", str(tmp_path / "nowhere"), cwd=second, env=env)
+    _one_line(gone, 2, "no such study folder")
+    assert not list(second.glob("*.db")) and not (second / "raylora_studies").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_of_a_new_sqlite_store_is_safe(tmp_path):
+    code = "import sys; from raylora.tracking import store; store.open_client(sys.argv[1]); print('ok')"
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+
+
+SECRETS = ("S3CR3T-URI", "S3CR3T-SET", "S3CR3T-ENV")
+
+
+def _leaks(root: Path) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {s}" for s in SECRETS if s.encode() in data]
+    return found
+
+
+@pytest.mark.slow
+def test_a_planted_credential_is_found_nowhere_a_study_report_and_promotion_write_or_print(
+    tmp_path, ray_tmpdir
+):
+    from mlflow_server import mlflow_server
+
+    path = _study_yaml(tmp_path, "secretive")
+    storage = tmp_path / "st"
+    env = {
+        "RAY_TMPDIR": str(ray_tmpdir),
+        "MLFLOW_TRACKING_PASSWORD": "S3CR3T-ENV",
+        "AWS_SECRET_ACCESS_KEY": "S3CR3T-ENV",
+    }
+    printed = []
+    with mlflow_server(tmp_path / "server") as uri:
+        planted = uri.replace("http://", "http://alice:S3CR3T-URI@")
+        in_set = uri.replace("http://", "http://bob:S3CR3T-SET@") + "/?token=S3CR3T-SET"
+        search = _raylora(
+            "search", str(path), "--storage", str(storage), "--tracking-uri", planted,
+            "--set", f"tracking.tracking_uri={in_set}", cwd=tmp_path, env=env,
+        )  # fmt: skip
+        printed.append(search.stdout + search.stderr)
+        assert search.returncode == 0, search.stderr[-3000:]
+        report = _raylora(
+            "report", str(storage / "secretive"), "--tracking-uri", planted, cwd=tmp_path, env=env
+        )
+        printed.append(report.stdout + report.stderr)
+        assert report.returncode == 0, report.stderr[-3000:]
+        promote = _raylora(
+            "promote", "best", "--experiment", "secretive", "--tracking-uri", planted, "--model-name", "it's",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        printed.append(promote.stdout + promote.stderr)
+        assert promote.returncode == 0, promote.stderr[-3000:]
+        assert "registered it's version 1 (@champion)" in promote.stdout
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("secretive")
+        runs = client.search_runs([experiment.experiment_id])
+        sent = json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs])
+    assert json.loads((storage / "secretive" / "spec.json").read_text())["tracking_uri"] == uri
+    assert [s for s in SECRETS if s in "".join(printed) or s in sent] == []
+    assert _leaks(storage) == [] and _leaks(tmp_path / "server") == []
+    assert "View run" not in "".join(printed)
