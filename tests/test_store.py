@@ -137,7 +137,7 @@ def test_a_corrupt_adapter_does_not_load_and_a_whole_one_does(tmp_path):
 
 
 def test_an_image_that_is_not_a_regular_file_says_so(tmp_path):
-    from raylora.data import samples
+    from raylora.data import images
     from raylora.errors import DataError
 
     fifo = tmp_path / "pipe.png"
@@ -145,9 +145,9 @@ def test_an_image_that_is_not_a_regular_file_says_so(tmp_path):
     (tmp_path / "folder.png").mkdir()
     for name in ("pipe.png", "folder.png", "/dev/zero"):
         with pytest.raises(DataError, match="not a regular file"):
-            samples._image_ref(name, tmp_path, "x.jsonl:1")
+            images.resolve(name, tmp_path, "x.jsonl:1")
     with pytest.raises(DataError, match="image not found"):
-        samples._image_ref("missing.png", tmp_path, "x.jsonl:1")
+        images.resolve("missing.png", tmp_path, "x.jsonl:1")
 
 
 # -- end to end (slow) ------------------------------------------------------------------------------
