@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..data import scoring
+from ..files import write_atomic
 from ..layout import BASELINE
 from ..record.comparison import compare, items, metric_for
 from ..spec import Spec
@@ -76,9 +76,7 @@ def load_or_measure(spec: Spec, log=print) -> dict:
     log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once; cached in {path})")
     result = measure(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result))
     return result
 
 

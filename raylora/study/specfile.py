@@ -9,11 +9,11 @@ so are the bytes of local data files (their sha256).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpecError, raise_all
+from ..files import write_atomic
 from ..layout import SPEC
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ def resolved(spec: Spec) -> dict:
 def save(directory: Path, spec: Spec) -> None:
     """Write ``spec.json`` atomically (the current spec: changes it allowed are recorded too)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{SPEC}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(resolved(spec), indent=1) + "\n")
-    os.replace(tmp, directory / SPEC)
+    write_atomic(directory / SPEC, json.dumps(resolved(spec), indent=1) + "\n")
 
 
 def check(directory: Path, spec: Spec) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .. import environment
-from ..files import digest, write_atomic
+from ..files import digest, unwritable, write_atomic
 from ..layout import PENDING
 from ..record.states import TrialState
 from . import tags
@@ -87,25 +87,9 @@ def check_uri(uri: str) -> None:
         folder = Path(urlsplit(uri).path if scheme == "file" else uri)
     else:
         return
-    problem = _unwritable(folder)
+    problem = unwritable(folder)
     if problem:
         raise UserError("--tracking-uri", f"{redact(uri)}: {problem}")
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why nothing can be written under ``folder`` (created if missing later), or None."""
-    existing = folder.expanduser().absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".raylora-check-", dir=existing)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        return f"cannot write in {existing} ({e.strerror or e})"
-    return None
 
 
 class Tracker:
