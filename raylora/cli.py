@@ -774,15 +774,12 @@ def _load_checked(spec_path: Path, overrides: list[str]):
 
 def main() -> None:
     """Console entry point."""
-    import logging
-
     from . import environment
     from .errors import EnvironmentFault, TrialError
+    from .tracking.tracker import quiet_mlflow
 
     environment.set_defaults(environment.CLI)
-    # MLflow and its migrations log INFO lines on every new store; results are what we print.
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_mlflow()
     try:
         app(standalone_mode=False)
     except UserError as e:

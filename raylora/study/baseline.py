@@ -37,7 +37,7 @@ def fingerprint(spec: Spec) -> str:
         data.format,
         data.coordinates,
         data.template,
-        sorted(getattr(data, "columns", {}).items()),
+        sorted(data.columns.items()),
         data.image.min_pixels,
         data.image.max_pixels,
         data.max_length,
@@ -96,9 +96,7 @@ def measure(spec: Spec) -> dict:
         min_pixels=image.min_pixels,
         max_pixels=image.max_pixels,
     )
-    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
-    if getattr(spec.data, "columns", None):
-        reading["columns"] = spec.data.columns
+    reading = spec.data.reading()
     split = loader.open_split(
         builtin.resolve_data(spec.data.eval, "eval"),
         predictor.processor,

@@ -25,6 +25,7 @@ from .. import environment
 from ..files import digest, unwritable, write_atomic
 from ..layout import PENDING
 from ..record.states import TrialState
+from ..spec import metrics
 from . import tags
 from .secrets import scrub
 
@@ -32,26 +33,18 @@ if TYPE_CHECKING:
     from ..record.trials import StudyRecord, TrialRecord
     from ..spec import Spec
 
-TRIAL_METRICS = (
-    "train/loss",
-    "eval/loss",
-    "eval/click_acc",
-    "eval/format_error_rate",
-    "eval/type_acc",
-    "eval/step_acc",
-    "samples_per_s",
-    "tokens_per_s",
-    "peak_mem_mb",
-)
-# Direction of every metric a "best_" summary is kept for.
-BEST = {
-    "train/loss": "min",
-    "eval/loss": "min",
-    "eval/click_acc": "max",
-    "eval/format_error_rate": "min",
-    "eval/type_acc": "max",
-    "eval/step_acc": "max",
-}
+TRIAL_METRICS = (*metrics.BETTER, "samples_per_s", "tokens_per_s", "peak_mem_mb")
+BEST = metrics.BETTER
+"""Direction of every metric a ``best_`` summary is kept for."""
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's INFO lines (its migrations log several on every new store) off the user's terminal:
+    what matters is printed by raylora."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def tracking_uri(override: str | None = None, spec: Spec | None = None) -> str:
@@ -103,13 +96,9 @@ class Tracker:
     """
 
     def __init__(self, spec: Spec, uri: str, storage, log: Callable[[str], None] = print):
-        import logging
-
         from mlflow import MlflowClient
 
-        # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_mlflow()
         environment.set_defaults(environment.MLFLOW)  # an unreachable server fails fast into the outbox
         self.spec, self.uri, self.storage, self.log = spec, uri, storage, log
         self.client = MlflowClient(tracking_uri=uri)

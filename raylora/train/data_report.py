@@ -28,9 +28,7 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )
         fmt = formats.detect(row, where)
-    records = samples.read(
-        ref, limit, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
-    )
+    records = samples.read(ref, limit, **spec.data.reading())
     answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)

@@ -71,9 +71,7 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
         raise SpecError(where, f"no such data file: {ref}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
-    bad = samples.problems(
-        ref, spec.data.format, spec.data.coordinates, spec.data.template, columns=spec.data.columns
-    )
+    bad = samples.problems(ref, **spec.data.reading())
     raise_all(bad)
 
 

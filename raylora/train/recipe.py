@@ -72,12 +72,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- data: records and their token lengths now; screenshots decoded lazily, batch by batch
-    reading = {
-        "fmt": spec.data.format,
-        "coordinates": spec.data.coordinates,
-        "template": spec.data.template,
-        "columns": spec.data.columns,
-    }
+    reading = spec.data.reading()
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
     train_set = loader.open_split(

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..spec.metrics import CLICK_ACC, EVAL_LOSS, FORMAT_ERROR_RATE, STEP_ACC, TRAIN_LOSS
+
 
 class Session(Protocol):
     """Where a run sits (rank, world, node) and where its results go."""
@@ -127,14 +129,7 @@ class LocalSession:
 
 
 def _progress_line(metrics: dict) -> str:
-    keys = (
-        "train/loss",
-        "eval/loss",
-        "eval/click_acc",
-        "eval/step_acc",
-        "eval/format_error_rate",
-        "samples_per_s",
-    )
+    keys = (TRAIN_LOSS, EVAL_LOSS, CLICK_ACC, STEP_ACC, FORMAT_ERROR_RATE, "samples_per_s")
     parts = [f"step {metrics['step']}"] + [
         f"{k} {metrics[k]:.4g}" for k in keys if metrics.get(k) is not None
     ]
