@@ -188,8 +188,8 @@ def train(
         run_train(spec, session)
     finally:
         session.close()  # the step bar leaves the terminal on an error too
-    print(f"adapter: {output / 'adapter'}")
-    print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
+    print(f"adapter: {output / layout.ADAPTER}")
+    print(f"metrics: {output / layout.METRICS_FILE}  targets: {output / layout.TARGETS}")
 
 
 @app.command()

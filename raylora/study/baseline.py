@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data import scoring
 from ..files import write_atomic
-from ..layout import BASELINE
+from ..layout import BASELINE, RUNS
 from ..record.comparison import compare, items, metric_for
 from ..spec import Spec
 
@@ -181,7 +181,7 @@ def compare_trials(record, storage, base: dict) -> bool:
     from ..record.states import TrialState
     from .checkpoints import Checkpoints
 
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     metric = metric_for(record.metric)
     checkpoints = Checkpoints(runs_dir, filesystem, record.metric, record.mode)
     changed = False

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..layout import DONE
-
-CHECKPOINT_PREFIX = "checkpoint_s"
+from ..layout import CHECKPOINT_PREFIX, DONE
 
 
 @dataclass

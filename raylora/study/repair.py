@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..layout import RUNS
 
 if TYPE_CHECKING:
     import optuna
@@ -82,7 +83,7 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
         slot = frozen.user_attrs.get("slot")
         if slot:
             latest[slot] = frozen
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     objective = spec.study.objective
     checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
     for slot, frozen in sorted(latest.items()):
@@ -107,7 +108,7 @@ def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
 
     from .checkpoints import Checkpoints
 
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     objective = spec.study.objective
     checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
     fs = checkpoints.fs

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import environment
 from ..errors import UserError, first_line
 from ..files import unwritable, write_atomic
+from ..layout import REPORT_DIR as REPORT
 from ..layout import STATE_FILES
 from .secrets import redact
 
-REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from .. import environment
 from ..files import digest, unwritable, write_atomic
-from ..layout import PENDING
+from ..layout import PENDING, REPORT_DIR
 from ..record.states import TrialState
 from ..spec import metrics
 from . import tags
@@ -448,9 +448,9 @@ class Tracker:
         self._send("report")
 
     def _write_report(self, entry: dict) -> None:
-        directory = Path(self.storage.directory) / "report"
+        directory = Path(self.storage.directory) / REPORT_DIR
         if directory.is_dir():
-            self.client.log_artifacts(self.parent_id, str(directory), "report")
+            self.client.log_artifacts(self.parent_id, str(directory), REPORT_DIR)
 
     def runs_link(self) -> str | None:
         """The MLflow UI page of the study's runs, when the tracking URI is a server."""

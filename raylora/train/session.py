@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..layout import METRICS_FILE
 from ..spec.metrics import CLICK_ACC, EVAL_LOSS, FORMAT_ERROR_RATE, STEP_ACC, TRAIN_LOSS
 
 
@@ -96,7 +97,7 @@ class LocalSession:
         write_final(self.output_dir)
         summary = dict(self.history[-1]) if self.history else {}
         summary["history"] = self.history
-        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
         """Take the step bar off the terminal."""
