@@ -18,7 +18,7 @@ MARK_START, MARK_END = "⟦", "⟧"
 
 
 def inspect(ref: str, spec, limit: int | None = None) -> dict:
-    """The report for dataset ``ref`` read as ``spec.data`` says (format, coordinates, template)."""
+    """What raylora sees in dataset ``ref`` read as ``spec.data`` says (format, coordinates, template)."""
     from .. import builtin
     from . import model as model_lib
 
