@@ -1,4 +1,6 @@
-"""MLflow: the study's system of record, written by the search driver alone (one writer per store).
+"""MLflow: the study's system of record. During a study the search driver writes it through this module
+alone (workers never talk to MLflow); afterwards ``raylora report`` (:mod:`raylora.study.refresh`) logs a
+regenerated report and ``raylora promote`` (:mod:`.promote`) writes the model registry.
 
 One experiment per study, one parent run per study, one child run per trial (nested with
 ``mlflow.parentRunId``). Runs are found again by their ``raylora.*`` tags, so a resumed or retried trial
