@@ -33,14 +33,14 @@ def _load_adapter(adapter_dir: Path):
 
 def _first_eval_batch(spec):
     from raylora import builtin
-    from raylora.data import samples
-    from raylora.train import encode, model
+    from raylora.train import encode, loader, model
 
     processor = model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    records = samples.read(builtin.resolve_data(spec.data.eval, "eval"), limit=2)
-    items = encode.encode(records, processor, spec.data.max_length, image_kw).items
-    return encode.collate(items, processor.tokenizer.pad_token_id)
+    split = loader.open_split(
+        builtin.resolve_data(spec.data.eval, "eval"), processor, spec.data.max_length, image_kw, limit=2
+    )
+    return encode.collate(list(split.items), processor.tokenizer.pad_token_id)
 
 
 def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path):
