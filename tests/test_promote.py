@@ -34,11 +34,12 @@ STUDY = "quickstart"
 
 
 @pytest.fixture(scope="module")
-def adapters(raylora_home, tmp_path_factory) -> dict[str, Path]:
+def adapters(raylora_home, tmp_path_factory, small_eval_file) -> dict[str, Path]:
     """Two tiny trained adapters, trained once for the module: LoRA on [llm] and on [llm, vision]."""
     out = {}
     for name, scope in [("llm", "[llm]"), ("llm_vision", "[llm, vision]")]:
-        spec = spec_lib.load(QUICKSTART, [*FAST, f"training.lora.scope={scope}"])
+        overrides = [*FAST, f"training.lora.scope={scope}", f"data.eval={small_eval_file}"]
+        spec = spec_lib.load(QUICKSTART, overrides)
         directory = tmp_path_factory.mktemp(f"trial_{name}")
         train(spec, LocalSession(directory, log=lambda line: None))
         out[name] = directory
