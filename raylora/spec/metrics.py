@@ -15,14 +15,14 @@ TYPE_ACC = "eval/type_acc"
 STEP_ACC = "eval/step_acc"
 
 BETTER = {
-    TRAIN_LOSS: "min",
     EVAL_LOSS: "min",
     CLICK_ACC: "max",
     FORMAT_ERROR_RATE: "min",
     TYPE_ACC: "max",
     STEP_ACC: "max",
+    TRAIN_LOSS: "min",
 }
-"""The quality metrics and the direction that is better."""
+"""The quality metrics and the direction that is better (in the order error messages list them)."""
 
 GENERATED = (CLICK_ACC, FORMAT_ERROR_RATE, TYPE_ACC, STEP_ACC)
 """Scored from greedy generation (``training.click_eval_samples`` > 0), see :mod:`raylora.data.scoring`."""
