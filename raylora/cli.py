@@ -336,8 +336,8 @@ def score(
     from .data import scoring
 
     records, convention = _scored_data(data_ref, fmt, coordinates, template)
+    goals = scoring.targets(records, convention)  # every record's: a reference with no action is an error
     outputs = scoring.read_predictions(predictions, records)
-    goals = {i: scoring.target(records[i], convention) for i in outputs}
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
     scores = scoring.summarize(list(results.values()))
     scores["unanswered"] = len(records) - len(outputs)
@@ -395,6 +395,8 @@ def eval_(
     from .data import scoring
     from .train import evaluate, inference
 
+    goals = [scoring.target(r, convention) for r in records]  # a reference with no action: before any compute
+
     predictor = inference.Predictor.load(model, base_model, min_pixels=min_pixels, max_pixels=max_pixels)
     outputs = evaluate.generate(
         predictor.model,
@@ -410,9 +412,7 @@ def eval_(
             for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
-    scores = scoring.summarize(
-        [scoring.score(text, scoring.target(r, convention)) for r, text in zip(records, outputs, strict=True)]
-    )
+    scores = scoring.summarize([scoring.score(text, g) for g, text in zip(goals, outputs, strict=True)])
     scores["unanswered"] = 0
     _print_score(scores, as_json)
     if predictions_out is not None and not as_json:
@@ -600,6 +600,39 @@ def data_inspect(
             print(json.dumps(seen))
         else:
             _print_data_inspection(seen)
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="The dataset's file or folder, as published.")],
+    name: Annotated[
+        str, typer.Option("--from", help="androidcontrol, gui-odyssey, aguvis, os-atlas or showui.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The chat JSONL to write.")],
+    template: Annotated[str, typer.Option("--template", help="click, qwen3vl or mai-ui.")] = "click",
+    coordinates: Annotated[
+        str, typer.Option("--coordinates", help="The answers' convention for --template click: qwen3vl, ...")
+    ] = "qwen3vl",
+    history: Annotated[
+        int | None,
+        typer.Option("--history", min=0, help="Earlier screenshots per navigation step (mai-ui: 3, else 0)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Only this split's episodes: NAME or FILE.json:NAME.")
+    ] = None,
+    level: Annotated[
+        str, typer.Option("--level", help="high: the goal; low: the goal and the step instruction.")
+    ] = "high",
+) -> None:
+    """Write an episode or element-list dataset as chat records, one per step or element, with its
+    reference box; print the records, the dropped ones with reasons, and the actions by type."""
+    from .data import convert
+
+    try:
+        report = convert.convert(src, name, out, template, coordinates, history, split, level)
+    except ValueError as e:  # an unknown template or convention
+        raise UserError("--template" if "template" in str(e) else "--coordinates", str(e)) from None
+    print("\n".join(report.lines()))
 
 
 def _print_data_inspection(seen: dict) -> None:

@@ -205,7 +205,7 @@ CASES = [
         _record("click(10, 10)", bbox=[0, 0, 20, 20], categories={"data_type": "icon", "platform": "mobile"}),
         "pyautogui.click(x=500, y=500)",
     ),
-    # navigation, MAI-UI tool calls; the screenshot is 1000×500, so 14% of its diagonal is 156.5 px
+    # navigation, MAI-UI tool calls with no box: right within 0.14 in fractions of the screen's width, height
     (
         _record(tool(action="click", coordinate=[500, 500]), image="wide.png", categories={"group": "nav"}),
         "<thinking>the first result</thinking>\n" + tool(action="click", coordinate=[560, 500]),
@@ -261,14 +261,15 @@ def test_raylora_score_json_exact_counts_intervals_and_splits(held_out):
     proc = _score(str(predictions), "--data", str(data), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    # clicks: rows 0–6; hits 0 (qwen3vl fenced list), 1 (MAI-UI 0–999 → 50.05), 2 (UI-TARS), 5 (60 px off,
-    # within 156.5); misses 3 (format error), 4 (outside the box), 6 (200 px off)
+    # clicks: rows 0–6; hits 0 (qwen3vl fenced list), 1 (MAI-UI 0–999 → 50.05), 2 (UI-TARS), 5 (0.06 of the
+    # width off, within 0.14); misses 3 (format error), 4 (outside the box), 6 (0.2 of the width off)
     assert (report["n"], report["click_n"], report["click_acc"]) == (13, 7, pytest.approx(4 / 7))
     assert report["click_acc_ci"] == pytest.approx(scoring.wilson(4, 7))
     assert report["click_acc_ci"] == pytest.approx([0.2505, 0.8418], abs=5e-5)
-    # navigation: rows 5–12; type right 5, 6, 7, 8, 10, 11; step right 5, 8, 10
-    assert (report["nav_n"], report["type_acc"], report["step_acc"]) == (8, 6 / 8, 3 / 8)
-    assert report["step_acc_ci"] == pytest.approx(scoring.wilson(3, 8))
+    # navigation: rows 5–12; type right 5, 6, 7, 8, 10, 11; step right 5, 10 (row 8 types "hello   world":
+    # the AndroidControl harnesses lower-case and strip the text but keep its inner spaces, so not a match)
+    assert (report["nav_n"], report["type_acc"], report["step_acc"]) == (8, 6 / 8, 2 / 8)
+    assert report["step_acc_ci"] == pytest.approx(scoring.wilson(2, 8))
     assert (report["format_errors"], report["format_error_rate"]) == (2, pytest.approx(2 / 13))
     assert (report["unscored"], report["unanswered"]) == (0, 0)
     by = report["by"]
@@ -286,7 +287,7 @@ def test_raylora_score_json_exact_counts_intervals_and_splits(held_out):
         8,
         0.5,
         0.75,
-        0.375,
+        0.25,
         1,
     )
 
@@ -301,7 +302,7 @@ def test_raylora_score_against_a_base_models_predictions(held_out, tmp_path):
     click, step = against["click_acc"], against["step_acc"]
     assert (click["n"], click["new"], click["old"], click["a_only"], click["b_only"]) == (7, 4 / 7, 0.0, 4, 0)
     assert click["p_value"] == pytest.approx(2 / 16) and click["method"] == "exact"
-    assert (step["n"], step["gain"], step["a_only"], step["p_value"]) == (8, 3 / 8, 3, pytest.approx(2 / 8))
+    assert (step["n"], step["gain"], step["a_only"], step["p_value"]) == (8, 2 / 8, 2, pytest.approx(2 / 4))
     assert against["type_acc"]["p_value"] == pytest.approx(2 / 64)
     human = _score(str(predictions), "--data", str(data), "--against", str(base))
     assert "click_acc against the other predictions: 0.571 vs 0.000 on 7 records, gain +0.571" in human.stdout
@@ -378,7 +379,7 @@ def test_trainer_rates_are_the_same_numbers(held_out):
             "eval/click_acc": 4 / 7,
             "eval/format_error_rate": 2 / 13,
             "eval/type_acc": 0.75,
-            "eval/step_acc": 0.375,
+            "eval/step_acc": 0.25,
         }
     )
     assert not math.isnan(sum(rates.values()))

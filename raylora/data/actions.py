@@ -2,31 +2,54 @@
 
 Formats read, tried in this order (the first that matches wins):
 
-    mai-ui-nav  ``[<thinking>…</thinking>] <tool_call>{"name": "mobile_use", "arguments": {"action": …}}
-                </tool_call>`` over MAI-UI's action space: click, long_press (``coordinate``), type
-                (``text``), swipe (``direction``, optional ``coordinate``), open (``text``), drag
-                (``start_coordinate``, ``end_coordinate``), system_button (``button``), wait, terminate
-                (``status``), answer (``text``) — 0–999
-    mai-ui      MAI-UI grounding ``[<grounding_think>…</grounding_think>] <answer>{"coordinate": [x, y]}
-                </answer>`` — 0–999
-    qwen3vl     Qwen3-VL JSON ``{"point_2d": [x, y]}`` or ``{"bbox_2d": [x1, y1, x2, y2]}`` (its center),
-                bare, in a list (the first element with a point or box), or in a ```json fence — 0–1000
-    ui-tars     UI-TARS ``click(start_box='(x,y)')`` (also ``'<|box_start|>(x,y)<|box_end|>'``,
-                ``'[x1, y1, x2, y2]'``, ``point='<point>x y</point>'``) over its action space (click,
-                left_double, right_single, long_press, drag, type, hotkey, scroll, wait, finished,
-                press_home, press_back, open_app), and a bare ``<|box_start|>(x,y)<|box_end|>`` (a box
-                ``(x1,y1),(x2,y2)`` is its center)
-    pyautogui   ``pyautogui.click(x=…, y=…)`` (or positional), doubleClick, rightClick, write/typewrite,
-                press, hotkey, scroll, dragTo
-    click       the ``click`` template's ``click(x, y)``
+    mai-ui-nav   ``[<thinking>…</thinking>] <tool_call>{"name": "mobile_use", "arguments": {"action": …}}
+                 </tool_call>`` over MAI-UI's action space: click, long_press, double_click (``coordinate``),
+                 type (``text``), swipe (``direction``, optional ``coordinate``; or Qwen's ``coordinate`` →
+                 ``coordinate2``), open/awake (``text``), drag (``start_coordinate``, ``end_coordinate``),
+                 system_button (``button``), wait, terminate (``status``), answer (``text``), info — 0–999
+    qwen3vl-nav  Qwen3-VL's ``<tool_call>{"name": "computer_use", "arguments": {"action": …}}</tool_call>``
+                 (left_click, double_click, right_click, left_click_drag, key, type, scroll, wait,
+                 terminate, answer) — 0–1000
+    mai-ui       MAI-UI grounding ``[<grounding_think>…</grounding_think>] <answer>{"coordinate": [x, y]}
+                 </answer>`` — 0–999
+    qwen3vl      Qwen3-VL JSON ``{"point_2d": [x, y]}`` or ``{"bbox_2d": [x1, y1, x2, y2]}`` (its center),
+                 bare, in a list (the first point or box written), in a ```json fence — 0–1000
+    os-atlas     OS-Atlas ``CLICK <point>[[x,y]]</point>``, ``LONG_PRESS <point>…``, ``TYPE [text]``,
+                 ``SCROLL [UP]``, ``PRESS_BACK``, ``PRESS_HOME``, ``ENTER``, ``COMPLETE``, ``IMPOSSIBLE``,
+                 ``WAIT``, ``OPEN_APP [name]`` (the last such line) — 0–1000
+    ui-tars      UI-TARS calls (the last one in the text): ``click(start_box='(x,y)')`` (also
+                 ``'<|box_start|>(x,y)<|box_end|>'``, ``'[x1, y1, x2, y2]'``, UI-TARS-1.5's
+                 ``point='<point>x y</point>'``) over its action space (click, left_double, right_single,
+                 long_press, drag, type, hotkey, press, scroll, wait, finished, call_user, press_home,
+                 press_back, open_app); and a bare ``<|box_start|>(x,y)<|box_end|>`` (a box
+                 ``(x1,y1),(x2,y2)`` is its center)
+    pyautogui    ``pyautogui.click(x=…, y=…)`` (or positional), doubleClick, rightClick, tripleClick, write,
+                 typewrite, press, hotkey, scroll, hscroll, dragTo (the first action in the text)
+    aguvis       the same calls with every coordinate written as a float within 0–1 (Aguvis), and Aguvis'
+                 ``mobile.*`` calls (home, back, wait, long_press, open_app, swipe, terminate) — 0–1
+    showui       ShowUI's bare ``[0.52, 0.31]`` (or a 0–1 box, its center) — 0–1
+    click        the ``click`` template's ``click(x, y)``
 
-Output that matches none of these is a **format error** (:func:`parse` returns None): every accuracy counts
-it as a miss, and scoring reports it on its own.
+Calls are read as call syntax by :mod:`.calls` (quoted ``)``, escapes, nesting, text and special tokens
+around them), JSON by a JSON decoder from where it starts (text after it is ignored). Output that matches
+none of these is a **format error** (:func:`parse` returns None): every accuracy counts it as a miss, and
+scoring reports it on its own.
+
+Key combinations are written one way (:func:`keys`): ``ctrl c`` = ``ctrl+c`` = ``Ctrl+C`` = ``['ctrl', 'c']``
+→ ``ctrl+c`` (lower case, modifiers first in the order ctrl, alt, shift, cmd, win).
+
+Scroll and swipe directions. Formats disagree on what a direction names: MAI-UI's ``swipe`` names the way
+the **finger** moves (its agent moves the finger from the point toward ``direction``); UI-TARS' ``scroll``,
+pyautogui's ``scroll``/``hscroll``, Qwen3-VL's ``scroll``, OS-Atlas' ``SCROLL`` and AndroidControl name the
+way the **view** moves (``scroll down`` shows what is below: the finger moves up). :data:`FINGER_FORMATS`
+says which is which; :attr:`Action.finger` is the finger's direction whatever the format (a swipe given as
+two points: the main axis of the move), and scoring compares that, with ``scroll`` and ``swipe`` one type.
 
 Coordinates. An :class:`Action` keeps the numbers the model wrote and the convention its format fixes
-(``native``): 0–999 for MAI-UI's two formats, 0–1000 for Qwen3-VL's JSON; ``click(x, y)``, pyautogui and
-UI-TARS (0–1000 in v1, pixels in 1.5) fix none. :func:`in_convention` reads a point in the data's answer
-convention (``data.template`` over ``data.coordinates``, see :mod:`.coordinates`) by these rules:
+(``native``): 0–999 for MAI-UI's two formats, 0–1000 for Qwen3-VL's and OS-Atlas', 0–1 (``unit``) for
+ShowUI's and Aguvis'; ``click(x, y)``, pyautogui and UI-TARS (0–1000 in v1, pixels in 1.5) fix none.
+:func:`in_convention` reads a point in the data's answer convention (``data.template`` over
+``data.coordinates``, see :mod:`.coordinates`) by these rules:
 
 1. an output written in the **same format as the reference answer** is read in the answer convention — the
    model learned the data's convention, whatever its format's origin;
@@ -44,14 +67,27 @@ import json
 import re
 from dataclasses import dataclass, replace
 
-from . import coordinates
+from . import calls, coordinates
 
 Point = tuple[float, float]
 
-GROUNDING_FORMATS = ("mai-ui", "qwen3vl", "click")
+GROUNDING_FORMATS = ("mai-ui", "qwen3vl", "click", "showui")
 """Formats that answer a point only; a reference in any other format is a navigation step."""
-NATIVE = {"mai-ui-nav": "mai-ui", "mai-ui": "mai-ui", "qwen3vl": "qwen3vl"}
+NATIVE = {
+    "mai-ui-nav": "mai-ui",
+    "mai-ui": "mai-ui",
+    "qwen3vl": "qwen3vl",
+    "qwen3vl-nav": "qwen3vl",
+    "os-atlas": "qwen3vl",
+    "showui": "unit",
+    "aguvis": "unit",
+}
 """The convention a format fixes (formats absent here fix none)."""
+FINGER_FORMATS = ("mai-ui-nav",)
+"""Formats whose direction is the finger's; every other format's is the view's (the opposite)."""
+POINTED = ("click", "long_press", "double_click", "right_click", "triple_click", "middle_click")
+"""Action types that need a point (one without is no action)."""
+_OPPOSITE = {"up": "down", "down": "up", "left": "right", "right": "left"}
 
 
 @dataclass(frozen=True)
@@ -78,12 +114,23 @@ class Action:
         """Whether the format is an agent's action format (not a grounding answer)."""
         return self.format not in GROUNDING_FORMATS
 
+    @property
+    def finger(self) -> str | None:
+        """The way the finger moves for a swipe or scroll (see the module docstring), or None."""
+        if self.direction in _OPPOSITE:
+            return self.direction if self.format in FINGER_FORMATS else _OPPOSITE[self.direction]
+        if self.direction is None and self.point is not None and self.end is not None:
+            dx, dy = self.end[0] - self.point[0], self.end[1] - self.point[1]
+            if dx or dy:
+                return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        return None
+
 
 def parse(text: str) -> Action | None:
     """The action ``text`` names, in any format above; None is a format error."""
     if not isinstance(text, str):
         return None
-    for parser in (_mai_ui_nav, _mai_ui_answer, _qwen3vl, _ui_tars, _box_tokens, _pyautogui, _click):
+    for parser in (_tool_call, _mai_ui_answer, _qwen3vl, _os_atlas, _calls, _box_tokens, _showui):
         action = parser(text)
         if action is not None:
             return action
@@ -121,193 +168,14 @@ def _convertible(src: str, dst: str, size) -> bool:
     return all(c.relative is not None for c in conventions) or size is not None
 
 
-# -- formats -----------------------------------------------------------------------------------------
-
-_NUM = r"(-?\d+(?:\.\d+)?)"
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_ANSWER = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.S)
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-_POINT_KEY = re.compile(rf'"point_2d"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*\]')
-_BOX_KEY = re.compile(rf'"bbox_2d"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]')
-_CLICK = re.compile(rf"(?<![\w.])click\(\s*{_NUM}\s*,\s*{_NUM}\s*\)")
-_UI_TARS_CALL = re.compile(
-    r"(?<![\w.])(click|left_single|left_double|right_single|long_press|drag|select|type|hotkey|scroll|"
-    r"wait|finished|call_user|press_home|press_back|open_app)\((.*?)\)(?=\s|$)",
-    re.S,
-)
-_KWARG = re.compile(r"(\w+)\s*=\s*(['\"])(.*?)(?<!\\)\2", re.S)
-_BOX_TOKENS = re.compile(
-    rf"<\|box_start\|>\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)(?:\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\))?\s*<\|box_end\|>"
-)
-_PYAUTOGUI = re.compile(r"pyautogui\.(\w+)\((.*?)\)", re.S)
-
-MAI_UI_TYPES = (
-    "click",
-    "long_press",
-    "type",
-    "swipe",
-    "open",
-    "drag",
-    "system_button",
-    "wait",
-    "terminate",
-    "answer",
-)
-
-
-def _mai_ui_nav(text: str) -> Action | None:
-    match = _TOOL_CALL.search(text)
-    if not match:
-        return None
-    call = _json(match.group(1))
-    if not isinstance(call, dict):
-        return None
-    args = call.get("arguments", call)
-    if isinstance(args, str):
-        args = _json(args)
-    if not isinstance(args, dict) or not isinstance(args.get("action"), str):
-        return None
-    kind = args["action"].strip().lower()
-    action = Action(
-        kind,
-        "mai-ui-nav",
-        point=_point(args.get("coordinate")),
-        direction=_lower(args.get("direction")),
-        text=_str(args.get("text")),
-        button=_lower(args.get("button")),
-        status=_lower(args.get("status")),
-    )
-    if kind == "drag":
-        action = replace(
-            action, point=_point(args.get("start_coordinate")), end=_point(args.get("end_coordinate"))
-        )
-    if kind in ("click", "long_press", "double_click") and action.point is None:
-        return None  # a click with nowhere to click is no action
-    return action
-
-
-def _mai_ui_answer(text: str) -> Action | None:
-    match = _ANSWER.search(text)
-    if not match:
-        return None
-    value = _json(match.group(1))
-    point = _point(value.get("coordinate")) if isinstance(value, dict) else None
-    return Action("click", "mai-ui", point=point) if point else None
-
-
-def _qwen3vl(text: str) -> Action | None:
-    if "point_2d" not in text and "bbox_2d" not in text:
-        return None
-    fenced = _FENCE.search(text)
-    value = _json(fenced.group(1) if fenced else text.strip())
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, dict):
-            point = _point(item.get("point_2d")) or _point(item.get("bbox_2d"))
-            if point:
-                return Action("click", "qwen3vl", point=point)
-    # Not valid JSON as a whole (text around it, a truncated list): the first point or box written.
-    found = [(m.start(), m) for m in (_POINT_KEY.search(text), _BOX_KEY.search(text)) if m]
-    if not found:
-        return None
-    match = min(found, key=lambda pair: pair[0])[1]
-    return Action("click", "qwen3vl", point=_point([float(g) for g in match.groups()]))
-
-
-def _ui_tars(text: str) -> Action | None:
-    # The last call in the text: "Thought: … Action: click(start_box='(x,y)')".
-    matches = list(_UI_TARS_CALL.finditer(text))
-    for match in reversed(matches):
-        name, body = match.group(1), match.group(2)
-        kwargs = {key: value for key, _, value in _KWARG.findall(body)}
-        if body.strip() and not kwargs:
-            continue  # click(412, 230) and the like are the click template's
-        point = _tars_point(kwargs.get("start_box") or kwargs.get("point") or kwargs.get("start_point"))
-        end = _tars_point(kwargs.get("end_box") or kwargs.get("end_point"))
-        text_arg = kwargs.get("content", kwargs.get("app_name"))
-        kind = {
-            "left_single": "click",
-            "left_double": "double_click",
-            "right_single": "right_click",
-            "finished": "terminate",
-            "open_app": "open",
-        }.get(name, name)
-        if name in ("press_home", "press_back"):
-            return Action("system_button", "ui-tars", button=name.removeprefix("press_"))
-        if kind in ("click", "double_click", "right_click", "long_press") and point is None:
-            continue
-        if kind == "drag" and (point is None or end is None):
-            continue
-        return Action(
-            kind,
-            "ui-tars",
-            point=point,
-            end=end,
-            direction=_lower(kwargs.get("direction")),
-            text=_unescape(text_arg) if text_arg is not None else kwargs.get("key"),
-            status="success" if name == "finished" else None,
-        )
-    return None
-
-
-def _box_tokens(text: str) -> Action | None:
-    match = _BOX_TOKENS.search(text)
-    if not match:
-        return None
-    values = [float(g) for g in match.groups() if g is not None]
-    return Action("click", "ui-tars", point=_point(values))
-
-
-def _pyautogui(text: str) -> Action | None:
-    for match in _PYAUTOGUI.finditer(text):
-        name, body = match.group(1), match.group(2)
-        args, kwargs = _call_args(body)
-        if name in ("click", "doubleClick", "rightClick", "moveTo", "dragTo", "tripleClick"):
-            x, y = (
-                kwargs.get("x", args[0] if len(args) > 0 else None),
-                kwargs.get("y", args[1] if len(args) > 1 else None),
-            )
-            if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
-                continue
-            kind = {"doubleClick": "double_click", "rightClick": "right_click", "tripleClick": "triple_click"}
-            if name == "dragTo":
-                return Action("drag", "pyautogui", end=(float(x), float(y)))
-            if name == "moveTo":
-                continue  # a move is not an action; the click that follows it is
-            return Action(kind.get(name, "click"), "pyautogui", point=(float(x), float(y)))
-        if name in ("write", "typewrite"):
-            value = kwargs.get("message", args[0] if args else None)
-            if isinstance(value, str):
-                return Action("type", "pyautogui", text=value)
-        if name in ("press", "hotkey"):
-            keys = [a for a in args if isinstance(a, str)] or [kwargs.get("keys")]
-            if keys and all(isinstance(k, str) for k in keys):
-                return Action("hotkey", "pyautogui", text="+".join(k.lower() for k in keys))
-        if name == "scroll" and args and isinstance(args[0], (int, float)):
-            return Action("scroll", "pyautogui", direction="up" if args[0] > 0 else "down")
-    return None
-
-
-def _click(text: str) -> Action | None:
-    match = _CLICK.search(text)
-    return Action("click", "click", point=(float(match.group(1)), float(match.group(2)))) if match else None
-
-
-# -- helpers -----------------------------------------------------------------------------------------
-
-
-def _json(text: str):
-    text = text.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _point(value) -> Point | None:
-    """``[x, y]``, or the center of ``[x1, y1, x2, y2]``."""
+def point(value) -> Point | None:
+    """A point written as ``[x, y]`` (or ``[[x, y]]``), or the center of ``[x1, y1, x2, y2]``; a string
+    is read for its numbers (``'(x,y)'``, ``'<point>x y</point>'``, ``'<|box_start|>(x1,y1),(x2,y2)
+    <|box_end|>'``). None when it is not 2 or 4 numbers."""
+    if isinstance(value, str):
+        value = [float(n) for n in _NUMBER.findall(value)]
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
+        value = value[0]
     if not isinstance(value, (list, tuple)) or len(value) not in (2, 4):
         return None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -317,33 +185,325 @@ def _point(value) -> Point | None:
     return float(value[0]), float(value[1])
 
 
-def _tars_point(value: str | None) -> Point | None:
-    if not value:
+_KEY_NAMES = {
+    "control": "ctrl",
+    "ctl": "ctrl",
+    "return": "enter",
+    "esc": "escape",
+    "del": "delete",
+    "command": "cmd",
+    "meta": "cmd",
+    "option": "alt",
+    "super": "win",
+    "windows": "win",
+    "pgup": "pageup",
+    "pgdn": "pagedown",
+    "arrowup": "up",
+    "arrowdown": "down",
+    "arrowleft": "left",
+    "arrowright": "right",
+}
+_MODIFIERS = ("ctrl", "alt", "shift", "cmd", "win")
+
+
+def keys(value) -> str | None:
+    """A key combination written one way (the module docstring); None when it names no key."""
+    if isinstance(value, str):
+        value = re.split(r"[\s+,]+", value.strip())
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
         return None
-    numbers = [float(n) for n in re.findall(_NUM, value)]
-    return _point(numbers) if len(numbers) in (2, 4) else None
+    names = [_KEY_NAMES.get(k.strip().lower(), k.strip().lower()) for k in value if k.strip()]
+    ordered = [m for m in _MODIFIERS if m in names] + [k for k in names if k not in _MODIFIERS]
+    return "+".join(dict.fromkeys(ordered)) or None
 
 
-def _call_args(body: str) -> tuple[list, dict]:
-    """Positional and keyword literals of a Python call's argument list (anything else: left out)."""
-    import ast
+# -- JSON formats --------------------------------------------------------------------------------------
 
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_TOOL_CALL = re.compile(r"<tool_call>")
+_ANSWER = re.compile(r"<answer>")
+_QWEN_KEY = re.compile(r'"(point_2d|bbox_2d)"\s*:\s*')
+_TOOL_TYPES = {"left_click": "click", "awake": "open", "key": "hotkey", "left_click_drag": "drag"}
+
+
+def _tool_call(text: str) -> Action | None:
+    match = _TOOL_CALL.search(text)
+    call = _json_after(text, match.end()) if match else None
+    if not isinstance(call, dict):
+        return None
+    args = call.get("arguments", call)
+    if isinstance(args, str):
+        args = _json_after(args, 0)
+    if not isinstance(args, dict) or not isinstance(args.get("action"), str):
+        return None
+    fmt = "qwen3vl-nav" if call.get("name") == "computer_use" else "mai-ui-nav"
+    kind = args["action"].strip().lower()
+    kind = _TOOL_TYPES.get(kind, kind)
+    action = Action(
+        kind,
+        fmt,
+        point=point(args.get("coordinate")),
+        end=point(args.get("coordinate2")),
+        direction=_lower(args.get("direction")),
+        text=_str(args.get("text")),
+        button=_lower(args.get("button")),
+        status=_lower(args.get("status")),
+    )
+    if kind == "drag" and "start_coordinate" in args:
+        action = replace(action, point=point(args["start_coordinate"]), end=point(args.get("end_coordinate")))
+    elif kind == "drag":  # computer_use's left_click_drag: from the cursor to ``coordinate``
+        action = replace(action, point=None, end=action.point)
+    if kind == "hotkey":
+        action = replace(action, text=keys(args.get("keys", args.get("text"))))
+    if kind in ("scroll", "hscroll") and isinstance(args.get("pixels"), (int, float)):
+        sign = args["pixels"] > 0
+        way = ("up" if sign else "down") if kind == "scroll" else ("right" if sign else "left")
+        action = replace(action, type="scroll", direction=way)
+    return None if kind in POINTED and action.point is None else action
+
+
+def _mai_ui_answer(text: str) -> Action | None:
+    match = _ANSWER.search(text)
+    value = _json_after(text, match.end()) if match else None
+    found = point(value.get("coordinate")) if isinstance(value, dict) else None
+    return Action("click", "mai-ui", point=found) if found else None
+
+
+def _qwen3vl(text: str) -> Action | None:
+    # The first point or box written, wherever it is (a list, a fence, a truncated list after it).
+    for match in _QWEN_KEY.finditer(text):
+        value = _json_at(text, match.end())
+        found = point(value) if isinstance(value, list) else None
+        if found:
+            return Action("click", "qwen3vl", point=found)
+    return None
+
+
+def _json_after(text: str, pos: int):
+    """The JSON value starting at the first ``{`` or ``[`` from ``pos`` (text after it ignored)."""
+    starts = [i for i in (text.find("{", pos), text.find("[", pos)) if i >= 0]
+    return _json_at(text, min(starts)) if starts else None
+
+
+def _json_at(text: str, pos: int):
+    """The JSON value that starts at ``pos`` (after blanks), or None."""
     try:
-        call = ast.parse(f"f({body})", mode="eval").body
-    except SyntaxError:
-        return [], {}
-    args, kwargs = [], {}
-    for node in call.args:
-        try:
-            args.append(ast.literal_eval(node))
-        except ValueError:
-            args.append(None)
-    for keyword in call.keywords:
-        try:
-            kwargs[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError:
-            pass
-    return args, kwargs
+        return json.JSONDecoder().raw_decode(text, len(text) - len(text[pos:].lstrip()))[0]
+    except (ValueError, RecursionError):  # RecursionError: brackets nested past Python's stack
+        return None
+
+
+# -- OS-Atlas, ShowUI, box tokens ----------------------------------------------------------------------
+
+_ATLAS = re.compile(
+    r"^[ \t]*(?:actions?:[ \t]*)?(CLICK|LONG_PRESS|TYPE|SCROLL|PRESS_BACK|PRESS_HOME|PRESS_RECENT|ENTER"
+    r"|COMPLETE|IMPOSSIBLE|WAIT|OPEN_APP)\b(.*)$",
+    re.M,
+)
+_ATLAS_POINT = re.compile(r"<point>(.*?)</point>", re.S)
+_ATLAS_VALUE = re.compile(r"\[(.*)\]")
+_ATLAS_TYPES = {
+    "CLICK": Action("click", "os-atlas"),
+    "LONG_PRESS": Action("long_press", "os-atlas"),
+    "TYPE": Action("type", "os-atlas"),
+    "SCROLL": Action("scroll", "os-atlas"),
+    "OPEN_APP": Action("open", "os-atlas"),
+    "PRESS_BACK": Action("system_button", "os-atlas", button="back"),
+    "PRESS_HOME": Action("system_button", "os-atlas", button="home"),
+    "PRESS_RECENT": Action("system_button", "os-atlas", button="recent"),
+    "ENTER": Action("system_button", "os-atlas", button="enter"),
+    "COMPLETE": Action("terminate", "os-atlas", status="success"),
+    "IMPOSSIBLE": Action("terminate", "os-atlas", status="fail"),
+    "WAIT": Action("wait", "os-atlas"),
+}
+
+
+def _os_atlas(text: str) -> Action | None:
+    for match in reversed(list(_ATLAS.finditer(text))):
+        verb, rest = match.groups()
+        action = _ATLAS_TYPES[verb]
+        if verb in ("CLICK", "LONG_PRESS"):
+            found = _ATLAS_POINT.search(rest)
+            action = replace(action, point=point(found.group(1)) if found else None)
+            if action.point is None:
+                continue
+        elif verb in ("TYPE", "OPEN_APP", "SCROLL"):
+            value = _ATLAS_VALUE.search(rest)
+            if value is None:
+                continue
+            written = value.group(1).strip()
+            action = replace(
+                action, **({"direction": written.lower()} if verb == "SCROLL" else {"text": written})
+            )
+        return action
+    return None
+
+
+_BOX_TOKENS = re.compile(r"<\|box_start\|>(.*?)<\|box_end\|>", re.S)
+_SPECIAL = re.compile(r"<\|[a-z_]+\|>|</?s>")
+
+
+def _box_tokens(text: str) -> Action | None:
+    for match in _BOX_TOKENS.finditer(text):
+        found = point(match.group(1))
+        if found:
+            return Action("click", "ui-tars", point=found)
+    return None
+
+
+def _showui(text: str) -> Action | None:
+    bare = _SPECIAL.sub("", text).strip().rstrip(".").strip()
+    if not bare.startswith("["):
+        return None
+    value = _json_after(bare, 0)
+    found = point(value) if isinstance(value, list) and len(value) in (2, 4) else None
+    if found is None or not all(0 <= v <= 1 for v in value):
+        return None
+    return Action("click", "showui", point=found)
+
+
+# -- calls: UI-TARS, pyautogui, Aguvis, click(x, y) ----------------------------------------------------
+
+_TARS_TYPES = {
+    "click": "click",
+    "left_single": "click",
+    "left_double": "double_click",
+    "right_single": "right_click",
+    "long_press": "long_press",
+    "drag": "drag",
+    "select": "drag",
+    "type": "type",
+    "hotkey": "hotkey",
+    "press": "hotkey",
+    "scroll": "scroll",
+    "wait": "wait",
+    "finished": "terminate",
+    "call_user": "call_user",
+    "press_home": "system_button",
+    "press_back": "system_button",
+    "open_app": "open",
+}
+
+
+def _calls(text: str) -> Action | None:
+    found = calls.find(text)
+    for call in reversed(found):  # UI-TARS: the last call ("Thought: … Action: click(...)")
+        action = _ui_tars(call)
+        if action is not None:
+            return action
+    start = None  # where a moveTo left the mouse: a dragTo's start
+    for call in found:  # pyautogui: the first action (a moveTo before a click is not one)
+        action = _pyautogui(call, start) or _aguvis_mobile(call)
+        if action is not None:
+            return action
+        if call.name == "pyautogui.moveTo":
+            start = _pyautogui_xy(call)[0]
+    for call in found:
+        if (
+            call.name == "click"
+            and len(call.args) == 2
+            and not call.kwargs
+            and (xy := point(list(call.args)))
+        ):
+            return Action("click", "click", point=xy)
+    return None
+
+
+def _ui_tars(call: calls.Call) -> Action | None:
+    kind = _TARS_TYPES.get(call.name)
+    if kind is None or call.args:
+        return None  # click(412, 230) and the like are the click template's
+    kw = call.kwargs
+    if call.name in ("press_home", "press_back"):
+        return Action(kind, "ui-tars", button=call.name.removeprefix("press_"))
+    action = Action(
+        kind,
+        "ui-tars",
+        point=_first_point(kw, "start_box", "point", "start_point"),
+        end=_first_point(kw, "end_box", "end_point"),
+        direction=_lower(kw.get("direction")),
+        text=_str(kw.get("content", kw.get("app_name"))),
+        status="success" if call.name == "finished" else None,
+    )
+    if kind == "hotkey":
+        action = replace(action, text=keys(kw.get("key", kw.get("hotkey"))))
+    if (kind in POINTED and action.point is None) or (kind == "drag" and None in (action.point, action.end)):
+        return None
+    return action
+
+
+def _first_point(kwargs: dict, *names: str) -> Point | None:
+    return next((p for name in names if (p := point(kwargs.get(name))) is not None), None)
+
+
+_PYAUTOGUI_CLICKS = {
+    "click": "click",
+    "doubleClick": "double_click",
+    "rightClick": "right_click",
+    "tripleClick": "triple_click",
+    "middleClick": "middle_click",
+    "dragTo": "drag",
+}
+
+
+def _pyautogui_xy(call: calls.Call) -> tuple[Point | None, str]:
+    """The point of a pyautogui mouse call and its format: ``aguvis`` when both numbers are written as
+    floats within 0–1 (Aguvis' convention; no pixel answer looks like that), ``pyautogui`` otherwise."""
+    args, kw = call.args, call.kwargs
+    x, y = kw.get("x", args[0] if args else None), kw.get("y", args[1] if len(args) > 1 else None)
+    unit = all(isinstance(v, float) and 0 <= v <= 1 for v in (x, y))
+    return point([x, y]), "aguvis" if unit else "pyautogui"
+
+
+def _pyautogui(call: calls.Call, start: Point | None = None) -> Action | None:
+    prefix, _, name = call.name.rpartition(".")
+    if prefix != "pyautogui":
+        return None
+    args, kw = call.args, call.kwargs
+    if name in _PYAUTOGUI_CLICKS:
+        xy, fmt = _pyautogui_xy(call)
+        if xy is None:
+            return None
+        kind = _PYAUTOGUI_CLICKS[name]
+        return Action(kind, fmt, point=start, end=xy) if kind == "drag" else Action(kind, fmt, point=xy)
+    if name in ("write", "typewrite"):
+        value = kw.get("message", args[0] if args else None)
+        return Action("type", "pyautogui", text=value) if isinstance(value, str) else None
+    if name in ("press", "hotkey"):
+        value = (
+            list(args) if name == "hotkey" and len(args) > 1 else kw.get("keys", args[0] if args else None)
+        )
+        combination = keys(value)
+        return Action("hotkey", "pyautogui", text=combination) if combination else None
+    if name in ("scroll", "hscroll"):
+        clicks = kw.get("clicks", args[0] if args else None)
+        if not isinstance(clicks, (int, float)) or isinstance(clicks, bool) or clicks == 0:
+            return None
+        way = ("up" if clicks > 0 else "down") if name == "scroll" else ("right" if clicks > 0 else "left")
+        return Action("scroll", "pyautogui", direction=way)
+    return None
+
+
+def _aguvis_mobile(call: calls.Call) -> Action | None:
+    prefix, _, name = call.name.rpartition(".")
+    if prefix != "mobile":
+        return None
+    kw = call.kwargs
+    if name in ("home", "back"):
+        return Action("system_button", "aguvis", button=name)
+    if name == "wait":
+        return Action("wait", "aguvis")
+    if name == "long_press":
+        xy = point([kw.get("x"), kw.get("y")])
+        return Action("long_press", "aguvis", point=xy) if xy else None
+    if name == "open_app":
+        return Action("open", "aguvis", text=_str(kw.get("app_name")))
+    if name == "swipe":
+        start, end = point(kw.get("from_coord")), point(kw.get("to_coord"))
+        return Action("swipe", "aguvis", point=start, end=end) if start and end else None
+    if name == "terminate":
+        return Action("terminate", "aguvis", status=_lower(kw.get("status")))
+    return None
 
 
 def _str(value) -> str | None:
@@ -352,7 +512,3 @@ def _str(value) -> str | None:
 
 def _lower(value) -> str | None:
     return value.strip().lower() if isinstance(value, str) else None
-
-
-def _unescape(value: str) -> str:
-    return value.replace("\\'", "'").replace('\\"', '"').replace("\\n", "\n")

@@ -9,12 +9,21 @@
                     ``instruction``, ``data_type``, ``data_source``
     screenspot-pro  ScreenSpot-Pro: ``img_filename``, ``bbox`` [x1, y1, x2, y2] pixels, ``img_size``,
                     ``instruction``, ``ui_type``, ``platform``, ``application``, ``group``
+    alpaca          LLaMA-Factory alpaca: ``instruction`` / ``input`` / ``output`` (+ ``images``, ``system``,
+                    ``history``, ``tools``), or a ``dataset_info.json`` entry with ``formatting: alpaca``
+    gui-actor       GUI-Actor: ``image`` + ``conversations`` with ``bbox_gt`` (0–1) and
+                    ``<ACTION_PLACEHOLDER>``; the box is the reference, the answer the template's
     hf              a Hugging Face ``datasets`` dataset: a folder written by ``save_to_disk``, a folder of
                     Parquet or Arrow shards, an ``.arrow`` file, or a hub id ``hf://ORG/NAME[#SPLIT]``
                     (through ``datasets.load_dataset``, cached); its records are any format above, detected
 
 Any container is read a batch at a time. ``columns`` renames a dataset's columns to the names a format
 expects (``{"img_filename": "image_path"}``: the format's ``img_filename`` is the dataset's ``image_path``).
+
+Tool turns (sharegpt ``function_call`` / ``observation`` + ``tools``, ms-swift ``tool_call`` /
+``tool_response``, OpenAI ``tool_calls``), a top-level ``system``, and image items spelled the OpenAI,
+transformers or base64 way are read by :mod:`.readers` and :mod:`.tools`, GUI-Actor by :mod:`.guiactor`;
+video is refused by record.
 
 Every format becomes the ``chat`` row :func:`raylora.data.samples.read` validates, with ``categories`` (the
 fields per-category metrics split by). Grounding annotations become a prompt and an answer through the
@@ -32,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from . import coordinates, templates
+from . import coordinates, guiactor, readers, templates, tools
 
-FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "hf")
+FORMATS = ("chat", "sharegpt", "qwen", "screenspot", "screenspot-pro", "alpaca", "gui-actor", "hf")
 PLACEHOLDER = "<image>"
 
 # LLaMA-Factory's sharegpt defaults (data/README.md): the columns and role tags a dataset_info entry may
@@ -88,6 +97,10 @@ def detect(row: Any, where: str) -> str:
     if isinstance(row, dict):
         if "img_filename" in row and "bbox" in row:
             return "screenspot-pro" if "img_size" in row or "ui_type" in row else "screenspot"
+        if guiactor.detected(row):
+            return "gui-actor"
+        if "output" in row and ("instruction" in row or "input" in row):
+            return "alpaca"
         if "conversations" in row:
             return "qwen" if "image" in row else "sharegpt"
         if "messages" in row:
@@ -127,10 +140,12 @@ def _dataset_info(path: Path, entry: str) -> tuple[Path, str, dict]:
         raise DataError(f"{path}#{entry}", f"no such entry (entries: {', '.join(sorted(info))})")
     spec = info[entry]
     formatting = spec.get("formatting", "alpaca")
-    if formatting != "sharegpt":
-        raise DataError(f"{path}#{entry}", f"formatting {formatting!r} is not supported (only sharegpt)")
+    if formatting not in ("sharegpt", "alpaca"):
+        raise DataError(f"{path}#{entry}", f"formatting {formatting!r} is not supported (sharegpt or alpaca)")
     if "file_name" not in spec:
         raise DataError(f"{path}#{entry}", "needs file_name (hub datasets: download them first)")
+    if formatting == "alpaca":
+        return path.parent / spec["file_name"], "alpaca", {"columns": spec.get("columns") or {}}
     options = {"columns": spec.get("columns") or {}, "tags": spec.get("tags") or {}}
     return path.parent / spec["file_name"], "sharegpt", options
 
@@ -283,7 +298,7 @@ def _table_rows(batches, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def _chat(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
-    return row
+    return readers.chat_items(row, where) if isinstance(row, dict) else row
 
 
 def _sharegpt(
@@ -291,6 +306,7 @@ def _sharegpt(
 ) -> dict:
     if not isinstance(row, dict):
         raise DataError(where, "a sharegpt record is a JSON object")
+    readers.refuse_video(row, where)
     columns = {**_SHAREGPT_COLUMNS, **(columns or {})}
     key = columns["messages"] if columns["messages"] in row else "messages"
     turns = row.get(key)
@@ -300,22 +316,29 @@ def _sharegpt(
     if isinstance(turns[0], dict) and "role" in turns[0]:
         tag = {**tag, "role_tag": "role", "content_tag": "content"}
     images = row.get(image_key or columns["images"], row.get("images")) or []
-    images = [images] if isinstance(images, str) else list(images)
+    images = [images] if isinstance(images, (str, dict)) else list(images)
+    images = [readers.image_value(image, where) for image in images]
     messages = []
-    if columns.get("system") and row.get(columns["system"]):
-        messages.append({"role": "system", "content": str(row[columns["system"]])})
+    system = columns.get("system") or "system"  # a top-level system, named by dataset_info or not
+    if row.get(system) and not (isinstance(turns[0], dict) and turns[0].get(tag["role_tag"]) == "system"):
+        messages.append({"role": "system", "content": str(row[system])})
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise DataError(where, f"{key}[{i}] must be an object")
         said = turn.get(tag["role_tag"])
         named = {tag["user_tag"]: "user", tag["assistant_tag"]: "assistant", tag["system_tag"]: "system"}
-        role = named.get(said) or _ROLES.get(said)
+        named.update({tag.get("function_tag", "function_call"): "tool_call"})
+        named.update({tag.get("observation_tag", "observation"): "tool"})
+        role = named.get(said) or _ROLES.get(said) or tools.TOOL_ROLES.get(said)
         if role is None:
-            raise DataError(where, f"{key}[{i}] has role {said!r} (user, assistant or system)")
+            raise DataError(
+                where, f"{key}[{i}] has role {said!r} (user, assistant, system, or a tool call/response)"
+            )
         text = turn.get(tag["content_tag"])
         if not isinstance(text, str):
             raise DataError(where, f"{key}[{i}].{tag['content_tag']} must be text")
         messages.append({"role": role, "content": text})
+    messages = tools.with_tool_turns(messages, row.get(columns.get("tools") or "tools"), where)
     extra = _extra(row)
     if row.get("objects"):
         extra["bbox"] = _place_objects(messages, row["objects"], images, root, where, coords, template)
@@ -384,6 +407,15 @@ def _qwen(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
     return _sharegpt(row, where, root, coords, template, image_key="image")
 
 
+def _alpaca(row: Any, where: str, root: Path, coords: str, template: str, columns=None) -> dict:
+    return _sharegpt(readers.alpaca(row, where, columns), where, root, coords, template)
+
+
+def _gui_actor(row: Any, where: str, root: Path, coords: str, template: str) -> dict:
+    read = guiactor.read(row, where, root, coords, template)
+    return {**_qwen(read["record"], where, root, coords, template), "bbox": read["bbox"]}
+
+
 def _with_images(messages: list[dict], images: list, where: str) -> dict:
     """Chat messages with typed items: ``<image>`` placeholders become image items in order; with no
     placeholder at all, the images go before the first user text."""
@@ -391,6 +423,11 @@ def _with_images(messages: list[dict], images: list, where: str) -> dict:
     if placed and placed != len(images):
         raise DataError(where, f"{placed} {PLACEHOLDER} placeholder(s) but {len(images)} image(s)")
     queue = list(images)
+    # With no placeholder the images go to the first user turn, or (ms-swift's assistant-only
+    # pre-training records) to the first turn there is.
+    host = next((m for m in messages if m["role"] == "user"), None) or next(
+        (m for m in messages if m["role"] != "system"), None
+    )
     out = []
     for message in messages:
         items: list[dict] = []
@@ -401,7 +438,7 @@ def _with_images(messages: list[dict], images: list, where: str) -> dict:
             text = part.strip() if len(parts) > 1 else part  # whitespace around a placeholder is layout
             if text.strip():
                 items.append({"type": "text", "text": text})
-        if not placed and queue and message["role"] == "user":
+        if not placed and queue and message is host:
             items = [{"type": "image", "image": ref} for ref in queue] + items
             queue = []
         out.append({"role": message["role"], "content": items})
@@ -463,4 +500,6 @@ _CONVERTERS = {
     "qwen": _qwen,
     "screenspot": _screenspot,
     "screenspot-pro": _screenspot_pro,
+    "alpaca": _alpaca,
+    "gui-actor": _gui_actor,
 }

@@ -188,13 +188,14 @@ def _check_range(row: dict, messages: list[dict], where: str, convention: str, i
     """An answer point or box outside the convention's range is the pixels-vs-relative mix-up: relative
     conventions are checked against their range, ``pixels`` against the first image's size (read from its
     header). ``resized-pixels`` depend on the processor's bounds and are not checked here."""
-    from . import coordinates, templates
+    from . import actions, coordinates
 
     chosen = coordinates.get(convention)
     if chosen.resized or (chosen.relative is None and not images):
         return
     answer = [m for m in messages if m["role"] == "assistant"][-1]
-    point = templates.parse_point(_text_of(answer["content"]))
+    action = actions.parse(_text_of(answer["content"]))
+    point = action.point if action is not None else None
     values = [*(point or ()), *(row.get("bbox") or ())]
     if not values:
         return

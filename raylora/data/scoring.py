@@ -1,32 +1,35 @@
 """Scoring GUI-agent outputs against data records (pure Python, no torch): what ``raylora score``,
-``raylora eval`` and the trainer's evaluation all report, through this one module.
+``raylora eval`` and the trainer's evaluation all report, through this one module. Each rule is the one the
+published harness applies (the README's *Evaluation* names them).
 
 Each record's reference answer (its last assistant turn) is parsed with :mod:`.actions`:
 
 - a **click record** is one whose reference is a click (a grounding answer, or a navigation step that
   clicks); ``click_acc`` is the share whose output names a point on target — inside the record's ``bbox``,
-  or, with no box, within 14% of the screen's diagonal of the reference point (AndroidControl's rule). For
-  a grounding reference any output with a point counts; a navigation click must also be a click.
+  edges included (ScreenSpot-Pro's rule), or, with no box, within 0.14 of the reference point measured in
+  fractions of the screen's width and height (AITW's rule, which AndroidControl and GUI-Odyssey harnesses
+  follow). For a grounding reference any output with a point counts; a navigation click must also be a
+  click.
 - a **navigation record** is one whose reference is in an agent action format (MAI-UI ``<tool_call>``,
-  UI-TARS, pyautogui): ``type_acc`` is the share with the same action type, ``step_acc`` the share with the
-  same type and matching arguments — the click rule above for click/long_press (and a drag's start; its
-  end within 14% of the diagonal), the same direction for swipe/scroll, the same button, the same status
-  for terminate, text equal after normalization (case, surrounding space and quotes, inner runs of
-  space) for type/open/answer/hotkey.
+  UI-TARS, pyautogui, ...): ``type_acc`` is the share with the same action type (``scroll`` and ``swipe``
+  are one type), ``step_acc`` the share with the same type and matching arguments — the click rule above
+  for click/long_press (and a drag's start; its end by the distance rule), the same finger direction for
+  swipe/scroll (:attr:`.actions.Action.finger`: a view direction is the opposite finger direction), the
+  same button, the same status for terminate, the same keys for hotkey (:func:`.actions.keys`), and for
+  type/open/answer the AndroidControl harnesses' text rule (:func:`text_matches`).
 - an output that parses as no action is a **format error**: a miss in every accuracy, and counted on its
   own (``format_error_rate`` over all scored records).
 
-Records whose reference parses as no action are not scored (``unscored``). Every rate comes with its
-count and a 95% Wilson interval, overall and per category field the data carries (``data_type``,
-``ui_type``, ``platform``, ``application``, ``group``). :func:`mcnemar` compares two models on the same
-items.
+A reference answer that parses as no action is a DataError naming the record's ``file:LINE`` when its
+:func:`target` is made: it is never silently left out. Every rate comes with its count and a 95% Wilson
+interval, overall and per category field the data carries (``data_type``, ``ui_type``, ``platform``,
+``application``, ``group``). :func:`mcnemar` compares two models on the same items.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,8 @@ from ..errors import DataError
 from . import actions, coordinates
 
 DISTANCE = 0.14
-"""A box-less click is right within this share of the screen's diagonal of the reference point."""
+"""A box-less click is right within this distance of the reference point, both as fractions of the screen's
+width and height (AITW's ``_TAP_DISTANCE_THRESHOLD``: 0.14 "of the screen")."""
 Z95 = 1.959963984540054
 COUNTS = ("n", "format_errors", "click_n", "click_hits", "nav_n", "type_hits", "step_hits")
 """The order of :func:`counts` (summed across ranks before :func:`rates`)."""
@@ -68,10 +72,20 @@ def target(record, convention: str, size: coordinates.Size | None = None) -> Tar
     """The :class:`Target` of a :class:`~raylora.data.samples.Sample` whose answer is in ``convention``;
     its image size is read from the image header when scoring may need it (see :func:`needs_size`)."""
     reference = actions.parse(record.answer())
+    if reference is None:
+        raise DataError(
+            record.where,
+            f"the reference answer {_excerpt(record.answer())} names no action in any format raylora reads "
+            "(see raylora.data.actions): it cannot be scored",
+        )
     box = tuple(record.bbox) if record.bbox is not None else None
     if size is None and needs_size(reference, box, convention) and len(record.images) == 1:
         size = image_size(record.images[0])
     return Target(reference, box, convention, size, dict(record.categories))
+
+
+def _excerpt(text: str, most: int = 60) -> str:
+    return repr(text if len(text) <= most else text[: most - 1] + "…")
 
 
 def targets(records: Iterable, convention: str) -> list[Target]:
@@ -118,13 +132,18 @@ def score(output: str, goal: Target) -> Outcome | None:
     predicted = actions.in_convention(predicted, goal.convention, ref.format, goal.size)
     click = None
     if is_click:
-        same_kind = not nav or predicted.type == ref.type
+        same_kind = not nav or _kind(predicted) == _kind(ref)
         click = same_kind and _on_target(predicted.point, ref.point, goal.box, goal)
     type_ok = step_ok = None
     if nav:
-        type_ok = predicted.type == ref.type
+        type_ok = _kind(predicted) == _kind(ref)
         step_ok = type_ok and _arguments_match(predicted, ref, goal)
     return Outcome(False, click, type_ok, step_ok, goal.categories)
+
+
+def _kind(action: actions.Action) -> str:
+    """The action type as compared: a scroll is a swipe (their directions are compared as the finger's)."""
+    return "swipe" if action.type == "scroll" else action.type
 
 
 def _on_target(point, ref_point, box, goal: Target) -> bool:
@@ -136,19 +155,16 @@ def _on_target(point, ref_point, box, goal: Target) -> bool:
 
 
 def _near(point, ref_point, goal: Target) -> bool:
-    """Within :data:`DISTANCE` of the diagonal; measured in pixels when the size is known, otherwise in
-    relative units (as if the screen were square)."""
+    """Within :data:`DISTANCE` of the reference, both as fractions of the screen's width and height (the
+    size is needed for pixel conventions; with none known, the far corner the two points imply)."""
     if point is None or ref_point is None:
         return False
     convention = coordinates.get(goal.convention)
     size = goal.size
     if size is None and convention.relative is None:
-        # Pixels of an unknown screen: judge against the far corner the two points imply.
         size = (max(point[0], ref_point[0], 1.0), max(point[1], ref_point[1], 1.0))
-    scale = size or (1, 1)
-    (ax, ay), (bx, by) = (coordinates.to_unit(p, goal.convention, scale) for p in (point, ref_point))
-    width, height = scale
-    return math.hypot((ax - bx) * width, (ay - by) * height) <= DISTANCE * math.hypot(width, height)
+    (ax, ay), (bx, by) = (coordinates.to_unit(p, goal.convention, size or (1, 1)) for p in (point, ref_point))
+    return math.hypot(ax - bx, ay - by) <= DISTANCE
 
 
 def _arguments_match(predicted: actions.Action, ref: actions.Action, goal: Target) -> bool:
@@ -159,21 +175,31 @@ def _arguments_match(predicted: actions.Action, ref: actions.Action, goal: Targe
         start = ref.point is None or _on_target(predicted.point, ref.point, goal.box, goal)
         return start and _near(predicted.end, ref.end, goal)
     if kind in ("swipe", "scroll"):
-        return ref.direction is None or predicted.direction == ref.direction
+        return ref.finger is None or predicted.finger == ref.finger
     if kind == "system_button":
         return predicted.button == ref.button
     if kind == "terminate":
         return ref.status is None or predicted.status == ref.status
-    if kind in ("type", "open", "answer", "hotkey"):
-        return normalize_text(predicted.text) == normalize_text(ref.text)
+    if kind == "hotkey":
+        return actions.keys(predicted.text or "") == actions.keys(ref.text or "")
+    if kind in ("type", "open", "answer"):
+        return text_matches(predicted.text, ref.text)
     return True  # wait, call_user, ...: the type is the whole action
 
 
 def normalize_text(text: str | None) -> str:
-    """Text as compared: case-folded, surrounding space and quotes stripped, inner whitespace single."""
-    if text is None:
-        return ""
-    return re.sub(r"\s+", " ", text.casefold()).strip().strip("'\"").strip()
+    """Text as the AndroidControl harnesses compare it: lower-cased, surrounding space stripped."""
+    return "" if text is None else text.lower().strip()
+
+
+def text_matches(predicted: str | None, reference: str | None) -> bool:
+    """The AndroidControl harnesses' text rule: after :func:`normalize_text`, equal or one inside the other
+    (so ``"hello"`` matches ``"Hello world"``, and inner spacing counts: ``"a  b"`` does not match
+    ``"a b"``). A missing text matches only a missing one."""
+    if predicted is None or reference is None:
+        return predicted is reference
+    a, b = normalize_text(predicted), normalize_text(reference)
+    return a in b or b in a
 
 
 # -- many records ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Answer templates for grounding records: how an instruction about a screenshot becomes a prompt, and a
-target box becomes the supervised answer — and so how evaluation must read a model's output.
+target box becomes the supervised answer (:mod:`.actions` reads it back, as it reads a model's output).
 
     click     the user turn is the instruction; the answer ``click(x, y)`` in ``data.coordinates``
     qwen3vl   Qwen3-VL grounding: the answer ``{"point_2d": [x, y]}`` in 0–1000
@@ -9,7 +9,6 @@ target box becomes the supervised answer — and so how evaluation must read a m
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from . import coordinates
@@ -80,18 +79,6 @@ def grounding_row(
     )
     messages.append({"role": "assistant", "content": [{"type": "text", "text": chosen.answer(point)}]})
     return {"messages": messages, "bbox": box}
-
-
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
-_CLICK = re.compile(rf"click\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)")
-_POINT = re.compile(rf'"(?:point_2d|coordinate)"\s*:\s*\[\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\]')
-
-
-def parse_point(text: str) -> tuple[float, float] | None:
-    """The point of an answer in any template's style — ``click(x, y)``, ``{"point_2d": [x, y]}``, MAI-UI's
-    ``<answer>{"coordinate": [x, y]}</answer>`` — or None."""
-    match = _CLICK.search(text) or _POINT.search(text)
-    return (float(match.group(1)), float(match.group(2))) if match else None
 
 
 def _number(value: float) -> str:

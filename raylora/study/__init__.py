@@ -14,6 +14,7 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     pool_worker       the loop each Ray Train worker runs, and its Session
     checkpoints       adapter checkpoints under <study>/runs/<slot>/
     baseline          the base model scored once on the eval set; trials compared with it
+    listener          the searcher's trial events, passed on to the pool, the progress lines and MLflow
     progress          the lines a user sees during a study
     refresh           ``raylora report``: a study's report rebuilt from its folder
 """

@@ -1,20 +1,25 @@
 """The study driver behind ``raylora search``: the only place that runs Tune.
 
+    plan      read the study and the cluster: trials left, nodes, trials at once (``--dry-run`` stops here)
+    open      take the study: the lock, Optuna's journal, spec.json, interrupted trials settled
+    execute   the base model, the trial pool, Tune; then the comparison, the report, MLflow closed
+
 Data flow: spec (validated on the driver) → Optuna define-by-run space → Tune (StudySearcher + ASHA) →
 the trial pool (one long-lived TorchTrainer per concurrent trial) → the training recipe on each worker →
-reports back → ``summary.json`` and MLflow (the driver is their one writer).
+reports back → the searcher's events (:mod:`.listener`) → ``summary.json``, the progress lines and MLflow.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EnvironmentFault, UserError
-from ..layout import JOURNAL, PENDING, SUMMARY
-from ..record.states import TrialState
+from ..layout import JOURNAL, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
 from ..record.trials import StudyRecord, TrialRecord
 from ..spec import Spec, space
 from ..tracking.storage import LocalStorage, UriStorage
@@ -35,6 +40,18 @@ class Plan:
     storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
     unfinished: list[str] | None = None  # trials an interrupted study left for --resume
     dashboard_url: str | None = None  # the Ray dashboard, when Ray serves one
+    record: StudyRecord | None = field(default=None, repr=False)  # the study as it stands
+    rebuild: bool = False  # summary.json did not parse: opening the study rebuilds it from the journal
+
+
+@dataclass
+class OpenStudy:
+    """A study opened for writing: its Optuna study, the trials an interruption left to resume, and the
+    MLflow tracker being opened in the background."""
+
+    optuna_study: object
+    pending: list[TrialRecord]
+    tracker: Future | None
 
 
 def study_storage(spec: Spec, storage: str | None, log: Callable[[str], None] = print):
@@ -56,45 +73,90 @@ def run(
 ) -> tuple[Plan, StudyRecord]:
     """Run (or continue) the study; return the plan and the final record.
 
-    One driver per study (:mod:`raylora.study.lock`); a full, read-only or unwritable storage stops the
-    study with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
+    Three phases: :func:`plan_study` reads (nothing is written; ``--dry-run`` stops after it),
+    :func:`open_study` takes the study for writing, :func:`execute` runs the trials and writes up. One
+    driver per study (:mod:`raylora.study.lock`); a full, read-only or unwritable storage stops the study
+    with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
     """
-    from ..record.states import storage_fault
+    cluster.configure(address)  # before the first import of ray
+    spec, where = _checked_inputs(spec, storage, tracking_uri, log)
+    if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
+        _in_background(_import_mlflow)
+    plan = plan_study(spec, where, address, resume, dry_run)
+    if dry_run:
+        return plan, plan.record
+    with _storage_faults_stop_the_study(), _exclusive(where):
+        opened = open_study(spec, plan, tracking_uri, resume, log)
+        if plan.remaining == 0:
+            return plan, plan.record
+        return plan, execute(spec, plan, opened, log)
+
+
+def _checked_inputs(spec: Spec, storage: str | None, tracking_uri: str | None, log) -> tuple[Spec, object]:
     from ..tracking.tracker import check_uri
     from ..tracking.tracker import tracking_uri as resolve_uri
-    from .lock import StudyLock
-
-    cluster.configure(address)  # before the first import of ray, below
     from ..train.init_adapter import with_resolved
+    from ..train.preflight import check_ranks
 
     spec = with_resolved(spec, storage or spec.study.storage)  # study:NAME:best → its adapter, once
     where = study_storage(spec, storage, log)
     where.check()
     check_uri(resolve_uri(tracking_uri, spec))
-    from ..train.preflight import check_ranks
-
     check_ranks(spec)
-    lock = None if dry_run else StudyLock(where).acquire()
+    return spec, where
+
+
+@contextmanager
+def _exclusive(where):
+    from .lock import StudyLock
+
+    lock = StudyLock(where).acquire()
     try:
-        return _run(spec, where, address, tracking_uri, resume, dry_run, log)
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _storage_faults_stop_the_study():
+    from ..record.states import storage_fault
+
+    try:
+        yield
     except Exception as e:  # Tune may wrap what a full disk raised in its callbacks
         fault = None if isinstance(e, (UserError, EnvironmentFault)) else storage_fault(e)
         if fault is None:
             raise
         raise EnvironmentFault("", f"{fault}; the study stopped, fix it and continue with --resume") from None
-    finally:
-        if lock is not None:
-            lock.release()
 
 
-def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tuple[Plan, StudyRecord]:
-    from . import specfile
+# -- plan: read the study and the cluster; write nothing --------------------------------------------------
 
+
+def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool) -> Plan:
+    """What a search of ``spec`` in ``where`` would do: the trials left, and (when some are) the cluster's
+    nodes and how many trials run at once. Reads the study's state; writes nothing."""
     where.pull()
+    record, rebuild = _read_record(spec, where, dry_run)
+    if (record.trials or rebuild) and not resume and not dry_run:
+        raise UserError(
+            "study.name",
+            f"study {spec.study.name!r} already exists in {where.location}; "
+            "continue it with --resume, or choose another study.name or --storage",
+        )
+    remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
+    plan.record, plan.rebuild = record, rebuild
+    if remaining:
+        _place(spec, plan, address)
+    return plan
+
+
+def _read_record(spec: Spec, where, dry_run: bool) -> tuple[StudyRecord, bool]:
+    """The study's record, and whether it must be rebuilt from the journal (summary.json did not parse)."""
     directory = where.directory
     try:
-        record = StudyRecord.open(directory, spec)
-        rebuild = False
+        return StudyRecord.open(directory, spec), False
     except ValueError as e:  # summary.json does not parse (a disk that filled mid-write, a hand edit)
         if dry_run or not (directory / JOURNAL).is_file():
             raise UserError(
@@ -102,126 +164,129 @@ def _run(spec: Spec, where, address, tracking_uri, resume, dry_run, log) -> tupl
                 f"does not parse ({e}); run without --dry-run to rebuild it from optuna.journal, or "
                 "restore it",
             ) from None
-        record, rebuild = StudyRecord(directory, spec.study.name, *_objective(spec)), True
-        record.goals = [(o.metric, o.mode) for o in spec.study.goals]
-        record.limits = spec.study.constraint_limits()
-    record.on_save = where.push
-    if (record.trials or rebuild) and not resume and not dry_run:
-        raise UserError(
-            "study.name",
-            f"study {spec.study.name!r} already exists in {where.location}; "
-            "continue it with --resume, or choose another study.name or --storage",
-        )
-    if resume:
-        specfile.check(directory, spec)
-    optuna_study = pending = None
-    if not dry_run:
-        from .optuna_searcher import open_optuna, settle_interrupted
+    record = StudyRecord(directory, spec.study.name, *_objective(spec))
+    record.goals = [(o.metric, o.mode) for o in spec.study.goals]
+    record.limits = spec.study.constraint_limits()
+    return record, True
 
-        optuna_study = open_optuna(directory, spec, log)
-        from .warm import warm_start
 
-        warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior
-        if rebuild:
-            from .repair import rebuild_summary
-
-            rebuild_summary(record, optuna_study, spec, where)
-            record.save()
-            log(f"warning: {where.display('summary.json')} did not parse; rebuilt it from optuna.journal")
-        specfile.save(directory, spec)
-        where.push()
-        pending = settle_interrupted(record, optuna_study)
-    remaining = spec.study.num_trials - len(record.finished())
-    if not dry_run and (directory / PENDING).is_file():
-        from ..tracking import tracker as tracking
-
-        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), remaining > 0, log)
-    if remaining <= 0 and not dry_run:
-        return Plan(directory, 0, [], 0, [], _scheduler_name(spec), storage=where), record
-
-    if not dry_run:  # the driver's node downloads a hub model once, where the user sees it
-        from ..train import download
-
-        download.ensure_local(spec.model.name_or_path, spec.model.revision, log)
-    # MLflow's import and a new store's migrations take seconds: they run while Ray starts.
-    opening = None if dry_run else _in_background(_open_tracker, spec, tracking_uri, where, log)
-    dashboard_url = cluster.init_ray(address)
+def _place(spec: Spec, plan: Plan, address: str | None) -> None:
+    """Start or attach Ray; the nodes, whether a trial fits, and how many trials run at once."""
+    plan.dashboard_url = cluster.init_ray(address)
     import ray
 
-    nodes = placement.nodes_from_ray(ray.nodes())
-    placement.check_fits(spec.resources, nodes)
-    if len(nodes) > 1 and not dry_run and not where.remote:
-        cluster.check_shared(directory, nodes)  # object storage is shared by definition
+    plan.nodes = placement.nodes_from_ray(ray.nodes())
+    placement.check_fits(spec.resources, plan.nodes)
     wanted = spec.study.max_concurrent_trials
-    auto = placement.max_concurrent(spec.resources, nodes, max(remaining, 1))
-    concurrent = auto if wanted == "auto" else min(wanted, max(remaining, 1))
-    plan = Plan(
-        directory,
-        max(remaining, 0),
-        [t.trial_id for t in pending or []],
-        concurrent,
-        nodes,
-        _scheduler_name(spec),
-        storage=where,
-        dashboard_url=dashboard_url,
-    )
-    if dry_run:
-        return plan, record
-    from . import baseline
+    auto = placement.max_concurrent(spec.resources, plan.nodes, max(plan.remaining, 1))
+    plan.max_concurrent = auto if wanted == "auto" else min(wanted, max(plan.remaining, 1))
 
+
+# -- open: take the study for writing ------------------------------------------------------------------
+
+
+def open_study(spec: Spec, plan: Plan, tracking_uri: str | None, resume: bool, log) -> OpenStudy:
+    """The study taken for writing: Optuna's journal opened (warm-started when new), the summary rebuilt
+    when it did not parse, ``spec.json`` saved, interrupted trials settled, MLflow records an earlier run
+    could not send sent; ``plan`` updated with the trials left and those to resume."""
+    from . import specfile
+    from .optuna_searcher import open_optuna, settle_interrupted
+    from .warm import warm_start
+
+    where, record, directory = plan.storage, plan.record, plan.study_dir
+    record.on_save = where.push
+    if resume:
+        specfile.check(directory, spec)
+    optuna_study = open_optuna(directory, spec, log)
+    warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior
+    if plan.rebuild:
+        from .repair import rebuild_summary
+
+        rebuild_summary(record, optuna_study, spec, where)
+        record.save()
+        log(f"warning: {where.display(SUMMARY)} did not parse; rebuilt it from optuna.journal")
+    specfile.save(directory, spec)
+    where.push()
+    pending = settle_interrupted(record, optuna_study)
+    plan.remaining = max(spec.study.num_trials - len(record.finished()), 0)
+    plan.resumed = [t.trial_id for t in pending]
+    if (directory / PENDING).is_file():
+        from ..tracking import tracker as tracking
+
+        tracking.send_pending(where, tracking.tracking_uri(tracking_uri, spec), plan.remaining > 0, log)
+    if plan.remaining == 0:
+        return OpenStudy(optuna_study, pending, None)
+    if len(plan.nodes) > 1 and not where.remote:
+        cluster.check_shared(directory, plan.nodes)  # object storage is shared by definition
+    from ..train import download
+
+    download.ensure_local(spec.model.name_or_path, spec.model.revision, log)  # once, where the user sees it
+    return OpenStudy(optuna_study, pending, _in_background(_open_tracker, spec, tracking_uri, where, log))
+
+
+# -- execute: run the trials, write the study up --------------------------------------------------------
+
+
+def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
+    """Run the plan's trials on Tune and the trial pool; then compare them with the base model, write the
+    report and close MLflow. Returns the final record."""
+    from . import baseline
+    from .listener import StudyListener
+    from .progress import Progress
+
+    record, where = plan.record, plan.storage
     base = None
     if baseline.wanted(spec):  # before the pool's workers hold the accelerators its task needs
-        base = baseline.for_study(spec, directory, log)
+        base = baseline.for_study(spec, plan.study_dir, log)
         where.push()
     pool = _pool(spec, plan)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
         pool.warm.remote()  # the first workers start while MLflow and Tune get ready
-
-    from .progress import Progress
-
     progress = Progress(spec, record, log)
-    tracker = opening.result()
+    tracker = _started_tracker(opened.tracker.result(), record, base)
+    progress.begin(plan)
+    progress.watch(pool)
+    try:
+        listener = StudyListener(where, pool, progress, tracker)
+        searcher = _tune(spec, plan, pool, opened.optuna_study, record, opened.pending, listener)
+    finally:
+        progress.end()
+    if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
+        _stop_on_fault(searcher.fault, record, tracker)
+    _write_up(spec, plan, record, opened.optuna_study, tracker, base)
+    return record
+
+
+def _started_tracker(tracker, record: StudyRecord, base: dict | None):
     tracker.start_study(record)
     if base:
         tracker.log_baseline(base)
     tracker.end_stale_runs(record)
-    progress.begin(plan)
-    progress.watch(pool)
+    return tracker
 
-    def on_event(kind: str, trial: TrialRecord, result: dict) -> None:
-        # Ray reports checkpoints as paths on the storage's filesystem; URI storage names them s3://...
-        if result.get("checkpoint_path"):
-            result["checkpoint_path"] = where.uri(result["checkpoint_path"])
-        if trial.adapter_path:
-            trial.adapter_path = where.uri(trial.adapter_path)
-        progress.event(kind, trial, result)
-        {"start": tracker.trial_started, "end": tracker.trial_ended}.get(kind, lambda t: None)(trial)
-        if kind == "result":
-            tracker.trial_result(trial, result)
 
-    try:
-        searcher = _tune(spec, plan, pool, optuna_study, record, pending, on_event)
-    finally:
-        progress.end()
-    if searcher.fault:  # what can still be written is; the trials stay unfinished for --resume
-        _save_what_can_be(record, tracker)
-        unfinished = ", ".join(sorted(t.trial_id for t in record.unfinished())) or "none"
-        raise EnvironmentFault(
-            "",
-            f"{searcher.fault}; the study stopped (unfinished: {unfinished}), fix it and continue with "
-            "--resume",
-        )
+def _stop_on_fault(fault: str, record: StudyRecord, tracker) -> None:
+    _save_what_can_be(record, tracker)
+    unfinished = ", ".join(sorted(t.trial_id for t in record.unfinished())) or "none"
+    raise EnvironmentFault(
+        "", f"{fault}; the study stopped (unfinished: {unfinished}), fix it and continue with --resume"
+    )
+
+
+def _write_up(spec: Spec, plan: Plan, record: StudyRecord, optuna_study, tracker, base: dict | None) -> None:
+    """After the trials: each against the base model, the study's end in MLflow, the report, the summary."""
     if base:
-        baseline.compare_trials(record, where, base)
+        from . import baseline
+
+        baseline.compare_trials(record, plan.storage, base)
     tracker.end_study(record)
-    _write_report(spec, plan.study_dir, record, optuna_study, tracker)
-    where.push(report=True)
+    _write_report(plan.study_dir, record, optuna_study, tracker)
+    plan.storage.push(report=True)
     tracker.close()
     record.save()
     plan.runs_link = tracker.runs_link() or f"mlflow ui --backend-store-uri {tracker.uri}"
     # Tune returns early on Ctrl-C: whatever still runs was interrupted, and resumes from its checkpoint.
     plan.unfinished = sorted(t.trial_id for t in record.unfinished())
-    return plan, record
 
 
 def _objective(spec: Spec) -> tuple[str, str]:
@@ -247,6 +312,10 @@ def _in_background(fn, *args):
     return future
 
 
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401
+
+
 def _open_tracker(spec: Spec, tracking_uri: str | None, where, log: Callable[[str], None]):
     from ..tracking import tracker as tracking
 
@@ -255,10 +324,10 @@ def _open_tracker(spec: Spec, tracking_uri: str | None, where, log: Callable[[st
     return tracker
 
 
-def _write_report(spec: Spec, directory: Path, record: StudyRecord, optuna_study, tracker) -> None:
+def _write_report(directory: Path, record: StudyRecord, optuna_study, tracker) -> None:
     from ..tracking import report
 
-    out = report.write(directory / "report", record, optuna_study)
+    out = report.write(directory / REPORT_DIR, record, optuna_study)
     tracker.log_report(out)
 
 
@@ -289,22 +358,14 @@ def _scheduler(spec: Spec):
     )
 
 
-def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, on_event):
+def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, listener):
     import ray.tune
 
     from .optuna_searcher import StudySearcher
     from .trainable import run_trial
 
-    def on_event_and_stop(kind: str, trial: TrialRecord, result: dict) -> None:
-        if kind == "launch":
-            pool.warm.remote()  # workers start while Tune starts the trial's driver
-            return
-        if kind == "end" and trial.state == TrialState.PRUNED:
-            pool.stop.remote(trial.trial_id)  # its workers end it at their next step and take the next trial
-        on_event(kind, trial, result)
-
-    searcher = StudySearcher(spec, optuna_study, record, pending, on_event=on_event_and_stop)
-    tune_dir, filesystem = plan.storage.ray_path("tune")
+    searcher = StudySearcher(spec, optuna_study, record, pending, listener)
+    tune_dir, filesystem = plan.storage.ray_path(TUNE)
     # Tune's own experiment state is never read back (a study resumes from its journal and summary); on a
     # full or read-only storage its failed saves would print a traceback per attempt over raylora's one line.
     import logging
@@ -369,7 +430,7 @@ def _pool(spec: Spec, plan: Plan):
     from .pool import TrialPool
 
     resources, objective = spec.resources, spec.study.objective
-    runs_dir, filesystem = plan.storage.ray_path("runs")
+    runs_dir, filesystem = plan.storage.ray_path(RUNS)
     quantization = space.distributions(spec).get("training.quantization")
     options = quantization.candidates() if quantization else (spec.training.quantization,)
     runner = {

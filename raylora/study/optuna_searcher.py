@@ -27,6 +27,7 @@ from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, from_optun
 from ..record.trials import StudyRecord, TrialRecord, slot_name
 from ..spec import space
 from . import warm
+from .listener import TrialListener
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,7 +46,7 @@ class StudySearcher(Searcher):
         study: optuna.Study,
         record: StudyRecord,
         pending: list[TrialRecord],
-        on_event: Callable[[str, TrialRecord, dict], None] = lambda event, trial, result: None,
+        listener: TrialListener | None = None,
     ):
         objective = spec.study.objective
         super().__init__(metric=objective.metric, mode=objective.mode)
@@ -53,7 +54,7 @@ class StudySearcher(Searcher):
         self.study = study
         self.record = record
         self.pending = list(pending)
-        self.on_event = on_event
+        self.listener = listener or TrialListener()
         self._sample = space.define_by_run(spec)
         self._trials: dict[str, tuple[optuna.Trial, TrialRecord]] = {}
         self._next_slot = len(record.trials)
@@ -81,13 +82,13 @@ class StudySearcher(Searcher):
         self.record.trials[slot] = trial
         self.record.save()
         self._trials[trial_id] = (ot_trial, trial)
-        self.on_event("start", trial, {})
+        self.listener.started(trial)
         config = {"slot": slot, "params": params}
         too_big = self._prescreen(params)
         if too_big:
             config["prescreened"] = too_big
         else:
-            self.on_event("launch", trial, {})
+            self.listener.launched(trial)
         return config
 
     def _prescreen(self, params: dict) -> str | None:
@@ -109,7 +110,7 @@ class StudySearcher(Searcher):
         with self._storage_guard():
             ot_trial, trial = self._trials[trial_id]
             if self._absorb(ot_trial, trial, result):
-                self.on_event("result", trial, result)
+                self.listener.reported(trial, result)
                 self.record.save()
 
     @contextmanager
@@ -161,7 +162,7 @@ class StudySearcher(Searcher):
         ot_trial, trial = self._trials.pop(trial_id)
         result = result or {}
         if self._absorb(ot_trial, trial, result):
-            self.on_event("result", trial, result)
+            self.listener.reported(trial, result)
         status = result.get(STATUS)
         complete = trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None
         if status == STORAGE_FAULT or (self.fault and not complete):
@@ -195,7 +196,7 @@ class StudySearcher(Searcher):
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             trial.state = TrialState.PRUNED
             trial.value = trial.last_value
-        self.on_event("end", trial, result)
+        self.listener.ended(trial, result)
         self.record.save()
 
 

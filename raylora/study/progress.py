@@ -19,9 +19,10 @@ from .. import environment
 from ..record.states import TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
 from ..spec import Spec
+from .listener import TrialListener
 
 
-class Progress:
+class Progress(TrialListener):
     """Prints trial starts, evaluations and ends with running / finished / pruned counts and the best;
     with :meth:`watch`, also each running trial's step between evaluations."""
 
@@ -71,23 +72,23 @@ class Progress:
         self._thread = threading.Thread(target=self._follow, args=(pool,), daemon=True, name="progress")
         self._thread.start()
 
-    def event(self, kind: str, trial: TrialRecord, result: dict) -> None:
-        if kind == "start":
-            self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
-        elif kind == "result" and trial.value is not None:
-            resumed = f"  (resumed from step {trial.resumed_from_step})" if trial.resumed_from_step else ""
-            self._line(
-                f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}{resumed}"
-            )
-        elif kind == "end":
-            with self._lock:
-                self.steps.pop(trial.trial_id, None)
-            value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
-            error = f"  ({trial.error})" if trial.error else ""
-            self._line(
-                f"{trial.trial_id} {trial.state.lower()} at step {trial.steps}{value}{error}"
-                f"  | {self._counts()}"
-            )
+    def started(self, trial: TrialRecord) -> None:
+        self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
+
+    def reported(self, trial: TrialRecord, result: dict) -> None:
+        if trial.value is None:
+            return
+        resumed = f"  (resumed from step {trial.resumed_from_step})" if trial.resumed_from_step else ""
+        self._line(f"{trial.trial_id} step {trial.steps:<4} {self.metric} best {trial.value:.4g}{resumed}")
+
+    def ended(self, trial: TrialRecord, result: dict) -> None:
+        with self._lock:
+            self.steps.pop(trial.trial_id, None)
+        value = f" {self.metric} {trial.value:.4g}" if trial.value is not None else ""
+        error = f"  ({trial.error})" if trial.error else ""
+        self._line(
+            f"{trial.trial_id} {trial.state.lower()} at step {trial.steps}{value}{error}  | {self._counts()}"
+        )
 
     def end(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data import coordinates, formats, samples, templates
+from ..data import actions, coordinates, formats, samples, templates
 from ..errors import DataError
 from . import encode, loader
 
@@ -27,6 +27,8 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         where, row, _ = next(
             formats.rows(ref, "chat", spec.data.coordinates, spec.data.template, spec.data.columns)
         )
+        if isinstance(row, DataError):  # the first record, refused by the reader (video, a bad item)
+            raise row
         fmt = formats.detect(row, where)
     records = samples.read(ref, limit, **spec.data.reading())
     answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
@@ -77,7 +79,7 @@ def _coordinate_range(records: list[samples.Sample], convention: str) -> dict:
     """The x and y range of the points in the answers and the boxes, against the convention's range."""
     xs, ys = [], []
     for record in records:
-        if point := templates.parse_point(record.answer()):
+        if point := getattr(actions.parse(record.answer()), "point", None):
             xs.append(point[0])
             ys.append(point[1])
         if record.bbox is not None:

@@ -56,15 +56,17 @@ def _process(processor, text: str, record: Sample, image_kw: dict):
     return processor(text=[text], images=images, return_tensors="pt", **kwargs)
 
 
-def _assistant_header(tokenizer) -> tuple[int, list[int]]:
+def _assistant_header(tokenizer) -> tuple[int, list[int], set[int]]:
     start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    return start, tokenizer.encode("assistant\n", add_special_tokens=False)
+    names = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    vision = {tokenizer.convert_tokens_to_ids(t) for t in names}
+    return start, tokenizer.encode("assistant\n", add_special_tokens=False), vision - {None}
 
 
-def _labels(ids, header: tuple[int, list[int]], end_id: int):
+def _labels(ids, header: tuple[int, list[int], set[int]], end_id: int):
     import torch
 
-    start, role = header
+    start, role, vision = header
     labels = torch.full_like(ids, IGNORE_INDEX)
     seq = ids.tolist()
     i = 0
@@ -77,6 +79,8 @@ def _labels(ids, header: tuple[int, list[int]], end_id: int):
             labels[j : k + 1] = ids[j : k + 1]  # the answer and its <|im_end|>, so the model learns to stop
             i = k
         i += 1
+    for token in vision:  # an image inside an assistant turn (ms-swift's pre-training records) is input
+        labels[ids == token] = IGNORE_INDEX
     return labels
 
 

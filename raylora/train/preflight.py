@@ -29,6 +29,8 @@ def local_inputs(spec: Spec) -> None:
             continue
         try:
             _check_data(spec, ref, f"data.{key}")
+            if key == "eval" and spec.training.click_eval_samples > 0:
+                errors.extend(_check_references(spec, ref))
         except UserError as e:
             errors.append(e)
     if spec.model.name_or_path == builtin.TINY_MODEL and spec.training.lora.target_modules is not None:
@@ -73,6 +75,21 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
     bad = samples.problems(ref, **spec.data.reading())
     raise_all(bad)
+
+
+def _check_references(spec: Spec, ref: str, most: int = 20) -> list[UserError]:
+    """With generation on, every eval record's reference answer must name an action: it is what the
+    outputs are scored against (each record that names none, by its ``file:LINE``)."""
+    from ..data import samples, scoring, templates
+
+    convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
+    found: list[UserError] = []
+    for record in samples.read(ref, **spec.data.reading()):
+        try:
+            scoring.target(record, convention)
+        except UserError as e:
+            found.append(e)
+    return found[:most]
 
 
 def _check_targets(spec: Spec, model_dir: Path) -> None:
