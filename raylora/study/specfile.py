@@ -104,6 +104,6 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _sha256(ref: str) -> str | None:
-    from ..files import digest as fingerprint
+    from ..files import digest
 
-    return None if "://" in ref else fingerprint(str(Path(ref.split("#", 1)[0]).expanduser()))
+    return None if "://" in ref else digest(str(Path(ref.split("#", 1)[0]).expanduser()))
