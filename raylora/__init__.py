@@ -5,7 +5,7 @@ The Python API is the command line's, one function per journey::
     import raylora
 
     spec = raylora.load_spec("search_spaces/quickstart.yaml", ["study.num_trials=2"])
-    outcome = raylora.train_trial(spec, "runs/one")          # one trial in this process
+    trained = raylora.train_trial(spec, "runs/one")          # one trial in this process
     plan, record = raylora.run_study(spec, storage="runs")   # the study on Ray
     result = raylora.promote_best(experiment=spec.study.name)
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .spec import Spec
     from .study.driver import Plan
     from .tracking.promote import PromoteResult
-    from .train import Outcome
+    from .train import TrainResult
 
 __all__ = ["Spec", "UserError", "load_spec", "promote_best", "run_study", "train_trial"]
 
@@ -43,7 +43,7 @@ def load_spec(path: str | Path, overrides: list[str] = (), *, check_inputs: bool
     return spec
 
 
-def train_trial(spec: Spec, output_dir: str | Path) -> Outcome:
+def train_trial(spec: Spec, output_dir: str | Path) -> TrainResult:
     """Train one trial with the spec's fixed values in this process (``raylora train``); writes
     ``adapter/``, ``metrics.json`` and ``targets.json`` to ``output_dir``."""
     from .train import LocalSession, train

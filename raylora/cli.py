@@ -52,31 +52,31 @@ def inspect(
     from .train import scopes
 
     try:
-        report = scopes.inspect(builtin.resolve_model(model), r=r, scopes=scope or None)
+        counts = scopes.inspect(builtin.resolve_model(model), r=r, scopes=scope or None)
     except scopes.ScopeError as e:
         raise UserError("inspect", str(e)) from None
     if as_json:
-        print(json.dumps({k: report[k] for k in ("model_type", "total_params", "scopes")}))
+        print(json.dumps({k: counts[k] for k in ("model_type", "total_params", "scopes")}))
         return
-    _print_inspect(report, r)
+    _print_inspect(counts, r)
 
 
-def _print_inspect(report: dict, r: int) -> None:
+def _print_inspect(counts: dict, r: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{report['model_type']}: {report['total_params']:,} parameters; LoRA at r={r}")
+    table = Table(title=f"{counts['model_type']}: {counts['total_params']:,} parameters; LoRA at r={r}")
     table.add_column("scope")
     for column in ("modules", "base params", "LoRA params"):
         table.add_column(column, justify="right")
-    for part, row in report["scopes"].items():
+    for part, row in counts["scopes"].items():
         table.add_row(part, f"{row['modules']:,}", f"{row['base_params']:,}", f"{row['lora_params']:,}")
     console.print(table)
-    for part, names in report.get("modules", {}).items():
+    for part, names in counts.get("modules", {}).items():
         if names:
             console.print(f"[bold]{part}[/bold] targets: " + ", ".join(names), soft_wrap=True)
-    for note in report.get("notes", []):
+    for note in counts.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True)
 
 
@@ -204,8 +204,8 @@ def train(
         run_train(spec, session)
     finally:
         session.close()  # the step bar leaves the terminal on an error too
-    print(f"adapter: {output / 'adapter'}")
-    print(f"metrics: {output / 'metrics.json'}  targets: {output / 'targets.json'}")
+    print(f"adapter: {output / layout.ADAPTER}")
+    print(f"metrics: {output / layout.METRICS_FILE}  targets: {output / layout.TARGETS}")
 
 
 @app.command()
@@ -370,16 +370,16 @@ def score(
     )  # every record's: a reference with no action is an error
     outputs = scoring.read_predictions(predictions, records)
     results = {i: scoring.score(outputs[i], goals[i]) for i in sorted(outputs)}
-    report = scoring.summarize(list(results.values()))
-    report["unanswered"] = len(records) - len(outputs)
+    scores = scoring.summarize(list(results.values()))
+    scores["unanswered"] = len(records) - len(outputs)
     if against is not None:
         old = scoring.read_predictions(against, records)
         both = [i for i in results if i in old]
-        report["against"] = scoring.paired(
+        scores["against"] = scoring.paired(
             [results[i] for i in both],
             [scoring.score(old[i], goals[i]) for i in both],
         )
-    _print_score(report, as_json)
+    _print_score(scores, as_json)
 
 
 @app.command("eval")
@@ -452,9 +452,9 @@ def eval_(
             for index, (record, text) in enumerate(zip(records, outputs, strict=True)):
                 row = {"index": index, "output": text, **({"id": record.id} if record.id is not None else {})}
                 print(json.dumps(row, ensure_ascii=False), file=out)
-    report = scoring.summarize([scoring.score(text, g) for g, text in zip(goals, outputs, strict=True)])
-    report["unanswered"] = 0
-    _print_score(report, as_json)
+    scores = scoring.summarize([scoring.score(text, g) for g, text in zip(goals, outputs, strict=True)])
+    scores["unanswered"] = 0
+    _print_score(scores, as_json)
     if predictions_out is not None and not as_json:
         print(f"predictions: {predictions_out}")
 
@@ -491,9 +491,9 @@ def _scored_data(
     return samples.read(path, limit, fmt, coordinates, template, bounds=bounds), convention
 
 
-def _print_score(report: dict, as_json: bool) -> None:
+def _print_score(scores: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report))
+        print(json.dumps(scores))
         return
 
     def line(block: dict) -> str:
@@ -505,17 +505,17 @@ def _print_score(report: dict, as_json: bool) -> None:
         parts.append(f"format errors {block['format_errors']}")
         return " · ".join(parts)
 
-    print(line(report))
-    if report["unscored"] or report["unanswered"]:
+    print(line(scores))
+    if scores["unscored"] or scores["unanswered"]:
         print(
-            f"not scored: {report['unanswered']} records without a prediction, {report['unscored']} whose "
+            f"not scored: {scores['unanswered']} records without a prediction, {scores['unscored']} whose "
             "reference answer names no action"
         )
-    for field, values in report["by"].items():
+    for field, values in scores["by"].items():
         print(f"by {field}:")
         for value, block in values.items():
             print(f"  {value}: {line(block)}")
-    for name, pair in report.get("against", {}).items():
+    for name, pair in scores.get("against", {}).items():
         print(
             f"{name} against the other predictions: {pair['new']:.3f} vs {pair['old']:.3f} on {pair['n']} "
             f"records, gain {pair['gain']:+.3f}; McNemar p = {pair['p_value']:.3g} ({pair['a_only']} right "
@@ -701,14 +701,14 @@ def data_inspect(
     """Format, records, images, image and supervised tokens, records too long, coordinate range, and one
     record rendered with its supervised span marked ⟦...⟧."""
     from . import spec as spec_lib
-    from .train import data_report
+    from .train import data_inspect
 
     overrides = [
         f"data.{k}={v}"
         for k, v in (("format", fmt), ("coordinates", coordinates), ("template", template))
         if v
     ]
-    if data_report.is_spec(target):
+    if data_inspect.is_spec(target):
         spec = spec_lib.load(target, overrides)
         refs = [spec.data.train] + (
             [spec.data.eval] if spec.data.eval and spec.data.eval != spec.data.train else []
@@ -728,11 +728,11 @@ def data_inspect(
 
     for ref in refs:
         path = builtin.resolve_data(ref, "train") if builtin.is_builtin(ref) else ref
-        report = {"path": ref, **data_report.inspect(path, spec, limit)}
+        seen = {"path": ref, **data_inspect.inspect(path, spec, limit)}
         if as_json:
-            print(json.dumps(report))
+            print(json.dumps(seen))
         else:
-            _print_data_report(report)
+            _print_data_inspection(seen)
 
 
 @data_app.command("convert")
@@ -768,23 +768,23 @@ def data_convert(
     print("\n".join(report.lines()))
 
 
-def _print_data_report(report: dict) -> None:
-    coords = report["coordinates"]
-    print(f"{report['path']}: {report['format']} · {report['records']} records · {report['images']} images")
+def _print_data_inspection(seen: dict) -> None:
+    coords = seen["coordinates"]
+    print(f"{seen['path']}: {seen['format']} · {seen['records']} records · {seen['images']} images")
     print(
-        f"  image tokens {report['image_tokens_total']:,}"
-        f" · supervised tokens {report['supervised_tokens_total']:,}"
-        f" · dropped as longer than {report['max_length']}: {report['dropped_too_long']}"
+        f"  image tokens {seen['image_tokens_total']:,}"
+        f" · supervised tokens {seen['supervised_tokens_total']:,}"
+        f" · dropped as longer than {seen['max_length']}: {seen['dropped_too_long']}"
     )
     print(
         f"  coordinates {coords['convention']}: x {coords['x']} y {coords['y']}"
         + ("" if coords.get("within_range", True) else "  ← OUTSIDE the convention's range")
     )
-    for field, counts in report["categories"].items():
+    for field, counts in seen["categories"].items():
         print(f"  {field}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    if "example" in report:
-        print(f"  {report['example']['where']}, supervised span in ⟦⟧:")
-        print("    " + report["example"]["rendered"].replace("\n", "\n    "))
+    if "example" in seen:
+        print(f"  {seen['example']['where']}, supervised span in ⟦⟧:")
+        print("    " + seen["example"]["rendered"].replace("\n", "\n    "))
 
 
 promote_app = typer.Typer(
@@ -957,18 +957,15 @@ def _one_line_warnings() -> None:
 
 def main() -> None:
     """Console entry point."""
-    import logging
-
     from . import environment, redact
     from .errors import EnvironmentFault, TrialError
+    from .tracking.tracker import quiet_mlflow
 
     environment.set_defaults(environment.CLI)
     _one_line_warnings()
     # Every line raylora, MLflow or Ray prints passes one redaction: no credential reaches a terminal or log.
     sys.stdout, sys.stderr = redact.Stream(sys.stdout), redact.Stream(sys.stderr)
-    # MLflow and its migrations log INFO lines on every new store; results are what we print.
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_mlflow()
     try:
         app(standalone_mode=False)
     except UserError as e:

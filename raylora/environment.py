@@ -10,6 +10,14 @@ Read:
   (``ray job logs``, ``kubectl logs``, CI); default 30.
 * ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
   ``tracking.tracking_uri`` is given.
+* ``RAY_ADDRESS`` — Ray's own cluster address; when set, ``ray.init`` uses it and raylora does not look for
+  the cluster a ``ray start`` on this machine recorded (``raylora.study.cluster``).
+* ``RAY_TMPDIR``, ``TMPDIR`` (Linux) — Ray's temp root, where ``ray start`` records its cluster's address.
+* ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` — a Ray auth token at hand (else ``~/.ray/auth_token``): when
+  there is one and the user set no ``RAY_AUTH_MODE``, attaching to a cluster sets it to ``token``.
+* ``RAY_AUTH_MODE`` — read only to leave a mode the user chose alone (see Set).
+
+A test (``tests/test_architecture.py``) fails when a module reads a variable not named here.
 
 Set (values already in the environment win, except where a comment says why not): :data:`CLI`,
 :data:`MLFLOW`, :data:`RAY_TRAIN` (also passed to every Ray worker), :data:`RAY_DRIVER`.
@@ -25,6 +33,11 @@ INJECT_OOM = "RAYLORA_INJECT_OOM"
 INJECT_ERROR = "RAYLORA_INJECT_ERROR"
 PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
+RAY_ADDRESS = "RAY_ADDRESS"
+RAY_TMPDIR = "RAY_TMPDIR"
+TMPDIR = "TMPDIR"
+RAY_AUTH_TOKEN = "RAY_AUTH_TOKEN"
+RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 
 # Set by the command line before anything else: the results are what raylora prints. (Hub downloads show
 # their own progress: raylora.train.download; loading a model shows none: raylora.train.model.build.)

@@ -40,6 +40,26 @@ def train_file() -> Path:
     return Path(builtin.resolve_data(builtin.GUI_DATA, "train"))
 
 
+@pytest.fixture(scope="session")
+def small_eval_file(tmp_path_factory) -> Path:
+    """The built-in eval set's first 2 records (images by absolute path): a trial's final evaluation
+    generates an answer for every eval record, which on CPU costs more than its training steps."""
+    import json
+
+    from raylora import builtin
+
+    source = Path(builtin.resolve_data(builtin.GUI_DATA, "eval"))
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:2]]
+    for row in rows:
+        for turn in row["messages"]:
+            for item in turn["content"] if isinstance(turn["content"], list) else []:
+                if item.get("type") == "image":
+                    item["image"] = str(source.parent / item["image"])
+    path = tmp_path_factory.mktemp("small_eval") / "eval.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def ray_tmpdir() -> Iterator[Path]:
     """A private Ray temp root (``RAY_TMPDIR``), short because Ray's socket paths live under it."""

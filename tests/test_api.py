@@ -25,7 +25,7 @@ def test_surface_is_small_and_declared():
 
 
 def test_load_spec_and_train_one_trial(tmp_path):
-    overrides = ["training.max_steps=2", "training.eval_every=2", "data.eval_samples=2"]
+    overrides = ["training.max_steps=2", "training.eval_every=2", "training.click_eval_samples=0"]
     spec = raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", overrides)
     assert isinstance(spec, raylora.Spec) and spec.training.max_steps == 2
     outcome = raylora.train_trial(spec, tmp_path)

@@ -169,3 +169,81 @@ def test_help_and_validate_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _environment_reads(path: Path) -> list[tuple[int, str | None]]:
+    """``(line, variable)`` for each environment variable ``path`` reads (``os.environ.get(X)``,
+    ``os.environ[X]``, ``os.getenv(X)``, ``X in os.environ``); the variable is None when ``X`` is neither
+    a literal nor a constant of ``raylora.environment``."""
+    from raylora import environment
+
+    tree = ast.parse(path.read_text())
+    aliases = {  # `from ..environment import INJECT_OOM as ENV`
+        a.asname or a.name: a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("environment")
+        for a in node.names
+    }
+
+    def is_environ(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+    def value(arg) -> str | None:
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value
+        if (
+            isinstance(arg, ast.Attribute)
+            and isinstance(arg.value, ast.Name)
+            and arg.value.id == "environment"
+        ):
+            return getattr(environment, arg.attr, None)
+        if isinstance(arg, ast.Name) and arg.id in aliases:
+            return getattr(environment, aliases[arg.id], None)
+        return None
+
+    reads = []
+    for node in ast.walk(tree):
+        arg = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            if (node.func.attr == "get" and is_environ(node.func.value)) or node.func.attr == "getenv":
+                arg = node.args[0]
+        elif isinstance(node, ast.Subscript) and is_environ(node.value) and isinstance(node.ctx, ast.Load):
+            arg = node.slice
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            arg = node.left
+        if arg is not None:
+            reads.append((node.lineno, value(arg)))
+    return reads
+
+
+def _declared() -> set[str]:
+    """The variables ``raylora.environment`` declares: its constants that its docstring names."""
+    from raylora import environment
+
+    doc = environment.__doc__ or ""
+    return {
+        v for k, v in vars(environment).items() if k.isupper() and isinstance(v, str) and f"``{v}``" in doc
+    }
+
+
+def test_every_environment_variable_read_is_declared_in_environment():
+    undeclared = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {name or 'a variable not named by raylora.environment'}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "environment.py"
+        for line, name in _environment_reads(path)
+        if name not in _declared()
+    ]
+    assert undeclared == []
+
+
+def test_an_undeclared_environment_read_is_found(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text(
+        "import os\nfrom raylora import environment\nfrom raylora.environment import HOME as H\n"
+        "a = os.environ.get('SOME_VAR')\nb = os.environ[environment.HOME]\nc = H in os.environ\n"
+        "d = os.getenv(name)\n"
+    )
+    reads = _environment_reads(source)
+    assert reads == [(4, "SOME_VAR"), (5, "RAYLORA_HOME"), (6, "RAYLORA_HOME"), (7, None)]
+    assert "SOME_VAR" not in _declared() and "RAYLORA_HOME" in _declared()

@@ -8,16 +8,19 @@ import pytest
 
 from raylora.data import samples
 from raylora.errors import DataError
-from raylora.train import encode
+from raylora.train import encode, loader
 from raylora.train.evaluate import is_hit, parse_click
+
+
+def _encoded(records, processor, kw) -> list[dict]:
+    return [encode.encode_one(record, processor, kw) for record in records]
 
 
 def test_labels_cover_exactly_the_assistant_answer(processor, train_file):
     records = samples.read(train_file, limit=3)
     kw = encode.image_kwargs(None, None, processor)
-    encoded = encode.encode(records, processor, max_length=4096, image_kw=kw)
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    for record, item in zip(records, encoded.items, strict=True):
+    for record, item in zip(records, _encoded(records, processor, kw), strict=True):
         ids, labels = item["input_ids"], item["labels"]
         supervised = labels[labels != encode.IGNORE_INDEX].tolist()
         assert processor.tokenizer.decode(supervised) == record.answer() + "<|im_end|>"
@@ -29,23 +32,23 @@ def test_labels_cover_exactly_the_assistant_answer(processor, train_file):
 def test_long_samples_are_dropped_and_counted(processor, train_file):
     records = samples.read(train_file, limit=4)
     kw = encode.image_kwargs(None, None, processor)
-    lengths = [item["input_ids"].numel() for item in encode.encode(records, processor, 4096, kw).items]
+    lengths = [item["input_ids"].numel() for item in _encoded(records, processor, kw)]
     cut = sorted(lengths)[1]
-    encoded = encode.encode(records, processor, max_length=cut, image_kw=kw)
-    assert encoded.dropped_too_long == sum(n > cut for n in lengths)
-    assert all(item["input_ids"].numel() <= cut for item in encoded.items)
+    split = loader.open_split(str(train_file), processor, cut, kw, limit=4)
+    assert split.dropped_too_long == sum(n > cut for n in lengths) > 0
+    assert len(split.records) == sum(n <= cut for n in lengths)
+    assert all(item["input_ids"].numel() <= cut for item in split.items)
 
 
 def test_max_pixels_bounds_image_tokens(processor, train_file):
     records = samples.read(train_file, limit=4)
-    small = encode.encode(records, processor, 4096, encode.image_kwargs(1024, 32 * 32 * 4, processor))
-    for item in small.items:
+    for item in _encoded(records, processor, encode.image_kwargs(1024, 32 * 32 * 4, processor)):
         assert int(item["image_grid_thw"].prod()) // 4 <= 4
 
 
 def test_collate_pads_and_keeps_image_inputs(processor, train_file):
     records = samples.read(train_file, limit=3)
-    items = encode.encode(records, processor, 4096, encode.image_kwargs(None, None, processor)).items
+    items = _encoded(records, processor, encode.image_kwargs(None, None, processor))
     batch = encode.collate(items, processor.tokenizer.pad_token_id)
     n = max(item["input_ids"].numel() for item in items)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["mm_token_type_ids"].shape == (3, n)
@@ -67,8 +70,8 @@ def test_parquet_with_image_bytes_matches_jsonl(processor, train_file, tmp_path)
     pq.write_table(pa.Table.from_pylist(rows), path)
 
     kw = encode.image_kwargs(None, None, processor)
-    from_parquet = encode.encode(samples.read(path), processor, 4096, kw).items
-    from_jsonl = encode.encode(samples.read(train_file, limit=3), processor, 4096, kw).items
+    from_parquet = _encoded(samples.read(path), processor, kw)
+    from_jsonl = _encoded(samples.read(train_file, limit=3), processor, kw)
     for a, b in zip(from_parquet, from_jsonl, strict=True):
         assert a["input_ids"].equal(b["input_ids"]) and a["pixel_values"].equal(b["pixel_values"])
 

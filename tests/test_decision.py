@@ -589,7 +589,7 @@ def test_a_stage_two_trial_starts_from_the_stage_one_adapter(tmp_path):
     from raylora.errors import TrialError
     from raylora.train import LocalSession, train
 
-    fast = ["training.eval_every=1", "training.click_eval_samples=0", "data.eval_samples=2"]
+    fast = ["training.eval_every=1", "data.eval=null", "study.objective.metric=train/loss"]  # no evaluation
     quickstart = ROOT / "search_spaces" / "quickstart.yaml"
     stage1 = spec_lib.load(quickstart, [*fast, "training.max_steps=2", "training.lora.scope=[llm]"])
     train(stage1, LocalSession(tmp_path / "s1", log=lambda line: None))

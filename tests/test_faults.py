@@ -277,7 +277,7 @@ def test_unusable_storage_tracking_store_or_rank_exits_2_in_one_line_even_under_
     with _read_only(tmp_path / "ro") as ro:
         started = time.monotonic()
         proc = _raylora("search", str(spec), "--storage", str(ro), "--tracking-uri", tracking, "--dry-run")
-        _one_line_exit(proc, 2, "--storage", f"cannot write to {ro}")
+        _one_line_exit(proc, 2, "--storage", f"cannot write in {ro}")
         proc = _raylora(
             "search", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", f"sqlite:///{ro}/m.db"
         )

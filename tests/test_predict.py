@@ -20,7 +20,13 @@ RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
-    overrides = ["training.max_steps=2", "training.eval_every=2", "data.eval_samples=2"]
+    # No evaluation while training: these tests score the adapter themselves.
+    overrides = [
+        "training.max_steps=2",
+        "training.eval_every=2",
+        "data.eval=null",
+        "study.objective.metric=train/loss",
+    ]
     raylora.train_trial(raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", overrides), out)
     return out
 

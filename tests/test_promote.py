@@ -34,11 +34,12 @@ STUDY = "quickstart"
 
 
 @pytest.fixture(scope="module")
-def adapters(raylora_home, tmp_path_factory) -> dict[str, Path]:
+def adapters(raylora_home, tmp_path_factory, small_eval_file) -> dict[str, Path]:
     """Two tiny trained adapters, trained once for the module: LoRA on [llm] and on [llm, vision]."""
     out = {}
     for name, scope in [("llm", "[llm]"), ("llm_vision", "[llm, vision]")]:
-        spec = spec_lib.load(QUICKSTART, [*FAST, f"training.lora.scope={scope}"])
+        overrides = [*FAST, f"training.lora.scope={scope}", f"data.eval={small_eval_file}"]
+        spec = spec_lib.load(QUICKSTART, overrides)
         directory = tmp_path_factory.mktemp(f"trial_{name}")
         train(spec, LocalSession(directory, log=lambda line: None))
         out[name] = directory
@@ -288,8 +289,7 @@ def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tm
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from raylora.data import samples
-    from raylora.train import encode
+    from raylora.train import encode, loader
 
     out = tmp_path / "merged"
     result = promote.promote_best(
@@ -304,10 +304,10 @@ def test_merged_export_matches_base_plus_adapter(sqlite_uri, study, adapters, tm
 
     processor = AutoProcessor.from_pretrained(out)
     image_kw = encode.image_kwargs(4096, 65536, processor)
-    records = samples.read(builtin.resolve_data(builtin.GUI_DATA, "eval"), limit=2)
-    batch = encode.collate(
-        encode.encode(records, processor, 512, image_kw).items, processor.tokenizer.pad_token_id
+    split = loader.open_split(
+        builtin.resolve_data(builtin.GUI_DATA, "eval"), processor, 512, image_kw, limit=2
     )
+    batch = encode.collate(list(split.items), processor.tokenizer.pad_token_id)
     batch.pop("labels")
     with torch.no_grad():
         expected = reference(**batch).logits

@@ -242,26 +242,33 @@ def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_
     directory = tmp_path / "s"
     study = open_optuna(directory, spec)
     record = StudyRecord.open(directory, spec)
-    outcomes = {"t000": 6.5, "t001": "pruned", "t002": "oom", "t003": "running"}
+    outcomes = {"t000": 6.5, "t001": "pruned", "t002": "oom", "t003": "running", "t004": "failed"}
     for number, (slot, outcome) in enumerate(outcomes.items()):
         trial = study.ask()
         record.trials[slot] = TrialRecord(slot, optuna_number=number, steps=2, last_value=7.0)
         if outcome in ("pruned", "oom"):
             trial.set_constraint("out_of_memory", 1.0 if outcome == "oom" else 0.0)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif outcome == "failed":
+            trial.set_user_attr("error", "ValueError: boom")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif outcome != "running":
             study.tell(trial, outcome)
 
     again = settle_interrupted(record, study)
 
     assert [t.trial_id for t in again] == ["t003"]
-    states = {t.trial_id: (t.state, t.value) for t in StudyRecord.open(directory, spec).trials.values()}
+    settled = StudyRecord.open(directory, spec).trials
+    states = {t.trial_id: (t.state, t.value) for t in settled.values()}
     assert states == {
         "t000": ("COMPLETE", 6.5),
         "t001": ("PRUNED", 7.0),
         "t002": ("INFEASIBLE", None),
         "t003": ("RUNNING", None),
+        "t004": ("FAILED", None),
     }
+    assert settled["t000"].values == {spec.study.objective.metric: 6.5}  # as a summary rebuild reads it
+    assert settled["t004"].error == "ValueError: boom"
     assert [t.state for t in study.get_trials()][-1] == optuna.trial.TrialState.FAIL
 
 

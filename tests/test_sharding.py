@@ -98,13 +98,14 @@ def _worker(rank: int, world: int, port: int, jobs: list[tuple[dict, str, str | 
 
 def _eval_batch(spec: Spec) -> dict:
     from raylora import builtin
-    from raylora.data import samples
-    from raylora.train import encode, model
+    from raylora.train import encode, loader, model
 
     processor = model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    records = samples.read(builtin.resolve_data(spec.data.eval, "eval"), limit=2)
-    batch = encode.collate(encode.encode(records, processor, spec.data.max_length, image_kw).items, 0)
+    split = loader.open_split(
+        builtin.resolve_data(spec.data.eval, "eval"), processor, spec.data.max_length, image_kw, limit=2
+    )
+    batch = encode.collate(list(split.items), 0)
     batch.pop("labels")
     return batch
 

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 ser
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _study(tmp_path: Path, name: str, max_steps: int, click_eval_samples: int, eval_samples: int) -> Path:
-    """A 2-trial FIFO quickstart study YAML; returns its path."""
+def _study(
+    tmp_path: Path, name: str, max_steps: int, click_eval_samples: int, eval_samples: int, eval_file=None
+) -> Path:
+    """A 2-trial FIFO quickstart study YAML (on ``eval_file`` when given); returns its path."""
     spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     spec["study"].update(
         {"name": name, "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
@@ -28,6 +30,8 @@ def _study(tmp_path: Path, name: str, max_steps: int, click_eval_samples: int, e
         {"max_steps": max_steps, "eval_every": 2, "click_eval_samples": click_eval_samples}
     )
     spec["data"]["eval_samples"] = eval_samples
+    if eval_file is not None:
+        spec["data"]["eval"] = str(eval_file)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -38,8 +42,9 @@ def _search_cmd(path: Path, tmp_path: Path, uri: str) -> list[str]:
     return [sys.executable, "-m", "raylora", "search", str(path), "--storage", storage, "--tracking-uri", uri]
 
 
-def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path):
-    path = _study(tmp_path, "tracked", max_steps=4, click_eval_samples=2, eval_samples=6)
+def test_study_in_mlflow_server_parent_children_metrics_artifacts(tmp_path, small_eval_file):
+    # Two eval records: every trial's final evaluation, and the base model's, generates for each of them.
+    path = _study(tmp_path, "tracked", 4, click_eval_samples=2, eval_samples=6, eval_file=small_eval_file)
 
     with mlflow_server(tmp_path / "mlflow") as uri:
         cmd = _search_cmd(path, tmp_path, uri)

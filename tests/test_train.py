@@ -33,18 +33,23 @@ def _load_adapter(adapter_dir: Path):
 
 def _first_eval_batch(spec):
     from raylora import builtin
-    from raylora.data import samples
-    from raylora.train import encode, model
+    from raylora.train import encode, loader, model
 
     processor = model.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    records = samples.read(builtin.resolve_data(spec.data.eval, "eval"), limit=2)
-    items = encode.encode(records, processor, spec.data.max_length, image_kw).items
-    return encode.collate(items, processor.tokenizer.pad_token_id)
+    split = loader.open_split(
+        builtin.resolve_data(spec.data.eval, "eval"), processor, spec.data.max_length, image_kw, limit=2
+    )
+    return encode.collate(list(split.items), processor.tokenizer.pad_token_id)
 
 
-def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path):
-    spec = _spec("training.lora.scope=[llm, vision]", "training.gradient_checkpointing=true")
+@pytest.mark.slow  # trains, evaluates and reloads for over a minute on a busy 2-CPU machine
+def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path, small_eval_file):
+    spec = _spec(
+        "training.lora.scope=[llm, vision]",
+        "training.gradient_checkpointing=true",
+        f"data.eval={small_eval_file}",
+    )
     outcome = train(spec, LocalSession(tmp_path, log=lambda line: None))
 
     adapter = tmp_path / "adapter"
@@ -77,6 +82,7 @@ def test_llm_and_vision_adapter_reloads_with_vanilla_peft(tmp_path):
     assert targets["trainable_total"] == sum(p.numel() for p in outcome.model.parameters() if p.requires_grad)
 
 
+@pytest.mark.slow  # the 4-bit forward on CPU: the longest of the in-process trainings
 def test_nf4_trains_lora_on_a_4bit_base(tmp_path):
     import bitsandbytes as bnb
 
@@ -85,6 +91,7 @@ def test_nf4_trains_lora_on_a_4bit_base(tmp_path):
         "training.lora.scope=[llm, vision]",
         "training.max_steps=3",
         "training.eval_every=3",
+        "training.click_eval_samples=0",  # the eval loss runs the 4-bit forward; generating adds nothing
     )
     outcome = train(spec, LocalSession(tmp_path, log=lambda line: None))
     base = outcome.model.get_base_model()
@@ -235,12 +242,14 @@ class _CheckpointingSession(LocalSession):
 
 
 def test_resuming_keeps_the_checkpoint_it_resumed_from(tmp_path):
-    spec = _spec("training.max_steps=2", "training.eval_every=2", "data.eval_samples=2")
+    # No evaluation: checkpoints are written at every report all the same.
+    no_eval = ["data.eval=null", "study.objective.metric=train/loss"]
+    spec = _spec("training.max_steps=2", "training.eval_every=2", *no_eval)
     train(spec, _CheckpointingSession(tmp_path / "first"))
     checkpoint = tmp_path / "first" / "checkpoint_s0000002"
     assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
 
-    longer = _spec("training.max_steps=4", "training.eval_every=2", "data.eval_samples=2")
+    longer = _spec("training.max_steps=4", "training.eval_every=2", *no_eval)
     outcome = train(longer, _CheckpointingSession(tmp_path / "second", resume=checkpoint))
     assert outcome.metrics["step"] == 4 and outcome.metrics["resumed_from_step"] == 2
     # On local storage that folder is the trial's real checkpoint: it may hold the trial's best adapter.

@@ -1,6 +1,6 @@
 """The study's data model: what a study knows about its trials, independent of who runs or records them.
 
-states        the closed vocabularies: TrialState, JobState; an exception → a state
+states        the closed vocabularies: TrialState, JobState; an exception or an Optuna trial → a state
 trials        StudyRecord and TrialRecord: summary.json, every trial's state, params, value and adapter
 objectives    several objectives and constraints: the values told to Optuna, the Pareto front
 comparison    a trial against the base model on the same eval records (gain, McNemar)

@@ -8,8 +8,9 @@ Trial states (``summary.json``, MLflow's ``raylora.state`` tag, the leaderboard)
             ├─▶ INFEASIBLE   out of memory (measured, or predicted by the memory estimate)
             └─▶ FAILED       any other error, with its reason
 
-Every transition is made by :class:`raylora.study.optuna_searcher.StudySearcher` (or, for what a killed
-driver left, by the driver's resume); nothing else assigns a trial's state.
+Every transition is made by :class:`raylora.study.optuna_searcher.StudySearcher`, or, for what a killed
+driver left, read back from the Optuna journal by :func:`from_optuna` (the resume's settling and the
+summary's rebuild); nothing else assigns a trial's state.
 """
 
 from __future__ import annotations
@@ -29,6 +30,28 @@ class TrialState(StrEnum):
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.INFEASIBLE, TrialState.FAILED)
 """Finished states, in the leaderboard's order."""
+
+
+def from_optuna(trial, frozen, goals) -> bool:
+    """Give ``trial`` (a :class:`~raylora.record.trials.TrialRecord`) the verdict Optuna's ``frozen`` trial
+    holds, its objective ``values`` (named by ``goals``, ``(metric, mode)`` pairs) included; False when Optuna
+    holds none (RUNNING, or FAIL without a reason: an interrupted attempt a resume settled)."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    if frozen.state == TS.COMPLETE:
+        # frozen.value raises for a multi-objective study; the first objective is the ranked one
+        trial.state, trial.value = TrialState.COMPLETE, frozen.values[0]
+        trial.values.update({metric: v for (metric, _), v in zip(goals, frozen.values, strict=False)})
+    elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
+        trial.state, trial.value, trial.error = TrialState.INFEASIBLE, None, "out of memory"
+    elif frozen.state == TS.PRUNED:
+        trial.state, trial.value = TrialState.PRUNED, trial.last_value
+    elif frozen.state == TS.FAIL and "error" in frozen.user_attrs:
+        trial.state, trial.value, trial.error = TrialState.FAILED, None, frozen.user_attrs["error"]
+    else:
+        return False
+    return True
 
 
 class JobState(StrEnum):

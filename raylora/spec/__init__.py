@@ -9,6 +9,7 @@ Never imports torch: ``raylora validate`` and the search driver read specs witho
     schema     the strict, typed sections and the rules that span them
     paths      the dotted-path language (training.lora.r)
     space      spec.search → distributions → Optuna's define-by-run function
+    metrics    the metrics every trial reports, and which direction is better
     yamltext   YAML text → data, remembering each key's line
     starters   the starter specs ``raylora init`` writes
 """

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import SpecError, UserError, raise_all
-from . import paths
+from . import metrics, paths
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -27,18 +27,7 @@ class _Section(BaseModel):
 
 
 class Objective(_Section):
-    metric: Literal[
-        "eval/loss",
-        "eval/click_acc",
-        "eval/format_error_rate",
-        "eval/type_acc",
-        "eval/step_acc",
-        "train/loss",
-        "cost/peak_mem_gb",
-        "cost/accelerator_hours",
-        "cost/tokens_per_s",
-        "cost/trainable_params",
-    ] = "eval/loss"
+    metric: Literal[metrics.OBJECTIVES] = metrics.EVAL_LOSS
     """The metric the study optimizes, as reported by every trial (``eval/type_acc``/``eval/step_acc``:
     navigation records, see :mod:`raylora.data.scoring`; ``cost/*``: :mod:`raylora.train.cost`)."""
     mode: Literal["min", "max"] = "min"
@@ -178,6 +167,17 @@ class Data(_Section):
                 "data.image.min_pixels and data.image.max_pixels"
             )
         return self
+
+    def reading(self) -> dict:
+        """How to read the data files, as keyword arguments of ``raylora.data.samples.read`` and
+        ``problems`` and of ``raylora.train.loader.open_split``."""
+        return {
+            "fmt": self.format,
+            "coordinates": self.coordinates,
+            "template": self.template,
+            "columns": dict(self.columns),
+            "categories": self.categories,
+        }
 
 
 class Resources(_Section):
@@ -333,7 +333,7 @@ def _cross_checks(spec: Spec, where: Callable[[str], str]) -> list[UserError]:
     errors += _objective_checks(spec.study, where)
     if spec.training.init_adapter and spec.resources.sharding == "fsdp":
         errors.append(SpecError(where("training.init_adapter"), "not with resources.sharding: fsdp yet"))
-    generated = ("eval/click_acc", "eval/format_error_rate", "eval/type_acc", "eval/step_acc")
+    generated = metrics.GENERATED
     for i, goal in enumerate(spec.study.goals):
         at = f"study.objectives[{i}]" if spec.study.objectives else "study.objective"
         metric = goal.metric

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from ..data import scoring
-from ..layout import BASELINE
+from ..files import write_atomic
+from ..layout import BASELINE, RUNS
 from ..record.comparison import compare, items, metric_for
 from ..spec import Spec
 
@@ -38,7 +38,7 @@ def fingerprint(spec: Spec) -> str:
         data.format,
         data.coordinates,
         data.template,
-        sorted(getattr(data, "columns", {}).items()),
+        sorted(data.columns.items()),
         data.image.min_pixels,
         data.image.max_pixels,
         data.max_length,
@@ -77,9 +77,7 @@ def load_or_measure(spec: Spec, log=print) -> dict:
     log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once; cached in {path})")
     result = measure(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result))
     return result
 
 
@@ -99,11 +97,7 @@ def measure(spec: Spec) -> dict:
         min_pixels=image.min_pixels,
         max_pixels=image.max_pixels,
     )
-    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
-    if getattr(spec.data, "columns", None):
-        reading["columns"] = spec.data.columns
-    if getattr(spec.data, "categories", None) is not None:
-        reading["categories"] = spec.data.categories
+    reading = spec.data.reading()
     split = loader.open_split(
         builtin.resolve_data(spec.data.eval, "eval"),
         predictor.processor,
@@ -235,7 +229,7 @@ def compare_trials(record, storage, base: dict) -> bool:
     from ..record.states import TrialState
     from .checkpoints import Checkpoints
 
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     metric = metric_for(record.metric)
     checkpoints = Checkpoints(runs_dir, filesystem, record.metric, record.mode)
     changed = False

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..layout import DONE
-
-CHECKPOINT_PREFIX = "checkpoint_s"
+from ..layout import CHECKPOINT_PREFIX, DONE
 
 
 @dataclass
@@ -123,22 +121,27 @@ class Checkpoints:
         with self.fs.open_output_stream(f"{path}/{DONE}") as f:  # last: the checkpoint is whole
             f.write(report.encode())
 
-    def _prune(self, latest: str) -> None:
+    def best(self) -> str | None:
+        """The trial's best complete checkpoint by the objective: the newer one on a tie, the latest when
+        none holds a value; None when there is none."""
         import json
         import math
 
         sign = 1.0 if self.mode == "min" else -1.0
-        scored = []
-        for name in self.names():
-            value = self._read(f"{self.folder}/{name}/{DONE}")
-            value = json.loads(value).get(self.metric) if value else None
-            scored.append((sign * value if isinstance(value, (int, float)) else math.inf, name))
-        best, best_value = latest, math.inf
-        for value, name in scored:  # oldest first, so the newer one wins a tie
+        best, best_value = None, math.inf
+        for name in self.names():  # oldest first, so the newer one wins a tie
+            text = self._read(f"{self.folder}/{name}/{DONE}")
+            value = json.loads(text).get(self.metric) if text else None
+            value = sign * value if isinstance(value, (int, float)) else math.inf
             if value <= best_value:
                 best, best_value = name, value
+        return best
+
+    def _prune(self, latest: str) -> None:
+        keep = (self.best(), latest)
+        stale = [name for name in self.names() if name not in keep]
         torn = [name for name in self._folders() if not self._complete(name)]
-        for name in [name for _, name in scored if name not in (best, latest)] + torn:
+        for name in stale + torn:
             try:
                 self.fs.delete_dir(f"{self.folder}/{name}")
             except OSError:

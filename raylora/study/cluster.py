@@ -70,7 +70,7 @@ def _default_address() -> str | None:
     cluster was killed without ``ray stop``), where Ray would wait for the dead cluster forever."""
     import socket
 
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get(environment.RAY_ADDRESS):
         return None
     recorded = _recorded_address()
     if not recorded:
@@ -91,8 +91,8 @@ def _recorded_address() -> str | None:
     Linux, ``TMPDIR`` moves it; file ``ray_current_cluster``); the private helpers that read it moved
     between Ray releases, so raylora reads the file itself.
     """
-    linux_tmp = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None
-    root = os.environ.get("RAY_TMPDIR") or linux_tmp or "/tmp"
+    linux_tmp = os.environ.get(environment.TMPDIR) if sys.platform.startswith("linux") else None
+    root = os.environ.get(environment.RAY_TMPDIR) or linux_tmp or "/tmp"
     try:
         return (Path(root) / "ray" / "ray_current_cluster").read_text().strip() or None
     except OSError:
@@ -134,7 +134,7 @@ def check_shared(directory: Path, nodes: list[Node]) -> None:
 
 def _has_ray_token() -> bool:
     """A Ray auth token is at hand: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
+    if os.environ.get(environment.RAY_AUTH_TOKEN):
         return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    path = os.environ.get(environment.RAY_AUTH_TOKEN_PATH) or Path.home() / ".ray" / "auth_token"
     return Path(path).is_file()

@@ -21,8 +21,10 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_atomic
 from ..layout import LOCK
 
 LEASE_S = 120.0  # a lease not renewed for this long belongs to a holder that is gone
@@ -104,10 +106,7 @@ class StudyLock:
             with self.storage.filesystem.open_output_stream(self._path) as f:
                 f.write(self._body())
         else:
-            tmp = f"{self._path}.{self.token}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(self._body())
-            os.replace(tmp, self._path)
+            write_atomic(Path(self._path), self._body())
 
     def _stale(self, held: dict) -> bool:
         if held.get("host") == self.holder["host"] and isinstance(held.get("pid"), int):

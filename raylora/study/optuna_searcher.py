@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 
 from ..layout import JOURNAL
 from ..record import objectives
-from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, storage_fault
+from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, from_optuna, storage_fault
 from ..record.trials import StudyRecord, TrialRecord, slot_name
 from ..spec import space
 from . import warm
@@ -221,18 +221,7 @@ def settle_interrupted(record: StudyRecord, optuna_study: optuna.Study) -> list[
     told = {t.number: t for t in optuna_study.get_trials(deepcopy=False) if t.state != TS.RUNNING}
     settled = [t for t in record.unfinished() if t.optuna_number in told]
     for trial in settled:
-        frozen = told[trial.optuna_number]
-        if frozen.state == TS.COMPLETE:
-            trial.state, trial.value = TrialState.COMPLETE, frozen.values[0]
-        elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
-            trial.state, trial.value, trial.error = TrialState.INFEASIBLE, None, "out of memory"
-        elif frozen.state == TS.PRUNED:
-            trial.state, trial.value = TrialState.PRUNED, trial.last_value
-        elif "error" in frozen.user_attrs:
-            trial.state, trial.value = TrialState.FAILED, None
-            trial.error = frozen.user_attrs["error"]
-        else:  # an interrupted attempt an earlier resume failed in Optuna: it runs again
-            continue
+        from_optuna(trial, told[trial.optuna_number], record.goals)
     if settled:
         record.save()
     for frozen in optuna_study.get_trials(deepcopy=False, states=(TS.RUNNING,)):

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..files import write_atomic
-from ..layout import SUMMARY
+from ..layout import REPORT_DIR, SUMMARY
 from ..record.trials import StudyRecord
 from ..tracking import report, tags
 
@@ -63,7 +63,7 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
         if baseline.compare_trials(record, storage, json.loads((directory / BASELINE).read_text())):
             write_atomic(directory / SUMMARY, json.dumps(record.to_dict(), indent=2) + "\n")
     study = report.load_optuna(directory / JOURNAL, summary["study"])
-    out = report.write(directory / "report", record, study)
+    out = report.write(directory / REPORT_DIR, record, study)
     storage.push(report=True)
     if client is not None and parent is None:
         found = [
@@ -75,7 +75,7 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
         ]
         parent = found[0] if found else None
     if parent is not None:
-        client.log_artifacts(parent.info.run_id, str(out), "report")
+        client.log_artifacts(parent.info.run_id, str(out), REPORT_DIR)
     return out
 
 

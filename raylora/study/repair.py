@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from ..layout import DONE
+from ..layout import RUNS
 
 if TYPE_CHECKING:
     import optuna
@@ -72,20 +72,18 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
     with a reason are final; RUNNING, or FAIL without a reason (an interrupted attempt a resume settled),
     stays unfinished and resumes from its checkpoint. MLflow runs are found again by their tags.
     """
-    import optuna
 
-    from ..record.states import TrialState
+    from ..record.states import TrialState, from_optuna
     from ..record.trials import TrialRecord
     from ..spec import space
     from .checkpoints import Checkpoints
 
-    TS = optuna.trial.TrialState
     latest: dict[str, optuna.trial.FrozenTrial] = {}
     for frozen in study.get_trials(deepcopy=False):
         slot = frozen.user_attrs.get("slot")
         if slot:
             latest[slot] = frozen
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     objective = spec.study.objective
     checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
     for slot, frozen in sorted(latest.items()):
@@ -95,35 +93,12 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
         trial.last_value = values[trial.steps] if values else None
         scored = [v for v in values.values() if v is not None]
         best = (min if objective.mode == "min" else max)(scored) if scored else None
-        if frozen.state == TS.COMPLETE:
-            # frozen.value raises for a multi-objective study; the first objective is the ranked one
-            trial.state, trial.value = TrialState.COMPLETE, frozen.values[0]
-            trial.values = {metric: v for (metric, _), v in zip(record.goals, frozen.values, strict=False)}
-        elif frozen.state == TS.PRUNED and frozen.constraints.get("out_of_memory", 0.0) > 0:
-            trial.state, trial.error = TrialState.INFEASIBLE, "out of memory"
-        elif frozen.state == TS.PRUNED:
-            trial.state, trial.value = TrialState.PRUNED, trial.last_value
-        elif frozen.state == TS.FAIL and "error" in frozen.user_attrs:
-            trial.state, trial.error = TrialState.FAILED, frozen.user_attrs["error"]
-        else:
+        if not from_optuna(trial, frozen, record.goals):
             trial.value = best
-        names = checkpoints.for_trial(slot).names()
-        if names and trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-            chosen = _best_checkpoint(checkpoints.for_trial(slot), names, objective)
+        chosen = checkpoints.for_trial(slot).best()
+        if chosen and trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
             trial.adapter_path = storage.uri(f"{runs_dir}/{slot}/{chosen}/adapter")
         record.trials[slot] = trial
-
-
-def _best_checkpoint(checkpoints, names: list[str], objective) -> str:
-    best, best_value = names[-1], None
-    for name in names:  # oldest first: the newer wins a tie, as the pruning rule
-        text = checkpoints._read(f"{checkpoints.folder}/{name}/{DONE}")
-        value = json.loads(text).get(objective.metric) if text else None
-        if not isinstance(value, (int, float)):
-            continue
-        if best_value is None or (value <= best_value if objective.mode == "min" else value >= best_value):
-            best, best_value = name, value
-    return best
 
 
 def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
@@ -133,7 +108,7 @@ def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
 
     from .checkpoints import Checkpoints
 
-    runs_dir, filesystem = storage.ray_path("runs")
+    runs_dir, filesystem = storage.ray_path(RUNS)
     objective = spec.study.objective
     checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
     fs = checkpoints.fs
@@ -147,9 +122,8 @@ def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
                 continue
         except (OSError, ValueError):
             continue
-        names = checkpoints.for_trial(trial.trial_id).names()
-        if names:
-            chosen = _best_checkpoint(checkpoints.for_trial(trial.trial_id), names, objective)
+        chosen = checkpoints.for_trial(trial.trial_id).best()
+        if chosen:
             trial.adapter_path = storage.uri(f"{runs_dir}/{trial.trial_id}/{chosen}/adapter")
         else:
             trial.adapter_path = None

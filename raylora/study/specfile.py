@@ -10,12 +10,12 @@ to (absolute, credentials removed: :mod:`raylora.redact`), which ``--resume`` us
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import redact
 from ..errors import SpecError, UserError, raise_all
+from ..files import write_atomic
 from ..layout import JOURNAL, SPEC
 
 if TYPE_CHECKING:
@@ -48,9 +48,7 @@ def resolved(spec: Spec, tracking_uri: str | None = None) -> dict:
 def save(directory: Path, spec: Spec, tracking_uri: str | None = None) -> None:
     """Write ``spec.json`` atomically (the current spec: changes it allowed are recorded too)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{SPEC}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(resolved(spec, tracking_uri), indent=1) + "\n")
-    os.replace(tmp, directory / SPEC)
+    write_atomic(directory / SPEC, json.dumps(resolved(spec, tracking_uri), indent=1) + "\n")
 
 
 def stored_uri(directory: Path) -> str | None:
@@ -126,6 +124,6 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _sha256(ref: str) -> str | None:
-    from ..files import digest as fingerprint
+    from ..files import digest
 
-    return None if "://" in ref else fingerprint(str(Path(ref.split("#", 1)[0]).expanduser()))
+    return None if "://" in ref else digest(str(Path(ref.split("#", 1)[0]).expanduser()))

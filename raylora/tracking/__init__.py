@@ -2,7 +2,7 @@
 Never imports :mod:`raylora.study` (the driver uses tracking, not the other way round).
 
     storage         the study folder: local/NFS, or an s3:// / gs:// URI with a local mirror
-    tracker         MLflow, written by the driver alone, through an outbox that survives outages
+    tracker         a study's MLflow runs, written by the driver through an outbox that survives outages
     store           which MLflow store a study records to, created under a lock, reached or refused
     tags            the MLflow tag names raylora writes and searches by
     report          the report folder: leaderboards, scope comparison, importances

@@ -142,11 +142,11 @@ def _eval_items(record) -> dict[str, dict]:
     study's runs are on this machine (local or shared storage)."""
     import json
 
-    from ..layout import EVAL_ITEMS
+    from ..layout import CHECKPOINT_PREFIX, EVAL_ITEMS, RUNS
 
     out = {}
     for trial_id in record.trials:
-        found = sorted((Path(record.directory) / "runs" / trial_id).glob(f"checkpoint_s*/{EVAL_ITEMS}"))
+        found = sorted((Path(record.directory) / RUNS / trial_id).glob(f"{CHECKPOINT_PREFIX}*/{EVAL_ITEMS}"))
         try:
             out.update({trial_id: json.loads(found[-1].read_text())} if found else {})
         except ValueError:  # a torn file: this trial is not paired

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from ..files import write_atomic
-from ..layout import SUMMARY
+from ..layout import REPORT_PAGE, SUMMARY
 from ..record.states import TrialState
 from ..record.trials import StudyRecord, short_params
 from ..train import cost
@@ -34,7 +34,7 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     importances = _importances(optuna_study)
     write_atomic(directory / "importances.json", json.dumps(importances, indent=2) + "\n")
     _importance_plot(directory / "importances.png", importances)
-    html_report.write(directory / "index.html", record, optuna_study)
+    html_report.write(directory / REPORT_PAGE, record, optuna_study)
     summary = record.directory / SUMMARY
     if summary.is_file():
         write_atomic(directory / SUMMARY, summary.read_bytes())

@@ -11,7 +11,6 @@ never sees half a file.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import uuid
@@ -22,10 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .. import environment
 from ..errors import UserError, first_line
+from ..files import unwritable, write_atomic
+from ..layout import REPORT_DIR as REPORT
 from ..layout import STATE_FILES
 from ..redact import redact
 
-REPORT = "report"
 UNPUSHED = ".raylora-unpushed"  # in a mirror whose last changes did not reach the storage
 
 
@@ -66,17 +66,9 @@ class LocalStorage:
     def check(self) -> None:
         """Stop with one line naming ``--storage`` when the study cannot be written here: a path that is a
         file, a read-only mount, a folder without write permission (the folder itself is created later)."""
-        existing = self.directory
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise UserError("--storage", f"{existing} is a file, not a folder; studies live in a folder")
-        try:  # a real write: a read-only mount or missing permission answers here, root or not
-            fd, name = tempfile.mkstemp(prefix=".raylora-check-", dir=existing)
-            os.close(fd)
-            os.unlink(name)
-        except OSError as e:
-            raise UserError("--storage", f"cannot write to {existing}: {e.strerror or e}") from None
+        problem = unwritable(self.directory)
+        if problem:
+            raise UserError("--storage", f"{problem}; a study lives in a folder you can write in")
 
     def pull(self) -> None:
         """Nothing to download."""
@@ -169,9 +161,7 @@ class UriStorage:
         for name in STATE_FILES:
             local = self.directory / name
             if name in remote and remote[name].type == pyarrow.fs.FileType.File:
-                tmp = self.directory / f".{name}.{os.getpid()}.tmp"
-                tmp.write_bytes(read_whole(self.filesystem, f"{self.fs_path}/{name}"))
-                os.replace(tmp, local)
+                write_atomic(local, read_whole(self.filesystem, f"{self.fs_path}/{name}"))
                 self._pushed[name] = _signature(local)
             else:
                 local.unlink(missing_ok=True)

@@ -1,4 +1,6 @@
-"""MLflow: the study's system of record, written by the search driver alone (one writer per store).
+"""MLflow: the study's system of record. During a study the search driver writes it through this module
+alone (workers never talk to MLflow); afterwards ``raylora report`` (:mod:`raylora.study.refresh`) logs a
+regenerated report and ``raylora promote`` (:mod:`.promote`) writes the model registry.
 
 One experiment per study, one parent run per study, one child run per trial (nested with
 ``mlflow.parentRunId``). Runs are found again by their ``raylora.*`` tags, so a resumed or retried trial
@@ -11,7 +13,6 @@ tracking server is unreachable the study goes on, and the writes are replayed in
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,37 +23,29 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .. import environment, redact
-from ..files import digest, write_atomic
-from ..layout import PENDING
+from ..files import digest, unwritable, write_atomic
+from ..layout import PENDING, REPORT_DIR
 from ..record.states import TrialState
 from ..redact import scrub
-from ..spec import space
+from ..spec import metrics, space
 from . import store, tags
 
 if TYPE_CHECKING:
     from ..record.trials import StudyRecord, TrialRecord
     from ..spec import Spec
 
-TRIAL_METRICS = (
-    "train/loss",
-    "eval/loss",
-    "eval/click_acc",
-    "eval/format_error_rate",
-    "eval/type_acc",
-    "eval/step_acc",
-    "samples_per_s",
-    "tokens_per_s",
-    "peak_mem_mb",
-)
-# Direction of every metric a "best_" summary is kept for.
-BEST = {
-    "train/loss": "min",
-    "eval/loss": "min",
-    "eval/click_acc": "max",
-    "eval/format_error_rate": "min",
-    "eval/type_acc": "max",
-    "eval/step_acc": "max",
-}
+TRIAL_METRICS = (*metrics.BETTER, "samples_per_s", "tokens_per_s", "peak_mem_mb")
+BEST = metrics.BETTER
+"""Direction of every metric a ``best_`` summary is kept for."""
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's INFO lines (its migrations log several on every new store) off the user's terminal:
+    what matters is printed by raylora."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def tracking_uri(override: str | None = None, spec: Spec | None = None, storage: str | None = None) -> str:
@@ -95,25 +88,9 @@ def check_uri(uri: str) -> None:
         folder = Path(urlsplit(uri).path if scheme == "file" else uri)
     else:
         return
-    problem = _unwritable(folder)
+    problem = unwritable(folder)
     if problem:
         raise UserError("--tracking-uri", f"{redact(uri)}: {problem}")
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why nothing can be written under ``folder`` (created if missing later), or None."""
-    existing = folder.expanduser().absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".raylora-check-", dir=existing)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        return f"cannot write in {existing} ({e.strerror or e})"
-    return None
 
 
 class Tracker:
@@ -127,11 +104,8 @@ class Tracker:
     """
 
     def __init__(self, spec: Spec, uri: str, storage, log: Callable[[str], None] = print):
-        import logging
 
-        # MLflow logs INFO lines for every new store's migrations; what matters here is printed by raylora.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_mlflow()
         environment.set_defaults(environment.MLFLOW)  # an unreachable server fails fast into the outbox
         # self.uri is what is printed and saved; the client alone holds the credentials the URI may carry.
         self.spec, self.uri, self.storage, self.log = spec, redact.redact(uri), storage, log
@@ -487,9 +461,9 @@ class Tracker:
         self._send("report")
 
     def _write_report(self, entry: dict) -> None:
-        directory = Path(self.storage.directory) / "report"
+        directory = Path(self.storage.directory) / REPORT_DIR
         if directory.is_dir():
-            self.client.log_artifacts(self.parent_id, str(directory), "report")
+            self.client.log_artifacts(self.parent_id, str(directory), REPORT_DIR)
 
     def runs_link(self) -> str | None:
         """The MLflow UI page of the study's runs, when the tracking URI is a server."""

@@ -15,11 +15,11 @@ cost           what a trial costs: peak memory, accelerator-hours, tokens/s
 estimate       peak memory of a trial from its config alone
 preflight      local model and data checked before anything starts
 download       a hub checkpoint fetched before anything loads it
-data_report    ``raylora data inspect``: how a dataset is read, before compute is spent
+data_inspect   ``raylora data inspect``: how a dataset is read, before compute is spent
 faults         fault injection for tests (never set in normal use)
 """
 
-from .recipe import Outcome, train
+from .recipe import TrainResult, train
 from .session import LocalSession, Session
 
-__all__ = ["LocalSession", "Outcome", "Session", "train"]
+__all__ = ["LocalSession", "TrainResult", "Session", "train"]

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import time
 
+from ..spec.metrics import ACCELERATOR_HOURS, CHEAPER, PEAK_MEM_GB, TOKENS_PER_S, TRAINABLE_PARAMS
+from ..spec.metrics import COST as METRICS
+
+__all__ = ["ACCELERATOR_HOURS", "CHEAPER", "METRICS", "PEAK_MEM_GB", "TOKENS_PER_S", "TRAINABLE_PARAMS"]
+
 PREFIX = "cost/"
-PEAK_MEM_GB = "cost/peak_mem_gb"
-ACCELERATOR_HOURS = "cost/accelerator_hours"
-TOKENS_PER_S = "cost/tokens_per_s"
-TRAINABLE_PARAMS = "cost/trainable_params"
-METRICS = (PEAK_MEM_GB, ACCELERATOR_HOURS, TOKENS_PER_S, TRAINABLE_PARAMS)
-# Lower is cheaper for all but throughput.
-CHEAPER = {PEAK_MEM_GB: "min", ACCELERATOR_HOURS: "min", TOKENS_PER_S: "max", TRAINABLE_PARAMS: "min"}
 
 
 class Meter:

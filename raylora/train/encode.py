@@ -1,27 +1,16 @@
 """Records → the model's inputs: the chat template, labels that supervise only the assistant's tokens, and
-right-padded batches.
+right-padded batches. One sample at a time (:func:`encode_one`), as the loader's dataset asks for it.
 
-A sample longer than ``max_length`` is dropped and counted, never truncated, because cutting inside an image
-span breaks the image-feature/token correspondence.
+A sample longer than ``max_length`` is dropped and counted by the loader (:mod:`.loader`), never truncated,
+because cutting inside an image span breaks the image-feature/token correspondence.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from ..data.samples import Sample, load_image
 from ..errors import DataError
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class Examples:
-    """Encoded samples ready for batching, plus what was dropped on the way."""
-
-    items: list[dict] = field(default_factory=list)
-    records: list[Sample] = field(default_factory=list)
-    dropped_too_long: int = 0
 
 
 def image_kwargs(min_pixels: int | None, max_pixels: int | None, processor) -> dict:
@@ -42,23 +31,6 @@ def bounds(processor, image_kw: dict):
     size = image_kw.get("size", image_processor.size)
     factor = image_processor.patch_size * image_processor.merge_size
     return Bounds(size["shortest_edge"], size["longest_edge"], factor)
-
-
-def encode(records: list[Sample], processor, max_length: int, image_kw: dict) -> Examples:
-    """Tokenize records with the chat template and mask everything but assistant tokens."""
-    out = Examples()
-    header = _assistant_header(processor.tokenizer)
-    end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for record in records:
-        item = encode_one(record, processor, image_kw, header, end_id)
-        if isinstance(item, DataError):
-            raise item
-        if item["input_ids"].numel() > max_length:
-            out.dropped_too_long += 1
-            continue
-        out.items.append(item)
-        out.records.append(record)
-    return out
 
 
 def encode_one(record: Sample, processor, image_kw: dict, header=None, end_id=None) -> dict | DataError:

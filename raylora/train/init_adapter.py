@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..errors import TrialError, UserError
+from ..layout import SUMMARY
 
 WHERE = "training.init_adapter"
 WEIGHTS = "adapter_model.safetensors"
@@ -25,7 +26,7 @@ def resolve(ref: str, storage_root: str) -> str:
         parts = ref.split(":")
         if len(parts) != 3 or parts[2] != "best" or not parts[1]:
             raise UserError(WHERE, f"must be a folder or study:NAME:best, got {ref!r}")
-        summary = Path(storage_root).expanduser() / parts[1] / "summary.json"
+        summary = Path(storage_root).expanduser() / parts[1] / SUMMARY
         if not summary.is_file():
             raise UserError(WHERE, f"{ref}: no study {parts[1]!r} in {storage_root} (no {summary})")
         best = json.loads(summary.read_text()).get("best_trial")

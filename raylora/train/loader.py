@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import coordinates, samples
 from ..errors import DataError
+from ..files import write_atomic
 from . import encode
 
 
@@ -109,7 +109,8 @@ def open_split(
             if on_indexed is not None:
                 on_indexed(len(lengths), len(records))
         if index is not None:
-            _write_atomic(index, json.dumps(lengths))
+            index.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(index, json.dumps(lengths))
     kept = [(r, n) for r, n in zip(records, lengths, strict=True) if n <= max_length]
     records = [r for r, _ in kept]
     return Split(
@@ -238,10 +239,3 @@ def _cached(index: Path | None, count: int) -> list[int] | None:
     except ValueError:  # a torn entry is rebuilt
         return None
     return lengths if isinstance(lengths, list) and len(lengths) == count else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

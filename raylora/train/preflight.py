@@ -74,15 +74,7 @@ def _check_data(spec: Spec, ref: str, where: str) -> None:
         raise SpecError(where, f"no such data file: {ref}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise SpecError(where, f"{ref}: data must be .jsonl, .json or .parquet")
-    bad = samples.problems(
-        ref,
-        spec.data.format,
-        spec.data.coordinates,
-        spec.data.template,
-        columns=spec.data.columns,
-        categories=spec.data.categories,
-        bounds=_bounds(spec),
-    )
+    bad = samples.problems(ref, **spec.data.reading(), bounds=_bounds(spec))
     raise_all(bad)
 
 
@@ -92,9 +84,8 @@ def _check_references(spec: Spec, ref: str, most: int = 20) -> list[UserError]:
     from ..data import samples, scoring, templates
 
     convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
-    reading = {"fmt": spec.data.format, "coordinates": spec.data.coordinates, "template": spec.data.template}
     found: list[UserError] = []
-    for record in samples.read(ref, columns=spec.data.columns, **reading):
+    for record in samples.read(ref, **spec.data.reading()):
         try:
             scoring.goal(record, convention, bounds=_bounds(spec))
         except UserError as e:

@@ -31,14 +31,14 @@ from .sharding import gather_state, is_sharded, load_state
 
 
 @dataclass
-class Outcome:
+class TrainResult:
     """What a finished run leaves in memory: its last reported metrics and the trained PEFT model."""
 
     metrics: dict
     model: object
 
 
-def train(spec: Spec, session: Session) -> Outcome:
+def train(spec: Spec, session: Session) -> TrainResult:
     """Train one trial's LoRA adapter as the (concrete) ``spec`` says, talking to ``session``."""
     import torch
 
@@ -60,7 +60,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     built = model_lib.build(spec, path, device)
     peft_model, processor = built.model, built.processor
     trainable = model_lib.trainable_by_part(peft_model, built.model_type)
-    targets = _targets_report(spec, built, trainable)
+    targets = _resolved_targets(spec, built, trainable)
     if training.init_adapter:  # a later stage: modules the earlier adapter has start from its weights
         start = init_adapter.resolve(training.init_adapter, spec.study.storage)
         targets["init_adapter"] = {"path": start, **init_adapter.load_into(peft_model, start)}
@@ -74,13 +74,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     )
 
     # -- data: records and their token lengths now; screenshots decoded lazily, batch by batch
-    reading = {
-        "fmt": spec.data.format,
-        "coordinates": spec.data.coordinates,
-        "template": spec.data.template,
-        "columns": spec.data.columns,
-        "categories": spec.data.categories,
-    }
+    reading = spec.data.reading()
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
     index = environment.home() / "cache" / "lengths"
     session.phase(Phase.INDEXING_DATA)
@@ -185,7 +179,7 @@ def train(spec: Spec, session: Session) -> Outcome:
         if step % training.eval_every == 0 or step == training.max_steps:
             metrics = report()
         if session.stop_requested(distributed, device):
-            return Outcome(metrics, peft_model)  # stopped early by the scheduler; nothing more to report
+            return TrainResult(metrics, peft_model)  # stopped early by the scheduler; nothing more to report
     if not metrics:
         # Restarted from a checkpoint at the last step (the run ended before its driver heard): say where
         # the trial stands again, so the study records it as finished rather than as stopped early.
@@ -194,7 +188,7 @@ def train(spec: Spec, session: Session) -> Outcome:
     # -- finish
     adapter = gather_state(peft_model, optimizer)[0] if sharded else None
     session.finish(lambda d: _save_final(d, peft_model, targets, adapter, final_items[0]))
-    return Outcome(metrics, peft_model)
+    return TrainResult(metrics, peft_model)
 
 
 def _device(session):
@@ -359,7 +353,7 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _targets_report(spec: Spec, built, trainable: dict[str, int]) -> dict:
+def _resolved_targets(spec: Spec, built, trainable: dict[str, int]) -> dict:
     return {
         "model": spec.model.name_or_path,
         "model_type": built.model_type,

@@ -15,6 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..layout import METRICS_FILE
+from ..spec.metrics import CLICK_ACC, EVAL_LOSS, FORMAT_ERROR_RATE, STEP_ACC, TRAIN_LOSS
+
 
 class Phase(StrEnum):
     """The start-up phases of a trial's worker group, in order, as the user reads them (each can take tens
@@ -137,7 +140,7 @@ class LocalSession:
         write_final(self.output_dir)
         summary = dict(self.history[-1]) if self.history else {}
         summary["history"] = self.history
-        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
         """Take the step bar off the terminal."""
@@ -170,14 +173,7 @@ class LocalSession:
 
 
 def _progress_line(metrics: dict) -> str:
-    keys = (
-        "train/loss",
-        "eval/loss",
-        "eval/click_acc",
-        "eval/step_acc",
-        "eval/format_error_rate",
-        "samples_per_s",
-    )
+    keys = (TRAIN_LOSS, EVAL_LOSS, CLICK_ACC, STEP_ACC, FORMAT_ERROR_RATE, "samples_per_s")
     parts = [f"step {metrics['step']}"] + [
         f"{k} {metrics[k]:.4g}" for k in keys if metrics.get(k) is not None
     ]

@@ -18,7 +18,7 @@ MARK_START, MARK_END = "⟦", "⟧"
 
 
 def inspect(ref: str, spec, limit: int | None = None) -> dict:
-    """The report for dataset ``ref`` read as ``spec.data`` says (format, coordinates, template)."""
+    """What raylora sees in dataset ``ref`` read as ``spec.data`` says (format, coordinates, template)."""
     from .. import builtin
     from . import model as model_lib
 
@@ -32,16 +32,7 @@ def inspect(ref: str, spec, limit: int | None = None) -> dict:
         fmt = formats.detect(row, where)
     processor = model_lib.load_processor(spec, builtin.resolve_model(spec.model.name_or_path))
     image_kw = encode.image_kwargs(spec.data.image.min_pixels, spec.data.image.max_pixels, processor)
-    records = samples.read(
-        ref,
-        limit,
-        spec.data.format,
-        spec.data.coordinates,
-        spec.data.template,
-        columns=spec.data.columns,
-        categories=spec.data.categories,
-        bounds=encode.bounds(processor, image_kw),
-    )
+    records = samples.read(ref, limit, **spec.data.reading(), bounds=encode.bounds(processor, image_kw))
     answer_convention = templates.get(spec.data.template).answer_convention(spec.data.coordinates)
     # Lengths from image headers and text alone: a dataset larger than memory is inspected without
     # decoding its screenshots (only the rendered example is encoded).
