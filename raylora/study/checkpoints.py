@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..layout import DONE
+from ..record.trials import finite
 
 CHECKPOINT_PREFIX = "checkpoint_s"
 
@@ -132,7 +133,7 @@ class Checkpoints:
         for name in self.names():
             value = self._read(f"{self.folder}/{name}/{DONE}")
             value = json.loads(value).get(self.metric) if value else None
-            scored.append((sign * value if isinstance(value, (int, float)) else math.inf, name))
+            scored.append((sign * value if finite(value) else math.inf, name))
         best, best_value = latest, math.inf
         for value, name in scored:  # oldest first, so the newer one wins a tie
             if value <= best_value:

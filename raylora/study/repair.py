@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..layout import DONE
+from ..record.trials import finite
 
 if TYPE_CHECKING:
     import optuna
@@ -119,7 +120,7 @@ def _best_checkpoint(checkpoints, names: list[str], objective) -> str:
     for name in names:  # oldest first: the newer wins a tie, as the pruning rule
         text = checkpoints._read(f"{checkpoints.folder}/{name}/{DONE}")
         value = json.loads(text).get(objective.metric) if text else None
-        if not isinstance(value, (int, float)):
+        if not finite(value):
             continue
         if best_value is None or (value <= best_value if objective.mode == "min" else value >= best_value):
             best, best_value = name, value
