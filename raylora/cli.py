@@ -498,9 +498,16 @@ def search(
     spec = _load_checked(spec_path, list(set_ or []))
     from .study import driver
 
-    plan, record = driver.run(
-        spec, storage=storage, address=address, tracking_uri=tracking_uri, resume=resume, dry_run=dry_run
-    )
+    try:
+        plan, record = driver.run(
+            spec, storage=storage, address=address, tracking_uri=tracking_uri, resume=resume, dry_run=dry_run
+        )
+    except KeyboardInterrupt:  # before or after Tune's loop, which ends on its own and returns
+        from .study import signals
+
+        how = "terminated" if signals.terminated() else "interrupted"
+        print(f"{how}; continue the study with --resume", file=sys.stderr)
+        sys.exit(signals.exit_code())
     if dry_run:
         _print_plan(spec, plan)
         _print_estimates(spec, _estimates(spec))
@@ -520,9 +527,12 @@ def search(
         print(f"error: every trial failed; the first, {first.trial_id}: {first.error}", file=sys.stderr)
         sys.exit(1)
     if plan.unfinished:
+        from .study import signals
+
         unfinished = ", ".join(plan.unfinished)
-        print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
-        sys.exit(130)
+        how = "terminated" if signals.terminated() else "interrupted"
+        print(f"{how}: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
+        sys.exit(signals.exit_code())
 
 
 @app.command()
@@ -796,8 +806,10 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        from .study import signals
+
+        print("terminated" if signals.terminated() else "interrupted", file=sys.stderr)
+        sys.exit(signals.exit_code())
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.TyperException as e:  # usage errors of typer's own copy of click (typer 0.26+)

@@ -157,7 +157,12 @@ def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
             num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker, max_calls=1
         )(_measure_task)
         log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once per model and data)")
-        result = ray.get(task.remote(spec.to_dict()))
+        ref = task.remote(spec.to_dict())
+        try:
+            result = ray.get(ref)
+        except BaseException:  # Ctrl-C or SIGTERM: the task must not keep its accelerator after we exit
+            ray.cancel(ref, force=True)
+            raise
     except Exception as e:  # a base the trials may still train on; the comparison is what is lost
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         log(f"warning: the base model could not be evaluated ({first[:300]}); the study goes on without it")

@@ -23,7 +23,7 @@ from ..layout import JOURNAL, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
 from ..record.trials import StudyRecord, TrialRecord
 from ..spec import Spec, space
 from ..tracking.storage import LocalStorage, UriStorage
-from . import cluster, placement
+from . import cluster, placement, signals
 
 
 @dataclass
@@ -79,6 +79,7 @@ def run(
     with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
     """
     cluster.configure(address)  # before the first import of ray
+    signals.install()  # SIGTERM as Ctrl-C (again after ray.init, which installs its own)
     spec, where = _checked_inputs(spec, storage, tracking_uri, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
