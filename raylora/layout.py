@@ -16,7 +16,8 @@
       targets.json        TARGETS      the resolved LoRA modules and trainable parameters per scope
       eval_items.json     EVAL_ITEMS   the final evaluation's outcome per eval record
       trainer_state.pt    STATE_FILE   optimizer, scheduler and data position for resuming
-      report.json         DONE         the metrics at this step; written last, it marks the checkpoint whole
+      report.json         DONE         the metrics at this step; it marks the checkpoint whole
+      manifest.json       MANIFEST     each file's size and sha256, written last; checked before a resume
 """
 
 SUMMARY = "summary.json"
@@ -36,6 +37,7 @@ TARGETS = "targets.json"
 EVAL_ITEMS = "eval_items.json"
 STATE_FILE = "trainer_state.pt"
 DONE = "report.json"
+MANIFEST = "manifest.json"
 
 STATE_FILES = (SUMMARY, JOURNAL, PENDING, SPEC, BASELINE)
 """The study's state: pulled before and pushed after a driver runs on URI storage."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,86 @@ def test_summary_json_is_strict_json_with_nan_and_infinity_anywhere(tmp_path):
     t0 = summary["trials"][0]
     assert t0["value"] is None and t0["last_value"] is None and t0["cost"]["cost/peak_mem_gb"] is None
     assert StudyRecord.open_summary(tmp_path / "summary.json")["t000"].value is None
+
+
+# -- a checkpoint is checked before it is trusted ----------------------------------------------------
+
+
+def _checkpoints(runs_dir: str, filesystem=None):
+    from raylora.study.checkpoints import Checkpoints
+
+    return Checkpoints(runs_dir, filesystem, "eval/loss", "min").for_trial("t000")
+
+
+def _save(checkpoints, step: int, tmp_path, loss: float = 1.0) -> str:
+    local = tmp_path / f"src{step}"
+    (local / "adapter").mkdir(parents=True)
+    (local / "adapter" / "adapter_model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"{}" + b"w" * 300)
+    (local / "trainer_state.pt").write_bytes(b"state" * 100)
+    return checkpoints.save(local, step, {"eval/loss": loss})
+
+
+def _zero(fs, path: str) -> None:
+    """What a power loss leaves of a file renamed into place but never flushed: its name, no bytes."""
+    with fs.open_output_stream(path) as f:
+        f.write(b"")
+
+
+def _truncate(fs, path: str) -> None:
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    with fs.open_output_stream(path) as f:
+        f.write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [_zero, _truncate])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_damaged_newest_checkpoint_is_discarded_for_the_previous_then_a_fresh_start(
+    tmp_path, where, damage
+):
+    import pyarrow.fs
+
+    from raylora.layout import MANIFEST
+
+    if where == "local":
+        fs, runs = pyarrow.fs.LocalFileSystem(), str(tmp_path / "runs")
+        checkpoints = _checkpoints(runs)  # local storage: Checkpoints' own fsync-and-rename path
+    else:  # pyarrow's in-memory filesystem stands in for object storage (the upload path)
+        fs = pyarrow.fs._MockFileSystem()
+        runs = "bucket/study/runs"
+        checkpoints = _checkpoints(runs, fs)
+    first = _save(checkpoints, 2, tmp_path, loss=0.5)  # the best: kept by pruning
+    newest = _save(checkpoints, 4, tmp_path, loss=0.9)
+    assert checkpoints.names() == ["checkpoint_s0000002", "checkpoint_s0000004"]
+    assert fs.get_file_info(f"{newest}/{MANIFEST}").type == pyarrow.fs.FileType.File
+
+    damage(fs, f"{newest}/adapter/adapter_model.safetensors")
+    resume, passed_over = checkpoints.trusted(discard=True)
+    assert json.loads((resume / "report.json").read_text())["step"] == 2  # a download on object storage
+    assert passed_over[0].startswith("checkpoint_s0000004 (adapter/adapter_model.safetensors")
+    assert checkpoints.names() == ["checkpoint_s0000002"]  # never picked again
+
+    damage(fs, f"{first}/trainer_state.pt")
+    resume, passed_over = checkpoints.trusted(discard=True)  # nothing left to trust: a fresh start
+    assert resume is None and [p.split(" ")[:2] for p in passed_over] == [
+        ["checkpoint_s0000002", "(trainer_state.pt"]
+    ]
+    assert checkpoints.names() == []
+
+
+def test_an_empty_manifest_or_a_checkpoint_without_one_that_does_not_read_is_not_trusted(tmp_path):
+    import pyarrow.fs
+
+    from raylora.layout import MANIFEST
+    from raylora.study import manifest
+
+    fs = pyarrow.fs.LocalFileSystem()
+    checkpoints = _checkpoints(str(tmp_path / "runs"))
+    path = _save(checkpoints, 2, tmp_path)
+    assert manifest.problem(fs, path) is None
+    _zero(fs, f"{path}/{MANIFEST}")
+    assert manifest.problem(fs, path) == f"{MANIFEST} does not parse"
+    fs.delete_file(f"{path}/{MANIFEST}")  # a checkpoint from before manifests: its adapter must read
+    assert manifest.problem(fs, path) is None
+    _zero(fs, f"{path}/adapter/adapter_model.safetensors")
+    assert "safetensors header" in manifest.problem(fs, path)

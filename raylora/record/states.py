@@ -47,6 +47,8 @@ EXIT = "exit"
 # Keys of a trial driver's final report when the trial did not train to the end.
 STATUS = "raylora/status"
 ERROR = "raylora/error"
+DISCARDED = "raylora/discarded"
+"""A report's key naming the checkpoints a resumed trial passed over (they failed their manifest)."""
 STORAGE_FAULT = "storage-fault"
 """A status (not a trial state): the trial's storage is full, read-only or not writable. The study stops and
 the trial stays unfinished, to resume once the cause is fixed."""

@@ -14,6 +14,7 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     pool              the pool actor: queue, runner threads, their TorchTrainers
     pool_worker       the loop each Ray Train worker runs, and its Session
     checkpoints       adapter checkpoints under <study>/runs/<slot>/
+    manifest          a checkpoint's files, sizes and sha256, checked before it is trusted; fsync
     baseline          the base model scored once on the eval set; trials compared with it
     listener          the searcher's trial events, passed on to the pool, the progress lines and MLflow
     progress          the lines a user sees during a study

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..layout import REPORTS
-from ..record.states import EXIT, classify
+from ..record.states import DISCARDED, EXIT, classify
 from .checkpoints import Checkpoints
 
 
@@ -99,6 +99,7 @@ class PoolSession:
         self._resume: Path | None = None
         self._told = float("-inf")
         self._first: tuple[int, float] | None = None
+        self._discarded: list[str] = []  # checkpoints that failed their manifest, told in the next report
 
     def stop_requested(self, distributed: bool, device) -> bool:
         """Whether the scheduler stopped this trial, asked once per step and never waited for."""
@@ -134,9 +135,17 @@ class PoolSession:
         self.pool.progress.remote(self.trial_id, values)
 
     def latest_checkpoint(self) -> Path | None:
-        self._resume = self.checkpoints.latest()
-        if self._resume is not None and self.rank == 0:
-            self._replay()
+        """The newest checkpoint that matches its manifest (None: start afresh); rank 0 deletes newer ones
+        that do not, and names them in its next report."""
+        self._resume, passed_over = self.checkpoints.trusted(discard=self.rank == 0)
+        if self.rank == 0:
+            if passed_over:
+                import sys
+
+                self._discarded = passed_over
+                print(f"{self.trial_id}: discarded checkpoint(s) {', '.join(passed_over)}", file=sys.stderr)
+            if self._resume is not None:
+                self._replay()
         return self._resume
 
     # Every report rank 0 sent, one JSON line each, beside the trial's checkpoints. A driver that stopped
@@ -179,6 +188,8 @@ class PoolSession:
         if self.rank != 0:
             return
         out = {**metrics, "reported_at": time.time()}
+        if self._discarded:
+            out[DISCARDED], self._discarded = "; ".join(self._discarded), []
         if write_checkpoint is not None:
             with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
                 write_checkpoint(Path(tmp))

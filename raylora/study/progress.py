@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from .. import environment
-from ..record.states import TrialState
+from ..record.states import DISCARDED, TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
 from ..spec import Spec
 from .listener import TrialListener
@@ -76,6 +76,8 @@ class Progress(TrialListener):
         self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
 
     def reported(self, trial: TrialRecord, result: dict) -> None:
+        if result.get(DISCARDED):
+            self._line(f"{trial.trial_id} warning: discarded checkpoint(s) {result[DISCARDED]}")
         if trial.value is None:
             return
         resumed = f"  (resumed from step {trial.resumed_from_step})" if trial.resumed_from_step else ""
