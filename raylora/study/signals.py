@@ -1,9 +1,9 @@
 """SIGTERM stops a study as Ctrl-C does: what Kubernetes, ``docker stop`` and a scheduler's kill send.
 
-The first SIGTERM is turned into the SIGINT a terminal's Ctrl-C sends, so whoever handles Ctrl-C at that
-moment handles it: Tune's loop ends (the workers stop at their next step, the summary and report are
-written, the lock released), or a ``KeyboardInterrupt`` ends what runs before it. The command then exits
-143 (128 + SIGTERM) instead of 130. A second SIGTERM exits at once.
+The first SIGTERM is handed to whoever handles Ctrl-C's SIGINT at that moment: Tune's loop ends (the
+workers stop at their next step, the summary and report are written, the lock released), or a
+``KeyboardInterrupt`` ends what runs before it. The command then exits 143 (128 + SIGTERM) instead of 130.
+A second SIGTERM exits at once.
 
 ``ray.init`` installs a SIGTERM handler of its own (``sys.exit``, which can be raised inside a garbage
 collector callback and lost there), so :func:`install` runs again after it. A SIGTERM sent to the driver's
@@ -37,7 +37,12 @@ def _on_sigterm(signum: int, frame) -> None:
         os.write(2, b"error: terminated again; exiting now (continue the study with --resume)\n")
         os._exit(TERMINATED)
     _received.append(signum)
-    signal.raise_signal(signal.SIGINT)  # handled by whoever handles Ctrl-C now
+    # Whoever handles Ctrl-C now handles it. Called, not raised: a background job's SIGINT is ignored.
+    on_interrupt = signal.getsignal(signal.SIGINT)
+    if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
+        on_interrupt(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def terminated() -> bool:
