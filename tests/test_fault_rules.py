@@ -177,3 +177,60 @@ def test_an_empty_manifest_or_a_checkpoint_without_one_that_does_not_read_is_not
     assert manifest.problem(fs, path) is None
     _zero(fs, f"{path}/adapter/adapter_model.safetensors")
     assert "safetensors header" in manifest.problem(fs, path)
+
+
+# -- infrastructure is not a verdict -----------------------------------------------------------------
+
+
+def _infrastructure_errors():
+    import ray.exceptions as rx
+    from ray.train.v2._internal import exceptions as internal
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    return {
+        "actor died (the pool, a trial driver)": rx.ActorDiedError(),
+        "actor unavailable": rx.ActorUnavailableError("gone", None),
+        "node died": rx.NodeDiedError("node 10.0.0.2 died"),
+        "raylet died": rx.LocalRayletDiedError(),
+        "worker crashed": rx.WorkerCrashedError(),
+        "owner died": rx.OwnerDiedError("ff" * 28, None, ""),
+        "worker group did not start in time": internal.WorkerGroupStartupTimeoutError(2),
+        "worker group failed to start": internal.WorkerGroupStartupFailedError("no placement group"),
+        "controller lost its workers": ControllerError(internal.WorkerGroupStartupFailedError("gone")),
+        "a worker killed": WorkerGroupError("a worker died", {1: rx.ActorDiedError()}),
+        "data file vanished": FileNotFoundError(2, "No such file or directory", "/data/train.jsonl"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_infrastructure_errors()))
+def test_what_carried_the_trial_failing_is_not_a_verdict(case):
+    from raylora.record.states import INFRA_FAULT, NOT_A_VERDICT, classify
+
+    error = _infrastructure_errors()[case]
+    status, reason = classify(error)
+    assert status == INFRA_FAULT and status in NOT_A_VERDICT, (status, reason)
+    assert "\n" not in reason and reason
+
+
+def test_the_trials_own_error_oom_or_divergence_wrapped_by_ray_is_still_its_verdict():
+    import ray.exceptions as rx
+    import torch
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raylora.errors import TrialError
+    from raylora.record.states import classify
+
+    own = RuntimeError("shape mismatch")
+    assert classify(WorkerGroupError("a worker raised", {0: own})) == (
+        TrialState.FAILED,
+        "RuntimeError: shape mismatch",
+    )
+    # An actor whose own code raised dies with that error as its cause: the trial's, not Ray's.
+    died = rx.ActorDiedError(rx.RayTaskError("f", "tb", RuntimeError("bad config")))
+    assert classify(died)[0] == TrialState.FAILED
+    oom = WorkerGroupError("oom", {0: torch.OutOfMemoryError("CUDA out of memory"), 1: rx.ActorDiedError()})
+    assert classify(oom)[0] == TrialState.INFEASIBLE
+    assert classify(TrialError("loss became NaN at step 3")) == (
+        TrialState.FAILED,
+        "TrialError: loss became NaN at step 3",
+    )

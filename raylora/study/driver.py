@@ -428,7 +428,7 @@ def _pool(spec: Spec, plan: Plan):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .pool import TrialPool
+    from .pool import RESTARTS, TrialPool
 
     resources, objective = spec.resources, spec.study.objective
     runs_dir, filesystem = plan.storage.ray_path(RUNS)
@@ -451,5 +451,13 @@ def _pool(spec: Spec, plan: Plan):
         "may_quantize": any(q != "none" for q in options),
     }
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    actor = ray.remote(num_cpus=0, max_concurrency=1000, scheduling_strategy=here)(TrialPool)
+    # Calls in flight when the actor dies are retried on its restart (a restarted pool knows no trial:
+    # the trial drivers submit theirs again).
+    actor = ray.remote(
+        num_cpus=0,
+        max_concurrency=1000,
+        scheduling_strategy=here,
+        max_restarts=RESTARTS,
+        max_task_retries=-1,
+    )(TrialPool)
     return actor.remote(runner, plan.max_concurrent)

@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 
 from ..layout import JOURNAL
 from ..record import objectives
-from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, storage_fault
+from ..record.states import ERROR, NOT_A_VERDICT, STATUS, TrialState, storage_fault
 from ..record.trials import StudyRecord, TrialRecord, finite, slot_name
 from ..spec import space
 from . import warm
@@ -173,9 +173,11 @@ class StudySearcher(Searcher):
         if trial.trial_id in self._diverged and status != TrialState.FAILED:
             status, result = TrialState.FAILED, {**result, ERROR: self._diverged.pop(trial.trial_id)}
         complete = trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None
-        if status == STORAGE_FAULT or (self.fault and not complete):
-            # Not the trial's verdict: Optuna is not told, and the trial resumes from its checkpoint.
-            self.fault = self.fault or result.get(ERROR) or "storage fault"
+        if status in NOT_A_VERDICT or (error and status is None) or (self.fault and not complete):
+            # Not the trial's verdict (its storage, node or pool failed, or Tune lost the trial's driver,
+            # which reports every error of the trial's own): Optuna is not told, and the trial resumes from
+            # its checkpoint once the study is resumed.
+            self.fault = self.fault or result.get(ERROR) or "the trial's driver died (its node or Ray)"
             trial.error = result.get(ERROR) or trial.error
             self.record.save()
             return
@@ -183,7 +185,7 @@ class StudySearcher(Searcher):
             ot_trial.set_constraint("out_of_memory", 1.0)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             trial.state, trial.error, trial.value = TrialState.INFEASIBLE, result.get(ERROR), None
-        elif status == TrialState.FAILED or error:
+        elif status == TrialState.FAILED:
             ot_trial.set_user_attr("error", result.get(ERROR) or "the trial driver crashed")
             self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             trial.state, trial.error, trial.value = (

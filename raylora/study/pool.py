@@ -16,6 +16,9 @@ Train as before) take trial after trial from :class:`TrialPool`:
   that raised is reported FAILED (INFEASIBLE for out of memory) first, so one bad trial never takes the
   study down and never leaves a worker waiting in a collective.
 * The scheduler's early stops reach the workers through :meth:`TrialPool.is_stopped`, asked once per step.
+* The actor itself may die (an OOM killer's pick, its node): Ray restarts it a bounded number of times
+  (:data:`RESTARTS`) with an empty queue, each trial driver submits its trial again, and the trial resumes
+  from its checkpoint on a fresh runner. Once out of restarts, the trials are unfinished, not failed.
 
 This file is the actor's process; :mod:`raylora.study.pool_worker` is what each worker process runs.
 """
@@ -28,6 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..record.states import EXIT, JobState, TrialState
+
+RESTARTS = 3
+"""How often Ray restarts a dead pool actor before the study stops (its trials then resume on --resume)."""
 
 
 @dataclass
@@ -88,7 +94,9 @@ class TrialPool:
     def poll(self, slot: str, cursor: int, timeout: float) -> tuple[list[dict], str, tuple | None]:
         """``(reports after cursor, state, error)``, waiting up to ``timeout`` s for something new."""
         with self.cond:
-            job = self.jobs[slot]
+            job = self.jobs.get(slot)
+            if job is None:  # this pool is a restart of the one the trial was submitted to
+                return [], JobState.LOST, None
             self.cond.wait_for(
                 lambda: (
                     len(job.reports) > cursor

@@ -33,11 +33,19 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
     while True:
         try:
             reports, state, error = ray.get(pool.poll.remote(slot, cursor, 5.0))
-        except Exception as e:  # the pool itself is gone (its node died): this trial cannot go on
+        except Exception as e:  # the pool is gone for good (out of restarts, its node died): not a verdict
             _end(*classify(e))
             return
         if state == JobState.STOPPED:
             return  # stopped by the scheduler: its workers end it at their next step
+        if state == JobState.LOST:  # the pool was restarted: the trial resumes from its checkpoint there
+            try:
+                ray.get(pool.submit.remote(slot, spec.to_dict()))
+            except Exception as e:
+                _end(*classify(e))
+                return
+            cursor = 0  # its reports come again (replayed first); the searcher keeps each step once
+            continue
         for metrics in reports:
             ray.tune.report(metrics)
         cursor += len(reports)
