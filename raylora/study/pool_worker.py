@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..layout import REPORTS
+from ..layout import DONE, REPORTS
 from ..record.states import DISCARDED, EXIT, classify
 from .checkpoints import Checkpoints
 
@@ -171,12 +171,18 @@ class PoolSession:
 
         import ray
 
+        try:  # up to the checkpoint resumed from: newer reports belong to checkpoints passed over
+            upto = json.loads((self._resume / DONE).read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            upto = None
         text = self.checkpoints._read(f"{self.checkpoints.folder}/{REPORTS}") or ""
         for line in text.splitlines():
             try:
                 metrics = json.loads(line)
             except ValueError:
                 continue  # the last line of a worker killed mid-write
+            if upto is not None and metrics.get("step", 0) > upto:
+                continue
             ray.get(self.pool.report.remote(self.trial_id, {**metrics, "replayed": True}))
 
     def report(self, metrics: dict, write_checkpoint=None) -> None:
