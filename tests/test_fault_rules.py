@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -234,3 +235,30 @@ def test_the_trials_own_error_oom_or_divergence_wrapped_by_ray_is_still_its_verd
         TrialState.FAILED,
         "TrialError: loss became NaN at step 3",
     )
+
+
+# -- data fixed for the study's life -----------------------------------------------------------------
+
+
+def test_a_data_file_changed_or_gone_since_the_study_began_is_named(tmp_path):
+    from raylora import spec as spec_lib
+    from raylora.study import specfile
+
+    train = tmp_path / "train.jsonl"
+    row = {
+        "messages": [{"role": "user", "content": "click OK"}, {"role": "assistant", "content": "click(1, 2)"}]
+    }
+    train.write_text(json.dumps(row) + "\n")
+    spec = spec_lib.load(
+        Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml", [f"data.train={train}"]
+    )
+    specfile.save(tmp_path / "study", spec)
+    digests = specfile.data_digests(tmp_path / "study")
+    assert set(digests) == {"data.train"}  # the built-in eval set has no file to hash
+    assert specfile.changed_data(spec, digests) is None
+
+    train.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    changed = specfile.changed_data(spec, digests)
+    assert changed.startswith(f"data.train ({train}) changed since the study began (sha256 "), changed
+    train.unlink()
+    assert specfile.changed_data(spec, digests) == f"data.train ({train}) is missing since the study began"

@@ -390,7 +390,10 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
             # searcher (its log function, Optuna, the record) must not go with it, and is never read back.
             return {"searcher": None}
 
-    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
+    from .specfile import data_digests
+
+    digests = data_digests(plan.study_dir)
+    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool, data_sha256=digests)
     trainable = ray.tune.with_resources(trainable, placement.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
         trainable,
