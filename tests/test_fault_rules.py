@@ -262,3 +262,45 @@ def test_a_data_file_changed_or_gone_since_the_study_began_is_named(tmp_path):
     assert changed.startswith(f"data.train ({train}) changed since the study began (sha256 "), changed
     train.unlink()
     assert specfile.changed_data(spec, digests) == f"data.train ({train}) is missing since the study began"
+
+
+# -- the watchdog ------------------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_watchdog_limit_follows_the_measured_pace_above_a_floor_and_a_fixed_limit_wins():
+    from raylora.study.watchdog import FLOOR_S, MULTIPLE, Watchdog
+
+    clock = _Clock()
+    dog = Watchdog(clock=clock)
+    assert dog.limit("t000") is None and dog.stalled("t000") is None  # not watched before its first step
+    dog.heard("t000")
+    for gap in (1.0, 2.0, 60.0, 1.0):  # steps, an evaluation of 60 s, a step
+        clock.now += gap
+        dog.heard("t000")
+    assert dog.limit("t000") == max(FLOOR_S, MULTIPLE * 60.0)
+    clock.now += MULTIPLE * 60.0 - 1
+    assert dog.stalled("t000") is None
+    clock.now += 2
+    assert dog.stalled("t000") == pytest.approx(MULTIPLE * 60.0 + 1)
+    dog.forget("t000")  # its workers restart: timing starts again at their first step
+    assert dog.stalled("t000") is None
+
+    quick = Watchdog(clock=clock)
+    quick.heard("t001")
+    clock.now += 0.5
+    quick.heard("t001")
+    assert quick.limit("t001") == FLOOR_S  # fast steps never make the limit shorter than the floor
+
+    fixed, off = Watchdog(fixed_s=30.0, clock=clock), Watchdog(fixed_s=0.0, clock=clock)
+    for dog in (fixed, off):
+        dog.heard("t002")
+    clock.now += 31
+    assert fixed.stalled("t002") == pytest.approx(31) and off.stalled("t002") is None

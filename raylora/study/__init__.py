@@ -13,6 +13,7 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     trainable         the Tune trainable each trial runs (hands the trial to the pool)
     pool              the pool actor: queue, runner threads, their TorchTrainers
     pool_worker       the loop each Ray Train worker runs, and its Session
+    watchdog          when a trial's workers last reported; a silent trial's workers are restarted
     checkpoints       adapter checkpoints under <study>/runs/<slot>/
     manifest          a checkpoint's files, sizes and sha256, checked before it is trusted; fsync
     baseline          the base model scored once on the eval set; trials compared with it

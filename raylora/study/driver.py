@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import environment
 from ..errors import EnvironmentFault, UserError
 from ..layout import JOURNAL, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
 from ..record.trials import StudyRecord, TrialRecord
@@ -452,6 +453,7 @@ def _pool(spec: Spec, plan: Plan):
             "mode": objective.mode,
         },
         "may_quantize": any(q != "none" for q in options),
+        "watchdog_s": environment.watchdog_s(),
     }
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     # Calls in flight when the actor dies are retried on its restart (a restarted pool knows no trial:

@@ -30,7 +30,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..record.states import EXIT, JobState, TrialState
+from ..record.states import EXIT, INFRA_FAULT, JobState, TrialState
+from .watchdog import Watchdog
 
 RESTARTS = 3
 """How often Ray restarts a dead pool actor before the study stops (its trials then resume on --resume)."""
@@ -43,6 +44,7 @@ class _Job:
     state: JobState = JobState.QUEUED
     error: tuple[str, str] | None = None
     attempts: int = 0
+    stalled: str | None = None  # why the watchdog last restarted its workers
 
 
 @dataclass
@@ -71,6 +73,9 @@ class TrialPool:
         self.closing = False
         self.broken: tuple[str, str] | None = None  # why no worker group can start; trials fail with it
         self.live: dict[str, dict] = {}  # slot -> rank 0's latest step (see progress)
+        self.watchdog = Watchdog(runner.get("watchdog_s"))
+        self.workers: dict[int, dict[int, object]] = {}  # runner -> rank -> its worker actor
+        self._watching = False
 
     # -- the Tune side --------------------------------------------------------------------------------
 
@@ -123,7 +128,7 @@ class TrialPool:
         """Where each running trial is: ``{slot: {step, max_steps, train/loss, samples_per_s, at}}``."""
         with self.cond:
             return {
-                slot: dict(self.live[slot])
+                slot: {**self.live[slot], "heard_s": self.watchdog.age(slot)}
                 for slot, job in self.jobs.items()
                 if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
             }
@@ -155,10 +160,16 @@ class TrialPool:
             if fresh and state.current is not None:
                 slot, job = state.current, self.jobs[state.current]
                 job.attempts += 1
+                self.watchdog.forget(slot)
                 if job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
                     return {"trial_id": slot, "spec": job.spec}
-                reason = f"a worker died and the trial was restarted {job.attempts - 1} time(s) already"
-                self._end(state, job, JobState.FAILED, (TrialState.FAILED, f"WorkerDied: {reason}"))
+                restarts = f"the trial was restarted {job.attempts - 1} time(s) already"
+                error = (
+                    (INFRA_FAULT, f"{job.stalled}; {restarts}")
+                    if job.stalled
+                    else (TrialState.FAILED, f"WorkerDied: a worker died and {restarts}")
+                )
+                self._end(state, job, JobState.FAILED, error)
             self.cond.wait_for(lambda: self.queue or self.closing, timeout=timeout)
             if self.closing:
                 return EXIT
@@ -176,9 +187,17 @@ class TrialPool:
         """Rank 0's latest step of trial ``slot`` (between evaluations; for the live view only)."""
         with self.cond:
             self.live[slot] = {**values, "at": time.time()}
+            self.watchdog.heard(slot)
+
+    def enlist(self, runner: int, rank: int, worker) -> None:
+        """A runner's worker (its actor handle), for the watchdog to end when the trial stalls."""
+        with self.cond:
+            self.workers.setdefault(runner, {})[rank] = worker
 
     def report(self, slot: str, metrics: dict) -> None:
         with self.cond:
+            if not metrics.get("replayed"):
+                self.watchdog.heard(slot)
             if slot not in self.stopped:
                 self.jobs[slot].reports.append(metrics)
                 self.cond.notify_all()
@@ -198,6 +217,8 @@ class TrialPool:
 
     def _end(self, runner: _Runner, job: _Job, state: JobState, error: tuple | None) -> None:
         job.state, job.error = state, error
+        if runner.current is not None:
+            self.watchdog.forget(runner.current)
         if runner.current is not None and self.jobs.get(runner.current) is job:
             runner.current = None
         self.cond.notify_all()
@@ -215,6 +236,39 @@ class TrialPool:
         self.runners[rid] = _Runner()
         handle = ray.get_runtime_context().current_actor
         threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+
+    def _watch(self) -> None:
+        """Every few seconds: end the workers of a trial that stopped reporting (:mod:`.watchdog`); Ray
+        Train starts them again and the trial resumes from its checkpoint (see :meth:`next_job`)."""
+        import ray
+
+        while not self.closing:
+            time.sleep(5.0)
+            with self.cond:
+                stalled = self._stalled()
+            for worker in stalled:
+                try:
+                    ray.kill(worker, no_restart=True)
+                except Exception:  # gone already
+                    pass
+
+    def _stalled(self) -> list:
+        workers = []
+        for rid, runner in self.runners.items():
+            slot = runner.current
+            silent = self.watchdog.stalled(slot) if slot and slot not in self.stopped else None
+            if silent is None:
+                continue
+            limit = self.watchdog.limit(slot)
+            self.jobs[
+                slot
+            ].stalled = f"its workers reported nothing for {silent:.0f} s (watchdog {limit:.0f} s)"
+            self.watchdog.forget(slot)
+            workers += list(self.workers.pop(rid, {}).values())
+        return workers
 
     def _run(self, rid: int, handle) -> None:
         from ..record.states import classify

@@ -28,6 +28,7 @@ def serve_trials(config: dict) -> None:
     pool, runner = config["pool"], config["runner"]
     checkpoints = Checkpoints(**config["checkpoints"])
     rank = ray.train.get_context().get_world_rank()
+    ray.get(pool.enlist.remote(runner, rank, ray.get_runtime_context().current_actor))  # for the watchdog
     fresh = True
     while True:
         job = _next_job(pool, runner, fresh, rank)
