@@ -304,3 +304,48 @@ def test_the_watchdog_limit_follows_the_measured_pace_above_a_floor_and_a_fixed_
         dog.heard("t002")
     clock.now += 31
     assert fixed.stalled("t002") == pytest.approx(31) and off.stalled("t002") is None
+
+
+# -- a driver killed outright --------------------------------------------------------------------------
+
+
+def test_what_a_killed_driver_started_is_ended_after_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, time\n"
+            "from raylora.study import reaper\n"
+            "task = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # as a Ray worker is
+            "reaper.start()\n"
+            "print(task.pid, flush=True)\n"
+            "time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    task = int(driver.stdout.readline())
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat[stat.rfind(")") + 2] != "Z"
+
+    time.sleep(3)  # the reaper has seen the task
+    assert running(task)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 15
+    while running(task) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(task)
+    with_parent = os.getpid()  # the test process itself was never the reaper's to end
+    assert running(with_parent)

@@ -4,6 +4,7 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     driver            run(spec): the whole study, start to report
     cluster           ray.init: attach, or start a local Ray
     signals           SIGTERM stops a study as Ctrl-C does (exit 143)
+    reaper            the processes a killed driver started end with it
     placement         what the cluster's nodes hold: trials at once, trial-driver resources
     lock              one driver per study (a lease in the study folder)
     specfile          spec.json and the check --resume makes

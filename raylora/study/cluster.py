@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import environment
 from ..errors import EnvironmentFault, UserError
-from . import signals
+from . import reaper, signals
 from .placement import Node
 
 
@@ -53,6 +53,7 @@ def init_ray(address: str | None) -> str | None:
         if address is None and "timed out during startup" in str(e):
             raise local_start_timeout() from None
         raise
+    reaper.start()  # a driver killed outright leaves no Ray process of its own behind
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
