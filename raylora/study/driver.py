@@ -361,6 +361,7 @@ def _scheduler(spec: Spec):
 
 
 def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, listener):
+    import ray.exceptions
     import ray.tune
 
     from .optuna_searcher import StudySearcher
@@ -418,11 +419,15 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         tuner.fit()
     finally:
         pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
-    if record.unfinished():  # Ctrl-C or a fault: the workers stop at their next step; what they save
-        ray.get(pool.drain.remote(30.0))  # meanwhile may replace a checkpoint the summary names
-        from .repair import point_at_existing
+    # Ctrl-C, a fault, or a trial stopped early: its workers stop at their next step, and what they save
+    # meanwhile may replace a checkpoint the summary names.
+    try:
+        ray.get(pool.drain.remote(30.0))
+    except ray.exceptions.RayError:  # the pool died for good (its trials are unfinished, for --resume)
+        pass
+    from .repair import point_at_existing
 
-        point_at_existing(record, spec, plan.storage)
+    point_at_existing(record, spec, plan.storage)
     return searcher
 
 
