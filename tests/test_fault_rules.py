@@ -349,3 +349,54 @@ def test_what_a_killed_driver_started_is_ended_after_it(tmp_path):
     assert not running(task)
     with_parent = os.getpid()  # the test process itself was never the reaper's to end
     assert running(with_parent)
+
+
+# -- the searcher: a non-finite objective fails the trial, a fault of what carried it decides nothing --
+
+
+def _searcher(tmp_path):
+    from raylora import spec as spec_lib
+    from raylora.study.optuna_searcher import StudySearcher, open_optuna
+
+    spec = spec_lib.load(
+        Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml",
+        ["training.max_steps=4", "training.eval_every=2", "study.scheduler.type=fifo"],
+    )
+    record = StudyRecord(tmp_path, spec.study.name, "eval/loss", "min")
+    study = open_optuna(tmp_path, spec, log=lambda line: None)
+    return StudySearcher(spec, study, record, []), study, record
+
+
+def test_a_nan_objective_fails_the_trial_in_the_summary_and_in_optuna(tmp_path):
+    import optuna
+
+    from raylora.record.states import ERROR, INFRA_FAULT, STATUS
+
+    searcher, study, record = _searcher(tmp_path)
+    searcher.suggest("tune-a")
+    searcher.on_trial_result("tune-a", {"step": 2, "eval/loss": 0.7, "checkpoint_path": str(tmp_path / "c2")})
+    searcher.on_trial_result("tune-a", {"step": 4, "eval/loss": math.nan})
+    searcher.on_trial_complete("tune-a", {"step": 4, "eval/loss": math.nan})
+    trial = record.trials["t000"]
+    assert trial.state == TrialState.FAILED and trial.error == "the objective eval/loss became nan at step 4"
+    assert trial.value is None and record.best() is None
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+    # A trial whose node or pool died keeps its place: RUNNING, Optuna not told, the study stops.
+    searcher.suggest("tune-b")
+    searcher.on_trial_complete("tune-b", {STATUS: INFRA_FAULT, ERROR: "NodeDiedError: node 10.0.0.2 died"})
+    assert record.trials["t001"].state == TrialState.RUNNING
+    assert study.trials[1].state == optuna.trial.TrialState.RUNNING
+    assert searcher.fault == "NodeDiedError: node 10.0.0.2 died"
+    json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda t: 1 / 0)
+
+
+def test_a_trial_driver_lost_to_its_node_is_not_failed(tmp_path):
+    import optuna
+
+    searcher, study, record = _searcher(tmp_path)
+    searcher.suggest("tune-a")
+    searcher.on_trial_complete("tune-a", None, error=True)  # Tune lost the trial's actor
+    assert record.trials["t000"].state == TrialState.RUNNING
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    assert searcher.fault and "died" in searcher.fault
