@@ -123,3 +123,37 @@ def test_sigterm_stops_the_study_as_ctrl_c_and_resume_skips_an_emptied_checkpoin
     (trial,) = summary["trials"]
     assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] == int(saved[0].name[12:]), trial
     _assert_adapters_exist(summary)
+
+
+def _descendant(pid: int, name: str) -> int:
+    """The process below ``pid`` whose command line names ``name`` (a Ray actor's process title)."""
+    from raylora.study.reaper import descendants
+
+    for child in descendants(pid):
+        try:
+            if name in Path(f"/proc/{child}/cmdline").read_text():
+                return child
+        except OSError:
+            continue
+    raise AssertionError(f"no {name} below {pid}")
+
+
+@pytest.mark.slow
+def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_checkpoint(tmp_path):
+    """What an OOM killer may pick: the trial pool's process. Ray restarts it, the trial drivers submit
+    their trials again, and no trial is given a verdict for it."""
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20, "eval_every": 2})
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    driver = _run_until(_search_args(spec, storage), study_dir, steps=4)
+    try:
+        os.kill(_descendant(driver.pid, "TrialPool"), signal.SIGKILL)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, err[-3000:]
+    summary = _strict(study_dir / "summary.json")
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
+    assert summary["trials"][0]["resumed_from_step"] >= 2
+    _assert_adapters_exist(summary)
