@@ -374,6 +374,9 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
     import logging
 
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    # A trial driver lost with its node or Ray: Tune logs its traceback; the searcher says it in one line.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     class StopOnFault(ray.tune.Stopper):
         """Ends the experiment once a storage fault stopped the study (running trials stay unfinished)."""
