@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..record.states import EXIT, INFRA_FAULT, JobState, TrialState
+from .watchdog import RESTARTS as RESTARTS_AFTER_STALL
 from .watchdog import Watchdog
 
 RESTARTS = 3
@@ -44,7 +45,9 @@ class _Job:
     state: JobState = JobState.QUEUED
     error: tuple[str, str] | None = None
     attempts: int = 0
-    stalled: str | None = None  # why the watchdog last restarted its workers
+    stalled: str | None = None  # why the watchdog last ended its workers
+    stalls: int = 0  # how often it did
+    restarting: bool = False  # its workers were ended by the watchdog and start again
 
 
 @dataclass
@@ -159,17 +162,10 @@ class TrialPool:
             state = self.runners[runner]
             if fresh and state.current is not None:
                 slot, job = state.current, self.jobs[state.current]
-                job.attempts += 1
                 self.watchdog.forget(slot)
-                if job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
+                if self._may_restart(job) and slot not in self.stopped:
                     return {"trial_id": slot, "spec": job.spec}
-                restarts = f"the trial was restarted {job.attempts - 1} time(s) already"
-                error = (
-                    (INFRA_FAULT, f"{job.stalled}; {restarts}")
-                    if job.stalled
-                    else (TrialState.FAILED, f"WorkerDied: a worker died and {restarts}")
-                )
-                self._end(state, job, JobState.FAILED, error)
+                self._end(state, job, JobState.FAILED, _out_of_restarts(job))
             self.cond.wait_for(lambda: self.queue or self.closing, timeout=timeout)
             if self.closing:
                 return EXIT
@@ -182,6 +178,15 @@ class TrialPool:
                 state.served += 1
                 return {"trial_id": slot, "spec": job.spec}
             return None
+
+    def _may_restart(self, job: _Job) -> bool:
+        """Whether a trial whose workers died goes on from its checkpoint: after the watchdog ended them, up
+        to :data:`~raylora.study.watchdog.RESTARTS` times; otherwise up to ``max_failures`` times."""
+        if job.restarting:
+            job.restarting = False
+            return job.stalls <= RESTARTS_AFTER_STALL
+        job.attempts += 1
+        return job.attempts <= self.settings["max_failures"]
 
     def progress(self, slot: str, values: dict) -> None:
         """Rank 0's latest step of trial ``slot`` (between evaluations; for the live view only)."""
@@ -263,9 +268,9 @@ class TrialPool:
             if silent is None:
                 continue
             limit = self.watchdog.limit(slot)
-            self.jobs[
-                slot
-            ].stalled = f"its workers reported nothing for {silent:.0f} s (watchdog {limit:.0f} s)"
+            job = self.jobs[slot]
+            job.stalled = f"its workers reported nothing for {silent:.0f} s (watchdog {limit:.0f} s)"
+            job.stalls, job.restarting = job.stalls + 1, True
             self.watchdog.forget(slot)
             workers += list(self.workers.pop(rid, {}).values())
         return workers
@@ -332,3 +337,13 @@ class TrialPool:
                 failure_config=ray.train.FailureConfig(max_failures=s["max_failures"] + 3),
             ),
         )
+
+
+def _out_of_restarts(job: _Job) -> tuple[str, str]:
+    if job.stalled:  # not the trial's verdict: it stays unfinished, for --resume
+        return INFRA_FAULT, f"{job.stalled}; restarted {job.stalls - 1} time(s) already"
+    restarts = job.attempts - 1
+    return (
+        TrialState.FAILED,
+        f"WorkerDied: a worker died and the trial was restarted {restarts} time(s) already",
+    )

@@ -6,7 +6,7 @@ has made its first step, the watchdog measures the longest silence between two o
 included) and calls the trial stalled when the current silence is :data:`MULTIPLE` times that, and at least
 :data:`FLOOR_S`. ``RAYLORA_WATCHDOG_S`` sets a fixed limit instead (0 turns the watchdog off). The pool
 then ends the trial's workers: Ray Train starts the group again and the trial resumes from its checkpoint,
-a bounded number of times, after which it is left unfinished as an infrastructure fault.
+up to :data:`RESTARTS` times, after which it is left unfinished as an infrastructure fault.
 
 Model loading before the first step is not watched: how long it takes depends on the model and the disk.
 """
@@ -20,6 +20,9 @@ MULTIPLE = 10.0
 """The limit, in multiples of the longest silence between two reports seen so far."""
 FLOOR_S = 300.0
 """No limit below this many seconds (a step of a large model, an evaluation, a checkpoint upload)."""
+RESTARTS = 2
+"""How often a stalled trial's workers are started again, from its checkpoint, before it is left
+unfinished (an infrastructure fault: the study stops, and ``--resume`` runs it again)."""
 
 
 @dataclass
