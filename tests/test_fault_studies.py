@@ -60,10 +60,11 @@ def test_a_diverged_trial_fails_is_never_the_best_and_promote_agrees(tmp_path):
     assert "t001" in promoted.stdout, promoted.stdout
 
 
-def _run_until(args: list[str], study_dir: Path, steps: int) -> subprocess.Popen:
+def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = None) -> subprocess.Popen:
     driver = subprocess.Popen(
         [sys.executable, "-m", "raylora", *args],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,3 +158,22 @@ def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_check
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
     assert summary["trials"][0]["resumed_from_step"] >= 2
     _assert_adapters_exist(summary)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_restarted_by_the_watchdog_from_the_trials_checkpoint(tmp_path):
+    """SIGSTOP on a trial's worker (a deadlocked collective looks the same from outside): once it has been
+    silent longer than RAYLORA_WATCHDOG_S, its workers are ended and the trial resumes from its checkpoint."""
+    spec = _write_spec(tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 20})
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    driver = _run_until(_search_args(spec, storage), study_dir, steps=4, env={"RAYLORA_WATCHDOG_S": "20"})
+    try:
+        os.kill(_descendant(driver.pid, "RayTrainWorker"), signal.SIGSTOP)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, err[-3000:]
+    (trial,) = _strict(study_dir / "summary.json")["trials"]
+    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] >= 2, trial
