@@ -107,10 +107,13 @@ def _checkpoints(runs_dir: str, filesystem=None):
 
 
 def _save(checkpoints, step: int, tmp_path, loss: float = 1.0) -> str:
+    import torch
+    from safetensors.torch import save_file
+
     local = tmp_path / f"src{step}"
     (local / "adapter").mkdir(parents=True)
-    (local / "adapter" / "adapter_model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"{}" + b"w" * 300)
-    (local / "trainer_state.pt").write_bytes(b"state" * 100)
+    save_file({"lora_A": torch.ones(4, 8)}, str(local / "adapter" / "adapter_model.safetensors"))
+    torch.save({"step": step, "optimizer": {}, "scheduler": {}}, local / "trainer_state.pt")
     return checkpoints.save(local, step, {"eval/loss": loss})
 
 
@@ -400,3 +403,16 @@ def test_a_trial_driver_lost_to_its_node_is_not_failed(tmp_path):
     assert record.trials["t000"].state == TrialState.RUNNING
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
     assert searcher.fault and "died" in searcher.fault
+
+
+def test_a_checkpoint_that_matches_its_manifest_but_does_not_load_is_passed_over(tmp_path):
+    from raylora.study import manifest
+
+    checkpoints = _checkpoints(str(tmp_path / "runs"))
+    _save(checkpoints, 2, tmp_path, loss=0.5)
+    newest = Path(_save(checkpoints, 4, tmp_path, loss=0.9))
+    (newest / "adapter" / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    manifest.write(newest)  # written that way, and vouched for: the bytes match, they do not load
+    resume, passed_over = checkpoints.trusted(discard=True)
+    assert resume.name == "checkpoint_s0000002"
+    assert passed_over[0].startswith("checkpoint_s0000004 (does not load: "), passed_over

@@ -82,7 +82,14 @@ class Checkpoints:
         for name in reversed(self.names()):
             why = manifest.problem(self.fs, f"{self.folder}/{name}")
             if why is None:
-                return self._local(name), passed_over
+                local = self._local(name)
+                why = manifest.unloadable(local)
+                if why is None:
+                    return local, passed_over
+                if self.filesystem is not None:  # a downloaded copy
+                    import shutil
+
+                    shutil.rmtree(local, ignore_errors=True)
             passed_over.append(f"{name} ({why})")
             if discard:
                 self._delete(name)

@@ -51,6 +51,26 @@ def problem(fs, folder: str) -> str | None:
     return None
 
 
+def unloadable(folder: Path) -> str | None:
+    """Why local checkpoint ``folder`` does not load (its adapter's safetensors, its trainer state), or
+    None: what matches a manifest was written whole, but not necessarily readable."""
+    from safetensors import safe_open
+
+    from ..errors import first_line
+    from ..layout import ADAPTER, STATE_FILE
+
+    try:
+        with safe_open(str(folder / ADAPTER / "adapter_model.safetensors"), "pt") as f:
+            f.keys()
+        if (folder / STATE_FILE).exists():
+            import torch
+
+            torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as e:  # safetensors, pickle and zip errors alike
+        return f"does not load: {type(e).__name__}: {first_line(e)}"
+    return None
+
+
 def fsync_tree(root: Path) -> None:
     """fsync every file and folder below ``root`` and ``root`` itself (local and NFS filesystems)."""
     for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
