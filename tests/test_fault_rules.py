@@ -154,6 +154,10 @@ def test_a_damaged_newest_checkpoint_is_discarded_for_the_previous_then_a_fresh_
     damage(fs, f"{newest}/adapter/adapter_model.safetensors")
     resume, passed_over = checkpoints.trusted(discard=True)
     assert json.loads((resume / "report.json").read_text())["step"] == 2  # a download on object storage
+    if where == "memory":
+        import shutil
+
+        shutil.rmtree(resume)
     assert passed_over[0].startswith("checkpoint_s0000004 (adapter/adapter_model.safetensors")
     assert checkpoints.names() == ["checkpoint_s0000002"]  # never picked again
 
