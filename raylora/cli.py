@@ -560,15 +560,22 @@ def search(
         print(f"pinned by --set: {path} = {json.dumps(spec.get(path))} (not searched)")
     from .study import driver
 
-    plan, record = driver.run(
-        spec,
-        storage=storage,
-        address=address,
-        tracking_uri=tracking_uri,
-        resume=resume,
-        dry_run=dry_run,
-        accept_spec=accept_spec,
-    )
+    try:
+        plan, record = driver.run(
+            spec,
+            storage=storage,
+            address=address,
+            tracking_uri=tracking_uri,
+            resume=resume,
+            dry_run=dry_run,
+            accept_spec=accept_spec,
+        )
+    except KeyboardInterrupt:  # before or after Tune's loop, which ends on its own and returns
+        from .study import signals
+
+        how = "terminated" if signals.terminated() else "interrupted"
+        print(f"{how}; continue the study with --resume", file=sys.stderr)
+        sys.exit(signals.exit_code())
     if dry_run:
         _print_plan(spec, plan)
         _print_estimates(spec, _estimates(spec))
@@ -591,9 +598,12 @@ def search(
         print(f"error: every trial failed; the first, {first.trial_id}: {first.error}", file=sys.stderr)
         sys.exit(1)
     if plan.unfinished:
+        from .study import signals
+
         unfinished = ", ".join(plan.unfinished)
-        print(f"interrupted: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
-        sys.exit(130)
+        how = "terminated" if signals.terminated() else "interrupted"
+        print(f"{how}: {unfinished} unfinished; continue the study with --resume", file=sys.stderr)
+        sys.exit(signals.exit_code())
 
 
 @app.command()
@@ -979,8 +989,10 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        from .study import signals
+
+        print("terminated" if signals.terminated() else "interrupted", file=sys.stderr)
+        sys.exit(signals.exit_code())
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.TyperException as e:  # usage errors of typer's own copy of click (typer 0.26+)

@@ -8,6 +8,9 @@ Read:
   passed on to Ray workers.
 * ``RAYLORA_PROGRESS_EVERY_S`` — seconds between plain progress lines when output is not a terminal
   (``ray job logs``, ``kubectl logs``, CI); default 30.
+* ``RAYLORA_WATCHDOG_S`` — seconds without a report from a trial's workers after which the trial pool
+  restarts them from the trial's checkpoint (``raylora.study.watchdog``); 0 turns the watchdog off; unset,
+  the limit follows the trial's measured pace.
 * ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
   ``tracking.tracking_uri`` is given.
 * ``RAY_ADDRESS`` — Ray's own cluster address; when set, ``ray.init`` uses it and raylora does not look for
@@ -32,6 +35,7 @@ HOME = "RAYLORA_HOME"
 INJECT_OOM = "RAYLORA_INJECT_OOM"
 INJECT_ERROR = "RAYLORA_INJECT_ERROR"
 PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
+WATCHDOG_S = "RAYLORA_WATCHDOG_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS = "RAY_ADDRESS"
 RAY_TMPDIR = "RAY_TMPDIR"
@@ -94,6 +98,15 @@ def progress_every_s() -> float:
         return max(0.0, float(os.environ.get(PROGRESS_EVERY_S, "30")))
     except ValueError:
         return 30.0
+
+
+def watchdog_s() -> float | None:
+    """``$RAYLORA_WATCHDOG_S`` as seconds (0: off), or None when unset or not a number (the measured
+    default)."""
+    try:
+        return max(0.0, float(os.environ[WATCHDOG_S]))
+    except (KeyError, ValueError):
+        return None
 
 
 def set_defaults(values: dict[str, str]) -> None:

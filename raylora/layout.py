@@ -18,7 +18,8 @@
       targets.json        TARGETS      the resolved LoRA modules and trainable parameters per scope
       eval_items.json     EVAL_ITEMS   the final evaluation's outcome per eval record
       trainer_state.pt    STATE_FILE   optimizer, scheduler and data position for resuming
-      report.json         DONE         the metrics at this step; written last, it marks the checkpoint whole
+      report.json         DONE         the metrics at this step; it marks the checkpoint whole
+      manifest.json       MANIFEST     each file's size and sha256, written last; checked before a resume
 
 ``raylora train --output DIR`` writes one trial's ``adapter/`` (ADAPTER), ``targets.json`` (TARGETS) and
 ``metrics.json`` (METRICS_FILE: the last evaluation and the history of every report).
@@ -45,6 +46,7 @@ EVAL_ITEMS = "eval_items.json"
 STATE_FILE = "trainer_state.pt"
 DONE = "report.json"
 METRICS_FILE = "metrics.json"
+MANIFEST = "manifest.json"
 
 STATE_FILES = (SUMMARY, JOURNAL, PENDING, SPEC, BASELINE)
 """The study's state: pulled before and pushed after a driver runs on URI storage."""

@@ -6,7 +6,9 @@ Trial states (``summary.json``, MLflow's ``raylora.state`` tag, the leaderboard)
     RUNNING ──▶ COMPLETE     trained every step; its value is its best objective
             ├─▶ PRUNED       stopped early by ASHA; its value is its last objective, at a lower budget
             ├─▶ INFEASIBLE   out of memory (measured, or predicted by the memory estimate)
-            └─▶ FAILED       any other error, with its reason
+            └─▶ FAILED       any other error of its own training (a non-finite loss included)
+    A fault of what carries the trial (storage, a node, the pool: :data:`NOT_A_VERDICT`) leaves it RUNNING,
+    to resume from its checkpoint.
 
 Every transition is made by :class:`raylora.study.optuna_searcher.StudySearcher`, or, for what a killed
 driver left, read back from the Optuna journal by :func:`from_optuna` (the resume's settling and the
@@ -62,6 +64,7 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     STOPPED = "stopped"  # by the scheduler: its workers end it at their next step
+    LOST = "lost"  # the pool was restarted (its actor died) and no longer knows the trial: submit it again
 
 
 EXIT = "exit"
@@ -70,15 +73,53 @@ EXIT = "exit"
 # Keys of a trial driver's final report when the trial did not train to the end.
 STATUS = "raylora/status"
 ERROR = "raylora/error"
+DISCARDED = "raylora/discarded"
+"""A report's key naming the checkpoints a resumed trial passed over (they failed their manifest)."""
 STORAGE_FAULT = "storage-fault"
 """A status (not a trial state): the trial's storage is full, read-only or not writable. The study stops and
 the trial stays unfinished, to resume once the cause is fixed."""
+INFRA_FAULT = "infrastructure-fault"
+"""A status (not a trial state): what carried the trial failed, not its training (a node, the raylet, the
+trial pool or a trial driver died; a worker group could not start; a data file vanished). As for a storage
+fault, the trial stays unfinished and resumes from its checkpoint."""
+NOT_A_VERDICT = (STORAGE_FAULT, INFRA_FAULT)
+"""Statuses that end a trial's attempt without deciding the trial."""
 FAULT_ERRNOS = frozenset({28, 30, 13, 122})  # ENOSPC, EROFS, EACCES, EDQUOT
+
+# Ray's and Ray Train's errors for a process, node or worker group that is gone or never came: the
+# infrastructure's, never a trial's (names, so this layer does not import Ray).
+_INFRA_ERRORS = frozenset(
+    {
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "WorkerCrashedError",
+        "RaySystemError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "RpcError",
+        "ActorUnschedulableError",
+        "TaskUnschedulableError",
+        "WorkerGroupStartupTimeoutError",
+        "WorkerGroupStartupFailedError",
+        "WorkerHealthCheckTimeoutError",
+        "WorkerHealthCheckFailedError",
+        "PreemptionError",
+        "RuntimeEnvSetupError",
+    }
+)
 
 
 def classify(error: BaseException) -> tuple[str, str]:
-    """(INFEASIBLE | FAILED | STORAGE_FAULT, one-line reason) for an exception out of a trial or a
-    ``TorchTrainer.fit``."""
+    """(INFEASIBLE | FAILED | STORAGE_FAULT | INFRA_FAULT, one-line reason) for an exception out of a
+    trial, a ``TorchTrainer.fit`` or a call to the trial pool.
+
+    Only what the trial's own training raised is a verdict: out of memory is INFEASIBLE, any other error
+    of its own FAILED. A full or unwritable storage, a data file gone, and Ray's errors for a process,
+    node or worker group that died or never started (with no error of the trial's own among the causes)
+    are faults of the infrastructure."""
     from ..errors import first_line
 
     causes = list(_causes(error))
@@ -87,8 +128,25 @@ def classify(error: BaseException) -> tuple[str, str]:
         return STORAGE_FAULT, fault
     if any(_is_oom(e) for e in causes):
         return TrialState.INFEASIBLE, "out of memory: " + first_line(next(e for e in causes if _is_oom(e)))
+    gone = next((e for e in causes if isinstance(e, FileNotFoundError)), None)
+    if gone is not None:  # the data and the model were checked before the study: this went missing since
+        return INFRA_FAULT, f"{gone.filename or first_line(gone)}: no such file (it was there at the start)"
+    infra = [e for e in causes if _names(e) & _INFRA_ERRORS]
+    if infra and not any(_is_trials_own(e) for e in causes):
+        return INFRA_FAULT, f"{type(infra[-1]).__name__}: {first_line(infra[-1])}"
     root = causes[-1] if causes else error
     return TrialState.FAILED, f"{type(root).__name__}: {first_line(root)}"
+
+
+def _names(error: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(error).__mro__}
+
+
+def _is_trials_own(error: BaseException) -> bool:
+    """An exception raised by code other than Ray's (Ray's wrappers carry the trial's own as a cause), or
+    an actor that died of its own constructor's error (Ray keeps only that error's text)."""
+    own_init = getattr(error, "actor_init_failed", False) or "raised in its creation task" in str(error)
+    return own_init or not type(error).__module__.startswith("ray.")
 
 
 def _causes(error: BaseException):
@@ -96,13 +154,14 @@ def _causes(error: BaseException):
     stack = [error]
     while stack:
         e = stack.pop()
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:  # Ray's "cause" may be a protobuf context
             continue
         seen.add(id(e))
         yield e
         failures = getattr(e, "worker_failures", None) or {}
         stack.extend(failures.values())
-        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+        stack.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None)])
+        stack.extend([e.__cause__, e.__context__])
 
 
 def _is_oom(error: BaseException) -> bool:

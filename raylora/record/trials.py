@@ -14,10 +14,12 @@ Trial states are :class:`raylora.record.states.TrialState`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import redact
 from ..files import write_atomic
@@ -110,26 +112,27 @@ class StudyRecord:
         return [t for t in self.trials.values() if not t.finished]
 
     def better(self, a: float, b: float | None) -> bool:
-        """Whether objective value ``a`` beats ``b``."""
-        return b is None or (a < b if self.mode == "min" else a > b)
+        """Whether objective value ``a`` beats ``b`` (a non-finite value beats nothing, and anything finite
+        beats it)."""
+        if not finite(a):
+            return False
+        return not finite(b) or (a < b if self.mode == "min" else a > b)
 
     def best(self) -> TrialRecord | None:
-        """The best COMPLETE trial (pruned trials stopped at a lower budget are not comparable)."""
-        best = None
-        for trial in self.trials.values():
-            if trial.state == TrialState.COMPLETE and trial.value is not None:
-                if best is None or self.better(trial.value, best.value):
-                    best = trial
-        return best
+        """The best COMPLETE trial by :func:`best_of` (pruned trials stopped at a lower budget are not
+        comparable)."""
+        complete = [t for t in self.trials.values() if t.state == TrialState.COMPLETE]
+        return best_of(complete, self.mode, lambda t: t.value, lambda t: t.trial_id)
 
     def ranked(self) -> list[TrialRecord]:
-        """Finished trials, best first: COMPLETE by value, then PRUNED, INFEASIBLE, FAILED."""
+        """Finished trials, best first: COMPLETE by value, then PRUNED, INFEASIBLE, FAILED; a trial without
+        a finite value last in its state."""
         order = {state: i for i, state in enumerate(FINISHED)}
         sign = 1 if self.mode == "min" else -1
 
         def key(t: TrialRecord):
-            value = sign * t.value if t.value is not None else float("inf")
-            return (order.get(t.state, 9), value)
+            value = sign * t.value if finite(t.value) else math.inf
+            return (order.get(t.state, 9), value, trial_order(t.trial_id))
 
         return sorted(self.finished(), key=key)
 
@@ -172,11 +175,57 @@ class StudyRecord:
         }
 
     def save(self) -> None:
-        """Write ``summary.json`` atomically, so a killed driver never leaves half a file."""
+        """Write ``summary.json`` atomically, so a killed driver never leaves half a file; strict JSON, a
+        non-finite number written as null."""
         self.directory.mkdir(parents=True, exist_ok=True)
         # A trial's error may quote a URI with its credentials: none reach the file (raylora.redact).
-        write_atomic(self.directory / SUMMARY, json.dumps(redact.values(self.to_dict()), indent=2) + "\n")
+        text = json.dumps(strict_json(redact.values(self.to_dict())), indent=2, allow_nan=False)
+        write_atomic(self.directory / SUMMARY, text + "\n")
         self.on_save()
+
+
+T = TypeVar("T")
+
+
+def finite(value: object) -> bool:
+    """Whether ``value`` is a number that can be ranked (not None, NaN or an infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_of(
+    candidates: Iterable[T],
+    mode: str,
+    value: Callable[[T], float | None],
+    trial_id: Callable[[T], str | None],
+) -> T | None:
+    """The one rule for "the best": of ``candidates`` with a finite ``value``, the lowest (``mode`` min) or
+    highest (max); a tie goes to the lowest trial id (``t9`` before ``t10``). None when none has a finite
+    value. The summary's ``best_trial``, the report, the leaderboard and ``promote`` all use it."""
+    sign = 1.0 if mode == "min" else -1.0
+    scored = [
+        (sign * value(c), trial_order(trial_id(c)), i, c)
+        for i, c in enumerate(candidates)
+        if finite(value(c))
+    ]
+    return min(scored, key=lambda row: row[:3])[3] if scored else None
+
+
+def trial_order(trial_id: str | None) -> tuple:
+    """A sort key for trial ids: natural order (``t9`` before ``t10``), ids missing last."""
+    parts = re.split(r"(\d+)", trial_id or "")
+    natural = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+    return (0 if trial_id else 1, natural)
+
+
+def strict_json(value):
+    """``value`` with every non-finite float (NaN, ±Infinity) replaced by None, so it dumps as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def slot_name(index: int) -> str:

@@ -212,9 +212,13 @@ class Pending:
     def _wait(self, every_s: float) -> dict:
         import ray
 
-        while not ray.wait([self.ref], timeout=max(every_s, 1.0))[0]:
-            self.log(f"evaluating the base model ({int(time.monotonic() - self.started)} s)")
-        return ray.get(self.ref)
+        try:
+            while not ray.wait([self.ref], timeout=max(every_s, 1.0))[0]:
+                self.log(f"evaluating the base model ({int(time.monotonic() - self.started)} s)")
+            return ray.get(self.ref)
+        except BaseException:  # Ctrl-C or SIGTERM: the task must not keep its accelerator after we exit
+            ray.cancel(self.ref, force=True)
+            raise
 
 
 def _measure_task(spec: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import environment
 from ..errors import EnvironmentFault, UserError
+from . import reaper, signals
 from .placement import Node
 
 
@@ -35,22 +36,24 @@ def init_ray(address: str | None) -> str | None:
     if ray.is_initialized():
         return None
     try:
-        context = ray.init(
-            address=address if address is not None else _default_address(),
-            # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's placement
-            # group when its controller dies; it is also where users watch a local study's processes.
-            include_dashboard=True if address is None else None,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            configure_logging=True,
-            runtime_env={"env_vars": environment.for_workers()},
-        )
+        with signals.held_from_children():  # Ray's own SIGTERM handler replaced after it
+            context = ray.init(
+                address=address if address is not None else _default_address(),
+                # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's
+                # placement group when its controller dies; users watch a local study's processes there.
+                include_dashboard=True if address is None else None,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+                runtime_env={"env_vars": environment.for_workers()},
+            )
     except ConnectionError as e:
         raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
     except Exception as e:
         if address is None and "timed out during startup" in str(e):
             raise local_start_timeout() from None
         raise
+    reaper.start()  # a driver killed outright leaves no Ray process of its own behind
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import environment
 from ..errors import EnvironmentFault, UserError
 from ..layout import JOURNAL, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
 from ..record.trials import StudyRecord, TrialRecord
 from ..spec import Spec, space
 from ..tracking.storage import LocalStorage, UriStorage
-from . import cluster, placement
+from . import cluster, placement, signals
 
 
 @dataclass
@@ -81,6 +82,7 @@ def run(
     with an :class:`EnvironmentFault`, its unfinished trials kept for ``--resume``.
     """
     cluster.configure(address)  # before the first import of ray
+    signals.install()  # SIGTERM as Ctrl-C (again after ray.init, which installs its own)
     spec, where = _checked_inputs(spec, storage, log)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
@@ -438,6 +440,7 @@ def _scheduler(spec: Spec):
 
 
 def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pending, listener):
+    import ray.exceptions
     import ray.tune
 
     from .optuna_searcher import StudySearcher
@@ -450,6 +453,9 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
     import logging
 
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    # A trial driver lost with its node or Ray: Tune logs its traceback; the searcher says it in one line.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     class StopOnFault(ray.tune.Stopper):
         """Ends the experiment once a storage fault stopped the study (running trials stay unfinished)."""
@@ -468,7 +474,10 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
             # searcher (its log function, Optuna, the record) must not go with it, and is never read back.
             return {"searcher": None}
 
-    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool)
+    from .specfile import data_digests
+
+    digests = data_digests(plan.study_dir)
+    trainable = ray.tune.with_parameters(run_trial, base_spec=spec.to_dict(), pool=pool, data_sha256=digests)
     trainable = ray.tune.with_resources(trainable, placement.trial_driver_resources(plan.nodes))
     tuner = ray.tune.Tuner(
         trainable,
@@ -492,11 +501,15 @@ def _tune(spec: Spec, plan: Plan, pool, optuna_study, record: StudyRecord, pendi
         tuner.fit()
     finally:
         pool.close.remote()  # runners wind down while the study is written up; Ray ends them at exit
-    if record.unfinished():  # Ctrl-C or a fault: the workers stop at their next step; what they save
-        ray.get(pool.drain.remote(30.0))  # meanwhile may replace a checkpoint the summary names
-        from .repair import point_at_existing
+    # Ctrl-C, a fault, or a trial stopped early: its workers stop at their next step, and what they save
+    # meanwhile may replace a checkpoint the summary names.
+    try:
+        ray.get(pool.drain.remote(30.0))
+    except ray.exceptions.RayError:  # the pool died for good (its trials are unfinished, for --resume)
+        pass
+    from .repair import point_at_existing
 
-        point_at_existing(record, spec, plan.storage)
+    point_at_existing(record, spec, plan.storage)
     return searcher
 
 
@@ -506,7 +519,7 @@ def _pool(spec: Spec, plan: Plan):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .pool import TrialPool
+    from .pool import RESTARTS, TrialPool
 
     resources, objective = spec.resources, spec.study.objective
     runs_dir, filesystem = plan.storage.ray_path(RUNS)
@@ -527,7 +540,16 @@ def _pool(spec: Spec, plan: Plan):
             "mode": objective.mode,
         },
         "may_quantize": any(q != "none" for q in options),
+        "watchdog_s": environment.watchdog_s(),
     }
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    actor = ray.remote(num_cpus=0, max_concurrency=1000, scheduling_strategy=here)(TrialPool)
+    # Calls in flight when the actor dies are retried on its restart (a restarted pool knows no trial:
+    # the trial drivers submit theirs again).
+    actor = ray.remote(
+        num_cpus=0,
+        max_concurrency=1000,
+        scheduling_strategy=here,
+        max_restarts=RESTARTS,
+        max_task_retries=-1,
+    )(TrialPool)
     return actor.remote(runner, plan.max_concurrent)

@@ -23,8 +23,8 @@ from ray.tune.search import Searcher
 
 from ..layout import JOURNAL
 from ..record import objectives
-from ..record.states import ERROR, STATUS, STORAGE_FAULT, TrialState, from_optuna, storage_fault
-from ..record.trials import StudyRecord, TrialRecord, slot_name
+from ..record.states import ERROR, NOT_A_VERDICT, STATUS, TrialState, from_optuna, storage_fault
+from ..record.trials import StudyRecord, TrialRecord, finite, slot_name
 from ..spec import space
 from . import warm
 from .listener import TrialListener
@@ -59,6 +59,7 @@ class StudySearcher(Searcher):
         self._trials: dict[str, tuple[optuna.Trial, TrialRecord]] = {}
         self._next_slot = len(record.trials)
         self.fault: str | None = None  # a storage fault stopped the study (see on_trial_complete)
+        self._diverged: dict[str, str] = {}  # slot -> why its objective is not a number
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.fault:
@@ -140,6 +141,11 @@ class StudySearcher(Searcher):
         value = result.get(self.metric)
         if value is None:
             return True
+        if not finite(value):  # a diverged trial: FAILED at its end, never a value (see _complete)
+            self._diverged.setdefault(
+                trial.trial_id, f"the objective {self.metric} became {value} at step {step}"
+            )
+            return True
         if len(self.study.directions) == 1:  # Optuna keeps no intermediate values of several objectives
             ot_trial.report(float(value), step)
         trial.last_value = float(value)
@@ -165,10 +171,14 @@ class StudySearcher(Searcher):
         if self._absorb(ot_trial, trial, result):
             self.listener.reported(trial, result)
         status = result.get(STATUS)
+        if trial.trial_id in self._diverged and status != TrialState.FAILED:
+            status, result = TrialState.FAILED, {**result, ERROR: self._diverged.pop(trial.trial_id)}
         complete = trial.steps >= space.trial_max_steps(self.spec, trial.params) and trial.value is not None
-        if status == STORAGE_FAULT or (self.fault and not complete):
-            # Not the trial's verdict: Optuna is not told, and the trial resumes from its checkpoint.
-            self.fault = self.fault or result.get(ERROR) or "storage fault"
+        if status in NOT_A_VERDICT or (error and status is None) or (self.fault and not complete):
+            # Not the trial's verdict (its storage, node or pool failed, or Tune lost the trial's driver,
+            # which reports every error of the trial's own): Optuna is not told, and the trial resumes from
+            # its checkpoint once the study is resumed.
+            self.fault = self.fault or result.get(ERROR) or "the trial's driver died (its node or Ray)"
             trial.error = result.get(ERROR) or trial.error
             self.record.save()
             return
@@ -176,7 +186,7 @@ class StudySearcher(Searcher):
             ot_trial.set_constraint("out_of_memory", 1.0)
             self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             trial.state, trial.error, trial.value = TrialState.INFEASIBLE, result.get(ERROR), None
-        elif status == TrialState.FAILED or error:
+        elif status == TrialState.FAILED:
             ot_trial.set_user_attr("error", result.get(ERROR) or "the trial driver crashed")
             self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             trial.state, trial.error, trial.value = (

@@ -16,6 +16,9 @@ Train as before) take trial after trial from :class:`TrialPool`:
   that raised is reported FAILED (INFEASIBLE for out of memory) first, so one bad trial never takes the
   study down and never leaves a worker waiting in a collective.
 * The scheduler's early stops reach the workers through :meth:`TrialPool.is_stopped`, asked once per step.
+* The actor itself may die (an OOM killer's pick, its node): Ray restarts it a bounded number of times
+  (:data:`RESTARTS`) with an empty queue, each trial driver submits its trial again, and the trial resumes
+  from its checkpoint on a fresh runner. Once out of restarts, the trials are unfinished, not failed.
 
 This file is the actor's process; :mod:`raylora.study.pool_worker` is what each worker process runs.
 """
@@ -27,7 +30,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..record.states import EXIT, JobState, TrialState
+from ..record.states import EXIT, INFRA_FAULT, JobState, TrialState
+from .watchdog import RESTARTS as RESTARTS_AFTER_STALL
+from .watchdog import Watchdog
+
+RESTARTS = 3
+"""How often Ray restarts a dead pool actor before the study stops (its trials then resume on --resume)."""
 
 
 @dataclass
@@ -37,6 +45,9 @@ class _Job:
     state: JobState = JobState.QUEUED
     error: tuple[str, str] | None = None
     attempts: int = 0
+    stalled: str | None = None  # why the watchdog last ended its workers
+    stalls: int = 0  # how often it did
+    restarting: bool = False  # its workers were ended by the watchdog and start again
 
 
 @dataclass
@@ -67,6 +78,9 @@ class TrialPool:
         self.closing = False
         self.broken: tuple[str, str] | None = None  # why no worker group can start; trials fail with it
         self.live: dict[str, dict] = {}  # slot -> rank 0's latest step (see progress)
+        self.watchdog = Watchdog(runner.get("watchdog_s"))
+        self.workers: dict[int, dict[int, object]] = {}  # runner -> rank -> its worker actor
+        self._watching = False
 
     # -- the Tune side --------------------------------------------------------------------------------
 
@@ -90,7 +104,9 @@ class TrialPool:
     def poll(self, slot: str, cursor: int, timeout: float) -> tuple[list[dict], str, tuple | None]:
         """``(reports after cursor, state, error)``, waiting up to ``timeout`` s for something new."""
         with self.cond:
-            job = self.jobs[slot]
+            job = self.jobs.get(slot)
+            if job is None:  # this pool is a restart of the one the trial was submitted to
+                return [], JobState.LOST, None
             self.cond.wait_for(
                 lambda: (
                     len(job.reports) > cursor
@@ -120,7 +136,7 @@ class TrialPool:
         ``workers <group>``)."""
         with self.cond:
             out = {
-                slot: dict(self.live[slot])
+                slot: {**self.live[slot], "heard_s": self.watchdog.age(slot)}
                 for slot, job in self.jobs.items()
                 if job.state == JobState.RUNNING and slot in self.live and slot not in self.stopped
             }
@@ -170,11 +186,10 @@ class TrialPool:
             state.phase = None  # its group is up and asks for work: no longer starting
             if fresh and state.current is not None:
                 slot, job = state.current, self.jobs[state.current]
-                job.attempts += 1
-                if job.attempts <= self.settings["max_failures"] and slot not in self.stopped:
+                self.watchdog.forget(slot)
+                if self._may_restart(job) and slot not in self.stopped:
                     return {"trial_id": slot, "spec": job.spec}
-                reason = f"a worker died and the trial was restarted {job.attempts - 1} time(s) already"
-                self._end(state, job, JobState.FAILED, (TrialState.FAILED, f"WorkerDied: {reason}"))
+                self._end(state, job, JobState.FAILED, _out_of_restarts(job))
             self.cond.wait_for(lambda: self.queue or self.closing, timeout=timeout)
             if self.closing:
                 return EXIT
@@ -205,13 +220,30 @@ class TrialPool:
         with self.cond:
             self.live[slot] = _phase(self.live.get(slot), text)
 
+    def _may_restart(self, job: _Job) -> bool:
+        """Whether a trial whose workers died goes on from its checkpoint: after the watchdog ended them, up
+        to :data:`~raylora.study.watchdog.RESTARTS` times; otherwise up to ``max_failures`` times."""
+        if job.restarting:
+            job.restarting = False
+            return job.stalls <= RESTARTS_AFTER_STALL
+        job.attempts += 1
+        return job.attempts <= self.settings["max_failures"]
+
     def progress(self, slot: str, values: dict) -> None:
         """Rank 0's latest step of trial ``slot`` (between evaluations; for the live view only)."""
         with self.cond:
             self.live[slot] = {**values, "at": time.time()}
+            self.watchdog.heard(slot)
+
+    def enlist(self, runner: int, rank: int, worker) -> None:
+        """A runner's worker (its actor handle), for the watchdog to end when the trial stalls."""
+        with self.cond:
+            self.workers.setdefault(runner, {})[rank] = worker
 
     def report(self, slot: str, metrics: dict) -> None:
         with self.cond:
+            if not metrics.get("replayed"):
+                self.watchdog.heard(slot)
             if slot not in self.stopped:
                 self.jobs[slot].reports.append(metrics)
                 self.cond.notify_all()
@@ -231,6 +263,8 @@ class TrialPool:
 
     def _end(self, runner: _Runner, job: _Job, state: JobState, error: tuple | None) -> None:
         job.state, job.error = state, error
+        if runner.current is not None:
+            self.watchdog.forget(runner.current)
         if runner.current is not None and self.jobs.get(runner.current) is job:
             runner.current = None
         self.cond.notify_all()
@@ -251,6 +285,39 @@ class TrialPool:
         self.runners[rid] = _Runner(phase=_phase(None, starting))
         handle = ray.get_runtime_context().current_actor
         threading.Thread(target=self._run, args=(rid, handle), daemon=True, name=f"runner-{rid}").start()
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+
+    def _watch(self) -> None:
+        """Every few seconds: end the workers of a trial that stopped reporting (:mod:`.watchdog`); Ray
+        Train starts them again and the trial resumes from its checkpoint (see :meth:`next_job`)."""
+        import ray
+
+        while not self.closing:
+            time.sleep(5.0)
+            with self.cond:
+                stalled = self._stalled()
+            for worker in stalled:
+                try:
+                    ray.kill(worker, no_restart=True)
+                except Exception:  # gone already
+                    pass
+
+    def _stalled(self) -> list:
+        workers = []
+        for rid, runner in self.runners.items():
+            slot = runner.current
+            silent = self.watchdog.stalled(slot) if slot and slot not in self.stopped else None
+            if silent is None:
+                continue
+            limit = self.watchdog.limit(slot)
+            job = self.jobs[slot]
+            job.stalled = f"its workers reported nothing for {silent:.0f} s (watchdog {limit:.0f} s)"
+            job.stalls, job.restarting = job.stalls + 1, True
+            self.watchdog.forget(slot)
+            workers += list(self.workers.pop(rid, {}).values())
+        return workers
 
     def _run(self, rid: int, handle) -> None:
         from ..record.states import classify
@@ -323,3 +390,13 @@ def _phase(current: dict | None, text: str) -> dict:
     if current and "phase" in current and phase_name(current["phase"]) == phase_name(text):
         return {"phase": str(text), "since": current["since"]}
     return {"phase": str(text), "since": time.time()}
+
+
+def _out_of_restarts(job: _Job) -> tuple[str, str]:
+    if job.stalled:  # not the trial's verdict: it stays unfinished, for --resume
+        return INFRA_FAULT, f"{job.stalled}; restarted {job.stalls - 1} time(s) already"
+    restarts = job.attempts - 1
+    return (
+        TrialState.FAILED,
+        f"WorkerDied: a worker died and the trial was restarted {restarts} time(s) already",
+    )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..layout import REPORTS
-from ..record.states import EXIT, classify
+from ..layout import DONE, REPORTS
+from ..record.states import DISCARDED, EXIT, classify
 from .checkpoints import Checkpoints
 
 
@@ -33,6 +33,7 @@ def serve_trials(config: dict) -> None:
     from ..train.recipe import train
 
     checkpoints = Checkpoints(**config["checkpoints"])
+    ray.get(pool.enlist.remote(runner, rank, ray.get_runtime_context().current_actor))  # for the watchdog
     fresh = True
     while True:
         job = _next_job(pool, runner, fresh, rank)
@@ -104,6 +105,7 @@ class PoolSession:
         self._resume: Path | None = None
         self._told = float("-inf")
         self._first: tuple[int, float] | None = None
+        self._discarded: list[str] = []  # checkpoints that failed their manifest, told in the next report
         self._phase: tuple[str, float] = ("", float("-inf"))
 
     def phase(self, phase, done: int | None = None, total: int | None = None) -> None:
@@ -154,9 +156,17 @@ class PoolSession:
         self.pool.progress.remote(self.trial_id, values)
 
     def latest_checkpoint(self) -> Path | None:
-        self._resume = self.checkpoints.latest()
-        if self._resume is not None and self.rank == 0:
-            self._replay()
+        """The newest checkpoint that matches its manifest (None: start afresh); rank 0 deletes newer ones
+        that do not, and names them in its next report."""
+        self._resume, passed_over = self.checkpoints.trusted(discard=self.rank == 0)
+        if self.rank == 0:
+            if passed_over:
+                import sys
+
+                self._discarded = passed_over
+                print(f"{self.trial_id}: discarded checkpoint(s) {', '.join(passed_over)}", file=sys.stderr)
+            if self._resume is not None:
+                self._replay()
         return self._resume
 
     # Every report rank 0 sent, one JSON line each, beside the trial's checkpoints. A driver that stopped
@@ -182,12 +192,18 @@ class PoolSession:
 
         import ray
 
+        try:  # up to the checkpoint resumed from: newer reports belong to checkpoints passed over
+            upto = json.loads((self._resume / DONE).read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            upto = None
         text = self.checkpoints._read(f"{self.checkpoints.folder}/{REPORTS}") or ""
         for line in text.splitlines():
             try:
                 metrics = json.loads(line)
             except ValueError:
                 continue  # the last line of a worker killed mid-write
+            if upto is not None and metrics.get("step", 0) > upto:
+                continue
             ray.get(self.pool.report.remote(self.trial_id, {**metrics, "replayed": True}))
 
     def report(self, metrics: dict, write_checkpoint=None) -> None:
@@ -199,6 +215,8 @@ class PoolSession:
         if self.rank != 0:
             return
         out = {**metrics, "reported_at": time.time()}
+        if self._discarded:
+            out[DISCARDED], self._discarded = "; ".join(self._discarded), []
         if write_checkpoint is not None:
             with tempfile.TemporaryDirectory(prefix="raylora-ckpt-") as tmp:
                 write_checkpoint(Path(tmp))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from .. import environment
-from ..record.states import TrialState
+from ..record.states import DISCARDED, TrialState
 from ..record.trials import StudyRecord, TrialRecord, short_params
 from ..spec import Spec, space
 from ..train.session import phase_name
@@ -88,6 +88,8 @@ class Progress(TrialListener):
         self._line(f"{trial.trial_id} start  {short_params(trial.params)}")
 
     def reported(self, trial: TrialRecord, result: dict) -> None:
+        if result.get(DISCARDED):
+            self._line(f"{trial.trial_id} warning: discarded checkpoint(s) {result[DISCARDED]}")
         if trial.value is None:
             return
         resumed = f"  (resumed from step {trial.resumed_from_step})" if trial.resumed_from_step else ""
@@ -161,7 +163,7 @@ class Progress(TrialListener):
             f"best {best.trial_id} {self.metric} {best.value:.4g}" if best else "no finished trial yet"
         )
         table = Table(title=f"{finished}/{self.total} trials done · {best_text}", title_justify="left")
-        for column in ("trial", "step", "samples/s", "ETA", f"latest {self.metric}", "params"):
+        for column in ("trial", "step", "samples/s", "ETA", "last report", f"latest {self.metric}", "params"):
             table.add_column(column)
         with self._lock:
             steps = dict(self.steps)
@@ -178,6 +180,7 @@ class Progress(TrialListener):
                 step,
                 f"{rate:.2f}" if rate else "-",
                 _eta(values) or "-",
+                _age(values) or "-",
                 latest,
                 short_params(trial.params),
             )
@@ -238,7 +241,18 @@ def _step_text(values: dict) -> str:
         parts.append(f"eta {eta}")
     if values.get("train/loss") is not None:
         parts.append(f"train/loss {values['train/loss']:.4g}")
+    if age := _age(values):
+        parts.append(f"last report {age} ago")
     return " · ".join(parts)
+
+
+def _age(values: dict) -> str | None:
+    """How long ago the trial's workers last reported (a step or an evaluation), as m:ss."""
+    seconds = values.get("heard_s")
+    if seconds is None:
+        return None
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _eta(values: dict) -> str | None:

@@ -102,8 +102,9 @@ def rebuild_summary(record: StudyRecord, study: optuna.Study, spec: Spec, storag
 
 
 def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
-    """Unfinished trials whose named checkpoint was since replaced (workers that went on after the driver
-    stopped listening) name their best complete checkpoint instead."""
+    """Trials (of any state) whose named checkpoint was since replaced (workers that went on after the
+    driver or the scheduler stopped listening, a checkpoint discarded on resume) name their best complete
+    checkpoint instead, or none: ``summary.json`` never names a checkpoint that does not exist."""
     import pyarrow.fs
 
     from .checkpoints import Checkpoints
@@ -112,7 +113,7 @@ def point_at_existing(record: StudyRecord, spec: Spec, storage) -> None:
     objective = spec.study.objective
     checkpoints = Checkpoints(runs_dir, filesystem, objective.metric, objective.mode)
     fs = checkpoints.fs
-    for trial in record.unfinished():
+    for trial in record.trials.values():
         if not trial.adapter_path:
             continue
         path = storage.uri(trial.adapter_path)

@@ -97,6 +97,27 @@ def check(directory: Path, spec: Spec, accept: bool = False) -> None:
     raise_all(errors)
 
 
+def data_digests(directory: Path) -> dict[str, str]:
+    """``{data.train: sha256, ...}`` of the local data files, as ``spec.json`` recorded them."""
+    try:
+        return dict(json.loads((directory / SPEC).read_text()).get("data_sha256", {}))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def changed_data(spec: Spec, digests: dict[str, str]) -> str | None:
+    """Why the data files of ``spec`` are not those the study began with (``digests``, from
+    :func:`data_digests`): the first file that changed or went missing, named; None when all match."""
+    for key, before in sorted(digests.items()):
+        ref = spec.get(key)
+        after = _sha256(ref) if isinstance(ref, str) else None
+        if after is None:
+            return f"{key} ({ref}) is missing since the study began"
+        if after != before:
+            return f"{key} ({ref}) changed since the study began (sha256 {before[:12]}… → {after[:12]}…)"
+    return None
+
+
 _UNSET = object()
 _WHY = " (--resume continues the study as it began; use a new study.name to change this)"
 

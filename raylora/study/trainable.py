@@ -9,15 +9,17 @@ memory on any worker → INFEASIBLE, anything else → FAILED with its reason.
 
 from __future__ import annotations
 
-from ..record.states import ERROR, STATUS, JobState, TrialState, classify
+from ..record.states import ERROR, INFRA_FAULT, STATUS, JobState, TrialState, classify
 
 
-def run_trial(config: dict, base_spec: dict, pool) -> None:
-    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``."""
+def run_trial(config: dict, base_spec: dict, pool, data_sha256: dict | None = None) -> None:
+    """Tune function trainable: ``config`` holds the trial's ``slot`` and sampled dotted-path ``params``;
+    ``data_sha256`` the data files' digests from ``spec.json``, checked before the trial starts."""
     import ray
     import ray.tune
 
     from ..spec import Spec
+    from .specfile import changed_data
 
     if config.get("prescreened"):
         _end(TrialState.INFEASIBLE, config["prescreened"])
@@ -25,6 +27,10 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
     slot = config["slot"]
     try:
         spec = Spec.from_dict(base_spec).with_values(config["params"])
+        changed = changed_data(spec, data_sha256 or {})
+        if changed:  # a study ranks trials trained on the same data, or stops
+            _end(INFRA_FAULT, changed)
+            return
         ray.get(pool.submit.remote(slot, spec.to_dict()))
     except Exception as e:  # the trial ends here; the searcher tells Optuna what happened
         _end(*classify(e))
@@ -33,11 +39,19 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
     while True:
         try:
             reports, state, error = ray.get(pool.poll.remote(slot, cursor, 5.0))
-        except Exception as e:  # the pool itself is gone (its node died): this trial cannot go on
+        except Exception as e:  # the pool is gone for good (out of restarts, its node died): not a verdict
             _end(*classify(e))
             return
         if state == JobState.STOPPED:
             return  # stopped by the scheduler: its workers end it at their next step
+        if state == JobState.LOST:  # the pool was restarted: the trial resumes from its checkpoint there
+            try:
+                ray.get(pool.submit.remote(slot, spec.to_dict()))
+            except Exception as e:
+                _end(*classify(e))
+                return
+            cursor = 0  # its reports come again (replayed first); the searcher keeps each step once
+            continue
         for metrics in reports:
             ray.tune.report(metrics)
         cursor += len(reports)
@@ -48,7 +62,7 @@ def run_trial(config: dict, base_spec: dict, pool) -> None:
             return
 
 
-def _end(status: TrialState, message: str) -> None:
+def _end(status: str, message: str) -> None:
     """A trial's final report when it did not train to the end: its status and one-line reason."""
     import ray.tune
 

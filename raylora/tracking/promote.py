@@ -14,8 +14,6 @@ serving engines that ignore LoRA on the vision tower.
 from __future__ import annotations
 
 import json
-import math
-import re
 import shutil
 import tempfile
 import warnings
@@ -26,6 +24,7 @@ from typing import Any
 
 from ..errors import EnvironmentFault, NothingToDo, UserError
 from ..record.states import TrialState
+from ..record.trials import best_of, finite, trial_order
 from ..train.quantization import FOUR_BIT
 from . import tags
 from .tags import BASE_MODEL, BASE_REVISION, ROLE, STATE, TRIAL_ID
@@ -98,9 +97,7 @@ def select_best(runs: Sequence[Any], metric: str, mode: str) -> Any:
     candidates = [(view, run) for view, run in views if _competes(view, key)]
     if not candidates:
         raise NothingToDo("--experiment", _why_none(views, key))
-    sign = 1.0 if mode == "min" else -1.0
-    _, run = min(candidates, key=lambda c: (sign * c[0].metrics[key], _trial_order(c[0].tags.get(TRIAL_ID))))
-    return run
+    return best_of(candidates, mode, lambda c: c[0].metrics[key], lambda c: c[0].tags.get(TRIAL_ID))[1]
 
 
 POLICIES = ("best", "cheapest-within")
@@ -150,7 +147,7 @@ def select_cheapest_within(
         for view, run in ((_view(run), run) for run in runs)
         if _competes(view, key) and sign * view.metrics[key] <= sign * limit
     ]
-    priced = [(view, run) for view, run in within if _finite(view.metrics.get(cost_metric))]
+    priced = [(view, run) for view, run in within if finite(view.metrics.get(cost_metric))]
     if not priced:
         raise NothingToDo(
             "--cost",
@@ -163,20 +160,16 @@ def select_cheapest_within(
         return (
             cheaper * view.metrics[cost_metric],
             sign * view.metrics[key],
-            _trial_order(view.tags.get(TRIAL_ID)),
+            trial_order(view.tags.get(TRIAL_ID)),
         )
 
     return min(priced, key=order)[1]
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
-
-
 def _competes(view: _RunView, key: str) -> bool:
     finished = view.status in (None, "FINISHED")
     value = view.metrics.get(key)
-    has_value = value is not None and not math.isnan(value)
+    has_value = finite(value)
     complete = view.tags.get(STATE) == TrialState.COMPLETE
     return view.tags.get(ROLE) == tags.TRIAL_ROLE and complete and finished and has_value
 
@@ -191,13 +184,6 @@ def _why_none(views: list[tuple[_RunView, Any]], key: str) -> str:
         states[state] = states.get(state, 0) + 1
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     return f"no finished trial (state COMPLETE) reports {key}; trials: {counts}"
-
-
-def _trial_order(trial_id: str | None) -> tuple:
-    # t9 before t10; runs without a trial id after all others.
-    parts = re.split(r"(\d+)", trial_id or "")
-    natural = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
-    return (0 if trial_id else 1, natural)
 
 
 # -- promotion ---------------------------------------------------------------------------------------

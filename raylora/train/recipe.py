@@ -147,6 +147,9 @@ def train(spec: Spec, session: Session) -> TrainResult:
             )
         )
         final_items[0] = scored or None
+        for goal in spec.study.goals:  # every rank holds the same reduced values: all raise, or none
+            if goal.metric in out and not math.isfinite(out[goal.metric]):
+                raise TrialError(f"the objective {goal.metric} became {out[goal.metric]} at step {step}")
         out["data/dropped_too_long"] = train_set.dropped_too_long
         out["peak_mem_mb"] = _peak_memory_mb(device)
         out.update(meter.measure(out["peak_mem_mb"], targets["trainable_total"], device, distributed))
@@ -162,11 +165,16 @@ def train(spec: Spec, session: Session) -> TrainResult:
         return out
 
     while step < training.max_steps:
+        losses = []
         for _ in range(training.gradient_accumulation_steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             loss = net(**batch, use_cache=False).loss
             (loss / training.gradient_accumulation_steps).backward()
-            window.add(float(loss.detach()), len(batch["input_ids"]), int(batch["attention_mask"].sum()))
+            losses.append(float(loss.detach()))
+            window.add(losses[-1], len(batch["input_ids"]), int(batch["attention_mask"].sum()))
+        bad = _non_finite(losses, distributed, device)
+        if bad:  # before the optimizer step: the last checkpoint stays the last good adapter
+            raise TrialError(f"loss became {bad} at step {step + 1}")
         if step == 0:
             model_lib.check_gradients(peft_model, built.model_type, built.resolution)
         if training.max_grad_norm:
@@ -340,6 +348,19 @@ def _all_reduce(values: list[float], device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
+
+
+def _non_finite(losses: list[float], distributed: bool, device) -> str | None:
+    """ "NaN" or "inf" when this step's loss is not finite on some rank, else None; every rank gets the same
+    answer, so all of them stop together rather than one leaving the others in a collective."""
+    flag = max((2.0 if math.isnan(x) else 1.0 for x in losses if not math.isfinite(x)), default=0.0)
+    if distributed:
+        import torch
+
+        tensor = torch.tensor([flag], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        flag = float(tensor.item())
+    return {0.0: None, 1.0: "inf"}.get(flag, "NaN")
 
 
 def _peak_memory_mb(device) -> float:

@@ -1,0 +1,179 @@
+"""Round 3 of faults end to end (slow: real Ray, Optuna, MLflow and PEFT through the CLI): a diverged trial
+fails and never wins, SIGTERM stops a study as Ctrl-C does, and a resume never trusts a checkpoint a power
+loss emptied."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_faults import ROOT, _assert_adapters_exist, _raylora, _search_args, _summary, _write_spec
+
+
+def _strict(path: Path) -> dict:
+    def refuse(token):
+        raise AssertionError(f"{path} holds {token}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_a_diverged_trial_fails_is_never_the_best_and_promote_agrees(tmp_path):
+    spec = _write_spec(
+        tmp_path / "study.yaml",
+        study={"enqueue": [{"training.learning_rate.llm": 1.0e30}, {"training.learning_rate.llm": 1.0e-3}]},
+        training={"max_steps": 4, "eval_every": 2},
+        search={"training.learning_rate.llm": {"choice": [1.0e30, 1.0e-3]}},
+    )
+    storage = tmp_path / "st"
+    proc = _raylora(*_search_args(spec, storage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _strict(storage / "s" / "summary.json")
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert trials["t000"]["state"] == "FAILED" and "loss became NaN at step" in trials["t000"]["error"]
+    assert trials["t000"]["value"] is None
+    assert trials["t001"]["state"] == "COMPLETE"
+    assert summary["best_trial"]["trial_id"] == "t001"
+    assert (Path(summary["best_trial"]["adapter_path"]) / "adapter_model.safetensors").is_file()
+    assert "best: t001" in proc.stdout
+    _assert_adapters_exist(summary)
+
+    import optuna
+
+    study = optuna.load_study(
+        study_name="s",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(storage / "s" / "optuna.journal"))
+        ),
+    )
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    promoted = _raylora(
+        "promote", "best", "--experiment", "s", "--tracking-uri", f"sqlite:///{storage}/mlflow.db"
+    )
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert "t001" in promoted.stdout, promoted.stdout
+
+
+def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = None) -> subprocess.Popen:
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raylora", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not ((study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= steps):
+        if time.monotonic() > deadline or driver.poll() is not None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            raise AssertionError(driver.communicate()[1][-3000:])
+        time.sleep(0.1)
+    return driver
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["process group", "process"])
+def test_sigterm_stops_the_study_as_ctrl_c_and_resume_skips_an_emptied_checkpoint(tmp_path, to):
+    # objective max on eval/loss: the best checkpoint is the first, so two are kept (the best and the latest)
+    spec = _write_spec(
+        tmp_path / "study.yaml",
+        study={"num_trials": 1, "objective": {"metric": "eval/loss", "mode": "max"}},
+        training={"max_steps": 30, "eval_every": 2, "learning_rate": {"llm": 1.0e-2}},
+        search={"training.lora.r": {"choice": [8, 4]}},
+    )
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    args = _search_args(spec, storage)
+    driver = _run_until(args, study_dir, steps=6)
+    try:
+        if to == "process group":  # what a terminal's job control or a process supervisor sends
+            os.killpg(driver.pid, signal.SIGTERM)
+        else:  # what Kubernetes and docker stop send: PID 1 alone
+            driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "terminated: t000 unfinished; continue the study with --resume" in err, err[-3000:]
+    assert not (study_dir / "driver.lock").exists()
+    assert (study_dir / "report" / "leaderboard.md").is_file()
+    trial = _strict(study_dir / "summary.json")["trials"][0]
+    assert trial["state"] == "RUNNING"
+    assert (
+        trial["adapter_path"] is None or (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
+    )
+
+    saved = sorted((study_dir / "runs" / "t000").glob("checkpoint_s*"))
+    assert len(saved) == 2, saved
+    for file in (saved[-1] / "adapter").iterdir():  # a power loss: the names are there, the bytes are not
+        file.write_bytes(b"")
+    proc = _raylora(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"discarded checkpoint(s) {saved[-1].name} (adapter/" in proc.stdout, proc.stdout[-3000:]
+    summary = _strict(study_dir / "summary.json")
+    (trial,) = summary["trials"]
+    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] == int(saved[0].name[12:]), trial
+    _assert_adapters_exist(summary)
+
+
+def _descendant(pid: int, name: str) -> int:
+    """The process below ``pid`` whose command line names ``name`` (a Ray actor's process title)."""
+    from raylora.study.reaper import descendants
+
+    for child in descendants(pid):
+        try:
+            if name in Path(f"/proc/{child}/cmdline").read_text():
+                return child
+        except OSError:
+            continue
+    raise AssertionError(f"no {name} below {pid}")
+
+
+@pytest.mark.slow
+def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_checkpoint(tmp_path):
+    """What an OOM killer may pick: the trial pool's process. Ray restarts it, the trial drivers submit
+    their trials again, and no trial is given a verdict for it."""
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20, "eval_every": 2})
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    driver = _run_until(_search_args(spec, storage), study_dir, steps=4)
+    try:
+        os.kill(_descendant(driver.pid, "TrialPool"), signal.SIGKILL)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, err[-3000:]
+    summary = _strict(study_dir / "summary.json")
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
+    assert summary["trials"][0]["resumed_from_step"] >= 2
+    _assert_adapters_exist(summary)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_restarted_by_the_watchdog_from_the_trials_checkpoint(tmp_path):
+    """SIGSTOP on a trial's worker (a deadlocked collective looks the same from outside): once it has been
+    silent longer than RAYLORA_WATCHDOG_S, its workers are ended and the trial resumes from its checkpoint."""
+    spec = _write_spec(tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 20})
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    driver = _run_until(_search_args(spec, storage), study_dir, steps=4, env={"RAYLORA_WATCHDOG_S": "20"})
+    try:
+        os.kill(_descendant(driver.pid, "RayTrainWorker"), signal.SIGSTOP)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, err[-3000:]
+    (trial,) = _strict(study_dir / "summary.json")["trials"]
+    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] >= 2, trial
