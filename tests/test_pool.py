@@ -153,13 +153,20 @@ def test_a_torn_checkpoint_is_never_resumed_from_and_is_cleared(tmp_path, remote
     checkpoints = Checkpoints(str(root), filesystem, "eval/loss", "min").for_trial("t000")
     local = tmp_path / "ckpt"
     (local / "adapter").mkdir(parents=True)
-    (local / "adapter" / "adapter_model.safetensors").write_text("weights at 2")
+    import numpy
+    from safetensors.numpy import save_file
+
+    # real weights: a resume reads the safetensors header before it trusts a checkpoint
+    save_file(
+        {"w": numpy.full(2, 2.0, dtype=numpy.float32)}, str(local / "adapter" / "adapter_model.safetensors")
+    )
+    written = (local / "adapter" / "adapter_model.safetensors").read_bytes()
     checkpoints.save(local, 2, {"eval/loss": 5.0})
     torn = root / "t000" / "checkpoint_s0000004"
     (torn / "adapter").mkdir(parents=True)
     (torn / "adapter" / "adapter_model.safetensors").write_text("")  # 0 bytes, no report.json
     assert checkpoints.names() == ["checkpoint_s0000002"]
-    assert (checkpoints.latest() / "adapter" / "adapter_model.safetensors").read_text() == "weights at 2"
+    assert (checkpoints.latest() / "adapter" / "adapter_model.safetensors").read_bytes() == written
     checkpoints.save(local, 6, {"eval/loss": 6.0})
     assert not torn.exists()
     assert sorted(p.name for p in (root / "t000").iterdir()) == ["checkpoint_s0000002", "checkpoint_s0000006"]

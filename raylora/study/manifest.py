@@ -59,9 +59,11 @@ def unloadable(folder: Path) -> str | None:
     from ..errors import first_line
     from ..layout import ADAPTER, STATE_FILE
 
+    weights = folder / ADAPTER / "adapter_model.safetensors"  # its absence is the manifest's to judge
     try:
-        with safe_open(str(folder / ADAPTER / "adapter_model.safetensors"), "pt") as f:
-            f.keys()
+        if weights.exists():
+            with safe_open(str(weights), "pt") as f:
+                f.keys()
         if (folder / STATE_FILE).exists():
             import torch
 
