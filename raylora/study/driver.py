@@ -399,11 +399,14 @@ def _prime_report_once_trained(record: StudyRecord) -> None:
             return False
 
     def prime() -> None:
-        while not trained():
-            time.sleep(2.0)
-        from ..tracking import report
+        try:
+            while not trained():
+                time.sleep(2.0)
+            from ..tracking import report
 
-        report.prime()
+            report.prime()
+        except BaseException:  # a warm-up: a driver exiting under it (a fault, Ctrl-C) loses nothing
+            pass
 
     threading.Thread(target=prime, daemon=True, name="raylora-report").start()
 
