@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import environment
 from ..errors import EnvironmentFault, UserError
-from ..layout import JOURNAL, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
+from ..layout import JOURNAL, LOCK, PENDING, REPORT_DIR, RUNS, SUMMARY, TUNE
 from ..record.trials import StudyRecord, TrialRecord
 from ..spec import Spec, space
 from ..tracking.storage import LocalStorage, UriStorage
@@ -180,7 +180,7 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     nodes and how many trials run at once. Reads the study's state; writes nothing."""
     where.pull()
     record, rebuild = _read_record(spec, where, dry_run)
-    if resume and not (record.trials or rebuild or (where.directory / JOURNAL).is_file()):
+    if resume and not _exists(record, rebuild, where):
         raise UserError("--resume", f"no study named {spec.study.name} in {_root(where)}")
     if (record.trials or rebuild) and not resume and not dry_run:
         raise UserError(
@@ -206,6 +206,13 @@ def _root(where) -> str:
     """The storage that holds the study (the folder or URI above ``<study.name>``)."""
     location = where.location
     return location.rsplit("/", 1)[0] if "://" not in location else location.split("?")[0].rsplit("/", 1)[0]
+
+
+def _exists(record: StudyRecord, rebuild: bool, where) -> bool:
+    """Whether the study is there to resume: trials, a journal, or a driver starting it (its lock: taking
+    the lock then names that driver, which says more than "no study")."""
+    directory = where.directory
+    return bool(record.trials) or rebuild or (directory / JOURNAL).is_file() or (directory / LOCK).is_file()
 
 
 def _read_record(spec: Spec, where, dry_run: bool) -> tuple[StudyRecord, bool]:
