@@ -139,6 +139,18 @@ def _descendant(pid: int, name: str) -> int:
     raise AssertionError(f"no {name} below {pid}")
 
 
+def _signal_descendant_and_wait(driver, name: str, sig) -> tuple[str, str]:
+    """Send ``sig`` to the driver's descendant process ``name`` and wait for the driver to end (its whole
+    process group is killed if it has not within 600 s)."""
+    try:
+        os.kill(_descendant(driver.pid, name), sig)
+        return driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+
+
 @pytest.mark.slow
 def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_checkpoint(tmp_path):
     """What an OOM killer may pick: the trial pool's process. Ray restarts it, the trial drivers submit
@@ -146,13 +158,7 @@ def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_check
     spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20, "eval_every": 2})
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
     driver = _run_until(_search_args(spec, storage), study_dir, steps=4)
-    try:
-        os.kill(_descendant(driver.pid, "TrialPool"), signal.SIGKILL)
-        out, err = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
+    out, err = _signal_descendant_and_wait(driver, "TrialPool", signal.SIGKILL)
     assert driver.returncode == 0, err[-3000:]
     summary = _strict(study_dir / "summary.json")
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
@@ -167,13 +173,7 @@ def test_a_stopped_worker_is_restarted_by_the_watchdog_from_the_trials_checkpoin
     spec = _write_spec(tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 20})
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
     driver = _run_until(_search_args(spec, storage), study_dir, steps=4, env={"RAYLORA_WATCHDOG_S": "20"})
-    try:
-        os.kill(_descendant(driver.pid, "RayTrainWorker"), signal.SIGSTOP)
-        out, err = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
+    out, err = _signal_descendant_and_wait(driver, "RayTrainWorker", signal.SIGSTOP)
     assert driver.returncode == 0, err[-3000:]
     (trial,) = _strict(study_dir / "summary.json")["trials"]
     assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] >= 2, trial
