@@ -49,6 +49,10 @@ class Scheduler(_Section):
     which on replayed public curves stops a top-1% configuration about 5x less often but needs more
     accelerator-hours to reach the same best (``benchmarks/RESULTS.md``)."""
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    bound: Literal["none", "largest_gain"] = "none"
+    """``largest_gain``: ASHA stops a trial only if it could not reach the best finished trial's value even
+    after the largest improvement a finished trial made after the same step
+    (:class:`raylora.study.bounded_asha.BoundedASHA`); one objective only (several: Pareto rank decides)."""
 
 
 _CONSTRAINT = re.compile(r"^\s*(<=|>=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")

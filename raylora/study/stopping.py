@@ -48,7 +48,8 @@ def scheduler_name(spec: Spec, max_steps: int) -> str:
     if config.type == "fifo" or grace >= max_steps:
         return "fifo"
     kind = "pareto-asha" if len(spec.study.goals) > 1 else "asha"
-    return f"{kind}(grace={grace}, reduction={config.reduction_factor:g})"
+    bound = ", bound=largest_gain" if config.bound == "largest_gain" else ""
+    return f"{kind}(grace={grace}, reduction={config.reduction_factor:g}{bound})"
 
 
 def scheduler(spec: Spec, max_steps: int):
@@ -63,6 +64,17 @@ def scheduler(spec: Spec, max_steps: int):
     if len(spec.study.goals) > 1:
         goals = [(o.metric, o.mode) for o in spec.study.goals]
         return ParetoASHA(goals, max_t=max_steps - 1, grace_period=grace, reduction_factor=factor)
+    if spec.study.scheduler.bound == "largest_gain":
+        from .bounded_asha import BoundedASHA
+
+        objective = spec.study.objective
+        return BoundedASHA(
+            metric=objective.metric,
+            mode=objective.mode,
+            max_t=max_steps - 1,
+            grace_period=grace,
+            reduction_factor=factor,
+        )
     return ASHAScheduler(
         time_attr="step",
         metric=spec.study.objective.metric,
