@@ -54,7 +54,8 @@ SURESTOP_SPACE = {
 }
 BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
 INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
-METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto")
+METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto", "raylora_bound")
+TPE_METHODS = ("raylora", "asha", "raylora_grace_auto", "raylora_bound")
 
 
 @dataclass
@@ -171,13 +172,14 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     data["search"] = table.search
     every = table.steps[1] - table.steps[0]
     data["training"].update({"max_steps": table.steps[-1], "eval_every": every, "click_eval_samples": 0})
-    sampler = "tpe" if method in ("raylora", "asha", "raylora_grace_auto") else "random"
+    sampler = "tpe" if method in TPE_METHODS else "random"
     if method != "random":  # independent of the reference search's draws, as a user's study would be
         seed += INDEPENDENT
     scheduler = {
         "raylora": {},
-        "asha": {"grace_steps": every, "reduction_factor": 2},
+        "asha": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
         "raylora_grace_auto": {"grace_steps": "auto"},
+        "raylora_bound": {"bound": "largest_gain"},
     }.get(method, {})
     data["study"].update(
         {
@@ -358,10 +360,11 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
         )
     }
     budget = runs["random"].hours
-    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto"):
+    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto", "raylora_bound"):
         spec = spec_for(table, method, seed, trials, workers)
-        same = method == "asha" and _name(spec) == _name(spec_for(table, "raylora", seed, trials, workers))
-        # The defaults are plain ASHA's: the same spec and seed replay the same study.
+        defaults = spec_for(table, "raylora", seed, trials, workers)
+        # A TPE method whose scheduler is the defaults' replays the same study: reuse it.
+        same = method in TPE_METHODS[1:] and _name(spec) == _name(defaults)
         runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
     runs["topk_one_epoch"] = top_k_one_epoch(
         table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers

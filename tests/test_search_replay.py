@@ -419,3 +419,32 @@ def test_bounded_asha_on_a_max_metric_keeps_what_could_still_win():
     # finished is 0.8; b + 0.55 = 0.85 could reach it, c + 0.55 = 0.75 could not.
     assert [act(plain, "b", 0.3), act(plain, "c", 0.2)] == ["STOP", "STOP"]
     assert [act(bounded, "b", 0.3), act(bounded, "c", 0.2)] == ["CONTINUE", "STOP"]
+
+
+def test_a_wrong_bound_is_a_one_line_error_naming_the_yaml_line(tmp_path):
+    import subprocess
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("study:\n  scheduler:\n    bound: largest\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylora", "validate", str(spec)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert f"{spec}:3:" in proc.stderr and "study.scheduler.bound" in proc.stderr
+    assert "'none'" in proc.stderr and "'largest_gain'" in proc.stderr
+
+
+def test_the_bound_is_for_one_objective():
+    from raylora.errors import UserError
+
+    two = quickstart(
+        objectives=[{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}],
+        scheduler={"bound": "largest_gain"},
+    )
+    two["study"].pop("objective")
+    with pytest.raises(UserError, match=r"study\.scheduler\.bound: largest_gain is for one objective"):
+        build(two)
+    one = build(quickstart(scheduler={"grace_steps": 10, "bound": "largest_gain"}))
+    assert stopping.scheduler_name(one, 40) == "asha(grace=10, reduction=2, bound=largest_gain)"
+    assert type(stopping.scheduler(one, 40)).__name__ == "BoundedASHA"

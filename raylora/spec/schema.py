@@ -397,6 +397,14 @@ def _objective_checks(study: Study, where: Callable[[str], str]) -> list[UserErr
             errors.append(SpecError(at, f'must be "<= number" or ">= number", got {text!r}'))
     if study.sampler.type == "nsga2" and not study.objectives:
         errors.append(SpecError(where("study.sampler.type"), "nsga2 is for study.objectives; use tpe"))
+    if study.scheduler.bound != "none" and len(study.goals) > 1:
+        errors.append(
+            SpecError(
+                where("study.scheduler.bound"),
+                f"{study.scheduler.bound} is for one objective (with study.objectives, Pareto rank "
+                "decides); use none",
+            )
+        )
     return errors
 
 
