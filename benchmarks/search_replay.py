@@ -352,8 +352,8 @@ def hours_to_reach(run: Run, target: float) -> float:
     return min((h for h, v in run.completions if v <= target + 1e-12), default=math.inf)
 
 
-def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
-    """Every method on one seed; random search sets the budget."""
+def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METHODS) -> dict:
+    """Every method (or those of ``methods``) on one seed; random search sets the budget."""
     runs = {
         "random": simulate(
             table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials
@@ -361,14 +361,21 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
     }
     budget = runs["random"].hours
     for method in ("raylora", "asha", "hyperband", "raylora_grace_auto", "raylora_bound"):
+        if method not in methods:
+            continue
         spec = spec_for(table, method, seed, trials, workers)
         defaults = spec_for(table, "raylora", seed, trials, workers)
         # A TPE method whose scheduler is the defaults' replays the same study: reuse it.
         same = method in TPE_METHODS[1:] and _name(spec) == _name(defaults)
-        runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
-    runs["topk_one_epoch"] = top_k_one_epoch(
-        table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
-    )
+        runs[method] = (
+            runs["raylora"]
+            if same and "raylora" in runs
+            else simulate(table, spec, method, workers, budget, trials)
+        )
+    if "topk_one_epoch" in methods:
+        runs["topk_one_epoch"] = top_k_one_epoch(
+            table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
+        )
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
     out = {}
@@ -406,7 +413,7 @@ def _median(values: list[float]) -> float | None:
 
 def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, seeds: list[int]) -> dict:
     methods = {}
-    for method in METHODS:
+    for method in [m for m in METHODS if m in per_seed[0]]:
         rows = [s[method] for s in per_seed]
         sampled, stopped = sum(r["top1pct_sampled"] for r in rows), sum(r["top1pct_stopped"] for r in rows)
         regret = np.array([r["regret"] for r in rows])
@@ -425,10 +432,9 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
             "median_trials": _median([r["trials"] for r in rows]),
         }
     ours, topk = (
-        methods["raylora"]["median_regret_at_budget"],
-        methods["topk_one_epoch"]["median_regret_at_budget"],
+        methods.get(m, {}).get("median_regret_at_budget", {}) for m in ("raylora", "topk_one_epoch")
     )
-    worse = [f for f in ours if _worse(ours[f], topk[f])]
+    worse = [f for f in ours if f in topk and _worse(ours[f], topk[f])]
     spec = spec_for(table, "raylora", seeds[0], trials, workers)
     return {
         "table": table.name,
@@ -439,7 +445,7 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
         "raylora_scheduler": _name(spec),
         "rung_final_spearman": rung_agreement(table, spec),
         "methods": methods,
-        "raylora_worse_than_topk_at_any_budget": bool(worse),
+        "raylora_worse_than_topk_at_any_budget": bool(worse) if ours and topk else None,
         "raylora_worse_than_topk_at": worse,
     }
 
@@ -478,6 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rows", type=int, default=0, help="replay on a random sub-table of this many rows")
     parser.add_argument("--split-seed", type=int, default=0, help="which sub-table --rows draws")
+    parser.add_argument("--methods", help="only these methods (comma-separated; random always runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     table = load_surestop() if args.table == "surestop" else load_tiny()
@@ -486,7 +493,8 @@ def main(argv: list[str] | None = None) -> dict:
         table = table.subset(sorted(rng.choice(len(table.final), args.rows, replace=False).tolist()))
     args.trials = args.trials or (32 if args.table == "surestop" else 8)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    per_seed = [replay_seed(table, s, args.workers, args.trials) for s in seeds]
+    methods = ("random", *args.methods.split(",")) if args.methods else METHODS
+    per_seed = [replay_seed(table, s, args.workers, args.trials, methods) for s in seeds]
     out = summarize(table, per_seed, args.workers, args.trials, seeds)
     print(json.dumps(out, indent=None if args.json else 2))
     return out

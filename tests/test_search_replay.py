@@ -290,6 +290,7 @@ def test_replay_smoke_prints_every_method(replay, capsys):
         "hyperband",
         "topk_one_epoch",
         "raylora_grace_auto",
+        "raylora_bound",
     }
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
@@ -448,3 +449,19 @@ def test_the_bound_is_for_one_objective():
     one = build(quickstart(scheduler={"grace_steps": 10, "bound": "largest_gain"}))
     assert stopping.scheduler_name(one, 40) == "asha(grace=10, reduction=2, bound=largest_gain)"
     assert type(stopping.scheduler(one, 40)).__name__ == "BoundedASHA"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replay_drives_the_bounded_asha_the_spec_builds(replay, seed):
+    table = _synthetic(replay)
+    data = quickstart(
+        num_trials=12,
+        sampler={"type": "random", "seed": seed},
+        scheduler={"grace_steps": 10, "reduction_factor": 2, "bound": "largest_gain"},
+    )
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    run = replay.simulate(table, build(data), "raylora_bound", 1, None, 12)
+    curves = [dict(zip(table.steps, table.curves[r].tolist(), strict=True)) for r, _ in run.rows]
+    expected = _bounded_asha_reference(curves, grace=10, max_t=39, factor=2)
+    assert [s for _, s in run.rows] == [stopped for stopped, _ in expected]

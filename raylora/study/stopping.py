@@ -1,7 +1,8 @@
 """Early stopping: the Tune scheduler a spec asks for, and what a study learns about its own stopping.
 
-- :func:`scheduler` builds what ``study.scheduler`` names: FIFO, Tune's ASHA on one objective, or
-  :class:`ParetoASHA` (MO-ASHA: promotion by Pareto rank across every objective) on several.
+- :func:`scheduler` builds what ``study.scheduler`` names: FIFO, Tune's ASHA on one objective
+  (:class:`~raylora.study.bounded_asha.BoundedASHA` with ``bound: largest_gain``), or :class:`ParetoASHA`
+  (MO-ASHA: promotion by Pareto rank across every objective) on several.
 - :func:`grace_steps` resolves ``scheduler.grace_steps`` (default ``training.eval_every``; ``auto``: a
   fraction of ``max_steps``, see :data:`AUTO_GRACE_FRACTION`).
 - What a study learns about its own stopping (rung–final agreement, hours saved) is
