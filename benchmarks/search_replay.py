@@ -15,12 +15,17 @@ evaluation interval costing the table's seconds for that run divided by its eval
 Methods (each seed gives every method random search's accelerator-hours as its budget):
   raylora         the spec's defaults: TPE and the default scheduler (ASHA, grace ``eval_every``, reduction 2)
   random          random sampler, no stopping, ``--trials`` trials (the reference)
-  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2 (the defaults
-                  before issue 27, and still the defaults: the replay showed the alternative costlier)
+  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2, no bound (the
+                  defaults before issue 27, and still the defaults: the replay showed each alternative
+                  costlier)
   hyperband       random sampler + Tune's asynchronous Hyperband (3 brackets, reduction 3)
   topk_one_epoch  random sampler; ``--trials`` configurations for the first ~10% of training, the best
                   quarter trained to the end
-  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), the protective option
+  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), a protective option
+  raylora_bound   TPE + ASHA with ``bound: largest_gain`` (BoundedASHA: a stop must also pass the
+                  report's could-still-win rule), the cheaper protective option
+
+``--methods raylora_bound,asha`` replays only those (and random search, which sets the budget).
 
 Metrics: ``compute_to_random_best`` (accelerator-hours until a completed trial is as good as random
 search's final best, over random search's hours; null when never), ``top1pct_stopped`` (of the trials
