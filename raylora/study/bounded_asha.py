@@ -19,8 +19,9 @@ from ..record.agreement import could_still_win
 class BoundedASHA(ASHAScheduler):
     """Tune's ``ASHAScheduler`` (one bracket, no stop at ``max_t``) whose stops must also pass the bound.
 
-    A trial counts as finished once it reports a step at or beyond ``max_t``; the best value is the
-    best any finished trial reached.
+    A trial counts as finished once it reports a step at or beyond ``max_t`` (Tune also calls
+    ``on_trial_complete`` for the trials it stops, so that call cannot tell); with ``training.max_steps``
+    searched, only trials of the largest count do. The best value is the best any finished trial reached.
     """
 
     def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float):
