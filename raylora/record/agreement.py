@@ -60,7 +60,7 @@ def stopping_summary(trials: Sequence[Any], mode: str) -> dict | None:
     ``agreement``: :func:`agreement` over COMPLETE trials; ``hours_saved``: the accelerator-hours the
     stopped trials would have needed to finish, at their own rate; ``could_have_won``: stopped trials
     whose value at the step they stopped, improved by the largest gain any completed trial made from
-    that step to its end, would beat the winner.
+    that step to its end, would reach the winner's (:func:`could_still_win`).
     """
     complete = [t for t in trials if str(t.state) == "COMPLETE" and t.value is not None and t.curve]
     stopped = [t for t in trials if str(t.state) == "PRUNED" and t.curve]
