@@ -465,3 +465,11 @@ def test_replay_drives_the_bounded_asha_the_spec_builds(replay, seed):
     curves = [dict(zip(table.steps, table.curves[r].tolist(), strict=True)) for r, _ in run.rows]
     expected = _bounded_asha_reference(curves, grace=10, max_t=39, factor=2)
     assert [s for _, s in run.rows] == [stopped for stopped, _ in expected]
+
+
+def test_replay_of_some_methods_runs_random_search_and_those(replay, capsys):
+    argv = ["--table", "surestop", "--rows", "20", "--seeds", "1", "--trials", "6", "--json"]
+    out = replay.main([*argv, "--methods", "raylora_bound"])
+    assert set(out["methods"]) == {"random", "raylora_bound"}
+    assert out["raylora_worse_than_topk_at_any_budget"] is None  # neither side replayed: no verdict
+    capsys.readouterr()
