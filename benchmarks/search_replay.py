@@ -499,6 +499,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.trials = args.trials or (32 if args.table == "surestop" else 8)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     methods = ("random", *args.methods.split(",")) if args.methods else METHODS
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (allowed: {', '.join(METHODS)})")
     per_seed = [replay_seed(table, s, args.workers, args.trials, methods) for s in seeds]
     out = summarize(table, per_seed, args.workers, args.trials, seeds)
     print(json.dumps(out, indent=None if args.json else 2))
