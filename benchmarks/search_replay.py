@@ -15,12 +15,17 @@ evaluation interval costing the table's seconds for that run divided by its eval
 Methods (each seed gives every method random search's accelerator-hours as its budget):
   raylora         the spec's defaults: TPE and the default scheduler (ASHA, grace ``eval_every``, reduction 2)
   random          random sampler, no stopping, ``--trials`` trials (the reference)
-  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2 (the defaults
-                  before issue 27, and still the defaults: the replay showed the alternative costlier)
+  asha            plain ASHA written out: TPE + ASHA, grace = ``eval_every``, reduction 2, no bound (the
+                  defaults before issue 27, and still the defaults: the replay showed each alternative
+                  costlier)
   hyperband       random sampler + Tune's asynchronous Hyperband (3 brackets, reduction 3)
   topk_one_epoch  random sampler; ``--trials`` configurations for the first ~10% of training, the best
                   quarter trained to the end
-  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), the protective option
+  raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), a protective option
+  raylora_bound   TPE + ASHA with ``bound: largest_gain`` (BoundedASHA: a stop must also pass the
+                  report's could-still-win rule), the cheaper protective option
+
+``--methods raylora_bound,asha`` replays only those (and random search, which sets the budget).
 
 Metrics: ``compute_to_random_best`` (accelerator-hours until a completed trial is as good as random
 search's final best, over random search's hours; null when never), ``top1pct_stopped`` (of the trials
@@ -54,7 +59,8 @@ SURESTOP_SPACE = {
 }
 BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
 INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
-METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto")
+METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto", "raylora_bound")
+TPE_METHODS = ("raylora", "asha", "raylora_grace_auto", "raylora_bound")
 
 
 @dataclass
@@ -171,13 +177,14 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     data["search"] = table.search
     every = table.steps[1] - table.steps[0]
     data["training"].update({"max_steps": table.steps[-1], "eval_every": every, "click_eval_samples": 0})
-    sampler = "tpe" if method in ("raylora", "asha", "raylora_grace_auto") else "random"
+    sampler = "tpe" if method in TPE_METHODS else "random"
     if method != "random":  # independent of the reference search's draws, as a user's study would be
         seed += INDEPENDENT
     scheduler = {
         "raylora": {},
-        "asha": {"grace_steps": every, "reduction_factor": 2},
+        "asha": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
         "raylora_grace_auto": {"grace_steps": "auto"},
+        "raylora_bound": {"bound": "largest_gain"},
     }.get(method, {})
     data["study"].update(
         {
@@ -350,22 +357,30 @@ def hours_to_reach(run: Run, target: float) -> float:
     return min((h for h, v in run.completions if v <= target + 1e-12), default=math.inf)
 
 
-def replay_seed(table: Table, seed: int, workers: int, trials: int) -> dict:
-    """Every method on one seed; random search sets the budget."""
+def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METHODS) -> dict:
+    """Every method (or those of ``methods``) on one seed; random search sets the budget."""
     runs = {
         "random": simulate(
             table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials
         )
     }
     budget = runs["random"].hours
-    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto"):
+    for method in ("raylora", "asha", "hyperband", "raylora_grace_auto", "raylora_bound"):
+        if method not in methods:
+            continue
         spec = spec_for(table, method, seed, trials, workers)
-        same = method == "asha" and _name(spec) == _name(spec_for(table, "raylora", seed, trials, workers))
-        # The defaults are plain ASHA's: the same spec and seed replay the same study.
-        runs[method] = runs["raylora"] if same else simulate(table, spec, method, workers, budget, trials)
-    runs["topk_one_epoch"] = top_k_one_epoch(
-        table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
-    )
+        defaults = spec_for(table, "raylora", seed, trials, workers)
+        # A TPE method whose scheduler is the defaults' replays the same study: reuse it.
+        same = method in TPE_METHODS[1:] and _name(spec) == _name(defaults)
+        runs[method] = (
+            runs["raylora"]
+            if same and "raylora" in runs
+            else simulate(table, spec, method, workers, budget, trials)
+        )
+    if "topk_one_epoch" in methods:
+        runs["topk_one_epoch"] = top_k_one_epoch(
+            table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
+        )
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
     out = {}
@@ -403,7 +418,7 @@ def _median(values: list[float]) -> float | None:
 
 def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, seeds: list[int]) -> dict:
     methods = {}
-    for method in METHODS:
+    for method in [m for m in METHODS if m in per_seed[0]]:
         rows = [s[method] for s in per_seed]
         sampled, stopped = sum(r["top1pct_sampled"] for r in rows), sum(r["top1pct_stopped"] for r in rows)
         regret = np.array([r["regret"] for r in rows])
@@ -422,10 +437,9 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
             "median_trials": _median([r["trials"] for r in rows]),
         }
     ours, topk = (
-        methods["raylora"]["median_regret_at_budget"],
-        methods["topk_one_epoch"]["median_regret_at_budget"],
+        methods.get(m, {}).get("median_regret_at_budget", {}) for m in ("raylora", "topk_one_epoch")
     )
-    worse = [f for f in ours if _worse(ours[f], topk[f])]
+    worse = [f for f in ours if f in topk and _worse(ours[f], topk[f])]
     spec = spec_for(table, "raylora", seeds[0], trials, workers)
     return {
         "table": table.name,
@@ -436,7 +450,7 @@ def summarize(table: Table, per_seed: list[dict], workers: int, trials: int, see
         "raylora_scheduler": _name(spec),
         "rung_final_spearman": rung_agreement(table, spec),
         "methods": methods,
-        "raylora_worse_than_topk_at_any_budget": bool(worse),
+        "raylora_worse_than_topk_at_any_budget": bool(worse) if ours and topk else None,
         "raylora_worse_than_topk_at": worse,
     }
 
@@ -475,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--rows", type=int, default=0, help="replay on a random sub-table of this many rows")
     parser.add_argument("--split-seed", type=int, default=0, help="which sub-table --rows draws")
+    parser.add_argument("--methods", help="only these methods (comma-separated; random always runs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     table = load_surestop() if args.table == "surestop" else load_tiny()
@@ -483,7 +498,10 @@ def main(argv: list[str] | None = None) -> dict:
         table = table.subset(sorted(rng.choice(len(table.final), args.rows, replace=False).tolist()))
     args.trials = args.trials or (32 if args.table == "surestop" else 8)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    per_seed = [replay_seed(table, s, args.workers, args.trials) for s in seeds]
+    methods = ("random", *args.methods.split(",")) if args.methods else METHODS
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (allowed: {', '.join(METHODS)})")
+    per_seed = [replay_seed(table, s, args.workers, args.trials, methods) for s in seeds]
     out = summarize(table, per_seed, args.workers, args.trials, seeds)
     print(json.dumps(out, indent=None if args.json else 2))
     return out

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raylora.record import agreement
 from raylora.record.states import TrialState
@@ -288,6 +290,7 @@ def test_replay_smoke_prints_every_method(replay, capsys):
         "hyperband",
         "topk_one_epoch",
         "raylora_grace_auto",
+        "raylora_bound",
     }
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
@@ -315,3 +318,158 @@ def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path
         "Accelerator-hours saved by stopping: 0.75" in page
         and "could still have beaten the winner: p" in page
     )
+
+
+# -- the stopping bound: "could still win", shared by the report and BoundedASHA
+
+STEPS = [10, 20, 30, 40]
+_curve = st.lists(st.integers(0, 40).map(lambda k: k / 8), min_size=4, max_size=4)
+
+
+def _could_reach(value, step, curves, best):
+    """Reference: some curve that ran past ``step`` improved enough after it for ``value`` to reach ``best``
+    (None when no curve ran past ``step``)."""
+    past = [c for c in curves if step in c and any(s > step for s in c)]
+    if not past:
+        return None
+    return any(value - (c[step] - min(c.values())) <= best for c in past)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 40).map(lambda k: k / 8), min_size=1, max_size=4), max_size=5),
+    st.sampled_from(STEPS),
+    st.integers(0, 40).map(lambda k: k / 8),
+    st.integers(0, 40).map(lambda k: k / 8),
+)
+def test_could_still_win_is_value_minus_the_largest_gain_after_the_step(values, step, value, best):
+    curves = [dict(zip(STEPS, v, strict=False)) for v in values]
+    assert agreement.could_still_win(value, step, curves, best) == _could_reach(value, step, curves, best)
+
+
+def _bounded_asha_reference(curves, grace, max_t, factor):
+    """ASHA from the paper's rule (one worker, trials in turn) whose stops must also pass the bound:
+    a trial ASHA stops goes on if, after the largest gain a finished trial made after that step, it could
+    reach the best finished value. Returns each trial's (stopped, step it ended at)."""
+    rungs = [grace * factor**k for k in range(int(math.log(max_t / grace) / math.log(factor) + 1))]
+    recorded, finished, out = {r: [] for r in rungs}, [], []
+    for curve in curves:
+        end = None
+        for step, value in curve.items():
+            if step not in recorded:
+                continue
+            cutoff = np.percentile(recorded[step], (1 - 1 / factor) * 100) if recorded[step] else None
+            recorded[step].append(-value)
+            if cutoff is None or -value >= cutoff:
+                continue  # ASHA keeps it
+            best = min((min(c.values()) for c in finished), default=None)
+            if best is None or not _could_reach(value, step, finished, best):
+                end = step
+                break
+        out.append((end is not None, end or max(curve)))
+        if end is None:
+            finished.append(curve)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_curve, min_size=1, max_size=12), st.sampled_from([2, 3]))
+def test_bounded_asha_stops_only_what_asha_stops_and_the_bound_allows(values, factor):
+    from raylora.study.bounded_asha import BoundedASHA
+
+    curves = [dict(zip(STEPS, v, strict=True)) for v in values]
+    scheduler = BoundedASHA(
+        metric="eval/loss", mode="min", max_t=39, grace_period=10, reduction_factor=factor
+    )
+    got = []
+    for k, curve in enumerate(curves):
+        trial = SimpleNamespace(trial_id=f"t{k}")
+        scheduler.on_trial_add(None, trial)
+        for step, value in curve.items():
+            result = {"step": step, "eval/loss": value}
+            if step == max(curve):
+                scheduler.on_trial_complete(None, trial, result)
+                got.append((False, step))
+            elif scheduler.on_trial_result(None, trial, result) == "STOP":
+                got.append((True, step))
+                break
+    assert got == _bounded_asha_reference(curves, grace=10, max_t=39, factor=factor)
+
+
+def test_bounded_asha_on_a_max_metric_keeps_what_could_still_win():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raylora.study.bounded_asha import BoundedASHA
+
+    kwargs = dict(metric="eval/acc", mode="max", max_t=39, grace_period=10, reduction_factor=2)
+    bounded, plain = BoundedASHA(**kwargs), ASHAScheduler(time_attr="step", stop_last_trials=False, **kwargs)
+    finished = {"e": [0.2, 0.7, 0.75, 0.75], "a": [0.6, 0.7, 0.8, 0.8]}  # gains after step 10: 0.55, 0.2
+    for scheduler in (bounded, plain):
+        for tid, accs in finished.items():
+            trial = SimpleNamespace(trial_id=tid)
+            scheduler.on_trial_add(None, trial)
+            for step, acc in zip(STEPS[:3], accs, strict=False):
+                assert scheduler.on_trial_result(None, trial, {"step": step, "eval/acc": acc}) == "CONTINUE"
+            scheduler.on_trial_complete(None, trial, {"step": 40, "eval/acc": accs[-1]})
+
+    def act(scheduler, tid, acc):
+        scheduler.on_trial_add(None, SimpleNamespace(trial_id=tid))
+        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=tid), {"step": 10, "eval/acc": acc})
+
+    # Step 10's cutoff is the median of 0.2 and 0.6 = 0.4: ASHA stops b (0.3) and c (0.2). The best
+    # finished is 0.8; b + 0.55 = 0.85 could reach it, c + 0.55 = 0.75 could not.
+    assert [act(plain, "b", 0.3), act(plain, "c", 0.2)] == ["STOP", "STOP"]
+    assert [act(bounded, "b", 0.3), act(bounded, "c", 0.2)] == ["CONTINUE", "STOP"]
+
+
+def test_a_wrong_bound_is_a_one_line_error_naming_the_yaml_line(tmp_path):
+    import subprocess
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("study:\n  scheduler:\n    bound: largest\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylora", "validate", str(spec)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert f"{spec}:3:" in proc.stderr and "study.scheduler.bound" in proc.stderr
+    assert "'none'" in proc.stderr and "'largest_gain'" in proc.stderr
+
+
+def test_the_bound_is_for_one_objective():
+    from raylora.errors import UserError
+
+    two = quickstart(
+        objectives=[{"metric": "eval/loss", "mode": "min"}, {"metric": "cost/peak_mem_gb", "mode": "min"}],
+        scheduler={"bound": "largest_gain"},
+    )
+    two["study"].pop("objective")
+    with pytest.raises(UserError, match=r"study\.scheduler\.bound: largest_gain is for one objective"):
+        build(two)
+    one = build(quickstart(scheduler={"grace_steps": 10, "bound": "largest_gain"}))
+    assert stopping.scheduler_name(one, 40) == "asha(grace=10, reduction=2, bound=largest_gain)"
+    assert type(stopping.scheduler(one, 40)).__name__ == "BoundedASHA"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replay_drives_the_bounded_asha_the_spec_builds(replay, seed):
+    table = _synthetic(replay)
+    data = quickstart(
+        num_trials=12,
+        sampler={"type": "random", "seed": seed},
+        scheduler={"grace_steps": 10, "reduction_factor": 2, "bound": "largest_gain"},
+    )
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    run = replay.simulate(table, build(data), "raylora_bound", 1, None, 12)
+    curves = [dict(zip(table.steps, table.curves[r].tolist(), strict=True)) for r, _ in run.rows]
+    expected = _bounded_asha_reference(curves, grace=10, max_t=39, factor=2)
+    assert [s for _, s in run.rows] == [stopped for stopped, _ in expected]
+
+
+def test_replay_of_some_methods_runs_random_search_and_those(replay, capsys):
+    argv = ["--table", "surestop", "--rows", "20", "--seeds", "1", "--trials", "6", "--json"]
+    out = replay.main([*argv, "--methods", "raylora_bound"])
+    assert set(out["methods"]) == {"random", "raylora_bound"}
+    assert out["raylora_worse_than_topk_at_any_budget"] is None  # neither side replayed: no verdict
+    capsys.readouterr()

@@ -9,7 +9,7 @@ driver prints when stopping at the first rung is guesswork.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 LOW_AGREEMENT = 0.5
@@ -60,7 +60,7 @@ def stopping_summary(trials: Sequence[Any], mode: str) -> dict | None:
     ``agreement``: :func:`agreement` over COMPLETE trials; ``hours_saved``: the accelerator-hours the
     stopped trials would have needed to finish, at their own rate; ``could_have_won``: stopped trials
     whose value at the step they stopped, improved by the largest gain any completed trial made from
-    that step to its end, would beat the winner.
+    that step to its end, would reach the winner's (:func:`could_still_win`).
     """
     complete = [t for t in trials if str(t.state) == "COMPLETE" and t.value is not None and t.curve]
     stopped = [t for t in trials if str(t.state) == "PRUNED" and t.curve]
@@ -91,9 +91,26 @@ def _hours_left(trial: Any, complete: Sequence[Any]) -> float:
 def _could_win(trial: Any, curves: dict[str, dict[int, float]], sign: float, winner: float) -> bool:
     own = {int(s): v for s, v in trial.curve.items()}
     step = max(own)
-    at_stop = sign * own[step]
-    gains = [sign * c[step] - min(sign * v for v in c.values()) for c in curves.values() if step in c]
-    return bool(gains) and at_stop - max(gains) < winner
+    signed = [{s: sign * v for s, v in c.items()} for c in curves.values()]
+    return could_still_win(sign * own[step], step, signed, winner) is True
+
+
+def largest_gain(curves: Iterable[dict[int, float]], step: int) -> float | None:
+    """The largest improvement after ``step`` among ``curves`` (``{step: value}``, lower is better) that
+    have a value at ``step`` and a later one: that value minus the curve's best (None without one)."""
+    gains = [c[step] - min(c.values()) for c in curves if step in c and max(c) > step]
+    return max(gains, default=None)
+
+
+def could_still_win(value: float, step: int, curves: Iterable[dict[int, float]], best: float) -> bool | None:
+    """Whether a trial at ``value`` on ``step`` could still reach ``best`` (lower is better) if it gained
+    after ``step`` as much as the most any of ``curves`` did (:func:`largest_gain`): ``value - gain <=
+    best``. None when no curve tells (none has a value at ``step`` and a later one).
+
+    The report asks it of stopped trials (could one have beaten the winner?); ``BoundedASHA`` asks it
+    before stopping one (it stops only trials that could not)."""
+    gain = largest_gain(curves, step)
+    return None if gain is None else value - gain <= best
 
 
 def sentences(trials: Sequence[Any], mode: str) -> list[str]:

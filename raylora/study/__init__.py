@@ -23,4 +23,5 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     refresh           ``raylora report``: a study's report rebuilt from its folder
     status            ``raylora status``: where a study stands, read from its folder without Ray
     stopping          the Tune scheduler a spec asks for (ASHA, Pareto-rank ASHA), grace auto
+    bounded_asha      ASHA whose stops must pass the could-still-win bound (scheduler.bound)
 """
