@@ -4,6 +4,8 @@ smaller than ``num_trials`` trains each configuration once."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from raylora import spec as spec_lib
@@ -152,6 +154,44 @@ def test_validate_reads_the_same_narrowest_width_from_config_json_as_the_model_h
         names = scopes.resolve_scopes(meta, config.model_type, [word]).names()
         exact = min(min(modules[n].in_features, modules[n].out_features) for n in names)
         assert min(_scope_widths([word], leaves).values()) == exact, word
+
+
+@pytest.mark.slow
+def test_the_rank_check_measures_a_model_once_and_then_reads_its_widths(tmp_path):
+    """The second check of the same config.json and targets gives the same verdict without importing
+    transformers (the meta model is what made a search's start-up seconds longer); another config is
+    measured again."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from raylora import builtin
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = json.loads((Path(builtin.ensure_tiny_model()) / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config))
+    spec = _write(tmp_path, RANKS % (8, [8, 64]) + f"model: {{name_or_path: {model}}}\n")
+    code = (
+        "import sys; from raylora import spec; from raylora.train.preflight import check_ranks\n"
+        f"try: check_ranks(spec.load({str(spec)!r}), sampled=True)\n"
+        "except Exception as e: print(e)\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "RAYLORA_HOME": str(tmp_path / "home")}
+
+    def check() -> list[str]:
+        command = [sys.executable, "-c", code]
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        return out.stdout.strip().splitlines()
+
+    first, second = check(), check()
+    assert first[0].startswith("search.training.lora.r: rank 64 "), first
+    assert (first, second) == ([first[0], "True"], [first[0], "False"])
+    config["text_config"]["intermediate_size"] += 2  # another model: measured, not read
+    (model / "config.json").write_text(json.dumps(config))
+    assert check()[-1] == "True"
 
 
 def test_validate_refuses_an_absurd_rank_without_torch(tmp_path):

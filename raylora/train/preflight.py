@@ -118,25 +118,69 @@ def check_ranks(spec: Spec, sampled: bool) -> None:
     """Refuse a LoRA rank above the width of the narrowest module LoRA targets (``min(in, out)`` of a
     Linear: a wider rank adds parameters without adding rank). ``sampled``: every rank and scope the
     search can sample (``search``); else the fixed values the command trains with (``train``, where
-    ``--set`` wins over ``search:``). Builds the model on the meta device (torch, no weights)."""
+    ``--set`` wins over ``search:``). Builds the model on the meta device (torch, no weights) the first
+    time a model's ``config.json`` and targets are seen; the widths are then kept in
+    ``$RAYLORA_HOME/cache/widths`` (seconds of every later study's start)."""
     ref = _local_model(spec)
     if ref is None:
         return
-    from . import scopes
+    widths = _Widths(ref, spec.training.lora.target_modules)
+    try:
+        _refuse_wide_ranks(spec, sampled, widths)
+    finally:
+        widths.save()  # a refused rank is refused again next time from the cache
 
-    config = scopes.load_config(ref)
-    meta = scopes.meta_model(config)
-    modules = dict(meta.named_modules())
 
-    def widths(scope: list[str]) -> dict[str, int]:
-        chosen = spec.training.lora.target_modules
-        if chosen is not None:
-            resolution = scopes.resolve_target_modules(meta, config.model_type, chosen)
+class _Widths:
+    """``widths(scope)``: ``{module: min(in, out)}`` of the Linear modules a scope (or the spec's
+    ``target_modules``) resolves to; from the cache, else from the meta model, built once."""
+
+    def __init__(self, ref: str, chosen: list[str] | None):
+        import hashlib
+
+        from .. import environment
+
+        config = (Path(ref) / "config.json").read_bytes()
+        key = hashlib.sha256(config + json.dumps(chosen).encode()).hexdigest()[:32]
+        self.path = environment.home() / "cache" / "widths" / f"{key}.json"
+        self.ref, self.chosen, self.meta = ref, chosen, None
+        try:
+            self.known = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.new = False
+
+    def __call__(self, scope: list[str]) -> dict[str, int]:
+        name = json.dumps(sorted(scope))
+        if name not in self.known:
+            self.known[name] = self._measure(scope)
+            self.new = True
+        return self.known[name]
+
+    def _measure(self, scope: list[str]) -> dict[str, int]:
+        from . import scopes
+
+        if self.meta is None:
+            config = scopes.load_config(self.ref)
+            self.meta = (config, scopes.meta_model(config))
+        config, meta = self.meta
+        modules = dict(meta.named_modules())
+        if self.chosen is not None:
+            resolution = scopes.resolve_target_modules(meta, config.model_type, self.chosen)
         else:
             resolution = scopes.resolve_scopes(meta, config.model_type, scope)
         return {n: min(modules[n].in_features, modules[n].out_features) for n in resolution.names()}
 
-    _refuse_wide_ranks(spec, sampled, widths)
+    def save(self) -> None:
+        """Keep what was measured; a cache that cannot be written costs the next study the meta model."""
+        from ..files import write_atomic
+
+        if self.new:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, json.dumps(self.known))
+            except OSError:
+                pass
 
 
 def check_ranks_from_config(spec: Spec) -> None:
