@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pyarrow.fs
 import pytest
@@ -104,8 +105,9 @@ def test_a_runner_out_of_restarts_requeues_its_trial_while_it_has_restarts_left(
         def _trainer(self, rid, handle):
             raise RuntimeError("worker group failed 4 times")
 
-        def _start_runner(self):
+        def _start_runner(self):  # registers its runner as the real one does; starts no Train run
             self.started = getattr(self, "started", 0) + 1
+            self.runners[len(self.runners)] = _Runner()
 
     pool = OutOfRestarts(SETTINGS, max_runners=1)
     pool.runners[0] = _Runner()
@@ -113,6 +115,34 @@ def test_a_runner_out_of_restarts_requeues_its_trial_while_it_has_restarts_left(
     pool.next_job(0, fresh=True, timeout=0)
     pool._run(0, handle=None)
     assert pool.poll("t000", 0, timeout=0)[1] == "queued" and pool.started == 1
+
+
+class _Counting(TrialPool):
+    def _start_runner(self):  # registers its runner as the real one does; starts no Train run
+        self.first_started = self.first_started or time.monotonic()
+        self.runners[len(self.runners)] = _Runner()
+
+
+def test_the_first_group_starts_alone_and_the_others_once_a_trial_trains():
+    pool = _Counting(SETTINGS, max_runners=3)
+    pool.warm()
+    for slot in ("t000", "t001", "t002"):
+        pool.submit(slot, {})
+    assert len(pool.runners) == 1, "only the first group starts while none has trained"
+    assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t000"
+    assert not pool.first_step(timeout=0)
+    pool.progress("t000", {"step": 1})
+    assert len(pool.runners) == 3 and pool.first_step(timeout=0)  # one group per queued trial
+
+
+def test_the_other_groups_start_when_the_first_trial_fails_before_its_first_step():
+    pool = _Counting(SETTINGS, max_runners=2)
+    pool.submit("t000", {})
+    pool.submit("t001", {})
+    pool.next_job(0, fresh=True, timeout=0)
+    assert len(pool.runners) == 1
+    pool.failed(0, "t000", "FAILED", "ValueError: a bad record")
+    assert len(pool.runners) == 2
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "pyarrow"])

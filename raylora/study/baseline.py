@@ -138,13 +138,14 @@ def for_study(spec: Spec, directory: Path, log=print) -> dict | None:
     return start(spec, directory, log=log).result()
 
 
-def start(spec: Spec, directory: Path, spare_cpus: float | None = None, log=print) -> Pending:
+def start(spec: Spec, directory: Path, spare_cpus: float | None = None, log=print, after=None) -> Pending:
     """Start scoring the base model for the study in ``directory`` (or find its ``baseline.json`` measured
     for this spec): a Ray task with one trial worker's GPUs, so a driver without a GPU is fine.
 
     ``spare_cpus``: the CPUs the study's trials leave free. The task then asks for at most that many and
     runs beside the first trials; its result is read at the end of the study. Without them (None, or
-    less than :data:`MIN_CPUS`), :meth:`Pending.result` is called by whoever must wait for it first."""
+    less than :data:`MIN_CPUS`), :meth:`Pending.result` is called by whoever must wait for it first.
+    ``after``: a Ray object the task waits for before its process starts (the first trial's first step)."""
     path = directory / BASELINE
     try:
         saved = json.loads(path.read_text()) if path.is_file() else None
@@ -158,7 +159,7 @@ def start(spec: Spec, directory: Path, spare_cpus: float | None = None, log=prin
     cpus = resources.cpus_per_worker if spare_cpus is None else min(resources.cpus_per_worker, spare_cpus)
     task = ray.remote(num_cpus=cpus, num_gpus=resources.gpus_per_worker, max_calls=1)(_measure_task)
     log(f"evaluating the base model {spec.model.name_or_path} on the eval set (once per model and data)")
-    return Pending(path, log, ref=task.remote(spec.to_dict()))
+    return Pending(path, log, ref=task.remote(spec.to_dict(), after))
 
 
 MIN_CPUS = 0.1
@@ -221,7 +222,7 @@ class Pending:
             raise
 
 
-def _measure_task(spec: dict) -> dict:
+def _measure_task(spec: dict, after=None) -> dict:
     return load_or_measure(Spec.from_dict(spec), log=lambda line: None)
 
 

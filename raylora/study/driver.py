@@ -296,17 +296,19 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
     """Run the plan's trials on Tune and the trial pool; then compare them with the base model, write the
     report and close MLflow. Returns the final record."""
     from . import baseline
+    from . import pool as pool_module
     from .listener import StudyListener
     from .progress import Progress
 
     record, where = plan.record, plan.storage
-    base = None
-    if baseline.wanted(spec):  # submitted before the pool's workers take the resources its task needs
-        spare = placement.spare_cpus(spec.resources, plan.nodes, plan.max_concurrent)
-        base = baseline.start(spec, plan.study_dir, spare if spare >= baseline.MIN_CPUS else None, log)
-        if spare < baseline.MIN_CPUS:  # no room beside the trials: scored first
-            base.result()
+    base, spare = None, placement.spare_cpus(spec.resources, plan.nodes, plan.max_concurrent)
+    if baseline.wanted(spec) and spare < baseline.MIN_CPUS:  # no room beside the trials: scored first
+        base = baseline.start(spec, plan.study_dir, None, log)
+        base.result()
     pool = _pool(spec, plan)
+    if baseline.wanted(spec) and base is None:  # beside the trials, once the first one trains
+        after = pool.first_step.remote(pool_module.ALONE_S)
+        base = baseline.start(spec, plan.study_dir, spare, log, after=after)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see
         pool.warm.remote()  # the first workers start while MLflow and Tune get ready
     progress = Progress(spec, record, log)

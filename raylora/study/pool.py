@@ -37,6 +37,11 @@ from .watchdog import Watchdog
 RESTARTS = 3
 """How often Ray restarts a dead pool actor before the study stops (its trials then resume on --resume)."""
 
+ALONE_S = 120.0
+"""The study's first worker group starts alone, and the others once it trains (or fails, or after this
+many seconds): on a small node the groups' start-up (processes importing torch, transformers and PEFT)
+shares the same cores, and the first step comes sooner; a study that cannot train fails on one group."""
+
 
 @dataclass
 class _Job:
@@ -81,6 +86,8 @@ class TrialPool:
         self.watchdog = Watchdog(runner.get("watchdog_s"))
         self.workers: dict[int, dict[int, object]] = {}  # runner -> rank -> its worker actor
         self._watching = False
+        self.first_started: float | None = None  # when the first group started (it starts alone)
+        self.trained = False  # a trial trained, failed or ended: the other groups may start
 
     # -- the Tune side --------------------------------------------------------------------------------
 
@@ -117,6 +124,12 @@ class TrialPool:
             )
             state = JobState.STOPPED if slot in self.stopped else job.state
             return job.reports[cursor:], state, job.error
+
+    def first_step(self, timeout: float) -> bool:
+        """Wait until the first trial trains (the base model's scoring starts then, off the first group's
+        start-up); True when it did within ``timeout`` s."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.trained or self.closing, timeout=timeout)
 
     def stop(self, slot: str) -> None:
         """The scheduler stopped ``slot``: its workers end it at their next step and take the next trial."""
@@ -234,6 +247,7 @@ class TrialPool:
         with self.cond:
             self.live[slot] = {**values, "at": time.time()}
             self.watchdog.heard(slot)
+            self._let_others_start()
 
     def enlist(self, runner: int, rank: int, worker) -> None:
         """A runner's worker (its actor handle), for the watchdog to end when the trial stalls."""
@@ -263,6 +277,7 @@ class TrialPool:
 
     def _end(self, runner: _Runner, job: _Job, state: JobState, error: tuple | None) -> None:
         job.state, job.error = state, error
+        self._let_others_start()
         if runner.current is not None:
             self.watchdog.forget(runner.current)
         if runner.current is not None and self.jobs.get(runner.current) is job:
@@ -270,10 +285,22 @@ class TrialPool:
         self.cond.notify_all()
 
     def _grow(self, wanted: int) -> None:
-        """Start a runner if fewer than ``wanted`` are free and the study allows one more."""
+        """Start a runner if fewer than ``wanted`` are free and the study allows one more (after the first
+        group trained: :data:`ALONE_S`)."""
         live = [r for r in self.runners.values() if r.alive]
+        if live and not self.trained and time.monotonic() - (self.first_started or 0.0) < ALONE_S:
+            return
         if sum(r.current is None for r in live) < wanted and len(live) < self.max_runners:
             self._start_runner()
+
+    def _let_others_start(self) -> None:
+        """The first group trained (or a trial ended, or its time alone is up): start what the queue needs."""
+        if self.trained:
+            return
+        self.trained = True
+        self.cond.notify_all()
+        for _ in range(self.max_runners):
+            self._grow(len(self.queue))
 
     def _start_runner(self) -> None:
         import ray
@@ -281,6 +308,7 @@ class TrialPool:
         from ..train.session import Phase, phase_text
 
         rid = len(self.runners)
+        self.first_started = self.first_started or time.monotonic()
         starting = phase_text(Phase.STARTING_WORKERS, 0, self.settings["workers"])
         self.runners[rid] = _Runner(phase=_phase(None, starting))
         handle = ray.get_runtime_context().current_actor
@@ -298,6 +326,8 @@ class TrialPool:
             time.sleep(5.0)
             with self.cond:
                 stalled = self._stalled()
+                if self.first_started and time.monotonic() - self.first_started >= ALONE_S:
+                    self._let_others_start()
             for worker in stalled:
                 try:
                     ray.kill(worker, no_restart=True)
@@ -347,6 +377,7 @@ class TrialPool:
                     self._end(state, self.jobs[self.queue.popleft()], JobState.FAILED, self.broken)
             elif self.queue and not self.closing:
                 self._start_runner()
+            self._let_others_start()
 
     def _trainer(self, rid: int, handle):
         import ray.train
