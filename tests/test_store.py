@@ -107,6 +107,22 @@ def test_a_missing_sqlite_store_is_refused_not_created(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_folder_store_is_refused_in_one_line_unless_mlflow_is_told_to_keep_it(tmp_path, monkeypatch):
+    """MLflow 3 raises on a folder (file store) URI unless MLFLOW_ALLOW_FILE_STORE is set: raylora says so
+    before anything starts, and names the SQLite store to use instead."""
+    from raylora.tracking.tracker import check_uri
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in (str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns", f"file:{tmp_path}/mlruns"):
+        with pytest.raises(UserError) as refused:
+            check_uri(uri)
+        assert refused.value.where == "--tracking-uri"
+        assert f"use sqlite:///{tmp_path}/mlruns/mlflow.db" in str(refused.value)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_uri(f"file://{tmp_path}/mlruns")  # the user chose it: only an unwritable folder is refused
+    check_uri(f"sqlite:///{tmp_path}/mlflow.db")
+
+
 def test_a_dead_tracking_server_is_one_fault_within_seconds():
     from mlflow_server import free_port
 

@@ -13,6 +13,7 @@ tracking server is unreachable the study goes on, and the writes are replayed in
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,6 +87,12 @@ def check_uri(uri: str) -> None:
         folder = Path("/" + path.lstrip("/") if uri.startswith("sqlite:////") else path).parent
     elif scheme in ("", "file") or len(scheme) == 1:  # a folder (or a Windows drive letter)
         folder = Path(urlsplit(uri).path if scheme == "file" else uri)
+        if os.environ.get(environment.ALLOW_FILE_STORE, "").lower() not in ("1", "true"):
+            raise UserError(
+                "--tracking-uri",
+                f"{redact(uri)}: MLflow 3 no longer opens folder stores (maintenance mode); use "
+                f"sqlite:///{folder / 'mlflow.db'}, or set {environment.ALLOW_FILE_STORE}=true to keep it",
+            )
     else:
         return
     problem = unwritable(folder)
