@@ -13,6 +13,8 @@ Read:
   the limit follows the trial's measured pace.
 * ``MLFLOW_TRACKING_URI`` — MLflow's own default store, used when neither ``--tracking-uri`` nor
   ``tracking.tracking_uri`` is given.
+* ``MLFLOW_ALLOW_FILE_STORE`` — MLflow 3's opt-in for folder stores; without it a folder ``--tracking-uri``
+  is refused in one line (``raylora.tracking.tracker.check_uri``) instead of MLflow's traceback.
 * ``RAY_ADDRESS`` — Ray's own cluster address; when set, ``ray.init`` uses it and raylora does not look for
   the cluster a ``ray start`` on this machine recorded (``raylora.study.cluster``).
 * ``RAY_TMPDIR``, ``TMPDIR`` (Linux) — Ray's temp root, where ``ray start`` records its cluster's address.
@@ -37,7 +39,7 @@ INJECT_ERROR = "RAYLORA_INJECT_ERROR"
 PROGRESS_EVERY_S = "RAYLORA_PROGRESS_EVERY_S"
 WATCHDOG_S = "RAYLORA_WATCHDOG_S"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
-ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"  # MLflow 3 refuses folder stores without it
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 RAY_ADDRESS = "RAY_ADDRESS"
 RAY_TMPDIR = "RAY_TMPDIR"
 TMPDIR = "TMPDIR"
