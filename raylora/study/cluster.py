@@ -143,7 +143,6 @@ def _has_ray_token() -> bool:
     return Path(path).is_file()
 
 
-
 def stop_ray() -> None:
     """End this driver's Ray. A local Ray it started is ended together: the raylet first (it ends its
     workers), then the GCS, the dashboard and the monitors at once, with one second of grace for them all.
