@@ -337,6 +337,24 @@ def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path, ray_tmpdir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  node " in proc.stdout, proc.stdout
+    # The driver ended the local Ray it started: no process naming its temp root is left (Ray's own
+    # processes and its workers all carry the session folder under RAY_TMPDIR in their command lines).
+    deadline = time.monotonic() + 10
+    while (left := _processes_naming(str(ray_tmpdir))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(f"{proc_dir.name}: {command[:200]}")
+    return found
 
 
 def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
