@@ -123,6 +123,19 @@ def test_a_folder_store_is_refused_in_one_line_unless_mlflow_is_told_to_keep_it(
     check_uri(f"sqlite:///{tmp_path}/mlflow.db")
 
 
+def test_mlflow_itself_refuses_a_folder_store_without_its_opt_in(tmp_path, monkeypatch):
+    """The premise of the refusal above, checked on the installed MLflow: the day it opens folder stores
+    again, this fails and the refusal should go."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(MlflowException, match="MLFLOW_ALLOW_FILE_STORE"):
+        MlflowClient(f"file://{tmp_path}/mlruns").search_experiments()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert MlflowClient(f"file://{tmp_path}/mlruns").search_experiments() is not None
+
+
 def test_a_dead_tracking_server_is_one_fault_within_seconds():
     from mlflow_server import free_port
 

@@ -222,7 +222,7 @@ class Pending:
             raise
 
 
-def _measure_task(spec: dict, after=None) -> dict:
+def _measure_task(spec: dict, after=None) -> dict:  # ``after``: Ray resolves it before the task starts
     return load_or_measure(Spec.from_dict(spec), log=lambda line: None)
 
 

@@ -144,8 +144,8 @@ def _has_ray_token() -> bool:
 
 
 def stop_ray() -> None:
-    """End this driver's Ray. A local Ray it started is ended together: the raylet first (it ends its
-    workers), then the GCS, the dashboard and the monitors at once, with one second of grace for them all.
+    """End this driver's Ray. A local Ray it started is ended in three steps of at most a second each: the
+    raylet (it ends its workers), then the GCS, the dashboard and the monitors together, then the reaper.
     Ray's own shutdown ends them one after another with a second each, about 4 s of a short study's end.
     Attached to a cluster, Ray's shutdown only disconnects; so does this."""
     import ray
@@ -160,6 +160,7 @@ def stop_ray() -> None:
 
 def _end_together(processes: dict) -> None:
     import signal
+    import subprocess
     import time
 
     from ray import ray_constants
@@ -174,7 +175,10 @@ def _end_together(processes: dict) -> None:
         for process in running:
             if process.poll() is None:
                 process.kill()
-                process.wait(timeout=5)
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:  # unkillable (uninterruptible I/O): not ours to wait on
+                    pass
 
     end([ray_constants.PROCESS_TYPE_RAYLET], 1.0)
     end([k for k in processes if k != ray_constants.PROCESS_TYPE_REAPER], 1.0)

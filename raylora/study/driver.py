@@ -302,11 +302,12 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
 
     record, where = plan.record, plan.storage
     base, spare = None, placement.spare_cpus(spec.resources, plan.nodes, plan.max_concurrent)
-    if baseline.wanted(spec) and spare < baseline.MIN_CPUS:  # no room beside the trials: scored first
+    beside = spare >= baseline.MIN_CPUS
+    if baseline.wanted(spec) and not beside:  # no room beside the trials: scored first
         base = baseline.start(spec, plan.study_dir, None, log)
         base.result()
     pool = _pool(spec, plan)
-    if baseline.wanted(spec) and base is None:  # beside the trials, once the first one trains
+    if baseline.wanted(spec) and beside:  # beside the trials, once the first one trains
         after = pool.first_step.remote(pool_module.ALONE_S)
         base = baseline.start(spec, plan.study_dir, spare, log, after=after)
     if spec.resources.gpu_memory_gb is None:  # else the first trial may be screened out: wait and see

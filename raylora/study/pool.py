@@ -288,10 +288,15 @@ class TrialPool:
         """Start a runner if fewer than ``wanted`` are free and the study allows one more (after the first
         group trained: :data:`ALONE_S`)."""
         live = [r for r in self.runners.values() if r.alive]
-        if live and not self.trained and time.monotonic() - (self.first_started or 0.0) < ALONE_S:
+        if live and self._alone():
             return
         if sum(r.current is None for r in live) < wanted and len(live) < self.max_runners:
             self._start_runner()
+
+    def _alone(self) -> bool:
+        """Whether the first group is still starting on its own (:data:`ALONE_S`)."""
+        started = self.first_started
+        return not self.trained and started is not None and time.monotonic() - started < ALONE_S
 
     def _let_others_start(self) -> None:
         """The first group trained (or a trial ended, or its time alone is up): start what the queue needs."""
@@ -326,7 +331,7 @@ class TrialPool:
             time.sleep(5.0)
             with self.cond:
                 stalled = self._stalled()
-                if self.first_started and time.monotonic() - self.first_started >= ALONE_S:
+                if self.first_started is not None and not self._alone():  # its time alone is up
                     self._let_others_start()
             for worker in stalled:
                 try:

@@ -66,26 +66,14 @@ def scheduler(spec: Spec, max_steps: int):
     if len(spec.study.goals) > 1:
         goals = [(o.metric, o.mode) for o in spec.study.goals]
         return ParetoASHA(goals, max_t=max_steps - 1, grace_period=grace, reduction_factor=factor)
+    objective = spec.study.objective
+    rungs = {"metric": objective.metric, "mode": objective.mode, "max_t": max_steps - 1}
+    rungs |= {"grace_period": grace, "reduction_factor": factor}
     if spec.study.scheduler.bound == "largest_gain":
         from .bounded_asha import BoundedASHA
 
-        objective = spec.study.objective
-        return BoundedASHA(
-            metric=objective.metric,
-            mode=objective.mode,
-            max_t=max_steps - 1,
-            grace_period=grace,
-            reduction_factor=factor,
-        )
-    return ASHAScheduler(
-        time_attr="step",
-        metric=spec.study.objective.metric,
-        mode=spec.study.objective.mode,
-        max_t=max_steps - 1,
-        grace_period=grace,
-        reduction_factor=factor,
-        stop_last_trials=False,
-    )
+        return BoundedASHA(**rungs)
+    return ASHAScheduler(time_attr="step", stop_last_trials=False, **rungs)
 
 
 def milestones(grace: int, max_t: int, factor: float) -> list[float]:

@@ -140,15 +140,18 @@ class _Widths:
 
         from .. import environment
 
-        config = (Path(ref) / "config.json").read_bytes()
+        self.ref, self.chosen, self.meta, self.known, self.new = ref, chosen, None, {}, False
+        try:  # no config.json: no cache, and the meta model's loader says what is missing
+            config = (Path(ref).expanduser() / "config.json").read_bytes()
+        except OSError:
+            self.path = None
+            return
         key = hashlib.sha256(config + json.dumps(chosen).encode()).hexdigest()[:32]
         self.path = environment.home() / "cache" / "widths" / f"{key}.json"
-        self.ref, self.chosen, self.meta = ref, chosen, None
         try:
             self.known = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.known = {}
-        self.new = False
+            pass
 
     def __call__(self, scope: list[str]) -> dict[str, int]:
         name = json.dumps(sorted(scope))
@@ -162,9 +165,9 @@ class _Widths:
 
         if self.meta is None:
             config = scopes.load_config(self.ref)
-            self.meta = (config, scopes.meta_model(config))
-        config, meta = self.meta
-        modules = dict(meta.named_modules())
+            model = scopes.meta_model(config)
+            self.meta = (config, model, dict(model.named_modules()))
+        config, meta, modules = self.meta
         if self.chosen is not None:
             resolution = scopes.resolve_target_modules(meta, config.model_type, self.chosen)
         else:
@@ -175,7 +178,7 @@ class _Widths:
         """Keep what was measured; a cache that cannot be written costs the next study the meta model."""
         from ..files import write_atomic
 
-        if self.new:
+        if self.new and self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.path, json.dumps(self.known))
