@@ -21,9 +21,10 @@ def configure(address: str | None) -> None:
     these variables (the auth mode among them) once, when it is imported."""
     environment.set_defaults(environment.RAY_TRAIN)
     os.environ.update(environment.RAY_DRIVER)
-    if address is not None and environment.RAY_AUTH_MODE not in os.environ and _has_ray_token():
+    attaching = named_address(address) is not None
+    if attaching and environment.RAY_AUTH_MODE not in os.environ and _has_ray_token():
         os.environ[environment.RAY_AUTH_MODE] = "token"
-    if address is None:
+    if not attaching:
         environment.set_defaults({environment.RAY_LOCAL_STARTUP: str(max(8, os.cpu_count() or 1))})
 
 
@@ -35,27 +36,35 @@ def init_ray(address: str | None) -> str | None:
 
     if ray.is_initialized():
         return None
+    local = named_address(address) is None
     try:
         with signals.held_from_children():  # Ray's own SIGTERM handler replaced after it
             context = ray.init(
                 address=address if address is not None else _default_address(),
                 # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's
                 # placement group when its controller dies; users watch a local study's processes there.
-                include_dashboard=True if address is None else None,
+                include_dashboard=True if local else None,
                 log_to_driver=False,
                 logging_level=logging.ERROR,
                 configure_logging=True,
                 runtime_env={"env_vars": environment.for_workers()},
             )
     except ConnectionError as e:
-        raise UserError("--address", f"cannot connect to a Ray cluster at {address}: {e}") from None
+        source = "--address" if address is not None else environment.RAY_ADDRESS
+        raise UserError(source, f"cannot connect to a Ray cluster at {named_address(address)}: {e}") from None
     except Exception as e:
-        if address is None and "timed out during startup" in str(e):
+        if local and "timed out during startup" in str(e):
             raise local_start_timeout() from None
         raise
     reaper.start()  # a driver killed outright leaves no Ray process of its own behind
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def named_address(address: str | None) -> str | None:
+    """The cluster named by ``--address``, else by ``RAY_ADDRESS``; None when neither names one (a
+    ``ray start`` record may still)."""
+    return address if address is not None else (os.environ.get(environment.RAY_ADDRESS) or None)
 
 
 def local_start_timeout() -> EnvironmentFault:

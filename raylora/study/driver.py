@@ -194,7 +194,8 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
     if remaining:
         from .progress import saying
 
-        what = f"attaching to Ray at {address}" if address else "starting Ray"
+        named = cluster.named_address(address)
+        what = f"attaching to Ray at {named}" if named else "starting Ray"
         if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
             log(f"study {spec.study.name}: {what}")
         with saying(log, what):

@@ -1,0 +1,41 @@
+"""A cluster named by ``RAY_ADDRESS`` is attached to exactly as one named by ``--address`` is: the driver
+says so, sends a token the user has, and gives no local-start settings (no Ray started here)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raylora.study import cluster
+
+
+@pytest.fixture
+def environ(monkeypatch, tmp_path) -> dict:
+    """A private copy of the environment, with a Ray token at hand and no auth mode chosen."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    (tmp_path / "token").write_text("0" * 64)
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "token")
+    monkeypatch.setattr(os, "environ", env)
+    return env
+
+
+@pytest.mark.parametrize("via", ["RAY_ADDRESS", "--address"])
+def test_a_named_cluster_is_attached_to_with_the_token(environ, via):
+    address = "10.1.2.3:6379"
+    if via == "RAY_ADDRESS":
+        environ["RAY_ADDRESS"] = address
+    cluster.configure(address if via == "--address" else None)
+    assert cluster.named_address(address if via == "--address" else None) == address
+    assert environ["RAY_AUTH_MODE"] == "token"
+    assert "RAY_worker_maximum_startup_concurrency" not in environ  # a setting for a local node only
+
+
+def test_without_a_name_ray_starts_locally_and_a_chosen_auth_mode_is_left_alone(environ):
+    environ["RAY_AUTH_MODE"] = "disabled"
+    cluster.configure(None)
+    assert cluster.named_address(None) is None
+    assert environ["RAY_AUTH_MODE"] == "disabled"
+    assert int(environ["RAY_worker_maximum_startup_concurrency"]) >= 8
+    environ["RAY_ADDRESS"] = ""  # set but empty names no cluster, as for Ray
+    assert cluster.named_address(None) is None
