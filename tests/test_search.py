@@ -357,31 +357,13 @@ def _processes_naming(text: str) -> list[str]:
     return found
 
 
-def test_progress_between_evaluations_and_where_to_look_next(tmp_path):
-    # Not a terminal (captured): plain lines, one per running trial every RAYLORA_PROGRESS_EVERY_S.
-    spec = _write_spec(
-        tmp_path,
-        study={"num_trials": 1, "scheduler": {"type": "fifo"}},
-        training={"max_steps": 120, "eval_every": 120},
-    )
-    proc = _search(spec, tmp_path / "st", env={"RAYLORA_PROGRESS_EVERY_S": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # the first line after step 1 has no rate to give an eta from yet; later ones do
-    lines = re.findall(r"\] t000 step (\d+)/120 · [\d.]+ samples/s( · eta \d+:\d\d)?", proc.stdout)
-    steps = [int(step) for step, _ in lines]
-    assert steps and steps == sorted(steps) and steps[0] < 120, proc.stdout
-    assert any(eta for step, eta in lines if 1 < int(step) < 120), proc.stdout
-    study_dir = tmp_path / "st" / "s"
-    assert f"report: {study_dir / 'report' / 'index.html'}  (the verdict)" in proc.stdout
-    assert f"leaderboard: {study_dir / 'report' / 'leaderboard.md'}" in proc.stdout
-    assert f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}" in proc.stdout
-    assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", proc.stdout), proc.stdout
-
-
-def test_the_quickstart_says_its_start_up_phases_in_order_and_ends_on_its_verdict(tmp_path):
-    # Not a terminal: plain lines. Every phase that lasts a second is said (RAYLORA_PROGRESS_EVERY_S=1).
+def test_the_quickstart_says_its_start_up_phases_progress_between_evaluations_and_ends_on_its_verdict(
+    tmp_path,
+):
+    # Not a terminal: plain lines. Every phase that lasts a second is said, and each running trial's step
+    # once a second between its evaluations (RAYLORA_PROGRESS_EVERY_S=1).
     quickstart = ROOT / "search_spaces" / "quickstart.yaml"
-    overrides = ["study.num_trials=1", "training.max_steps=4", "training.eval_every=2"]
+    overrides = ["study.num_trials=1", "training.max_steps=30", "training.eval_every=30"]
     args = [part for value in overrides for part in ("--set", value)]
     proc = _search(quickstart, tmp_path / "st", *args, env={"RAYLORA_PROGRESS_EVERY_S": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -403,7 +385,20 @@ def test_the_quickstart_says_its_start_up_phases_in_order_and_ends_on_its_verdic
         if re.match(r"(report|leaderboard|summary|MLflow|Optuna|Ray dashboard): ", line)
     ]
     assert ending[0] == f"report: {study_dir / 'report' / 'index.html'}  (the verdict)", proc.stdout
+    assert f"leaderboard: {study_dir / 'report' / 'leaderboard.md'}" in ending
+    assert (
+        f"Optuna: optuna-dashboard {study_dir / 'optuna.journal'}  (pip install 'raylora[dashboard]')"
+        in ending
+    )
+    assert any(
+        re.fullmatch(r"Ray dashboard: http://127\.0\.0\.1:\d+ \(while this Ray runs\)", x) for x in ending
+    )
     assert (study_dir / "report" / "index.html").is_file()
+    # between evaluations: the first line after step 1 has no rate to give an eta from yet; later ones do
+    progress = re.findall(r"\] t000 step (\d+)/30 · [\d.]+ samples/s( · eta \d+:\d\d)?", proc.stdout)
+    steps = [int(step) for step, _ in progress]
+    assert steps and steps == sorted(steps) and steps[0] < 30, proc.stdout
+    assert any(eta for step, eta in progress if 1 < int(step) < 30), proc.stdout
     assert "base model: " in proc.stdout  # scored beside the trial: the study has room for it
 
 
