@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 STEPS = 4
 
-pytestmark = pytest.mark.slow  # each module run spawns one two-process group and trains four trials
+# Each module run spawns one two-process group and trains four trials; one worker runs the module, so the
+# module fixture `runs` trains them once (`--dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharding")]
 
 
 def _spec(*overrides: str) -> Spec:
