@@ -20,8 +20,7 @@ import pytest
 import yaml
 from mlflow_server import free_port
 
-# Every test here starts Ray; one worker runs them all, so the two-node cluster starts once (loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.slow  # every test here starts Ray, an MLflow or S3 server, or trains
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -17,9 +17,6 @@ from raylora.errors import UserError, UserErrors
 from raylora.spec import space
 from raylora.study import warm
 
-# One worker runs this module: its module fixture `searched` runs a study once (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("decision")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 SEARCH = {

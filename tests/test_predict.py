@@ -13,9 +13,6 @@ import pytest
 import raylora
 from raylora import builtin
 
-# One worker runs this module: its module fixture `trained` trains an adapter once (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("predict")
-
 ROOT = Path(__file__).resolve().parents[1]
 RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
 

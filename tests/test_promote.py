@@ -24,9 +24,6 @@ from raylora.errors import NothingToDo, UserError
 from raylora.tracking import promote
 from raylora.train import LocalSession, train
 
-# One worker runs this module: its module fixture `adapters` trains them once (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("promote")
-
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 FAST = ["training.max_steps=2", "training.eval_every=2", "training.click_eval_samples=0"]

@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 STEPS = 4
 
-# Each module run spawns one two-process group and trains four trials; one worker runs the module, so the
-# module fixture `runs` trains them once (`--dist loadgroup`).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharding")]
+pytestmark = pytest.mark.slow  # each module run spawns one two-process group and trains four trials
 
 
 def _spec(*overrides: str) -> Spec:
