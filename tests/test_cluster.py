@@ -134,15 +134,15 @@ def _study(tmp_path: Path, name: str, resources: dict, training: dict) -> Path:
     return path
 
 
-def _cmd(spec: Path, tmp_path: Path, address: str) -> list[str]:
+def _cmd(spec: Path, tmp_path: Path, address: str | None) -> list[str]:
+    """``raylora search`` on the cluster at ``address`` (None: the one ``RAY_ADDRESS`` names)."""
     return [
         sys.executable,
         "-m",
         "raylora",
         "search",
         str(spec),
-        "--address",
-        address,
+        *(["--address", address] if address is not None else []),
         "--storage",
         str(tmp_path / "st"),
         "--tracking-uri",
@@ -175,11 +175,14 @@ def test_strict_spread_beyond_the_cluster_is_refused_before_launch(cluster, tmp_
         {"workers_per_trial": 3, "placement_strategy": "STRICT_SPREAD"},
         {"max_steps": 2, "eval_every": 2},
     )
+    # named by RAY_ADDRESS, as `ray job submit` and users' shells do: attached to as --address is (token too)
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
     proc = subprocess.run(
-        _cmd(spec, tmp_path, cluster.address), capture_output=True, text=True, cwd=tmp_path, timeout=300
+        _cmd(spec, tmp_path, None), capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "STRICT_SPREAD" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.startswith(f"study toowide: attaching to Ray at {cluster.address}\n"), proc.stdout
 
 
 def test_killed_worker_restarts_from_its_latest_checkpoint(cluster, tmp_path):
