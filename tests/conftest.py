@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +58,31 @@ def small_eval_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small_eval") / "eval.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``built_once(name, build)``: a folder that ``build`` fills once for the whole test session, whichever
+    pytest-xdist worker asks first (the others wait for it). For a study many tests look at: a module
+    fixture would run it again on each worker that runs one of those tests."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+
+    def once(name: str, build: Callable[[Path], None]) -> Path:
+        folder = root / f"once-{name}"
+        with open(root / f"once-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (folder / ".built").is_file():  # a build that failed left no mark: build again
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                (folder / ".built").touch()
+        return folder
+
+    return once
 
 
 @pytest.fixture(scope="module")

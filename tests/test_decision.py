@@ -403,13 +403,16 @@ def _search(tmp: Path, spec: dict, *args: str):
     )
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+@pytest.fixture(scope="session")
+def searched(built_once):
     """One three-trial study of two objectives (eval/loss against cost/peak_mem_gb), its first two trials
-    enqueued; returns (folder, summary, tracking URI)."""
-    tmp = tmp_path_factory.mktemp("decide")
-    proc = _search(tmp, STUDY_SPEC)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    enqueued, run once for the session; returns (folder, summary, tracking URI)."""
+
+    def study(tmp: Path) -> None:
+        proc = _search(tmp, STUDY_SPEC)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    tmp = built_once("decide", study)
     directory = tmp / "st" / "decide"
     return directory, json.loads((directory / "summary.json").read_text()), f"sqlite:///{tmp}/mlflow.db"
 

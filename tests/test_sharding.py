@@ -165,29 +165,35 @@ def _tiny_moe(out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """One process group, six trials: the same trial (seed, data, configuration) under DDP and under FSDP,
-    the FSDP trial restarted from its step-2 checkpoint, a tiny MoE model under FSDP, and a short 4-bit
-    trial under DDP and under FSDP."""
-    root = tmp_path_factory.mktemp("sharding")
-    scope = "training.lora.scope=[llm, vision]"
-    ddp, fsdp = _spec("resources.sharding=none", scope), _spec("resources.sharding=fsdp", scope)
-    moe = _spec("resources.sharding=fsdp", scope, f"model.name_or_path={_tiny_moe(root / 'tiny-moe')}")
-    nf4 = ("training.quantization=nf4", "training.max_steps=2")
-    ddp_nf4, fsdp_nf4 = _spec("resources.sharding=none", *nf4), _spec("resources.sharding=fsdp", *nf4)
-    outs = {name: root / name for name in ("ddp", "fsdp", "resumed", "moe", "ddp_nf4", "fsdp_nf4")}
-    _run(
-        [
-            (ddp, outs["ddp"], None),
-            (fsdp, outs["fsdp"], None),
-            (fsdp, outs["resumed"], outs["fsdp"] / "checkpoint_000002"),
-            (moe, outs["moe"], None),
-            (ddp_nf4, outs["ddp_nf4"], None),
-            (fsdp_nf4, outs["fsdp_nf4"], None),
-        ]
-    )
-    return outs
+RUNS = ("ddp", "fsdp", "resumed", "moe", "ddp_nf4", "fsdp_nf4")
+
+
+@pytest.fixture(scope="session")
+def runs(built_once) -> dict[str, Path]:
+    """One process group, six trials, run once for the session: the same trial (seed, data,
+    configuration) under DDP and under FSDP, the FSDP trial restarted from its step-2 checkpoint, a tiny
+    MoE model under FSDP, and a short 4-bit trial under DDP and under FSDP."""
+
+    def trials(root: Path) -> None:
+        scope = "training.lora.scope=[llm, vision]"
+        ddp, fsdp = _spec("resources.sharding=none", scope), _spec("resources.sharding=fsdp", scope)
+        moe = _spec("resources.sharding=fsdp", scope, f"model.name_or_path={_tiny_moe(root / 'tiny-moe')}")
+        nf4 = ("training.quantization=nf4", "training.max_steps=2")
+        ddp_nf4, fsdp_nf4 = _spec("resources.sharding=none", *nf4), _spec("resources.sharding=fsdp", *nf4)
+        outs = {name: root / name for name in RUNS}
+        _run(
+            [
+                (ddp, outs["ddp"], None),
+                (fsdp, outs["fsdp"], None),
+                (fsdp, outs["resumed"], outs["fsdp"] / "checkpoint_000002"),
+                (moe, outs["moe"], None),
+                (ddp_nf4, outs["ddp_nf4"], None),
+                (fsdp_nf4, outs["fsdp_nf4"], None),
+            ]
+        )
+
+    root = built_once("sharding", trials)
+    return {name: root / name for name in RUNS}
 
 
 def test_fsdp_matches_ddp_step_for_step(runs):
