@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
+@pytest.fixture(scope="session")
+def trained(built_once) -> Path:
+    """A trial of two steps, trained once for the session."""
     # No evaluation while training: these tests score the adapter themselves.
     overrides = [
         "training.max_steps=2",
@@ -27,8 +27,8 @@ def trained(tmp_path_factory) -> Path:
         "data.eval=null",
         "study.objective.metric=train/loss",
     ]
-    raylora.train_trial(raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", overrides), out)
-    return out
+    spec = raylora.load_spec(ROOT / "search_spaces" / "quickstart.yaml", overrides)
+    return built_once("predict-trained", lambda out: raylora.train_trial(spec, out))
 
 
 def _eval_file() -> Path:

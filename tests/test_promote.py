@@ -33,17 +33,20 @@ STUDY = "quickstart"
 # -- fixtures ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def adapters(raylora_home, tmp_path_factory, small_eval_file) -> dict[str, Path]:
-    """Two tiny trained adapters, trained once for the module: LoRA on [llm] and on [llm, vision]."""
-    out = {}
-    for name, scope in [("llm", "[llm]"), ("llm_vision", "[llm, vision]")]:
-        overrides = [*FAST, f"training.lora.scope={scope}", f"data.eval={small_eval_file}"]
-        spec = spec_lib.load(QUICKSTART, overrides)
-        directory = tmp_path_factory.mktemp(f"trial_{name}")
-        train(spec, LocalSession(directory, log=lambda line: None))
-        out[name] = directory
-    return out
+SCOPES = {"llm": "[llm]", "llm_vision": "[llm, vision]"}
+
+
+@pytest.fixture(scope="session")
+def adapters(raylora_home, built_once, small_eval_file) -> dict[str, Path]:
+    """Two tiny trained adapters, trained once for the session: LoRA on [llm] and on [llm, vision]."""
+
+    def trials(root: Path) -> None:
+        for name, scope in SCOPES.items():
+            overrides = [*FAST, f"training.lora.scope={scope}", f"data.eval={small_eval_file}"]
+            train(spec_lib.load(QUICKSTART, overrides), LocalSession(root / name, log=lambda line: None))
+
+    root = built_once("promote-adapters", trials)
+    return {name: root / name for name in SCOPES}
 
 
 def _make_study(
