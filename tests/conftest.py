@@ -85,6 +85,28 @@ def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
     return once
 
 
+@pytest.fixture
+def raylora_cli(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
+    """``raylora_cli(*args)``: the ``raylora`` command's exit code, stdout and stderr, run in this process
+    through its console entry point (a process of its own would import torch again, ~10 s on 2 CPUs)."""
+    import sys
+
+    from raylora import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["raylora", *args])
+        capsys.readouterr()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def ray_tmpdir() -> Iterator[Path]:
     """A private Ray temp root (``RAY_TMPDIR``), short because Ray's socket paths live under it."""

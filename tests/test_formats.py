@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -244,7 +243,7 @@ def test_a_screenspot_file_trains_through_the_same_reader(tmp_path):
     assert json.loads(read.answer()) == {"point_2d": [150, 150]} and read.bbox == (100.0, 100.0, 200.0, 200.0)
 
 
-def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_path, monkeypatch, capsys):
+def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_path, raylora_cli):
     _png(tmp_path / "a.png", (128, 128))
     record = {
         "messages": [
@@ -254,7 +253,7 @@ def test_a_llama_factory_record_trains_with_its_image_and_inspect_says_so(tmp_pa
         "images": ["a.png"],
     }
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
-    code, out, err = _raylora(monkeypatch, capsys, "data", "inspect", str(tmp_path / "train.jsonl"), "--json")
+    code, out, err = raylora_cli("data", "inspect", str(tmp_path / "train.jsonl"), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["format"] == "sharegpt" and report["records"] == 1 and report["images"] == 1
@@ -429,7 +428,7 @@ def test_pixel_answers_are_checked_against_their_image(tmp_path):
         samples.read(path, coordinates="pixels")
 
 
-def test_inspect_reads_a_shard_folder_through_a_column_mapping(tmp_path, monkeypatch, capsys):
+def test_inspect_reads_a_shard_folder_through_a_column_mapping(tmp_path, raylora_cli):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -437,28 +436,12 @@ def test_inspect_reads_a_shard_folder_through_a_column_mapping(tmp_path, monkeyp
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(_screenspot_rows(tmp_path, 4)), folder / "part-0.parquet")
     command = ["data", "inspect", str(folder), "--format", "hf", "--json"]
-    code, out, err = _raylora(monkeypatch, capsys, *command, "--column", "img_filename=image_path")
+    code, out, err = raylora_cli(*command, "--column", "img_filename=image_path")
     assert code == 0, err
     report = json.loads(out)
     assert (report["format"], report["records"], report["images"]) == ("screenspot", 4, 4)
     # 400×200 is above the built-in processor's 65,536 pixels: → 352×160 → 22×10 patches → 55 tokens
     assert report["image_tokens_total"] == 4 * 55
     assert report["categories"] == {"data_type": {"icon": 2, "text": 2}}
-    code, _, err = _raylora(monkeypatch, capsys, *command)
+    code, _, err = raylora_cli(*command)
     assert code == 2 and err.count("\n") == 1 and "or map its columns with data.columns" in err, err
-
-
-def _raylora(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The ``raylora`` command's exit code, stdout and stderr, run in this process (its own process would
-    import torch again)."""
-    from raylora import cli
-
-    monkeypatch.setattr(sys, "argv", ["raylora", *args])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err

@@ -4,8 +4,6 @@ the promoted MLflow model does."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ import raylora
 from raylora import builtin
 
 ROOT = Path(__file__).resolve().parents[1]
-RAYLORA = [str(Path(sys.executable).with_name("raylora"))]
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +32,16 @@ def _eval_file() -> Path:
     return Path(builtin.resolve_data(builtin.GUI_DATA, "eval"))
 
 
-def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([*RAYLORA, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
 @pytest.mark.slow
-def test_one_screenshot_gets_the_models_text_and_its_click(trained):
+def test_one_screenshot_gets_the_models_text_and_its_click(trained, raylora_cli):
     shot = _eval_file().parent / "shots" / "64.png"
-    proc = _run("predict", str(trained), "--image", str(shot), "--instruction", "click the OK button")
-    assert proc.returncode == 0, proc.stderr
-    answer, click = proc.stdout.splitlines()[:2]
+    code, out, err = raylora_cli(
+        "predict", str(trained), "--image", str(shot), "--instruction", "click the OK button"
+    )
+    assert code == 0, err
+    answer, click = out.splitlines()[:2]
     assert answer.startswith("answer: ")
-    assert click.startswith("click: "), proc.stdout
+    assert click.startswith("click: "), out
     from raylora.train.inference import Predictor
 
     # The same answer as the code path the promoted MLflow model runs.
@@ -55,20 +50,24 @@ def test_one_screenshot_gets_the_models_text_and_its_click(trained):
 
 
 @pytest.mark.slow
-def test_a_dataset_gets_one_jsonl_line_per_record(trained, tmp_path):
+def test_a_dataset_gets_one_jsonl_line_per_record(trained, tmp_path, raylora_cli):
     out = tmp_path / "answers.jsonl"
-    proc = _run("predict", str(trained / "adapter"), "--data", str(_eval_file()), "--output", str(out))
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = raylora_cli(
+        "predict", str(trained / "adapter"), "--data", str(_eval_file()), "--output", str(out)
+    )
+    assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len(_eval_file().read_text().splitlines())))
     assert all(isinstance(r["output"], str) and (r["click"] is None or len(r["click"]) == 2) for r in rows)
 
 
 @pytest.mark.slow
-def test_a_base_model_alone_answers_too():
+def test_a_base_model_alone_answers_too(raylora_cli):
     shot = _eval_file().parent / "shots" / "64.png"
-    proc = _run("predict", builtin.TINY_MODEL, "--image", str(shot), "--instruction", "click the OK button")
-    assert proc.returncode == 0 and proc.stdout.startswith("answer: "), proc.stderr
+    code, out, err = raylora_cli(
+        "predict", builtin.TINY_MODEL, "--image", str(shot), "--instruction", "click the OK button"
+    )
+    assert code == 0 and out.startswith("answer: "), err
 
 
 @pytest.mark.parametrize(
@@ -79,20 +78,19 @@ def test_a_base_model_alone_answers_too():
         (["predict", "builtin:tiny-qwen3-vl", "--image", "no.png", "--instruction", "x"], "error: --image"),
     ],
 )
-def test_mistakes_are_one_line(args, message):
-    proc = _run(*args)
-    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_mistakes_are_one_line(args, message, raylora_cli):
+    code, _, err = raylora_cli(*args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
-def test_eval_scores_a_trained_adapter(trained, tmp_path):
+def test_eval_scores_a_trained_adapter(trained, tmp_path, raylora_cli):
     out = tmp_path / "answers.jsonl"
-    proc = _run(
+    code, stdout, err = raylora_cli(
         "eval", str(trained), "--data", str(_eval_file()), "--limit", "3", "--max-new-tokens", "8",
         "--predictions-out", str(out), "--json",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    assert code == 0, err
+    report = json.loads(stdout)
     assert (report["n"], report["click_n"]) == (3, 3)
     assert len(out.read_text().splitlines()) == 3
