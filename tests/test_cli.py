@@ -28,10 +28,12 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.mark.slow
-def test_inspect_qwen3_vl_4b_exact_counts():
-    proc = raylora("inspect", str(ROOT / "tests/configs/qwen3_vl_4b.json"), "--r", "16", "--json")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+def test_inspect_qwen3_vl_4b_exact_counts(raylora_cli):
+    code, out, err = raylora_cli(
+        "inspect", str(ROOT / "tests/configs/qwen3_vl_4b.json"), "--r", "16", "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
     assert report["model_type"] == "qwen3_vl" and report["total_params"] == 4_437_815_808
     scopes = report["scopes"]
     assert (scopes["llm"]["modules"], scopes["llm"]["lora_params"]) == (252, 33_030_144)
@@ -41,11 +43,14 @@ def test_inspect_qwen3_vl_4b_exact_counts():
 
 
 @pytest.mark.slow
-def test_inspect_table_and_missing_model():
-    proc = raylora("inspect", str(ROOT / "tests/configs/qwen2_5_vl_tiny.json"), "--scope", "vision.mlp")
-    assert proc.returncode == 0, proc.stderr
-    assert "model.visual.blocks.N.mlp.gate_proj" in proc.stdout
-    assert_user_error(raylora("inspect", "no/such/config.json"), "config not found")
+def test_inspect_table_and_missing_model(raylora_cli):
+    code, out, err = raylora_cli(
+        "inspect", str(ROOT / "tests/configs/qwen2_5_vl_tiny.json"), "--scope", "vision.mlp"
+    )
+    assert code == 0, err
+    assert "model.visual.blocks.N.mlp.gate_proj" in out
+    code, _, err = raylora_cli("inspect", "no/such/config.json")
+    assert code == 2 and err.count("\n") == 1 and "config not found" in err, err
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -94,7 +99,7 @@ def test_empty_missing_and_broken_spec_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_seed_5_2_target_modules_name_the_real_vision_modules(tmp_path):
+def test_seed_5_2_target_modules_name_the_real_vision_modules(tmp_path, raylora_cli):
     spec = tmp_path / "seed.yaml"
     spec.write_text(
         "training:\n  lora:\n    enabled: true\n    r: 8\n    alpha: 16\n    dropout: 0.05\n"
@@ -103,13 +108,10 @@ def test_seed_5_2_target_modules_name_the_real_vision_modules(tmp_path):
         "  gradient_checkpointing: true\n  use_4bit: true\n"
         "  sft: {learning_rate: 1.0e-4, per_device_train_batch_size: 1, gradient_accumulation_steps: 32}\n"
     )
-    proc = raylora("validate", str(spec))
-    assert_user_error(
-        proc,
-        "training.lora.target_modules",
-        "'visual.attn.qkv' matches no module",
-        "model.visual.blocks.N.attn.qkv",
-    )
+    code, _, err = raylora_cli("validate", str(spec))
+    assert code == 2 and "Traceback" not in err, err
+    assert "training.lora.target_modules" in err and "'visual.attn.qkv' matches no module" in err, err
+    assert "model.visual.blocks.N.attn.qkv" in err, err
 
 
 def test_help_and_validate_do_not_import_torch():
@@ -127,10 +129,10 @@ def test_help_and_validate_do_not_import_torch():
 
 
 @pytest.mark.slow
-def test_estimate_reports_every_searched_shape():
-    proc = raylora("estimate", "search_spaces/quickstart.yaml", "--json")
-    assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+def test_estimate_reports_every_searched_shape(raylora_cli):
+    code, out, err = raylora_cli("estimate", str(ROOT / "search_spaces/quickstart.yaml"), "--json")
+    assert code == 0, err
+    rows = json.loads(out)
     assert "fixed values" in rows and "r=32" in rows and "scope=llm+vision+projector" in rows
     assert rows["r=32"]["lora_bytes"] == 4 * rows["r=8"]["lora_bytes"]
     assert all(row["total_bytes"] > row["weights_bytes"] > 0 for row in rows.values())
