@@ -417,19 +417,18 @@ def test_each_converter_names_the_field_it_expected(tmp_path, name, record, expe
 
 
 @pytest.mark.slow
-def test_two_training_steps_on_a_converted_file(tmp_path):
+def test_two_training_steps_on_a_converted_file(tmp_path, raylora_cli):
     src = _tfrecord(tmp_path / "android_control-00000-of-00001", [_episode(7, size=(64, 128))])
     out = tmp_path / "ac.jsonl"
     _convert(
         str(src), "--from", "androidcontrol", "--out", str(out), "--template", "mai-ui", "--history", "1"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "raylora", "train", str(ROOT / "search_spaces" / "quickstart.yaml"),
-         "--set", f"data.train={out}", "--set", f"data.eval={out}", "--set", "data.template=mai-ui",
-         "--set", "data.max_length=2048", "--set", "training.max_steps=2", "--set", "training.eval_every=2",
-         "--set", "training.click_eval_samples=2", "--output", str(tmp_path / "run")],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    code, stdout, err = raylora_cli(
+        "train", str(ROOT / "search_spaces" / "quickstart.yaml"),
+        "--set", f"data.train={out}", "--set", f"data.eval={out}", "--set", "data.template=mai-ui",
+        "--set", "data.max_length=2048", "--set", "training.max_steps=2", "--set", "training.eval_every=2",
+        "--set", "training.click_eval_samples=2", "--output", str(tmp_path / "run"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert code == 0, err[-2000:]
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
-    assert "step 2" in proc.stdout
+    assert "step 2" in stdout

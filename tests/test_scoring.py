@@ -389,15 +389,14 @@ def test_trainer_rates_are_the_same_numbers(held_out):
 
 
 @pytest.mark.slow
-def test_raylora_eval_on_the_builtin_model(tmp_path):
+def test_raylora_eval_on_the_builtin_model(tmp_path, raylora_cli):
     out = tmp_path / "predictions.jsonl"
-    proc = subprocess.run(
-        [*RAYLORA, "eval", "builtin:tiny-qwen3-vl", "--data", "builtin:gui-grounding", "--limit", "6",
-         "--batch-size", "4", "--max-new-tokens", "8", "--json", "--predictions-out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    code, stdout, err = raylora_cli(
+        "eval", "builtin:tiny-qwen3-vl", "--data", "builtin:gui-grounding", "--limit", "6",
+        "--batch-size", "4", "--max-new-tokens", "8", "--json", "--predictions-out", str(out),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    assert code == 0, err
+    report = json.loads(stdout)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["index"] for row in lines] == list(range(6))
     assert report["n"] == 6 and report["click_n"] == 6
