@@ -40,3 +40,30 @@ def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path, monke
     changed = html_report.write(tmp_path / "c.html", record, study).read_text()
     assert len(list(kept.glob("*.html"))) == 8 and changed != first
     assert changed.count("<svg") == 6
+
+
+def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch):
+    """``raylora report`` printed Optuna's "[I ...] A new study created in memory" for the page's copy of
+    the study; Optuna's own verbosity (INFO unless set) is left as it was."""
+    import logging
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
+    record, study = _study(tmp_path)
+    level, kept = optuna.logging.get_verbosity(), Kept()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    logging.getLogger("optuna").addHandler(kept)
+    try:
+        html_report.write(tmp_path / "a.html", record, study)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        logging.getLogger("optuna").removeHandler(kept)
+        optuna.logging.set_verbosity(level)
+    assert not [m for m in kept.messages if "A new study created" in m], kept.messages

@@ -295,7 +295,12 @@ def _own_trials(optuna_study):
 
     from ..record.trials import WARM_START
 
-    copy = optuna.create_study(directions=optuna_study.directions)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not Optuna's "A new study created" at INFO
+    try:
+        copy = optuna.create_study(directions=optuna_study.directions)
+    finally:
+        optuna.logging.set_verbosity(level)
     copy.add_trials(
         [
             t
