@@ -88,12 +88,23 @@ def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
 @pytest.fixture
 def raylora_cli(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
     """``raylora_cli(*args)``: the ``raylora`` command's exit code, stdout and stderr, run in this process
-    through its console entry point (a process of its own would import torch again, ~10 s on 2 CPUs)."""
+    through its console entry point (a process of its own would import torch again, ~10 s on 2 CPUs).
+    What the entry point sets for the whole process is undone after the test: ``sys.argv``, the standard
+    streams (capsys), the warning format and the environment defaults."""
     import sys
+    import warnings
 
-    from raylora import cli
+    from raylora import cli, environment
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    for key, value in environment.CLI.items():
+        if key not in os.environ:
+            monkeypatch.setenv(key, value)  # set here, so that it is removed again after the test
 
     def run(*args: str) -> tuple[int, str, str]:
+        ray = sys.modules.get("ray")
+        # With Ray running in this process the entry point would end it and leave with os._exit.
+        assert ray is None or not ray.is_initialized(), "raylora_cli with Ray initialized in this process"
         monkeypatch.setattr(sys, "argv", ["raylora", *args])
         capsys.readouterr()
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -343,19 +342,7 @@ def test_formats_share_one_path_rule():
 # -- checked before compute: exit 2 and one line -------------------------------------------------------
 
 
-def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    import warnings
-
-    from raylora import cli
-
-    monkeypatch.setattr(sys, "argv", ["raylora", *args])
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    return exit_.value.code, capsys.readouterr().err
-
-
-def test_user_mistakes_in_scoring_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+def test_user_mistakes_in_scoring_are_one_line_and_exit_2(tmp_path, monkeypatch, raylora_cli):
     folder = tmp_path / "data" / "ss"
     _write_every_format(folder)
     monkeypatch.chdir(tmp_path)
@@ -377,7 +364,7 @@ def test_user_mistakes_in_scoring_are_one_line_and_exit_2(tmp_path, monkeypatch,
         (("ok.jsonl", "--data", "data/ss/dup.jsonl"), "dup.jsonl:2: id 7 is also the id of"),
     ]
     for args, needle in cases:
-        code, err = _main(monkeypatch, capsys, "score", *args)
+        code, _, err = raylora_cli("score", *args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 

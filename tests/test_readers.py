@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -278,16 +277,11 @@ def test_video_is_refused_naming_the_record(tmp_path, row):
         samples.read(data)
 
 
-def test_video_refusal_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
-    from raylora import cli
-
+def test_video_refusal_is_one_line_from_the_cli(tmp_path, raylora_cli):
     row = {"conversations": [{"from": "human", "value": "<video>what?"}, {"from": "gpt", "value": "x"}]}
     data = _write(tmp_path / "v.jsonl", [row], jsonl=True)
-    monkeypatch.setattr(sys, "argv", ["raylora", "data", "inspect", str(data)])
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err
+    code, _, err = raylora_cli("data", "inspect", str(data))
+    assert code == 2 and "Traceback" not in err
     assert err.strip().count("\n") == 0 and f"{data}:1: video is not supported yet" in err
 
 
