@@ -361,9 +361,11 @@ def test_the_quickstart_says_its_start_up_phases_progress_between_evaluations_an
     tmp_path,
 ):
     # Not a terminal: plain lines. Every phase that lasts a second is said, and each running trial's step
-    # once a second between its evaluations (RAYLORA_PROGRESS_EVERY_S=1).
+    # once a second between its evaluations (RAYLORA_PROGRESS_EVERY_S=1). Rank 0 tells the pool its step
+    # at most every 2 s, so training must outlast that by a margin: 90 steps take ~6 s on a quiet 2-core
+    # machine (30 took 2 s there, and no step between the first and the last was ever told).
     quickstart = ROOT / "search_spaces" / "quickstart.yaml"
-    overrides = ["study.num_trials=1", "training.max_steps=30", "training.eval_every=30"]
+    overrides = ["study.num_trials=1", "training.max_steps=90", "training.eval_every=90"]
     args = [part for value in overrides for part in ("--set", value)]
     proc = _search(quickstart, tmp_path / "st", *args, env={"RAYLORA_PROGRESS_EVERY_S": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -395,10 +397,10 @@ def test_the_quickstart_says_its_start_up_phases_progress_between_evaluations_an
     )
     assert (study_dir / "report" / "index.html").is_file()
     # between evaluations: the first line after step 1 has no rate to give an eta from yet; later ones do
-    progress = re.findall(r"\] t000 step (\d+)/30 · [\d.]+ samples/s( · eta \d+:\d\d)?", proc.stdout)
+    progress = re.findall(r"\] t000 step (\d+)/90 · [\d.]+ samples/s( · eta \d+:\d\d)?", proc.stdout)
     steps = [int(step) for step, _ in progress]
-    assert steps and steps == sorted(steps) and steps[0] < 30, proc.stdout
-    assert any(eta for step, eta in progress if 1 < int(step) < 30), proc.stdout
+    assert steps and steps == sorted(steps) and steps[0] < 90, proc.stdout
+    assert any(eta for step, eta in progress if 1 < int(step) < 90), proc.stdout
     assert "base model: " in proc.stdout  # scored beside the trial: the study has room for it
 
 
