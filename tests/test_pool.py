@@ -228,3 +228,31 @@ def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
     del big
     _release_memory()  # between trials
     assert _peak_memory_mb(cpu) < before + 100
+
+
+def test_a_runners_trainer_has_ray_trains_default_callbacks_but_the_dataset_manager(tmp_path):
+    """Each runner's TorchTrainer starts no dataset-manager actor (it passes no Ray Datasets); every other
+    callback Ray Train sets up (the backend's process group, the placement-group cleaner, ...) stays. If
+    Ray renames the callback or the method, the first assert fails instead of the saving vanishing."""
+    from ray.train.torch import TorchTrainer
+
+    from raylora.study import pool as pool_module
+
+    settings = {
+        "max_failures": 1,
+        "workers": 1,
+        "cpus_per_worker": 0.5,
+        "gpus_per_worker": 0,
+        "placement_strategy": "PACK",
+        "checkpoints": str(tmp_path / "runs"),
+        "may_quantize": False,
+        "pools_dir": str(tmp_path / "pools"),
+        "filesystem": pyarrow.fs.LocalFileSystem(),
+    }
+    trainer = TrialPool(settings, max_runners=0)._trainer(0, handle=None)
+    assert isinstance(trainer, TorchTrainer)
+    ray_default = [type(c).__name__ for c in TorchTrainer._create_default_callbacks(trainer)]
+    ours = [type(c).__name__ for c in trainer._create_default_callbacks()]
+    assert pool_module.UNUSED_CALLBACKS <= set(ray_default)
+    assert ours == [name for name in ray_default if name != "DatasetsCallback"]
+    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback"} <= set(ours)

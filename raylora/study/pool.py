@@ -393,7 +393,7 @@ class TrialPool:
         per_worker = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
         from .pool_worker import serve_trials
 
-        return TorchTrainer(
+        return _lean(TorchTrainer)(
             serve_trials,
             train_loop_config={
                 "pool": handle,
@@ -417,6 +417,25 @@ class TrialPool:
                 failure_config=ray.train.FailureConfig(max_failures=s["max_failures"] + 3),
             ),
         )
+
+
+UNUSED_CALLBACKS = frozenset({"DatasetsCallback"})
+"""Ray Train callbacks a runner has no use for. The datasets callback starts a dataset-manager actor for
+every worker group, Ray Datasets or none: one more Python process importing Ray Train (2-4 CPU-s) beside
+the workers' start-up, and a runner passes none. (The placement-group cleaner stays: Ray keeps a dead
+controller's placement group, measured, and a pool actor that dies takes its controllers with it.)"""
+
+
+def _lean(trainer_cls):
+    """``trainer_cls`` without :data:`UNUSED_CALLBACKS` among its default callbacks."""
+
+    class Lean(trainer_cls):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if type(c).__name__ not in UNUSED_CALLBACKS]
+
+    Lean.__name__ = Lean.__qualname__ = trainer_cls.__name__
+    return Lean
 
 
 def _phase(current: dict | None, text: str) -> dict:
