@@ -39,3 +39,26 @@ def test_without_a_name_ray_starts_locally_and_a_chosen_auth_mode_is_left_alone(
     assert int(environ["RAY_worker_maximum_startup_concurrency"]) >= 8
     environ["RAY_ADDRESS"] = ""  # set but empty names no cluster, as for Ray
     assert cluster.named_address(None) is None
+
+
+def test_only_a_ray_started_here_goes_without_a_job_runtime_environment(environ, tmp_path):
+    """ray.init gets the workers' variables as a job runtime environment only when it attaches: a Ray
+    started here hands them down itself, and with a job runtime environment its pre-started workers go
+    unused. A ``ray start`` record counts as a cluster only while something listens at it."""
+    import socket
+
+    environ["RAY_TMPDIR"] = str(tmp_path)
+    assert cluster._target(None) == (None, True)  # no record: Ray starts here
+    assert cluster._target("local") == ("local", True)
+    assert cluster._target("10.1.2.3:6379") == ("10.1.2.3:6379", False)
+    assert cluster._target("auto") == ("auto", False)
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        record.write_text(f"127.0.0.1:{head.getsockname()[1]}")
+        assert cluster._target(None) == (None, False)  # a live `ray start` cluster: Ray attaches
+    assert cluster._target(None) == ("local", True)  # the same record once nobody listens: stale
+    environ["RAY_ADDRESS"] = "10.1.2.3:6379"
+    assert cluster._target(None) == (None, False)
