@@ -510,13 +510,15 @@ def test_ctrl_c_stops_the_workers_and_resume_gives_every_evaluation_and_a_checkp
         while not ((study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= 4):
             assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
             time.sleep(0.1)
-        driver.send_signal(2)  # SIGINT, as a terminal's Ctrl-C
+        driver.send_signal(2)  # SIGINT to the driver alone, as a terminal's Ctrl-C reaches it first
         out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)
             driver.wait()
     assert driver.returncode == 130, err[-3000:]
+    assert "interrupted: t000 unfinished; continue the study with --resume" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
     trial = _summary(study_dir)["trials"][0]
     assert (
         trial["state"] == "RUNNING" and (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()

@@ -289,38 +289,6 @@ def test_one_worker_group_trains_a_full_precision_then_a_4bit_trial(tmp_path):
     assert len([p for p in (study_dir / "pools").iterdir() if p.is_dir()]) == 1, "one worker group"
 
 
-def test_ctrl_c_ends_the_study_with_130_and_says_how_to_resume(tmp_path):
-    spec = _write_spec(
-        tmp_path, study={"num_trials": 1, "scheduler": {"type": "fifo"}}, training={"max_steps": 40}
-    )
-    summary_path = tmp_path / "st" / "s" / "summary.json"
-    driver = subprocess.Popen(
-        _search_cmd(spec, tmp_path / "st"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (
-            summary_path.is_file() and json.loads(summary_path.read_text())["trials"][0]["steps"] >= 2
-        ):
-            assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
-            time.sleep(0.1)
-        driver.send_signal(signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C would reach it first
-        out, err = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    assert driver.returncode == 130, err[-3000:]
-    assert "interrupted: t000 unfinished; continue the study with --resume" in err, err[-3000:]
-    assert "Traceback" not in err
-    assert json.loads(summary_path.read_text())["trials"][0]["state"] == "RUNNING"
-
-
 def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path, ray_tmpdir):
     """A cluster killed without `ray stop` leaves its address in <ray tmp>/ray_current_cluster: Ray alone
     would wait on that dead address forever."""
