@@ -79,9 +79,9 @@ def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = 
     return driver
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("to", ["process group", "process"])
-def test_sigterm_stops_the_study_as_ctrl_c_and_resume_skips_an_emptied_checkpoint(tmp_path, to):
+def _sigterm_study(tmp_path: Path, to: str) -> tuple[list[str], Path]:
+    """A one-trial study sent SIGTERM at step 6 (to its process group, or to the driver alone), checked
+    to have stopped as Ctrl-C does; its search arguments and folder, to resume."""
     # objective max on eval/loss: the best checkpoint is the first, so two are kept (the best and the latest)
     spec = _write_spec(
         tmp_path / "study.yaml",
@@ -112,7 +112,18 @@ def test_sigterm_stops_the_study_as_ctrl_c_and_resume_skips_an_emptied_checkpoin
     assert (
         trial["adapter_path"] is None or (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
     )
+    return args, study_dir
 
+
+@pytest.mark.slow
+def test_sigterm_to_the_driver_alone_stops_the_study_as_ctrl_c(tmp_path):
+    _sigterm_study(tmp_path, "process")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_stops_the_study_and_resume_skips_an_emptied_checkpoint(tmp_path):
+    # The resume does not depend on which signal stopped the study: it runs after one of the two only.
+    args, study_dir = _sigterm_study(tmp_path, "process group")
     saved = sorted((study_dir / "runs" / "t000").glob("checkpoint_s*"))
     assert len(saved) == 2, saved
     for file in (saved[-1] / "adapter").iterdir():  # a power loss: the names are there, the bytes are not
