@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from raylora.record.states import TrialState
 from raylora.record.trials import StudyRecord, TrialRecord
@@ -42,9 +43,21 @@ def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path, monke
     assert changed.count("<svg") == 6
 
 
-def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch):
+def _failed_study(tmp_path):
+    record = StudyRecord(tmp_path, "demo", "eval/loss", "min")
+    record.trials["t000"] = TrialRecord("t000", TrialState.FAILED, {"training.lora.r": 8}, None, 0)
+    study = optuna.create_study()
+    asked = study.ask()
+    asked.suggest_int("training.lora.r", 8, 24, step=8)
+    study.tell(asked, state=optuna.trial.TrialState.FAIL)
+    return record, study
+
+
+@pytest.mark.parametrize("make", [_study, _failed_study], ids=["complete", "none-complete"])
+def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch, make):
     """``raylora report`` printed Optuna's "[I ...] A new study created in memory" for the page's copy of
-    the study; Optuna's own verbosity (INFO unless set) is left as it was."""
+    the study, and with no complete trial its figures' "[W ...] ... does not contain completed trials"
+    (the page says so in their place); Optuna's own verbosity (INFO unless set) is left as it was."""
     import logging
 
     class Kept(logging.Handler):
@@ -56,7 +69,7 @@ def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch):
             self.messages.append(record.getMessage())
 
     monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
-    record, study = _study(tmp_path)
+    record, study = make(tmp_path)
     level, kept = optuna.logging.get_verbosity(), Kept()
     optuna.logging.set_verbosity(optuna.logging.INFO)
     logging.getLogger("optuna").addHandler(kept)
@@ -66,4 +79,4 @@ def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch):
     finally:
         logging.getLogger("optuna").removeHandler(kept)
         optuna.logging.set_verbosity(level)
-    assert not [m for m in kept.messages if "A new study created" in m], kept.messages
+    assert kept.messages == []

@@ -20,6 +20,7 @@ import html
 import io
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..record.states import TrialState
@@ -295,12 +296,8 @@ def _own_trials(optuna_study):
 
     from ..record.trials import WARM_START
 
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not Optuna's "A new study created" at INFO
-    try:
+    with _optuna_says_only(optuna.logging.WARNING):  # not Optuna's "A new study created" at INFO
         copy = optuna.create_study(directions=optuna_study.directions)
-    finally:
-        optuna.logging.set_verbosity(level)
     copy.add_trials(
         [
             t
@@ -309,6 +306,18 @@ def _own_trials(optuna_study):
         ]
     )
     return copy
+
+
+@contextmanager
+def _optuna_says_only(level: int):
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, level))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def _pareto(record, study) -> str:
@@ -331,7 +340,8 @@ def _optuna_figure(study, name: str, **kwargs) -> str:
     if name == "plot_param_importances":
         kwargs["evaluator"] = optuna.importance.PedAnovaImportanceEvaluator()
     try:
-        with warnings.catch_warnings():
+        # Not Optuna's "[W] ... does not contain completed trials": the page says so in the figure's place.
+        with warnings.catch_warnings(), _optuna_says_only(optuna.logging.ERROR):
             warnings.simplefilter("ignore")
             ax = getattr(figures, name)(study, **kwargs)
     except (ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as e:
