@@ -147,6 +147,39 @@ def test_a_dead_tracking_server_is_one_fault_within_seconds():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("down_for_s, tries", [(0.0, 2), (60.0, 1)])
+def test_the_end_of_a_study_waits_for_a_store_that_just_went_down_not_for_one_down_all_along(
+    tmp_path, down_for_s, tries
+):
+    """``Tracker.close(wait_s)`` tries again while MLflow has been unreachable for less than ``wait_s``;
+    either way what it could not send is saved in the study and said in one line."""
+    from mlflow_server import free_port
+
+    from raylora.tracking.storage import open_storage
+    from raylora.tracking.tracker import Tracker
+
+    class Counted(Tracker):
+        tries = 0
+
+        def flush(self):
+            self.tries += 1
+            return super().flush()
+
+    said = []
+    spec = spec_lib.Spec.from_dict({"study": {"name": "s"}})
+    tracker = Counted(spec, f"http://127.0.0.1:{free_port()}", open_storage(str(tmp_path), "s"), said.append)
+    metrics = {"write": "metrics", "trial_id": "t000", "step": 2, "values": {"eval/loss": 1.0}}
+    tracker.outbox += [{"write": "experiment"}, metrics]
+    tracker.offline_since = time.monotonic() - down_for_s if down_for_s else None
+    assert tracker.close(wait_s=1.0) is False
+    assert tracker.tries == tries
+    assert [line for line in said if "still unreachable" in line] == [
+        f"MLflow still unreachable at {tracker.uri}: 2 record(s) saved to {tmp_path / 's' / 'mlflow_pending.json'}; "
+        f"`raylora search --resume` or `raylora report {tmp_path / 's'}` sends them once it is back"
+    ]
+    assert json.loads((tmp_path / "s" / "mlflow_pending.json").read_text())["records"] == [metrics]
+
+
 def test_a_corrupt_adapter_does_not_load_and_a_whole_one_does(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText

@@ -124,6 +124,7 @@ def test_a_study_run_while_mlflow_is_down_reaches_the_server_whole_and_exactly_o
     assert proc.returncode == 0, proc.stderr[-3000:]
     pending = study / "mlflow_pending.json"
     assert f"MLflow still unreachable at {uri}" in proc.stdout and str(pending) in proc.stdout, proc.stdout
+    assert f"MLflow: {uri}\n" in proc.stdout, proc.stdout  # the server's UI, not `mlflow ui` on a URL
     saved = json.loads(pending.read_text())
     assert saved["tracking_uri"] == uri
     kinds = [r["write"] for r in saved["records"]]

@@ -189,8 +189,10 @@ class Tracker:
         return True
 
     def close(self, wait_s: float = 15.0) -> bool:
-        """Send what is left, retrying for up to ``wait_s`` seconds; save and say what could not be sent."""
-        deadline = time.monotonic() + wait_s
+        """Send what is left, retrying until MLflow has been unreachable for ``wait_s`` seconds (a server
+        restarting at the study's end comes back; one down all along is not waited for again); save and
+        say what could not be sent."""
+        deadline = (self.offline_since or time.monotonic()) + wait_s
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(2.0)
         if self.outbox:
@@ -473,10 +475,13 @@ class Tracker:
             self.client.log_artifacts(self.parent_id, str(directory), REPORT_DIR)
 
     def runs_link(self) -> str | None:
-        """The MLflow UI page of the study's runs, when the tracking URI is a server."""
-        if self.uri.startswith("http") and self.experiment_id:
+        """The MLflow UI page of the study's runs when the tracking URI is a server (the server itself
+        while it has not answered), else None."""
+        if not self.uri.startswith("http"):
+            return None
+        if self.experiment_id:
             return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
-        return None
+        return self.uri
 
 
 def read_pending(storage) -> dict | None:
