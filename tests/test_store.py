@@ -173,9 +173,10 @@ def test_the_end_of_a_study_waits_for_a_store_that_just_went_down_not_for_one_do
     tracker.offline_since = time.monotonic() - down_for_s if down_for_s else None
     assert tracker.close(wait_s=1.0) is False
     assert tracker.tries == tries
+    study = tmp_path / "s"
     assert [line for line in said if "still unreachable" in line] == [
-        f"MLflow still unreachable at {tracker.uri}: 2 record(s) saved to {tmp_path / 's' / 'mlflow_pending.json'}; "
-        f"`raylora search --resume` or `raylora report {tmp_path / 's'}` sends them once it is back"
+        f"MLflow still unreachable at {tracker.uri}: 2 record(s) saved to {study / 'mlflow_pending.json'}; "
+        f"`raylora search --resume` or `raylora report {study}` sends them once it is back"
     ]
     assert json.loads((tmp_path / "s" / "mlflow_pending.json").read_text())["records"] == [metrics]
 
