@@ -1,6 +1,6 @@
 """Round 3 of faults end to end (slow: real Ray, Optuna, MLflow and PEFT through the CLI): a diverged trial
-fails and never wins, SIGTERM stops a study as Ctrl-C does, and a resume never trusts a checkpoint a power
-loss emptied."""
+fails and never wins, SIGTERM stops a study as Ctrl-C does, a resume never trusts a checkpoint a power
+loss emptied, and a killed pool actor or a stopped worker costs a trial only its steps since a checkpoint."""
 
 from __future__ import annotations
 
@@ -60,6 +60,15 @@ def test_a_diverged_trial_fails_is_never_the_best_and_promote_agrees(tmp_path):
     assert "t001" in promoted.stdout, promoted.stdout
 
 
+def _wait_for(driver: subprocess.Popen, study_dir: Path, condition, timeout_s: float = 300) -> None:
+    """Wait until ``condition(summary trials)`` holds while the driver runs."""
+    deadline = time.monotonic() + timeout_s
+    while not ((study_dir / "summary.json").is_file() and condition(_summary(study_dir)["trials"])):
+        if time.monotonic() > deadline or driver.poll() is not None:
+            raise AssertionError(f"exit {driver.poll()}: {_summary(study_dir)}")
+        time.sleep(0.1)
+
+
 def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = None) -> subprocess.Popen:
     driver = subprocess.Popen(
         [sys.executable, "-m", "raylora", *args],
@@ -70,12 +79,11 @@ def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = 
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while not ((study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= steps):
-        if time.monotonic() > deadline or driver.poll() is not None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            raise AssertionError(driver.communicate()[1][-3000:])
-        time.sleep(0.1)
+    try:
+        _wait_for(driver, study_dir, lambda trials: trials[0]["steps"] >= steps)
+    except AssertionError:
+        os.killpg(driver.pid, signal.SIGKILL)
+        raise AssertionError(driver.communicate()[1][-3000:]) from None
     return driver
 
 
@@ -163,28 +171,26 @@ def _signal_descendant_and_wait(driver, name: str, sig) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_the_pool_actor_killed_is_restarted_and_its_trial_resumes_from_its_checkpoint(tmp_path):
-    """What an OOM killer may pick: the trial pool's process. Ray restarts it, the trial drivers submit
-    their trials again, and no trial is given a verdict for it."""
+def test_a_killed_pool_actor_and_a_stopped_worker_are_restarted_and_each_trial_resumes_from_its_checkpoint(
+    tmp_path,
+):
+    """Two faults in one study. t000: the trial pool's process is killed (what an OOM killer may pick);
+    Ray restarts it, the trial drivers submit their trials again, and no trial is given a verdict for it.
+    t001: SIGSTOP on its worker (a deadlocked collective looks the same from outside); once it has been
+    silent longer than RAYLORA_WATCHDOG_S, its workers are ended and the trial resumes from its checkpoint."""
     spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20, "eval_every": 2})
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
-    driver = _run_until(_search_args(spec, storage), study_dir, steps=4)
-    out, err = _signal_descendant_and_wait(driver, "TrialPool", signal.SIGKILL)
+    driver = _run_until(_search_args(spec, storage), study_dir, steps=4, env={"RAYLORA_WATCHDOG_S": "20"})
+    try:
+        os.kill(_descendant(driver.pid, "TrialPool"), signal.SIGKILL)
+        _wait_for(driver, study_dir, lambda trials: len(trials) == 2 and trials[1]["steps"] >= 4)
+    except BaseException:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        raise
+    out, err = _signal_descendant_and_wait(driver, "RayTrainWorker", signal.SIGSTOP)
     assert driver.returncode == 0, err[-3000:]
     summary = _strict(study_dir / "summary.json")
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"], summary
-    assert summary["trials"][0]["resumed_from_step"] >= 2
+    assert [t["resumed_from_step"] >= 2 for t in summary["trials"]] == [True, True], summary
     _assert_adapters_exist(summary)
-
-
-@pytest.mark.slow
-def test_a_stopped_worker_is_restarted_by_the_watchdog_from_the_trials_checkpoint(tmp_path):
-    """SIGSTOP on a trial's worker (a deadlocked collective looks the same from outside): once it has been
-    silent longer than RAYLORA_WATCHDOG_S, its workers are ended and the trial resumes from its checkpoint."""
-    spec = _write_spec(tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 20})
-    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
-    driver = _run_until(_search_args(spec, storage), study_dir, steps=4, env={"RAYLORA_WATCHDOG_S": "20"})
-    out, err = _signal_descendant_and_wait(driver, "RayTrainWorker", signal.SIGSTOP)
-    assert driver.returncode == 0, err[-3000:]
-    (trial,) = _strict(study_dir / "summary.json")["trials"]
-    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] >= 2, trial
