@@ -63,12 +63,14 @@ def _write_spec(path: Path, **sections) -> Path:
     return path
 
 
-def _raylora(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _raylora(
+    *args: str, env: dict | None = None, timeout: int = 600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "raylora", *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
@@ -325,13 +327,22 @@ def _assert_adapters_exist(summary: dict) -> None:
 def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(tmp_path):
     """Two launches of one study, then a resume with another spec, a torn journal tail, a dead driver's
     lock, an unreadable summary.json and a corrupt journal line: each either completes the study with
-    exactly its trials or ends in one line with exit 2."""
+    exactly its trials or ends in one line with exit 2. The resumes run from another folder than the
+    first launch, on the default MLflow store: one store, beside the storage, whichever the folder."""
     spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20})
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    first_cwd, cwd = tmp_path / "a", tmp_path / "b"
+    first_cwd.mkdir(), cwd.mkdir()
+    env = {"MLFLOW_TRACKING_URI": ""}
+
+    def search(path: Path, *args: str) -> subprocess.CompletedProcess:
+        return _raylora("search", str(path), "--storage", str(storage), *args, env=env, cwd=cwd)
+
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
-        [sys.executable, "-m", "raylora", *_search_args(spec, storage)],
-        cwd=ROOT,
+        [sys.executable, "-m", "raylora", "search", str(spec), "--storage", str(storage)],
+        cwd=first_cwd,
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -341,7 +352,7 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
         while not (study_dir / "driver.lock").is_file():
             assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()
             time.sleep(0.2)
-        second = _raylora(*_search_args(spec, storage, "--resume"))
+        second = search(spec, "--resume")
         _one_line_exit(second, 2, f"already being run by pid {first.pid} on {socket.gethostname()}")
         assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
     finally:
@@ -358,7 +369,7 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
         training={"max_steps": 10},
         search={"training.lora.r": {"choice": [8, 4, 2]}, "training.learning_rate.llm": {"choice": [1.0e-2]}},
     )
-    proc = _raylora(*_search_args(changed, storage, "--resume"))
+    proc = search(changed, "--resume")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert [line.split(":")[1].strip() for line in lines] == [
@@ -377,9 +388,20 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
     lock = {"host": socket.gethostname(), "pid": gone.pid, "started": "earlier", "token": "x", "expires": 0}
     (study_dir / "driver.lock").write_text(json.dumps(lock))
     more = _write_spec(tmp_path / "more.yaml", study={"num_trials": 3}, training={"max_steps": 20})
-    proc = _raylora(*_search_args(more, storage, "--resume"))
+    proc = search(more, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"warning: dropped a torn last record (52 bytes) of {journal}" in proc.stdout + proc.stderr
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "warning" in line]
+    assert [w.split(" at line")[0] for w in warnings] == [
+        f"warning: dropped a torn last record (52 bytes) of {journal}"
+    ], warnings
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    assert json.loads((study_dir / "spec.json").read_text())["tracking_uri"] == uri
+    assert not list(first_cwd.iterdir()) and not list(cwd.iterdir()), "nothing is made where it ran"
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(uri).get_experiment_by_name("s")
+    roles = [r.data.tags["raylora.role"] for r in MlflowClient(uri).search_runs([experiment.experiment_id])]
+    assert sorted(roles) == ["study", "trial", "trial", "trial"]
     summary = _summary(study_dir)
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 3, summary
     assert summary["trials"][:2] == done["trials"], "the finished trials are untouched"
@@ -394,7 +416,7 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
 
     # An unreadable summary.json is rebuilt from the journal and the checkpoints.
     (study_dir / "summary.json").write_text('{"study": "s", "trials": [{"trial_')
-    proc = _raylora(*_search_args(more, storage, "--resume"))
+    proc = search(more, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "did not parse; rebuilt it from optuna.journal" in proc.stdout + proc.stderr
     rebuilt = _summary(study_dir)
@@ -403,12 +425,19 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
         {k: t[k] for k in keys} for t in summary["trials"]
     ]
     assert rebuilt["best_trial"]["trial_id"] == summary["best_trial"]["trial_id"]
+    (study_dir / "summary.json").write_text('{"study": "s", "trials": [{"tri')  # `report` rebuilds it too
+    proc = _raylora("report", str(study_dir), env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "did not parse; rebuilt it from optuna.journal" in proc.stdout + proc.stderr
+    assert [{k: t[k] for k in keys} for t in _summary(study_dir)["trials"]] == [
+        {k: t[k] for k in keys} for t in summary["trials"]
+    ]
 
     # Corruption before the last line cannot be repaired: one line naming the file and line.
     lines = journal.read_bytes().split(b"\n")
     lines[1] = b"garbage"
     journal.write_bytes(b"\n".join(lines))
-    proc = _raylora(*_search_args(more, storage, "--resume"))
+    proc = search(more, "--resume")
     _one_line_exit(proc, 2, f"{journal}:2: not an Optuna journal record")
 
 
