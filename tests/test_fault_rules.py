@@ -244,6 +244,59 @@ def test_the_trials_own_error_oom_or_divergence_wrapped_by_ray_is_still_its_verd
     )
 
 
+_GLOO_PEER_LOST = st.sampled_from(
+    [
+        "[{}/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:{}: Connection reset by peer",
+        "[{}/gloo/transport/tcp/pair.cc:598] Connection closed by peer [10.0.0.{}]:{}",
+        "[{}/gloo/transport/tcp/unbound_buffer.cc:{}] Write error: Broken pipe",
+    ]
+)
+
+
+def _wrapped(leaf: BaseException, layers: list[str]) -> BaseException:
+    """``leaf`` as Ray Train hands it on: under a worker group's error and/or as an exception's cause."""
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    error = leaf
+    for kind in layers:
+        if kind == "group":
+            error = WorkerGroupError("a worker raised", {0: error})
+        else:
+            outer = RuntimeError("while training")
+            outer.__cause__ = error
+            error = outer
+    return error
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    template=_GLOO_PEER_LOST,
+    path=st.text("/_abcdefgh", max_size=12),
+    port=st.integers(1, 65535),
+    layers=st.lists(st.sampled_from(["group", "cause"]), max_size=3),
+)
+def test_a_collective_that_lost_its_peer_is_not_the_trials_verdict(template, path, port, layers):
+    """A worker whose peer died (killed, its node lost) fails in its collective with gloo's RuntimeError
+    (or torch's DistNetworkError / DistBackendError): its trial is resumed by the restarted group, never
+    FAILED for it, however Ray wraps the error; the trial's own errors stay its verdict."""
+    import torch.distributed as dist
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raylora.record.states import INFRA_FAULT, classify, peer_lost
+
+    text = template.format(path, *([port] * template.count("{}"))[1:])
+    for leaf in (RuntimeError(text), dist.DistNetworkError("connect timed out"), dist.DistBackendError("x")):
+        error = _wrapped(leaf, layers)
+        assert peer_lost(error), error
+        assert classify(error)[0] == INFRA_FAULT, classify(error)
+    for own in (RuntimeError(text.replace("gloo", "mine")), RuntimeError("shape mismatch " + path)):
+        assert not peer_lost(_wrapped(own, layers))
+        assert classify(_wrapped(own, layers))[0] == TrialState.FAILED
+    # One worker's own error, and its peer's lost collective beside it: the trial's verdict is its own.
+    both = WorkerGroupError("workers raised", {0: _wrapped(RuntimeError(text), layers), 1: own})
+    assert not peer_lost(both) and classify(both) == (TrialState.FAILED, f"RuntimeError: {str(own).strip()}")
+
+
 # -- data fixed for the study's life -----------------------------------------------------------------
 
 

@@ -118,8 +118,8 @@ def classify(error: BaseException) -> tuple[str, str]:
 
     Only what the trial's own training raised is a verdict: out of memory is INFEASIBLE, any other error
     of its own FAILED. A full or unwritable storage, a data file gone, and Ray's errors for a process,
-    node or worker group that died or never started (with no error of the trial's own among the causes)
-    are faults of the infrastructure."""
+    node or worker group that died or never started, or a collective that lost its peer (:func:`peer_lost`),
+    with no error of the trial's own among the causes, are faults of the infrastructure."""
     from ..errors import first_line
 
     causes = list(_causes(error))
@@ -131,11 +131,42 @@ def classify(error: BaseException) -> tuple[str, str]:
     gone = next((e for e in causes if isinstance(e, FileNotFoundError)), None)
     if gone is not None:  # the data and the model were checked before the study: this went missing since
         return INFRA_FAULT, f"{gone.filename or first_line(gone)}: no such file (it was there at the start)"
-    infra = [e for e in causes if _names(e) & _INFRA_ERRORS]
-    if infra and not any(_is_trials_own(e) for e in causes):
+    infra = [e for e in causes if _names(e) & _INFRA_ERRORS or _lost_peer(e)]
+    own = _own(error)
+    if infra and not own:
         return INFRA_FAULT, f"{type(infra[-1]).__name__}: {first_line(infra[-1])}"
-    root = causes[-1] if causes else error
+    root = own[-1] if own else causes[-1] if causes else error
     return TrialState.FAILED, f"{type(root).__name__}: {first_line(root)}"
+
+
+_PEER_LOST_ERRORS = frozenset({"DistNetworkError", "DistBackendError"})
+"""torch.distributed's errors for a collective whose peers went away (NCCL, the TCP store)."""
+_PEER_LOST_TEXTS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+"""What gloo's plain ``RuntimeError`` says when a peer process died mid-collective."""
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether a worker's error is a collective that lost a peer (another worker of its group died, or
+    its node), with no error of the trial's own beside it: the trial's group restarts and resumes it, as
+    for the dead worker itself; not a verdict on the trial."""
+    return _from_lost_peer(error) and not _own(error)
+
+
+def _lost_peer(error: BaseException) -> bool:
+    if _names(error) & _PEER_LOST_ERRORS:
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and "gloo" in text and any(t in text for t in _PEER_LOST_TEXTS)
+
+
+def _from_lost_peer(error: BaseException) -> bool:
+    """``error`` is a lost peer, or was raised because of one (one is among its causes)."""
+    return any(_lost_peer(e) for e in _causes(error))
+
+
+def _own(error: BaseException) -> list[BaseException]:
+    """``error``'s causes raised by the trial's own code for a reason of its own (not a lost peer)."""
+    return [e for e in _causes(error) if _is_trials_own(e) and not _from_lost_peer(e)]
 
 
 def _names(error: BaseException) -> set[str]:

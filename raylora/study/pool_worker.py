@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..layout import DONE, REPORTS
-from ..record.states import DISCARDED, EXIT, classify
+from ..record.states import DISCARDED, EXIT, classify, peer_lost
 from .checkpoints import Checkpoints
 
 
@@ -47,7 +47,8 @@ def serve_trials(config: dict) -> None:
         try:
             train(Spec.from_dict(job["spec"]), session)
         except Exception as e:
-            ray.get(pool.failed.remote(runner, slot, *classify(e)))
+            if not peer_lost(e):  # a dead peer's trial is not failed: the restarted group resumes it
+                ray.get(pool.failed.remote(runner, slot, *classify(e)))
             raise  # the other workers may be waiting in a collective: Ray Train restarts the group
         finally:
             session.close()
