@@ -87,9 +87,9 @@ def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = 
     return driver
 
 
-def _sigterm_study(tmp_path: Path, to: str) -> tuple[list[str], Path]:
-    """A one-trial study sent SIGTERM at step 6 (to its process group, or to the driver alone), checked
-    to have stopped as Ctrl-C does; its search arguments and folder, to resume."""
+def _sigterm_study(tmp_path: Path) -> tuple[list[str], Path]:
+    """A one-trial study whose process group is sent SIGTERM at step 6, checked to have stopped as
+    Ctrl-C does; its search arguments and folder, to resume."""
     # objective max on eval/loss: the best checkpoint is the first, so two are kept (the best and the latest)
     spec = _write_spec(
         tmp_path / "study.yaml",
@@ -101,10 +101,7 @@ def _sigterm_study(tmp_path: Path, to: str) -> tuple[list[str], Path]:
     args = _search_args(spec, storage)
     driver = _run_until(args, study_dir, steps=6)
     try:
-        if to == "process group":  # what a terminal's job control or a process supervisor sends
-            os.killpg(driver.pid, signal.SIGTERM)
-        else:  # what Kubernetes and docker stop send: PID 1 alone
-            driver.send_signal(signal.SIGTERM)
+        os.killpg(driver.pid, signal.SIGTERM)  # what a terminal's job control or a process supervisor sends
         out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
@@ -124,14 +121,9 @@ def _sigterm_study(tmp_path: Path, to: str) -> tuple[list[str], Path]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_driver_alone_stops_the_study_as_ctrl_c(tmp_path):
-    _sigterm_study(tmp_path, "process")
-
-
-@pytest.mark.slow
 def test_sigterm_to_the_process_group_stops_the_study_and_resume_skips_an_emptied_checkpoint(tmp_path):
-    # The resume does not depend on which signal stopped the study: it runs after one of the two only.
-    args, study_dir = _sigterm_study(tmp_path, "process group")
+    # (SIGTERM to the driver alone: test_faults' SIGTERM-then-Ctrl-C study.)
+    args, study_dir = _sigterm_study(tmp_path)
     saved = sorted((study_dir / "runs" / "t000").glob("checkpoint_s*"))
     assert len(saved) == 2, saved
     for file in (saved[-1] / "adapter").iterdir():  # a power loss: the names are there, the bytes are not

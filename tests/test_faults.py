@@ -519,13 +519,9 @@ def test_every_trial_failed_exits_1_and_report_sends_pending_records_to_another_
     assert all(r.data.tags["raylora.state"] == "FAILED" for r in trials.values())
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_workers_and_resume_gives_every_evaluation_and_a_checkpoint_that_exists(tmp_path):
-    spec = _write_spec(
-        tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 40, "eval_every": 2}
-    )
-    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
-    args = _search_args(spec, storage)
+def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int) -> tuple[int, str]:
+    """Launch ``raylora *args``, send ``sig`` to the driver alone (as a terminal's Ctrl-C, or Kubernetes'
+    and docker's stop, reaches it) once the first trial has reported ``step``; its exit code and stderr."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "raylora", *args],
         cwd=ROOT,
@@ -536,24 +532,56 @@ def test_ctrl_c_stops_the_workers_and_resume_gives_every_evaluation_and_a_checkp
     )
     try:
         deadline = time.monotonic() + 300
-        while not ((study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= 4):
+        while not (
+            (study_dir / "summary.json").is_file() and _summary(study_dir)["trials"][0]["steps"] >= step
+        ):
             assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
             time.sleep(0.1)
-        driver.send_signal(2)  # SIGINT to the driver alone, as a terminal's Ctrl-C reaches it first
-        out, err = driver.communicate(timeout=300)
+        driver.send_signal(sig)
+        _, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)
             driver.wait()
-    assert driver.returncode == 130, err[-3000:]
-    assert "interrupted: t000 unfinished; continue the study with --resume" in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    trial = _summary(study_dir)["trials"][0]
-    assert (
-        trial["state"] == "RUNNING" and (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
+    return driver.returncode, err
+
+
+@pytest.mark.slow
+def test_sigterm_then_ctrl_c_stop_the_workers_and_resume_gives_every_evaluation_and_a_checkpoint_that_exists(
+    tmp_path,
+):
+    """SIGTERM to the driver alone stops the study as Ctrl-C does (exit 143 against 130); each stop
+    leaves the trial unfinished with a checkpoint that exists, and the last resume gives every evaluation
+    once. (SIGTERM to the whole process group: test_fault_studies.)"""
+    import signal
+
+    spec = _write_spec(
+        tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 40, "eval_every": 2}
     )
+    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
+    args = _search_args(spec, storage)
+    for sig, code, said, resume in (
+        (signal.SIGTERM, 143, "terminated", []),
+        (signal.SIGINT, 130, "interrupted", ["--resume"]),
+    ):
+        step = 4
+        if resume:  # a resume replays the reports up to its checkpoint first: stop it 4 steps after that
+            checkpoint = Path(_summary(study_dir)["trials"][0]["adapter_path"]).parent.name
+            step = int(checkpoint.removeprefix("checkpoint_s")) + 4
+        returncode, err = _stop_at_step([*args, *resume], study_dir, step, sig)
+        assert returncode == code, err[-3000:]
+        assert f"{said}: t000 unfinished; continue the study with --resume" in err, err[-3000:]
+        assert not (study_dir / "driver.lock").exists()
+        assert (study_dir / "report" / "leaderboard.md").is_file()
+        trial = _summary(study_dir)["trials"][0]
+        assert (
+            trial["state"] == "RUNNING"
+            and (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
+        ), trial
     saved = sorted(p.name for p in (study_dir / "runs" / "t000").glob("checkpoint_s*"))
     assert int(saved[-1].removeprefix("checkpoint_s")) < 40, "the workers stopped before the end"
+    assert trial["resumed_from_step"] >= 4, trial
 
     proc = _raylora(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
