@@ -84,6 +84,7 @@ def run(
     cluster.configure(address)  # before the first import of ray
     signals.install()  # SIGTERM as Ctrl-C (again after ray.init, which installs its own)
     spec, where = _checked_inputs(spec, storage, log)
+    _check_named_store(spec, tracking_uri)
     if not dry_run:  # MLflow's import takes seconds: it runs while the study is read and Ray starts
         _in_background(_import_mlflow)
     # The rank check imports torch and transformers: a search runs it beside Ray's start and stops on
@@ -133,6 +134,17 @@ def _without_credentials(spec: Spec) -> Spec:
 
     uri = spec.tracking.tracking_uri
     return spec if not uri or redact(uri) == uri else spec.with_values({"tracking.tracking_uri": redact(uri)})
+
+
+def _check_named_store(spec: Spec, tracking_uri: str | None) -> None:
+    """Refuse a tracking URI the user named that can never work before Ray starts (seconds of a
+    cluster's start-up for a typo); the study's store is resolved once the study is read."""
+    from ..tracking import store
+    from ..tracking.tracker import check_uri
+
+    named = store.given(tracking_uri, spec.tracking.tracking_uri)
+    if named:
+        check_uri(named)
 
 
 def _tracking_uri(spec: Spec, where, storage: str | None, tracking_uri: str | None, log) -> str:
