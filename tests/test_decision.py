@@ -403,14 +403,41 @@ def _search(tmp: Path, spec: dict, *args: str):
     )
 
 
+EARLIER_VALUES = [[0.9, 3.0], [0.7, 5.0]]
+"""The (eval/loss, cost/peak_mem_gb) of the two trials of the earlier study the shared study warm-starts
+from (made with Optuna alone: what the sampler is lent does not need training)."""
+
+
+def _earlier_two_objective_study(directory: Path) -> Path:
+    spec = spec_lib.build({**STUDY_SPEC, "study": {**STUDY_SPEC["study"], "name": "earlier", "enqueue": []}})
+    directory.mkdir(parents=True)
+    study = optuna.create_study(
+        storage=JournalStorage(JournalFileBackend(str(directory / "optuna.journal"))),
+        study_name="earlier",
+        directions=["minimize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    sample = space.define_by_run(spec)
+    for i, values in enumerate(EARLIER_VALUES):
+        trial = study.ask()
+        sample(trial)
+        trial.set_user_attr("slot", f"t{i:03d}")
+        study.tell(trial, values)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def searched(built_once):
     """One three-trial study of two objectives (eval/loss against cost/peak_mem_gb), its first two trials
-    enqueued, run once for the session; returns (folder, summary, tracking URI)."""
+    enqueued, warm-started from an earlier study's two trials, run once for the session; returns
+    (folder, summary, tracking URI)."""
 
     def study(tmp: Path) -> None:
-        proc = _search(tmp, STUDY_SPEC)
+        earlier = _earlier_two_objective_study(tmp / "earlier" / "earlier")
+        spec = {**STUDY_SPEC, "study": {**STUDY_SPEC["study"], "warm_start": [str(earlier)]}}
+        proc = _search(tmp, spec)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (tmp / "stdout.txt").write_text(proc.stdout)
 
     tmp = built_once("decide", study)
     directory = tmp / "st" / "decide"
@@ -479,10 +506,12 @@ def test_the_pareto_front_is_recomputed_from_the_trials_values(searched):
     assert summary["pareto_front"] == expected and expected
     assert summary["objectives"][1] == {"metric": "cost/peak_mem_gb", "mode": "min"}
 
-    optuna_study = optuna.load_study(
+    journal = optuna.load_study(
         study_name="decide", storage=JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
     )
-    assert sorted(t.user_attrs["slot"] for t in optuna_study.best_trials) == expected
+    own = optuna.create_study(directions=journal.directions)  # Optuna's front of the study's own trials
+    own.add_trials([t for t in journal.get_trials() if "slot" in t.user_attrs])  # not the lent ones
+    assert sorted(t.user_attrs["slot"] for t in own.best_trials) == expected
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("decide")
     tagged = client.search_runs([experiment.experiment_id], "tags.`raylora.pareto` = 'true'")
@@ -541,22 +570,22 @@ def test_promote_cheapest_within_matches_a_recomputation_from_the_summary(search
 
 
 @pytest.mark.slow
-def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched, tmp_path):
+def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched):
     directory, summary, _ = searched
-    spec = json.loads(json.dumps(STUDY_SPEC))
-    spec["study"].update({"name": "decide-2", "num_trials": 1, "warm_start": [str(directory)], "enqueue": []})
-    proc = _search(tmp_path, spec)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "warm start: the sampler begins with 3 finished trial(s)" in proc.stdout
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "st" / "decide-2" / "optuna.journal")))
-    trials = optuna.load_study(study_name="decide-2", storage=storage).get_trials()
-    lent, own = trials[:3], trials[3:]
-    metrics = ("eval/loss", "cost/peak_mem_gb")
-    assert [t.values for t in lent] == [[t["values"][m] for m in metrics] for t in summary["trials"]]
-    assert all(t.user_attrs[warm.WARM_START] == str(directory) for t in lent)
-    assert [t.user_attrs["slot"] for t in own] == ["t000"]
-    again = json.loads((tmp_path / "st" / "decide-2" / "summary.json").read_text())
-    assert [t["trial_id"] for t in again["trials"]] == ["t000"], "lent trials are not this study's trials"
+    earlier = directory.parent.parent / "earlier" / "earlier"
+    assert (
+        "warm start: the sampler begins with 2 finished trial(s)"
+        in (directory / "../../stdout.txt").read_text()
+    )
+    storage = JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
+    trials = optuna.load_study(study_name="decide", storage=storage).get_trials()
+    lent, own = trials[:2], trials[2:]
+    assert [t.values for t in lent] == EARLIER_VALUES
+    assert all(t.user_attrs[warm.WARM_START] == str(earlier) for t in lent)
+    assert [t.user_attrs["slot"] for t in own] == ["t000", "t001", "t002"]
+    assert [t["trial_id"] for t in summary["trials"]] == ["t000", "t001", "t002"], (
+        "lent trials are not its own"
+    )
 
 
 # -- staged studies: training.init_adapter ---------------------------------------------------------------
