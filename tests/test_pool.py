@@ -230,6 +230,8 @@ def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
     assert _peak_memory_mb(cpu) < before + 100
 
 
+# Ray Data's DataContext, built by Train's callbacks here, warns about its own deprecated fields.
+@pytest.mark.filterwarnings("ignore:`use_:DeprecationWarning:ray.data.context")
 def test_a_runners_trainer_has_ray_trains_default_callbacks_but_the_dataset_manager(tmp_path):
     """Each runner's TorchTrainer starts no dataset-manager actor (it passes no Ray Datasets); every other
     callback Ray Train sets up (the backend's process group, the placement-group cleaner, ...) stays. If
