@@ -264,6 +264,48 @@ def test_a_torn_last_journal_record_is_dropped_with_a_warning_and_corruption_els
     assert str(corrupt.value).startswith(f"{journal}:3: not an Optuna journal record")
 
 
+def test_a_resume_with_another_spec_or_a_corrupt_journal_is_refused_before_ray_starts(
+    tmp_path, monkeypatch, raylora_cli
+):
+    """A study with a trial left to run (its spec.json and journal as a first run leaves them): a resume
+    with another spec, or of a journal corrupt before its last line, ends in one line without starting
+    Ray, and writes nothing."""
+    from raylora.study import cluster, specfile
+
+    def tripwire(address):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(cluster, "init_ray", tripwire)
+
+    storage = tmp_path / "st"
+    study_dir = storage / "s"
+    _journal_with_trials(study_dir, n=1)  # one of the spec's 2 trials finished
+    specfile.save(study_dir, Spec.from_dict(_spec_dict()))
+    before = {p.name: p.read_bytes() for p in study_dir.iterdir()}
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    changed = _write_spec(tmp_path / "changed.yaml", training={"max_steps": 20})
+    code, out, err = raylora_cli(
+        "search", str(changed), "--storage", str(storage), "--tracking-uri", tracking, "--resume"
+    )
+    assert (code, err) == (2, "error: training.max_steps: 4 → 20" + err.split("→ 20", 1)[1]), err
+    assert err.count("\n") == 1 and "starting Ray" not in out, (out, err)
+
+    journal = study_dir / "optuna.journal"
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b"garbage"
+    journal.write_bytes(b"\n".join(lines))
+    before["optuna.journal"] = journal.read_bytes()
+    same = _write_spec(tmp_path / "same.yaml")
+    code, out, err = raylora_cli(
+        "search", str(same), "--storage", str(storage), "--tracking-uri", tracking, "--resume"
+    )
+    assert code == 2 and err.startswith(f"error: {journal}:2: not an Optuna journal record"), err
+    assert "starting Ray" not in out, out
+    assert {p.name: p.read_bytes() for p in study_dir.iterdir()} == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # -- clean refusals for unusable places and impossible ranks --------------------------------------------
 
 

@@ -43,6 +43,7 @@ class Plan:
     dashboard_url: str | None = None  # the Ray dashboard, when Ray serves one
     record: StudyRecord | None = field(default=None, repr=False)  # the study as it stands
     rebuild: bool = False  # summary.json did not parse: opening the study rebuilds it from the journal
+    spec_checked: bool = False  # a resume's spec was checked against spec.json before Ray started
     tracking_uri: str = field(default="", repr=False)  # the MLflow store (credentials stay in this process)
 
 
@@ -90,7 +91,7 @@ def run(
     # The rank check imports torch and transformers: a search runs it beside Ray's start and stops on
     # its error before the study is written; --dry-run, which must start nothing for it, first.
     ranks = _in_background(_check_ranks, spec) if not dry_run else _check_ranks(spec)
-    plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log)
+    plan = plan_study(spec, where, address, resume, dry_run, None if dry_run else log, accept_spec)
     if ranks is not None:
         ranks.result()
     plan.tracking_uri = _tracking_uri(spec, where, storage, tracking_uri, log)
@@ -187,9 +188,15 @@ def _storage_faults_stop_the_study():
 # -- plan: read the study and the cluster; write nothing --------------------------------------------------
 
 
-def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bool, log=None) -> Plan:
+def plan_study(
+    spec: Spec, where, address: str | None, resume: bool, dry_run: bool, log=None, accept_spec: bool = False
+) -> Plan:
     """What a search of ``spec`` in ``where`` would do: the trials left, and (when some are) the cluster's
-    nodes and how many trials run at once. Reads the study's state; writes nothing."""
+    nodes and how many trials run at once. Reads the study's state; writes nothing. A resume with another
+    spec, or of a journal corrupt before its last record, is refused here, before Ray starts."""
+    from . import specfile
+    from .repair import check_journal
+
     where.pull()
     record, rebuild = _read_record(spec, where, dry_run)
     if resume and not _exists(record, rebuild, where):
@@ -200,9 +207,14 @@ def plan_study(spec: Spec, where, address: str | None, resume: bool, dry_run: bo
             f"study {spec.study.name!r} already exists in {where.location}; "
             "continue it with --resume, or choose another study.name or --storage",
         )
+    # With a driver's lock there, the lock's holder is named first (open_study checks the spec then).
+    spec_checked = resume and not (where.directory / LOCK).is_file()
+    if spec_checked:
+        specfile.check(where.directory, spec, accept=accept_spec)
+    check_journal(where.directory / JOURNAL)
     remaining = max(space.trials(spec) - len(record.finished()), 0)
     plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
-    plan.record, plan.rebuild = record, rebuild
+    plan.record, plan.rebuild, plan.spec_checked = record, rebuild, spec_checked
     if remaining:
         from .progress import saying
 
@@ -271,7 +283,7 @@ def open_study(spec: Spec, plan: Plan, resume: bool, log, accept_spec: bool = Fa
 
     where, record, directory = plan.storage, plan.record, plan.study_dir
     record.on_save = where.push
-    if resume:
+    if resume and not plan.spec_checked:
         specfile.check(directory, spec, accept=accept_spec)
     optuna_study = open_optuna(directory, spec, log)
     warm_start(optuna_study, spec, log)  # a new study only: earlier trials as the sampler's prior

@@ -30,8 +30,26 @@ if TYPE_CHECKING:
 def repair_journal(path: Path, log: Callable[[str], None] = print) -> None:
     """Drop a torn last record of Optuna journal ``path`` (with one line saying so); raise a
     :class:`UserError` naming ``file:LINE`` for a bad record anywhere else."""
-    if not path.is_file():
+    torn = check_journal(path)
+    if torn is None:
         return
+    keep, size, line = torn
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log(
+        f"warning: dropped a torn last record ({size} bytes) of {path} at line {line} "
+        "(a process stopped mid-write; it was never acknowledged)"
+    )
+
+
+def check_journal(path: Path) -> tuple[int, int, int] | None:
+    """Read Optuna journal ``path`` (no write): raise a :class:`UserError` naming ``file:LINE`` for a bad
+    record before its last one; for a torn last record, ``(bytes to keep, its size, its line)``; else
+    None (a whole journal, or none)."""
+    if not path.is_file():
+        return None
     data = path.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty when the file ends whole
@@ -47,14 +65,8 @@ def repair_journal(path: Path, log: Callable[[str], None] = print) -> None:
                 "from a backup, or start a new study.name",
             )
     if tail.strip() or keep != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        log(
-            f"warning: dropped a torn last record ({len(tail)} bytes) of {path} at line {len(lines) + 1} "
-            "(a process stopped mid-write; it was never acknowledged)"
-        )
+        return keep, len(tail), len(lines) + 1
+    return None
 
 
 def _parses(line: bytes) -> bool:
