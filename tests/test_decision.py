@@ -572,16 +572,14 @@ def test_promote_cheapest_within_matches_a_recomputation_from_the_summary(search
 @pytest.mark.slow
 def test_a_warm_started_study_gives_its_sampler_the_earlier_trials(searched):
     directory, summary, _ = searched
-    earlier = directory.parent.parent / "earlier" / "earlier"
-    assert (
-        "warm start: the sampler begins with 2 finished trial(s)"
-        in (directory / "../../stdout.txt").read_text()
-    )
+    tmp = directory.parent.parent  # the session study's folder
+    said = (tmp / "stdout.txt").read_text()
+    assert "warm start: the sampler begins with 2 finished trial(s)" in said, said
     storage = JournalStorage(JournalFileBackend(str(directory / "optuna.journal")))
     trials = optuna.load_study(study_name="decide", storage=storage).get_trials()
     lent, own = trials[:2], trials[2:]
     assert [t.values for t in lent] == EARLIER_VALUES
-    assert all(t.user_attrs[warm.WARM_START] == str(earlier) for t in lent)
+    assert all(t.user_attrs[warm.WARM_START] == str(tmp / "earlier" / "earlier") for t in lent)
     assert [t.user_attrs["slot"] for t in own] == ["t000", "t001", "t002"]
     assert [t["trial_id"] for t in summary["trials"]] == ["t000", "t001", "t002"], (
         "lent trials are not its own"

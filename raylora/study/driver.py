@@ -157,7 +157,8 @@ def _tracking_uri(spec: Spec, where, storage: str | None, tracking_uri: str | No
 
     given = store.given(tracking_uri, spec.tracking.tracking_uri)
     uri = store.for_study(given, stored_uri(where.directory), storage or spec.study.storage, log)
-    check_uri(uri)
+    if not given:  # a named store was checked before Ray started (_check_named_store)
+        check_uri(uri)
     return uri
 
 
