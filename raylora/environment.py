@@ -74,12 +74,15 @@ RAY_TRAIN = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
 
-# Set on the search driver only; these two are forced, since raylora depends on them.
+# Set on the search driver only, and forced: raylora depends on them.
 RAY_DRIVER = {
     # Tune's new output engine prints experiment banners even when silent; raylora prints its own.
     "RAY_AIR_NEW_OUTPUT": "0",
     # A failed trial's final report carries its status instead of the objective, by design.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's CSV, JSON and TensorBoard logs of each trial are never read (the study's summary and MLflow
+    # are its records); the TensorBoard one alone costs the driver ~2 CPU-s of tensorboardX import.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 # A local node with fractional-CPU trials starts more worker processes than Ray's default "expected"

@@ -244,18 +244,68 @@ def test_resume_of_no_study_and_report_of_no_folder_are_one_line_and_make_nothin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.yaml"]
 
 
+def _schema(path: Path) -> tuple[dict, list]:
+    """Each table's and index's definition as a set of lines (MLflow's migrations order a table's
+    constraints differently from one store to the next), and the schema version."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        found = {
+            (kind, name): {ln.strip().rstrip(",") for ln in (sql or "").splitlines()}
+            for kind, name, sql in rows
+        }
+        return found, list(db.execute("SELECT version_num FROM alembic_version"))
+
+
+def test_a_new_sqlite_store_has_the_schema_mlflow_makes_and_its_own_default_experiment(tmp_path, monkeypatch):
+    """A new store starts as a copy of an empty one (MLflow's migrations are paid once): its tables,
+    indexes and schema version are those MLflow makes for a store itself, and its Default experiment is
+    the one MLflow gives a store opened from this working directory, not the first store's."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
+    reference = tmp_path / "mlflow_made.db"
+    monkeypatch.chdir(tmp_path)
+    MlflowClient(tracking_uri=f"sqlite:///{reference}").search_experiments()
+    first = store.open_client(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")  # makes the empty copy
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    second = store.open_client(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")  # copied from it
+    assert list((tmp_path / "home" / "cache" / "mlflow").glob("empty-*.db"))
+    for path in (tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"):
+        assert _schema(path) == _schema(reference), path
+    for client, where in ((first, tmp_path), (second, tmp_path / "b")):
+        (default,) = client.search_experiments()
+        assert (default.experiment_id, default.name) == ("0", "Default")
+        assert default.artifact_location == str(where / "mlruns" / "0")
+    run = second.create_run(second.create_experiment("x"))
+    second.log_metric(run.info.run_id, "m", 1.0)
+    assert [e.name for e in first.search_experiments()] == ["Default"], "the stores share nothing"
+
+
 @pytest.mark.slow
 def test_concurrent_first_use_of_a_new_sqlite_store_is_safe(tmp_path):
-    code = "import sys; from raylora.tracking import store; store.open_client(sys.argv[1]); print('ok')"
-    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    """Three processes at once on a fresh home: two open one new store, one another; each store works."""
+    code = (
+        "import sys; from raylora.tracking import store; "
+        "print([e.name for e in store.open_client(sys.argv[1]).search_experiments()])"
+    )
+    uris = [f"sqlite:///{tmp_path}/new/mlflow.db"] * 2 + [f"sqlite:///{tmp_path}/other/mlflow.db"]
+    env = {**os.environ, "RAYLORA_HOME": str(tmp_path / "home")}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(3)
+            [sys.executable, "-c", code, uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for uri in uris
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["['Default']"] * 3
 
 
 SECRETS = ("S3CR3T-URI", "S3CR3T-SET", "S3CR3T-ENV")

@@ -45,6 +45,7 @@ class Plan:
     rebuild: bool = False  # summary.json did not parse: opening the study rebuilds it from the journal
     spec_checked: bool = False  # a resume's spec was checked against spec.json before Ray started
     tracking_uri: str = field(default="", repr=False)  # the MLflow store (credentials stay in this process)
+    address: str | None = field(default=None, repr=False)  # --address, as given
 
 
 @dataclass
@@ -214,18 +215,22 @@ def plan_study(
         specfile.check(where.directory, spec, accept=accept_spec)
     check_journal(where.directory / JOURNAL)
     remaining = max(space.trials(spec) - len(record.finished()), 0)
-    plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where)
+    plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where, address=address)
     plan.record, plan.rebuild, plan.spec_checked = record, rebuild, spec_checked
-    if remaining:
-        from .progress import saying
-
-        named = cluster.named_address(address)
-        what = f"attaching to Ray at {named}" if named else "starting Ray"
-        if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
-            log(f"study {spec.study.name}: {what}")
-        with saying(log, what):
-            _place(spec, plan, address)
+    if remaining and not rebuild:  # a rebuilt summary tells the trials left only once opened
+        _start_ray(spec, plan, log)
     return plan
+
+
+def _start_ray(spec: Spec, plan: Plan, log) -> None:
+    from .progress import saying
+
+    named = cluster.named_address(plan.address)
+    what = f"attaching to Ray at {named}" if named else "starting Ray"
+    if log is not None:  # the first line comes before Ray's start-up, the slowest part of the driver's
+        log(f"study {spec.study.name}: {what}")
+    with saying(log, what):
+        _place(spec, plan, plan.address)
 
 
 def _root(where) -> str:
@@ -305,6 +310,8 @@ def open_study(spec: Spec, plan: Plan, resume: bool, log, accept_spec: bool = Fa
         tracking.send_pending(where, plan.tracking_uri, plan.remaining > 0, log)
     if plan.remaining == 0:
         return OpenStudy(optuna_study, pending, None)
+    if not plan.nodes:  # the summary was rebuilt: trials are left after all
+        _start_ray(spec, plan, log)
     if len(plan.nodes) > 1 and not where.remote:
         cluster.check_shared(directory, plan.nodes)  # object storage is shared by definition
     from ..train import download

@@ -125,9 +125,39 @@ def open_client(uri: str):
     environment.set_defaults(environment.MLFLOW)
     from mlflow import MlflowClient
 
-    if sqlite_file(uri) is None:
+    path = sqlite_file(uri)
+    if path is None:
         return MlflowClient(tracking_uri=uri)
     with created(uri):
+        if not path.exists():
+            _copy_empty_store(path)
         client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # creates and migrates a new store
+        client.search_experiments(max_results=1)  # creates (or completes a copied) store
     return client
+
+
+def _copy_empty_store(path: Path) -> None:
+    """Start a new SQLite store as a copy of an empty one made once per MLflow version in
+    ``$RAYLORA_HOME/cache/mlflow``: MLflow's schema migrations cost every new store ~2 CPU-s (a first
+    study's start). The copy has no experiment; MLflow adds its Default one, with this store's artifact
+    location, when it opens it. Anything in the way (an unwritable cache) leaves the store to MLflow."""
+    import shutil
+    import sqlite3
+
+    import mlflow
+
+    empty = environment.home() / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    try:
+        if not empty.is_file():
+            empty.parent.mkdir(parents=True, exist_ok=True)
+            made = empty.with_name(f".{empty.name}.{os.getpid()}")
+            made.unlink(missing_ok=True)
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments(max_results=1)
+            with sqlite3.connect(made) as db:
+                db.execute("DELETE FROM experiments")
+            os.replace(made, empty)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        shutil.copyfile(empty, partial)
+        os.replace(partial, path)
+    except (OSError, sqlite3.Error):
+        pass

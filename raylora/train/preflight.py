@@ -118,11 +118,21 @@ def check_ranks(spec: Spec, sampled: bool) -> None:
     """Refuse a LoRA rank above the width of the narrowest module LoRA targets (``min(in, out)`` of a
     Linear: a wider rank adds parameters without adding rank). ``sampled``: every rank and scope the
     search can sample (``search``); else the fixed values the command trains with (``train``, where
-    ``--set`` wins over ``search:``). Builds the model on the meta device (torch, no weights) the first
-    time a model's ``config.json`` and targets are seen; the widths are then kept in
-    ``$RAYLORA_HOME/cache/widths`` (seconds of every later study's start)."""
-    ref = _local_model(spec)
+    ``--set`` wins over ``search:``). The built-in model's widths come from its ``config.json``; another
+    checkpoint is built on the meta device (torch, no weights) the first time its ``config.json`` and
+    targets are seen, and its widths are then kept in ``$RAYLORA_HOME/cache/widths`` (seconds of every
+    later study's start)."""
+    from .. import builtin
+
+    ref = _local_model(spec)  # the built-in model is built here the first time
     if ref is None:
+        return
+    if spec.model.name_or_path == builtin.TINY_MODEL and spec.training.lora.target_modules is None:
+        # Its config.json gives its widths exactly (tests/test_set.py): no meta model, no torch import.
+        from ..builtin.tiny_model import widths_config
+
+        leaves = leaf_widths(widths_config())
+        _refuse_wide_ranks(spec, sampled, lambda scope: _scope_widths(scope, leaves))
         return
     widths = _Widths(ref, spec.training.lora.target_modules)
     try:
