@@ -117,3 +117,40 @@ def test_a_group_restarting_under_its_trial_says_so():
     assert pool.snapshot()["t000"]["phase"] == "starting workers 1/2"
     assert pool.next_job(0, fresh=True, timeout=0)["trial_id"] == "t000"  # handed back to resume
     assert pool.snapshot()["t000"]["step"] == 7
+
+
+def test_throughput_counts_the_time_spent_training_not_the_evaluations(tmp_path, monkeypatch):
+    """samples/s, live and reported, is the window's samples over the time spent training them: a clock
+    moved on by 1000 s during each evaluation leaves the rate after it as high as before it."""
+    from raylora.train import recipe
+
+    monkeypatch.setenv("RAYLORA_PROGRESS_EVERY_S", "0")
+    moved = [0.0]
+    real_clock, real_evaluate = recipe._clock, recipe._evaluate
+    monkeypatch.setattr(recipe, "_clock", lambda: real_clock() + moved[0])
+
+    def slow_evaluate(*args, **kwargs):
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            moved[0] += 1000.0
+
+    monkeypatch.setattr(recipe, "_evaluate", slow_evaluate)
+    running: list[tuple[int, dict]] = []
+
+    class Session(LocalSession):
+        def progress(self, step, max_steps, values):
+            running.append((step, dict(values)))
+
+    spec = spec_lib.load(
+        QUICKSTART, ["training.max_steps=4", "training.eval_every=2", "training.click_eval_samples=0"]
+    )
+    session = Session(tmp_path / "out", log=lambda line: None, live=False)
+    train(spec, session)
+    batch = spec.training.per_device_train_batch_size
+    # Two steps of `batch` samples in each window: at least 2 * batch / 100 samples/s unless a window's
+    # clock took in an evaluation's 1000 s (then below 2 * batch / 1000).
+    reported = [h["samples_per_s"] for h in session.history]
+    assert len(reported) == 2 and min(reported) > 2 * batch / 100, reported
+    after_eval = [values["samples_per_s"] for step, values in running if step == 3]
+    assert after_eval and after_eval[0] > batch / 100, running

@@ -162,6 +162,7 @@ def train(spec: Spec, session: Session) -> TrainResult:
         session.report(
             out, lambda d: _save_checkpoint(d, peft_model, optimizer, scheduler, at, targets, gathered, kept)
         )
+        window.restart()
         return out
 
     while step < training.max_steps:
@@ -223,13 +224,22 @@ def _schedule(training) -> Callable[[int], float]:
     return factor
 
 
-class _Window:
-    """Training loss and throughput since the last report."""
+_clock = time.perf_counter  # the throughput window's (a test moves it on during an evaluation)
 
-    def __init__(self):
-        self.start = time.perf_counter()
+
+class _Window:
+    """Training loss and throughput since the last report. Its clock runs while the model trains: a report
+    restarts it once its evaluation and checkpoint are done (they are not training throughput)."""
+
+    def __init__(self, clock: Callable[[], float] | None = None):
+        self.clock = clock or _clock
+        self.start = self.clock()
         self.losses: list[float] = []
         self.samples = self.tokens = 0
+
+    def restart(self) -> None:
+        """Count from now: a report's evaluation and checkpoint just ended."""
+        self.start = self.clock()
 
     def add(self, loss: float, samples: int, tokens: int) -> None:
         self.losses.append(loss)
@@ -238,13 +248,13 @@ class _Window:
 
     def running(self) -> dict:
         """This rank's loss and throughput since the last report, for live progress (no collective)."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         if not self.losses:
             return {}
         return {"train/loss": self.losses[-1], "samples_per_s": self.samples / elapsed}
 
     def flush(self, world_size: int, distributed: bool, device) -> dict:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         if not self.losses:
             return {}
         loss = sum(self.losses) / len(self.losses)
@@ -255,7 +265,7 @@ class _Window:
             "samples_per_s": self.samples * world_size / elapsed,
             "tokens_per_s": self.tokens * world_size / elapsed,
         }
-        self.__init__()
+        self.__init__(self.clock)
         return out
 
 
