@@ -284,6 +284,21 @@ def test_a_new_sqlite_store_has_the_schema_mlflow_makes_and_its_own_default_expe
     assert [e.name for e in first.search_experiments()] == ["Default"], "the stores share nothing"
 
 
+def test_a_cache_that_cannot_hold_the_empty_store_leaves_a_new_store_to_mlflow(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "cache").mkdir(parents=True)
+    (tmp_path / "home" / "cache" / "mlflow").write_text("a file where the cache folder goes")
+    monkeypatch.chdir(tmp_path)
+    client = store.open_client(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    reference = tmp_path / "mlflow_made.db"
+    MlflowClient(tracking_uri=f"sqlite:///{reference}").search_experiments()
+    assert _schema(tmp_path / "a" / "mlflow.db") == _schema(reference)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".mlflow.db.lock", "mlflow.db"]
+
+
 @pytest.mark.slow
 def test_concurrent_first_use_of_a_new_sqlite_store_is_safe(tmp_path):
     """Three processes at once on a fresh home: two open one new store, one another; each store works."""

@@ -147,6 +147,7 @@ def _copy_empty_store(path: Path) -> None:
     import mlflow
 
     empty = environment.home() / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         if not empty.is_file():
             empty.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +157,7 @@ def _copy_empty_store(path: Path) -> None:
             with sqlite3.connect(made) as db:
                 db.execute("DELETE FROM experiments")
             os.replace(made, empty)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
         shutil.copyfile(empty, partial)
         os.replace(partial, path)
-    except (OSError, sqlite3.Error):
-        pass
+    except Exception:  # an unwritable or full cache, MLflow's own error there: MLflow makes this store
+        partial.unlink(missing_ok=True)
