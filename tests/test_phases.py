@@ -4,8 +4,12 @@ path runs in test_search's quickstart)."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raylora import spec as spec_lib
 from raylora.record.trials import StudyRecord
@@ -154,3 +158,39 @@ def test_throughput_counts_the_time_spent_training_not_the_evaluations(tmp_path,
     assert len(reported) == 2 and min(reported) > 2 * batch / 100, reported
     after_eval = [values["samples_per_s"] for step, values in running if step == 3]
     assert after_eval and after_eval[0] > batch / 100, running
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.floats(0.01, 50.0), st.integers(1, 64)), min_size=1, max_size=6),
+            st.floats(0.0, 5000.0),  # the report's evaluation and checkpoint
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_each_windows_rate_is_its_samples_over_its_training_seconds(windows):
+    """Driven as the recipe drives it (a step's samples once the step ran, a report after the window's
+    last step, the clock restarted after the report), each reported and live rate equals the window's
+    samples divided by the seconds its steps took, whatever the evaluations between windows took."""
+    from unittest import mock
+
+    from raylora.train import recipe
+
+    now = [0.0]
+    with mock.patch.object(recipe, "_clock", lambda: now[0]):
+        window = recipe._Window()
+        for steps, report_s in windows:
+            seconds = samples = 0.0
+            for step_s, step_samples in steps:
+                now[0] += step_s
+                window.add(1.0, step_samples, 0)
+                seconds, samples = seconds + step_s, samples + step_samples
+                assert math.isclose(window.running()["samples_per_s"], samples / seconds, rel_tol=1e-9)
+            assert math.isclose(
+                window.flush(1, False, None)["samples_per_s"], samples / seconds, rel_tol=1e-9
+            )
+            now[0] += report_s
+            window.restart()

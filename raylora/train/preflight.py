@@ -129,10 +129,7 @@ def check_ranks(spec: Spec, sampled: bool) -> None:
         return
     if spec.model.name_or_path == builtin.TINY_MODEL and spec.training.lora.target_modules is None:
         # Its config.json gives its widths exactly (tests/test_set.py): no meta model, no torch import.
-        from ..builtin.tiny_model import widths_config
-
-        leaves = leaf_widths(widths_config())
-        _refuse_wide_ranks(spec, sampled, lambda scope: _scope_widths(scope, leaves))
+        check_ranks_from_config(spec, sampled)
         return
     widths = _Widths(ref, spec.training.lora.target_modules)
     try:
@@ -196,9 +193,9 @@ class _Widths:
                 pass
 
 
-def check_ranks_from_config(spec: Spec) -> None:
-    """:func:`check_ranks` for every value the search can sample, from ``config.json``'s widths alone (no
-    torch: ``raylora validate``). Qwen3-VL and Qwen2.5-VL layouts with scopes; otherwise nothing."""
+def check_ranks_from_config(spec: Spec, sampled: bool = True) -> None:
+    """:func:`check_ranks` from ``config.json``'s widths alone (no torch: ``raylora validate``, and the
+    built-in model everywhere). Qwen3-VL and Qwen2.5-VL layouts with scopes; otherwise nothing."""
     from .. import builtin
 
     if spec.training.lora.target_modules is not None:
@@ -217,7 +214,7 @@ def check_ranks_from_config(spec: Spec) -> None:
             return  # reported by the model checks
     leaves = leaf_widths(config)
     if leaves:
-        _refuse_wide_ranks(spec, True, lambda scope: _scope_widths(scope, leaves))
+        _refuse_wide_ranks(spec, sampled, lambda scope: _scope_widths(scope, leaves))
 
 
 def leaf_widths(config: dict) -> dict[str, int]:

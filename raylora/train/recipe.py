@@ -231,15 +231,14 @@ class _Window:
     """Training loss and throughput since the last report. Its clock runs while the model trains: a report
     restarts it once its evaluation and checkpoint are done (they are not training throughput)."""
 
-    def __init__(self, clock: Callable[[], float] | None = None):
-        self.clock = clock or _clock
-        self.start = self.clock()
+    def __init__(self):
+        self.start = _clock()
         self.losses: list[float] = []
         self.samples = self.tokens = 0
 
     def restart(self) -> None:
         """Count from now: a report's evaluation and checkpoint just ended."""
-        self.start = self.clock()
+        self.start = _clock()
 
     def add(self, loss: float, samples: int, tokens: int) -> None:
         self.losses.append(loss)
@@ -248,13 +247,13 @@ class _Window:
 
     def running(self) -> dict:
         """This rank's loss and throughput since the last report, for live progress (no collective)."""
-        elapsed = max(self.clock() - self.start, 1e-9)
+        elapsed = max(_clock() - self.start, 1e-9)
         if not self.losses:
             return {}
         return {"train/loss": self.losses[-1], "samples_per_s": self.samples / elapsed}
 
     def flush(self, world_size: int, distributed: bool, device) -> dict:
-        elapsed = max(self.clock() - self.start, 1e-9)
+        elapsed = max(_clock() - self.start, 1e-9)
         if not self.losses:
             return {}
         loss = sum(self.losses) / len(self.losses)
@@ -265,7 +264,7 @@ class _Window:
             "samples_per_s": self.samples * world_size / elapsed,
             "tokens_per_s": self.tokens * world_size / elapsed,
         }
-        self.__init__(self.clock)
+        self.__init__()
         return out
 
 
