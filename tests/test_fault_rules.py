@@ -451,6 +451,60 @@ def test_a_nan_objective_fails_the_trial_in_the_summary_and_in_optuna(tmp_path):
     json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda t: 1 / 0)
 
 
+_LOSS = st.floats(0.1, 10.0, allow_nan=False).map(lambda v: round(v, 3))  # ties happen
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    first=st.lists(_LOSS, min_size=1, max_size=8),
+    resume_at=st.integers(0, 8),
+    again=st.lists(_LOSS, min_size=1, max_size=8),
+)
+def test_a_resumed_trial_keeps_no_value_of_the_evaluations_after_its_checkpoint(first, resume_at, again):
+    """A driver stopped after ``first`` evaluations (every 2 steps, a checkpoint at each); the resume
+    passes over the checkpoints after ``resume_at`` of them (emptied by a power loss; 0: none is left),
+    the workers replay the reports up to it and train again. The trial's record is the history of the
+    adapter it ends with: the replayed evaluations and the new ones, never one of those passed over."""
+    import tempfile
+
+    from raylora.study.optuna_searcher import StudySearcher
+
+    resume_at = min(resume_at, len(first))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        searcher, study, record = _searcher(tmp_path)
+
+        def report(searcher, index: int, value: float, attempt: str, **extra) -> None:
+            path = str(tmp_path / attempt / f"checkpoint_s{2 * (index + 1):07d}")
+            searcher.on_trial_result(
+                "tune", {"step": 2 * (index + 1), "eval/loss": value, "checkpoint_path": path, **extra}
+            )
+
+        searcher.suggest("tune")
+        for i, value in enumerate(first):
+            report(searcher, i, value, "a")
+        # The driver stops; the resume's searcher takes the trial again.
+        resumed = StudySearcher(searcher.spec, study, record, [record.trials["t000"]])
+        resumed.suggest("tune")
+        for i, value in enumerate(first[:resume_at]):  # replayed from the reports beside the checkpoints
+            report(resumed, i, value, "a", replayed=True)
+        again_from = {"resumed_from_step": 2 * resume_at} if resume_at else {}
+        for i, value in enumerate(again, start=resume_at):
+            report(resumed, i, value, "b", **again_from)
+
+        # The reference: the adapter's own history, its best step the newest of its best values.
+        history = {2 * (i + 1): v for i, v in enumerate(first[:resume_at] + again)}
+        best = min(history.values())
+        best_step = max(step for step, v in history.items() if v == best)
+        attempt = "a" if best_step <= 2 * resume_at else "b"
+        trial = record.trials["t000"]
+        assert trial.curve == {str(step): v for step, v in history.items()}
+        assert trial.value == best and trial.last_value == history[max(history)]
+        assert trial.adapter_path == f"{tmp_path / attempt / f'checkpoint_s{best_step:07d}'}/adapter"
+        assert trial.steps == max(history)
+        assert trial.resumed_from_step == (2 * resume_at or None)
+
+
 def test_a_trial_driver_lost_to_its_node_is_not_failed(tmp_path):
     import optuna
 

@@ -1,6 +1,6 @@
 """Round 3 of faults end to end (slow: real Ray, Optuna, MLflow and PEFT through the CLI): a diverged trial
-fails and never wins, SIGTERM stops a study as Ctrl-C does, a resume never trusts a checkpoint a power
-loss emptied, and a killed pool actor or a stopped worker costs a trial only its steps since a checkpoint."""
+fails and never wins, and a killed pool actor or a stopped worker costs a trial only its steps since a
+checkpoint. (SIGTERM, Ctrl-C and an emptied checkpoint: test_faults' signal study.)"""
 
 from __future__ import annotations
 
@@ -85,56 +85,6 @@ def _run_until(args: list[str], study_dir: Path, steps: int, env: dict | None = 
         os.killpg(driver.pid, signal.SIGKILL)
         raise AssertionError(driver.communicate()[1][-3000:]) from None
     return driver
-
-
-def _sigterm_study(tmp_path: Path) -> tuple[list[str], Path]:
-    """A one-trial study whose process group is sent SIGTERM at step 6, checked to have stopped as
-    Ctrl-C does; its search arguments and folder, to resume."""
-    # objective max on eval/loss: the best checkpoint is the first, so two are kept (the best and the latest)
-    spec = _write_spec(
-        tmp_path / "study.yaml",
-        study={"num_trials": 1, "objective": {"metric": "eval/loss", "mode": "max"}},
-        training={"max_steps": 30, "eval_every": 2, "learning_rate": {"llm": 1.0e-2}},
-        search={"training.lora.r": {"choice": [8, 4]}},
-    )
-    storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
-    args = _search_args(spec, storage)
-    driver = _run_until(args, study_dir, steps=6)
-    try:
-        os.killpg(driver.pid, signal.SIGTERM)  # what a terminal's job control or a process supervisor sends
-        out, err = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    assert driver.returncode == 143, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    assert "terminated: t000 unfinished; continue the study with --resume" in err, err[-3000:]
-    assert not (study_dir / "driver.lock").exists()
-    assert (study_dir / "report" / "leaderboard.md").is_file()
-    trial = _strict(study_dir / "summary.json")["trials"][0]
-    assert trial["state"] == "RUNNING"
-    assert (
-        trial["adapter_path"] is None or (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
-    )
-    return args, study_dir
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_process_group_stops_the_study_and_resume_skips_an_emptied_checkpoint(tmp_path):
-    # (SIGTERM to the driver alone: test_faults' SIGTERM-then-Ctrl-C study.)
-    args, study_dir = _sigterm_study(tmp_path)
-    saved = sorted((study_dir / "runs" / "t000").glob("checkpoint_s*"))
-    assert len(saved) == 2, saved
-    for file in (saved[-1] / "adapter").iterdir():  # a power loss: the names are there, the bytes are not
-        file.write_bytes(b"")
-    proc = _raylora(*args, "--resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"discarded checkpoint(s) {saved[-1].name} (adapter/" in proc.stdout, proc.stdout[-3000:]
-    summary = _strict(study_dir / "summary.json")
-    (trial,) = summary["trials"]
-    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] == int(saved[0].name[12:]), trial
-    _assert_adapters_exist(summary)
 
 
 def _descendant(pid: int, name: str) -> int:

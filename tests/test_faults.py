@@ -569,9 +569,10 @@ def test_every_trial_failed_exits_1_and_report_sends_pending_records_to_another_
     assert trials["t000"].data.tags["raylora.state"] == "FAILED"
 
 
-def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int) -> tuple[int, str]:
-    """Launch ``raylora *args``, send ``sig`` to the driver alone (as a terminal's Ctrl-C, or Kubernetes'
-    and docker's stop, reaches it) once the first trial has reported ``step``; its exit code and stderr."""
+def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int, group: bool) -> tuple[int, str]:
+    """Launch ``raylora *args`` and, once the first trial has reported ``step``, send ``sig`` to the driver
+    alone (as a terminal's Ctrl-C, or Kubernetes' and docker's stop, reaches it) or, with ``group``, to
+    its whole process group (a terminal's job control, a process supervisor); its exit code and stderr."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "raylora", *args],
         cwd=ROOT,
@@ -587,7 +588,10 @@ def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int) -> tupl
         ):
             assert time.monotonic() < deadline and driver.poll() is None, driver.stderr.read()[-3000:]
             time.sleep(0.1)
-        driver.send_signal(sig)
+        if group:
+            os.killpg(driver.pid, sig)
+        else:
+            driver.send_signal(sig)
         _, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
@@ -598,28 +602,40 @@ def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int) -> tupl
 
 
 @pytest.mark.slow
-def test_sigterm_then_ctrl_c_stop_the_workers_and_resume_gives_every_evaluation_and_a_checkpoint_that_exists(
+def test_sigterm_ctrl_c_and_a_group_sigterm_stop_the_workers_and_resume_gives_every_evaluation_once(
     tmp_path,
 ):
-    """SIGTERM to the driver alone stops the study as Ctrl-C does (exit 143 against 130); each stop
-    leaves the trial unfinished with a checkpoint that exists, and the last resume gives every evaluation
-    once. (SIGTERM to the whole process group: test_fault_studies.)"""
+    """SIGTERM to the driver alone stops the study as Ctrl-C does (exit 143 against 130), and so does
+    SIGTERM to its whole process group, workers included. Each stop leaves the trial unfinished with a
+    checkpoint that exists. A resume never trusts a checkpoint a power loss emptied (it resumes from the
+    one before), and the last resume gives every evaluation once."""
     import signal
 
+    # objective max on eval/loss: the best checkpoint is the first, so two are kept (the best and the
+    # latest), and an emptied latest one leaves an earlier one to resume from
     spec = _write_spec(
-        tmp_path / "study.yaml", study={"num_trials": 1}, training={"max_steps": 24, "eval_every": 2}
+        tmp_path / "study.yaml",
+        study={"num_trials": 1, "objective": {"metric": "eval/loss", "mode": "max"}},
+        training={"max_steps": 32, "eval_every": 2, "learning_rate": {"llm": 1.0e-2}},
     )
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
     args = _search_args(spec, storage)
-    for sig, code, said, resume in (
-        (signal.SIGTERM, 143, "terminated", []),
-        (signal.SIGINT, 130, "interrupted", ["--resume"]),
+
+    def checkpoints() -> list[Path]:
+        return sorted((study_dir / "runs" / "t000").glob("checkpoint_s*"))
+
+    def step_of(checkpoint: Path) -> int:
+        return int(checkpoint.name.removeprefix("checkpoint_s"))
+
+    for sig, code, said, resume, group in (
+        (signal.SIGTERM, 143, "terminated", [], False),
+        (signal.SIGINT, 130, "interrupted", ["--resume"], False),
+        (signal.SIGTERM, 143, "terminated", ["--resume"], True),
     ):
         step = 4
         if resume:  # a resume replays the reports up to its checkpoint first: stop it 4 steps after that
-            checkpoint = Path(_summary(study_dir)["trials"][0]["adapter_path"]).parent.name
-            step = int(checkpoint.removeprefix("checkpoint_s")) + 4
-        returncode, err = _stop_at_step([*args, *resume], study_dir, step, sig)
+            step = step_of(checkpoints()[-1]) + 4
+        returncode, err = _stop_at_step([*args, *resume], study_dir, step, sig, group)
         assert returncode == code, err[-3000:]
         assert f"{said}: t000 unfinished; continue the study with --resume" in err, err[-3000:]
         assert not (study_dir / "driver.lock").exists()
@@ -629,14 +645,19 @@ def test_sigterm_then_ctrl_c_stop_the_workers_and_resume_gives_every_evaluation_
             trial["state"] == "RUNNING"
             and (Path(trial["adapter_path"]) / "adapter_model.safetensors").is_file()
         ), trial
-    saved = sorted(p.name for p in (study_dir / "runs" / "t000").glob("checkpoint_s*"))
-    assert int(saved[-1].removeprefix("checkpoint_s")) < 24, "the workers stopped before the end"
-    assert trial["resumed_from_step"] >= 4, trial
+        if resume:
+            assert trial["resumed_from_step"] >= 4, trial
+    saved, recorded = checkpoints(), trial["steps"]  # the last step the driver took in before the stop
+    assert len(saved) == 2 and step_of(saved[-1]) < 32, saved  # the best and the latest, before the end
 
+    for file in (saved[-1] / "adapter").iterdir():  # a power loss: the names are there, the bytes are not
+        file.write_bytes(b"")
     proc = _raylora(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"discarded checkpoint(s) {saved[-1].name} (adapter/" in proc.stdout, proc.stdout[-3000:]
     summary = _summary(study_dir)
-    assert summary["trials"][0]["state"] == "COMPLETE", summary
+    (trial,) = summary["trials"]
+    assert trial["state"] == "COMPLETE" and trial["resumed_from_step"] == step_of(saved[0]), trial
     _assert_adapters_exist(summary)
     from mlflow import MlflowClient
 
@@ -647,5 +668,18 @@ def test_sigterm_then_ctrl_c_stop_the_workers_and_resume_gives_every_evaluation_
         for r in client.search_runs([experiment.experiment_id])
         if r.data.tags.get("raylora.role") == "trial"
     ]
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")]
-    assert steps == list(range(2, 25, 2)), steps  # every evaluation, each once
+    history = client.get_metric_history(run.info.run_id, "eval/loss")
+    assert sorted({m.step for m in history}) == list(range(2, 33, 2)), history  # every evaluation
+    # MLflow deletes no metric: the steps recorded before the stop and trained again after the emptied
+    # checkpoint hold two values, the later one the adapter's; every other step holds one (the stops'
+    # replays were sent once).
+    steps = [m.step for m in history]
+    twice = sorted(step for step in set(steps) if steps.count(step) > 1)
+    assert twice == list(range(step_of(saved[0]) + 2, recorded + 1, 2)), (twice, saved, recorded)
+    latest = {}
+    for m in sorted(history, key=lambda m: m.timestamp):
+        latest[m.step] = m.value
+    # The trial's record holds the adapter's history alone: no value of the passed-over evaluations.
+    assert {int(k): v for k, v in trial["curve"].items()} == pytest.approx(latest), trial["curve"]
+    assert trial["value"] == max(latest.values()), trial  # objective max
+    assert run.data.metrics["best_eval/loss"] == pytest.approx(min(latest.values()))  # MLflow's min

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raylora import spec as spec_lib
 from raylora.errors import EnvironmentFault, UserError
@@ -381,3 +383,23 @@ def test_a_planted_credential_is_found_nowhere_a_study_report_and_promotion_writ
     assert [s for s in SECRETS if s in "".join(printed) or s in sent] == []
     assert _leaks(storage) == [] and _leaks(tmp_path / "server") == []
     assert "View run" not in "".join(printed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.floats(-5, 5, allow_nan=False)), min_size=0, max_size=20),
+    st.randoms(use_true_random=False),
+)
+def test_a_metric_s_value_at_a_step_is_the_one_logged_last(logged, rng):
+    """MLflow keeps every value a run was sent at a step (a resume that passed over a damaged checkpoint
+    trains those steps again); the trial's best comes from the value logged last at each step."""
+    from mlflow.entities import Metric
+
+    from raylora.tracking.tracker import latest_per_step
+
+    history = [Metric("eval/loss", value, 1000 + i, step) for i, (step, value) in enumerate(logged)]
+    rng.shuffle(history)  # MLflow's order is not the order of logging
+    expected = {}
+    for step, value in logged:  # in logging order: a later value replaces an earlier one
+        expected[step] = value
+    assert latest_per_step(history) == dict(sorted(expected.items()))

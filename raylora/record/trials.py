@@ -60,6 +60,14 @@ class TrialRecord:
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    def restart(self) -> None:
+        """A new attempt of this trial starts: forget its history, which the attempt reports again (from
+        its checkpoint's replayed reports on). Evaluations past the checkpoint it resumes from belong to
+        checkpoints a resume passed over (emptied, torn), not to the adapter this trial will end with, so
+        no value, curve point or adapter of theirs may survive."""
+        self.steps, self.value, self.last_value, self.adapter_path = 0, None, None, None
+        self.values, self.curve, self.resumed_from_step = {}, {}, None
+
 
 class StudyRecord:
     """The trials of one study, persisted atomically to ``summary.json`` on every change.

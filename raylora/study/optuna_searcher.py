@@ -79,7 +79,7 @@ class StudySearcher(Searcher):
         trial = self.record.trials.get(slot) or TrialRecord(slot)
         trial.state, trial.params, trial.error = TrialState.RUNNING, params, None
         trial.optuna_number = ot_trial.number
-        trial.steps = 0  # a resumed trial reports again from its checkpoint on
+        trial.restart()
         self.record.trials[slot] = trial
         self.record.save()
         self._trials[trial_id] = (ot_trial, trial)

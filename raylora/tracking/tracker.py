@@ -40,6 +40,17 @@ BEST = metrics.BETTER
 """Direction of every metric a ``best_`` summary is kept for."""
 
 
+def latest_per_step(history) -> dict[int, float]:
+    """Step → value of an MLflow metric history, the value logged last winning. A resume that passed
+    over a damaged checkpoint trains the steps after the one it resumed from again: MLflow keeps the
+    earlier values too (it deletes no metric), and the later ones are the adapter's."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in history:
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return {step: value for step, (_, value) in sorted(latest.items())}
+
+
 def quiet_mlflow() -> None:
     """Keep MLflow's INFO lines (its migrations log several on every new store) off the user's terminal:
     what matters is printed by raylora."""
@@ -387,7 +398,7 @@ class Tracker:
         summaries = []
         for metric, mode in BEST.items():
             # From the run's own history, so a trial resumed after a crash counts all its steps.
-            seen = [m.value for m in self.client.get_metric_history(run_id, metric)]
+            seen = list(latest_per_step(self.client.get_metric_history(run_id, metric)).values())
             if seen:
                 summaries.append(
                     Metric(f"best_{metric}", float(min(seen) if mode == "min" else max(seen)), now, 0)
