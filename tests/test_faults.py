@@ -602,7 +602,7 @@ def _stop_at_step(args: list[str], study_dir: Path, step: int, sig: int, group: 
 
 
 @pytest.mark.slow
-def test_sigterm_ctrl_c_and_a_group_sigterm_stop_the_workers_and_resume_gives_every_evaluation_once(
+def test_sigterm_ctrl_c_and_a_group_sigterm_stop_the_workers_and_resumes_keep_only_the_adapters_history(
     tmp_path,
 ):
     """SIGTERM to the driver alone stops the study as Ctrl-C does (exit 143 against 130), and so does

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raylora.record.states import TrialState
 from raylora.record.trials import StudyRecord, TrialRecord
@@ -80,3 +82,41 @@ def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch, mak
         logging.getLogger("optuna").removeHandler(kept)
         optuna.logging.set_verbosity(level)
     assert kept.messages == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["COMPLETE", "FAIL", "PRUNED"]), max_size=6), st.integers(0, 2**16))
+def test_importances_are_computed_only_from_two_complete_trials_on(states, seed):
+    """From one complete trial PED-ANOVA's best 10% and its all are the same trial: Optuna returns equal
+    importances that measure nothing, and the report says why there are none instead."""
+    import random
+
+    from raylora.tracking import report
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rng = random.Random(seed)
+    study = optuna.create_study()
+    for state in states:
+        trial = study.ask(
+            {
+                "lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+                "r": optuna.distributions.CategoricalDistribution([8, 16, 32]),
+            }
+        )
+        if state == "COMPLETE":
+            study.tell(trial, rng.uniform(0, 5))
+        elif state == "PRUNED":
+            trial.report(rng.uniform(0, 5), 1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    complete = states.count("COMPLETE")
+    out = report._importances(study)
+    figure = html_report._optuna_figure(study, "plot_param_importances")
+    if complete >= 2:
+        assert set(out["importances"]) == {"lr", "r"} and out["complete_trials"] == complete
+        assert sum(out["importances"].values()) == pytest.approx(1.0)
+        assert "<svg" in figure
+    else:
+        assert out["importances"] == {} and f"from {complete} complete trial(s)" in out["note"], out
+        assert "<svg" not in figure and f"from {complete} complete trial(s)" in figure

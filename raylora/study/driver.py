@@ -348,7 +348,7 @@ def execute(spec: Spec, plan: Plan, opened: OpenStudy, log) -> StudyRecord:
     progress = Progress(spec, record, log)
     progress.begin(plan)
     progress.watch(pool)  # the workers' start-up phases are said while MLflow opens
-    _prime_report_once_trained(record)
+    _prime_report_once_trained(record, spec.study.num_trials)
     try:
         tracker = _started_tracker(opened.tracker.result(), record)
         listener = StudyListener(where, pool, progress, tracker)
@@ -429,10 +429,11 @@ def _in_background(fn, *args):
     return future
 
 
-def _prime_report_once_trained(record: StudyRecord) -> None:
+def _prime_report_once_trained(record: StudyRecord, num_trials: int) -> None:
     """Import the report's libraries (and build matplotlib's font cache if this machine has none) in the
     background once a trial has reported, so the study's end does not wait for them and its start does
-    not share the CPUs with them."""
+    not share the CPUs with them; Optuna's importance evaluators only if the study can have enough complete
+    trials for them."""
     import threading
 
     def trained() -> bool:
@@ -445,9 +446,9 @@ def _prime_report_once_trained(record: StudyRecord) -> None:
         try:
             while not trained():
                 time.sleep(2.0)
-            from ..tracking import report
+            from ..tracking import html_report, report
 
-            report.prime()
+            report.prime(importances=num_trials >= html_report.IMPORTANCE_MIN_COMPLETE)
         except BaseException:  # a warm-up: a driver exiting under it (a fault, Ctrl-C) loses nothing
             pass
 

@@ -330,9 +330,29 @@ def _pareto(record, study) -> str:
     return listed + _optuna_figure(study, "plot_pareto_front", target_names=names)
 
 
+IMPORTANCE_MIN_COMPLETE = 2
+"""PED-ANOVA compares the params of the best 10% of complete trials with those of all: from one trial the
+two sets are the same, and Optuna returns equal importances that measure nothing."""
+
+
+def importances_withheld(study) -> str | None:
+    """Why no parameter importances are computed for ``study`` (None: they are)."""
+    import optuna
+
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    if complete >= IMPORTANCE_MIN_COMPLETE:
+        return None
+    return (
+        f"not computed from {complete} complete trial(s): PED-ANOVA compares the best 10% of the complete "
+        f"trials with all of them, and needs at least {IMPORTANCE_MIN_COMPLETE}"
+    )
+
+
 def _optuna_figure(study, name: str, **kwargs) -> str:
     if study is None:
         return '<p class="note">no Optuna study (optuna.journal) to draw from</p>'
+    if name == "plot_param_importances" and importances_withheld(study):
+        return f'<p class="note">{html.escape(importances_withheld(study))}</p>'
     import optuna
     from optuna.visualization import matplotlib as figures
 

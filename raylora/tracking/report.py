@@ -41,17 +41,19 @@ def write(directory: Path, record: StudyRecord, optuna_study=None) -> Path:
     return directory
 
 
-def prime() -> None:
+def prime(importances: bool = True) -> None:
     """Import what writing the report imports: matplotlib (which builds its font cache the first time on
-    a machine, ~10 s), Optuna's importance evaluators (scikit-learn with them) and figures. Seconds the
-    end of a study would otherwise wait for; ``raylora init`` and a study's driver, while its trials
-    train, spend them instead."""
+    a machine, ~10 s), Optuna's importance evaluators (scikit-learn with them, ~1.5 s; not for a study
+    too small for importances) and figures. Seconds the end of a study would otherwise wait for;
+    ``raylora init`` and a study's driver, while its trials train, spend them instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
-    import optuna.importance  # noqa: F401
     import optuna.visualization.matplotlib  # noqa: F401
+
+    if importances:
+        import optuna.importance  # noqa: F401
 
 
 def load_optuna(journal: Path, name: str):
@@ -189,6 +191,9 @@ def _importances(optuna_study) -> dict:
     """PED-ANOVA importances of the searched params (empty with the reason when too few trials)."""
     if optuna_study is None:
         return {"importances": {}, "note": "no Optuna study"}
+    withheld = html_report.importances_withheld(optuna_study)
+    if withheld:
+        return {"importances": {}, "note": withheld}
     import optuna
 
     complete = [
