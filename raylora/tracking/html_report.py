@@ -351,8 +351,8 @@ def importances_withheld(study) -> str | None:
 def _optuna_figure(study, name: str, **kwargs) -> str:
     if study is None:
         return '<p class="note">no Optuna study (optuna.journal) to draw from</p>'
-    if name == "plot_param_importances" and importances_withheld(study):
-        return f'<p class="note">{html.escape(importances_withheld(study))}</p>'
+    if name == "plot_param_importances" and (withheld := importances_withheld(study)):
+        return f'<p class="note">{html.escape(withheld)}</p>'
     import optuna
     from optuna.visualization import matplotlib as figures
 
