@@ -45,6 +45,26 @@ def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path, monke
     assert changed.count("<svg") == 6
 
 
+def test_figures_kept_by_another_drawer_are_drawn_again(tmp_path, monkeypatch):
+    """A cached figure is read back only for the code that drew it: after an upgrade (another page source,
+    optuna or matplotlib) every figure is drawn again, even for the same trials."""
+    import hashlib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    monkeypatch.setenv("RAYLORA_HOME", str(tmp_path / "home"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    source = hashlib.sha256(Path(html_report.__file__).read_bytes()).hexdigest()[:16]
+    assert html_report.drawn_by() == f"{source} optuna {version('optuna')} matplotlib {version('matplotlib')}"
+    kept = tmp_path / "home" / "cache" / "figures"
+    record, study = _study(tmp_path)
+    html_report.write(tmp_path / "a.html", record, study)
+    assert len(list(kept.glob("*.html"))) == 6
+    monkeypatch.setattr(html_report, "drawn_by", lambda: "another source optuna 0 matplotlib 0")
+    html_report.write(tmp_path / "b.html", record, study)
+    assert len(list(kept.glob("*.html"))) == 12, "each figure drawn again for the other drawer"
+
+
 def _failed_study(tmp_path):
     record = StudyRecord(tmp_path, "demo", "eval/loss", "min")
     record.trials["t000"] = TrialRecord("t000", TrialState.FAILED, {"training.lora.r": 8}, None, 0)

@@ -16,6 +16,7 @@ not those a warm start lent the sampler.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import warnings
@@ -41,7 +42,8 @@ def write(path: Path, record, optuna_study=None) -> Path:
     """Write the page for ``record`` (a StudyRecord) and its Optuna study (None: Optuna figures left out)."""
     trials = list(record.trials.values())
     own = _own_trials(optuna_study)
-    figures, shown, ran = FigureCache(), _shown(record), _ran(own)  # drawn again only when these change
+    figures = FigureCache(drawn_by=drawn_by())
+    shown, ran = _shown(record), _ran(own)  # a figure is drawn again only when these (or drawn_by) change
     stopped = _stopping(record, trials)
     sections = [
         ("Verdict", _verdict(record, trials)),
@@ -74,6 +76,17 @@ def write(path: Path, record, optuna_study=None) -> Path:
     )
     path.write_text(page)
     return path
+
+
+@functools.cache
+def drawn_by() -> str:
+    """What draws the page's figures: this module's source and the plotting libraries' versions. Cached
+    figures of another (an upgrade, a fix to a figure) are drawn again."""
+    import hashlib
+    from importlib.metadata import version
+
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"{source} optuna {version('optuna')} matplotlib {version('matplotlib')}"
 
 
 OPTUNA_FIGURES = (
