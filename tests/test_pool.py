@@ -232,10 +232,11 @@ def test_each_trial_on_a_worker_reports_its_own_cpu_peak_memory():
 
 # Ray Data's DataContext, built by Train's callbacks here, warns about its own deprecated fields.
 @pytest.mark.filterwarnings("ignore:`use_:DeprecationWarning:ray.data.context")
-def test_a_runners_trainer_has_ray_trains_default_callbacks_but_the_dataset_manager(tmp_path):
-    """Each runner's TorchTrainer starts no dataset-manager actor (it passes no Ray Datasets); every other
-    callback Ray Train sets up (the backend's process group, the placement-group cleaner, ...) stays. If
-    Ray renames the callback or the method, the first assert fails instead of the saving vanishing."""
+def test_a_runners_trainer_has_ray_trains_default_callbacks_but_two_helper_actors(tmp_path):
+    """Each runner's TorchTrainer starts no dataset-manager actor (it passes no Ray Datasets) and no
+    placement-group cleaner (the pool frees a dead controller's group); every other callback Ray Train sets
+    up (the backend's process group, ...) stays. If Ray renames a callback or the method, the first assert
+    fails instead of the saving vanishing."""
     from ray.train.torch import TorchTrainer
 
     from raylora.study import pool as pool_module
@@ -256,5 +257,42 @@ def test_a_runners_trainer_has_ray_trains_default_callbacks_but_the_dataset_mana
     ray_default = [type(c).__name__ for c in TorchTrainer._create_default_callbacks(trainer)]
     ours = [type(c).__name__ for c in trainer._create_default_callbacks()]
     assert pool_module.UNUSED_CALLBACKS <= set(ray_default)
-    assert ours == [name for name in ray_default if name != "DatasetsCallback"]
-    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback"} <= set(ours)
+    assert ours == [name for name in ray_default if name not in pool_module.UNUSED_CALLBACKS]
+    assert "BackendSetupCallback" in ours and "PlacementGroupCleanerCallback" not in ours
+
+
+@pytest.mark.slow
+def test_the_placement_groups_of_dead_actors_are_freed_and_no_other():
+    """What Ray Train's cleaner did, with no actor of its own: a group whose creator actor died is removed;
+    the driver's group (Tune's kind) and a live actor's group stay."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from raylora.study.pool import free_orphaned_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def make(self) -> str:
+            group = placement_group([{"CPU": 0.25}])
+            ray.get(group.ready())
+            return group.id.hex()
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        drivers = placement_group([{"CPU": 0.25}])
+        ray.get(drivers.ready())
+        dead, live = Controller.remote(), Controller.remote()
+        orphan, kept = ray.get([dead.make.remote(), live.make.remote()])
+        ray.kill(dead)
+        deadline = time.monotonic() + 30
+        freed = []
+        while not freed and time.monotonic() < deadline:  # the GCS learns of the death asynchronously
+            freed = free_orphaned_groups()
+            time.sleep(0.2)
+        assert freed == [orphan]
+        states = {pid: t["state"] for pid, t in placement_group_table().items()}
+        assert states[orphan] == "REMOVED"
+        assert states[kept] == states[drivers.id.hex()] == "CREATED"
+        assert free_orphaned_groups() == []
+    finally:
+        ray.shutdown()

@@ -42,8 +42,7 @@ def init_ray(address: str | None) -> str | None:
         with signals.held_from_children():  # Ray's own SIGTERM handler replaced after it
             context = ray.init(
                 address=target,
-                # The dashboard serves the State API, which Ray Train V2 uses to free a worker group's
-                # placement group when its controller dies; users watch a local study's processes there.
+                # Users watch a local study's processes there (the progress lines name its URL).
                 include_dashboard=True if local else None,
                 log_to_driver=False,
                 logging_level=logging.ERROR,

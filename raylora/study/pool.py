@@ -324,7 +324,8 @@ class TrialPool:
 
     def _watch(self) -> None:
         """Every few seconds: end the workers of a trial that stopped reporting (:mod:`.watchdog`); Ray
-        Train starts them again and the trial resumes from its checkpoint (see :meth:`next_job`)."""
+        Train starts them again and the trial resumes from its checkpoint (see :meth:`next_job`). And free
+        the placement groups of controllers that died (:func:`free_orphaned_groups`)."""
         import ray
 
         while not self.closing:
@@ -338,6 +339,10 @@ class TrialPool:
                     ray.kill(worker, no_restart=True)
                 except Exception:  # gone already
                     pass
+            try:
+                free_orphaned_groups()
+            except Exception:  # the GCS is restarting, or the study is ending
+                pass
 
     def _stalled(self) -> list:
         workers = []
@@ -419,11 +424,43 @@ class TrialPool:
         )
 
 
-UNUSED_CALLBACKS = frozenset({"DatasetsCallback"})
-"""Ray Train callbacks a runner has no use for. The datasets callback starts a dataset-manager actor for
-every worker group, Ray Datasets or none: one more Python process importing Ray Train (2-4 CPU-s) beside
-the workers' start-up, and a runner passes none. (The placement-group cleaner stays: Ray keeps a dead
-controller's placement group, measured, and a pool actor that dies takes its controllers with it.)"""
+UNUSED_CALLBACKS = frozenset({"DatasetsCallback", "PlacementGroupCleanerCallback"})
+"""Ray Train callbacks a runner has no use for, each one more Python process importing Ray Train (2-4
+CPU-s) beside the workers' start-up, before the first step. The datasets callback starts a dataset-manager
+actor for every worker group, Ray Datasets or none, and a runner passes none. The placement-group cleaner
+(a detached actor per worker group, asking the dashboard's State API whether its controller lives) is
+replaced by :func:`free_orphaned_groups`, which the pool's watchdog thread runs: Ray keeps the placement
+group of a controller that died while its job lives (a pool actor that dies takes its controllers)."""
+
+
+def free_orphaned_groups() -> list[str]:
+    """Remove this job's placement groups whose creator actor is dead (a Train controller killed with its
+    pool actor, or by the OOM killer): their workers are gone, but Ray would hold their resources until the
+    study's driver exits, and a fresh worker group would wait for them. Returns the ids removed.
+
+    Ray's public ``placement_group_table`` leaves out the creator; the GCS record it is built from has it.
+    A group made by the driver (Tune's) has no creator actor and is never touched."""
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = bytes.fromhex(ray.get_runtime_context().get_job_id())
+    removed = gcs_pb2.PlacementGroupTableData.REMOVED
+    freed = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        creator = ray.ActorID(group.creator_actor_id)
+        if (
+            group.state != removed
+            and group.creator_job_id == job
+            and group.creator_actor_dead
+            and not creator.is_nil()
+            and not group.is_detached
+        ):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
+            freed.append(group.placement_group_id.hex())
+    return freed
 
 
 def _lean(trainer_cls):
