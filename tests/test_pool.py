@@ -296,3 +296,21 @@ def test_the_placement_groups_of_dead_actors_are_freed_and_no_other():
         assert free_orphaned_groups() == []
     finally:
         ray.shutdown()
+
+
+def test_on_a_ray_without_autoscaler_a_runner_asks_no_coordinator_for_resources():
+    """The fixed-size policy still sizes the group, but neither its start nor its decisions reach Ray Data's
+    autoscaling coordinator (an actor, so Ray would be started here if they did)."""
+    import ray
+    from ray.train.v2._internal.execution.scaling_policy import ResizeDecision, create_scaling_policy
+
+    from raylora.study.pool import without_autoscaler
+
+    config = ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5})
+    policy = without_autoscaler(create_scaling_policy(config))
+    policy.after_controller_start(train_run_context=None)
+    decision = policy.make_decision_for_non_running_worker_group()
+    assert decision == ResizeDecision(num_workers=2, resources_per_worker={"CPU": 0.5})
+    assert policy.make_decision_for_running_worker_group(None, None).__class__.__name__ == "NoopDecision"
+    policy._cancel_resource_request()
+    assert not ray.is_initialized()

@@ -28,14 +28,15 @@ def configure(address: str | None) -> None:
         environment.set_defaults({environment.RAY_LOCAL_STARTUP: str(max(8, os.cpu_count() or 1))})
 
 
-def init_ray(address: str | None) -> str | None:
+def init_ray(address: str | None) -> tuple[str | None, bool]:
     """Attach to the Ray cluster at ``address`` (or what ``ray start`` recorded), or start a local one;
-    return the Ray dashboard's URL when there is one."""
+    return the Ray dashboard's URL when there is one, and whether this process started the Ray (a Ray
+    started here has no autoscaler: no node can be added to it)."""
     configure(address)
     import ray
 
     if ray.is_initialized():
-        return None
+        return None, False
     local = named_address(address) is None
     target, fresh = _target(address)
     try:
@@ -61,7 +62,7 @@ def init_ray(address: str | None) -> str | None:
         raise
     reaper.start()  # a driver killed outright leaves no Ray process of its own behind
     url = getattr(context, "dashboard_url", None)
-    return f"http://{url}" if url and not url.startswith("http") else url
+    return (f"http://{url}" if url and not url.startswith("http") else url), fresh
 
 
 def named_address(address: str | None) -> str | None:

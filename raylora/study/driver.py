@@ -41,6 +41,7 @@ class Plan:
     storage: LocalStorage | UriStorage | None = None  # where the study lives; study_dir holds its state
     unfinished: list[str] | None = None  # trials an interrupted study left for --resume
     dashboard_url: str | None = None  # the Ray dashboard, when Ray serves one
+    ray_started_here: bool = False  # this driver started the (local) Ray: no autoscaler can add nodes
     record: StudyRecord | None = field(default=None, repr=False)  # the study as it stands
     rebuild: bool = False  # summary.json did not parse: opening the study rebuilds it from the journal
     spec_checked: bool = False  # a resume's spec was checked against spec.json before Ray started
@@ -266,7 +267,7 @@ def _read_record(spec: Spec, where, dry_run: bool) -> tuple[StudyRecord, bool]:
 
 def _place(spec: Spec, plan: Plan, address: str | None) -> None:
     """Start or attach Ray; the nodes, whether a trial fits, and how many trials run at once."""
-    plan.dashboard_url = cluster.init_ray(address)
+    plan.dashboard_url, plan.ray_started_here = cluster.init_ray(address)
     import ray
 
     plan.nodes = placement.nodes_from_ray(ray.nodes())
@@ -588,6 +589,7 @@ def _pool(spec: Spec, plan: Plan):
         },
         "may_quantize": any(q != "none" for q in options),
         "watchdog_s": environment.watchdog_s(),
+        "autoscaler": not plan.ray_started_here,
     }
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     # Calls in flight when the actor dies are retried on its restart (a restarted pool knows no trial:

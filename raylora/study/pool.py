@@ -70,7 +70,8 @@ class TrialPool:
     ``runner`` holds what every runner's ``TorchTrainer`` needs: ``workers``, ``cpus_per_worker``,
     ``gpus_per_worker``, ``placement_strategy``, ``max_failures`` (restarts per trial), ``pools_dir`` and
     ``filesystem`` (where Ray Train keeps the runners' own state) and the ``checkpoints`` settings
-    (:class:`~raylora.study.checkpoints.Checkpoints`' arguments), plus ``may_quantize``.
+    (:class:`~raylora.study.checkpoints.Checkpoints`' arguments), plus ``may_quantize`` and ``autoscaler``
+    (False on a Ray the driver started: :func:`without_autoscaler`).
     """
 
     def __init__(self, runner: dict, max_runners: int):
@@ -398,7 +399,7 @@ class TrialPool:
         per_worker = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
         from .pool_worker import serve_trials
 
-        return _lean(TorchTrainer)(
+        return _lean(TorchTrainer, autoscaler=s.get("autoscaler", True))(
             serve_trials,
             train_loop_config={
                 "pool": handle,
@@ -463,16 +464,37 @@ def free_orphaned_groups() -> list[str]:
     return freed
 
 
-def _lean(trainer_cls):
-    """``trainer_cls`` without :data:`UNUSED_CALLBACKS` among its default callbacks."""
+def _lean(trainer_cls, autoscaler: bool = True):
+    """``trainer_cls`` without :data:`UNUSED_CALLBACKS` among its default callbacks and, on a Ray with no
+    ``autoscaler`` (one the driver started), without asking Ray Data's autoscaling coordinator for the
+    group's resources (:func:`without_autoscaler`)."""
 
     class Lean(trainer_cls):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
             return [c for c in callbacks if type(c).__name__ not in UNUSED_CALLBACKS]
 
+        def _initialize_and_run_controller(self, **kwargs):
+            if not autoscaler:
+                kwargs["scaling_policy"] = without_autoscaler(kwargs["scaling_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
+
     Lean.__name__ = Lean.__qualname__ = trainer_cls.__name__
     return Lean
+
+
+def without_autoscaler(policy):
+    """Ray Train's fixed-size scaling ``policy``, sending no resource requests: each controller's first
+    call asks a cluster-wide coordinator actor, which the first worker group waits to start (one more
+    Python process importing Ray Data, ~3 CPU-s before the first step), for an autoscaler to add nodes.
+    A Ray the driver started has no autoscaler. Any other policy is returned as it is."""
+    if type(policy).__name__ == "FixedScalingPolicy":
+        policy.after_controller_start = policy._maybe_send_resource_request = _nothing
+    return policy
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None
 
 
 def _phase(current: dict | None, text: str) -> dict:
