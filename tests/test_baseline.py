@@ -89,7 +89,7 @@ STUDY = {
         "objective": {"metric": "eval/click_acc", "mode": "max"},
         "num_trials": 2,
         "max_concurrent_trials": 1,
-        "sampler": {"type": "random", "seed": 0},
+        "sampler": {"type": "random", "seed": 10},  # seed 10: quantization none, then nf4
         "scheduler": {"type": "fifo"},
     },
     "data": {"image": {"min_pixels": 4096, "max_pixels": 65536}, "max_length": 512, "eval_samples": 4},
@@ -102,12 +102,14 @@ STUDY = {
         "max_new_tokens": 4,
         "per_device_eval_batch_size": 8,
     },
-    "search": {"training.lora.r": {"choice": [4, 8]}},
+    "search": {"training.quantization": {"choice": ["none", "nf4"]}},
 }
 
 
 @pytest.mark.slow
 def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
+    """Its two trials, a full-precision one and then a 4-bit one, are trained by one worker group: the nf4
+    trial runs on the worker that had trained without bitsandbytes."""
     import csv
     import json
     import subprocess
@@ -136,8 +138,10 @@ def test_a_study_scores_the_base_once_and_each_trial_against_it(tmp_path):
     assert n == len(base["items"]) == 16  # the whole eval set, not data.eval_samples
 
     summary = json.loads((directory / "summary.json").read_text())
-    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
-    assert len(complete) == 2
+    assert [t["params"]["training.quantization"] for t in summary["trials"]] == ["none", "nf4"]
+    assert [(t["state"], t["steps"]) for t in summary["trials"]] == [("COMPLETE", 2), ("COMPLETE", 2)]
+    assert len([p for p in (directory / "pools").iterdir() if p.is_dir()]) == 1, "one worker group"
+    complete = summary["trials"]
     for trial in complete:
         vs = trial["vs_base"]
         assert (vs["metric"], vs["n"], vs["base"]) == ("eval/click_acc", n, base["summary"]["click_acc"])

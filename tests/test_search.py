@@ -272,23 +272,6 @@ def test_resume_settles_trials_optuna_finished_before_the_summary_was_saved(tmp_
     assert [t.state for t in study.get_trials()][-1] == optuna.trial.TrialState.FAIL
 
 
-def test_one_worker_group_trains_a_full_precision_then_a_4bit_trial(tmp_path):
-    spec = json.loads(json.dumps(STUDY))
-    spec["study"].update(num_trials=2, sampler={"type": "random", "seed": 10}, scheduler={"type": "fifo"})
-    spec["training"].update(max_steps=2)
-    spec["search"] = {"training.quantization": {"choice": ["none", "nf4"]}}  # seed 10: none, then nf4
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    proc = _search(path, tmp_path / "st")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    study_dir = tmp_path / "st" / "s"
-    trials = json.loads((study_dir / "summary.json").read_text())["trials"]
-    assert [t["params"]["training.quantization"] for t in trials] == ["none", "nf4"]
-    # The nf4 trial ran on the worker that had trained without bitsandbytes, and completed.
-    assert [(t["state"], t["steps"]) for t in trials] == [("COMPLETE", 2), ("COMPLETE", 2)], trials
-    assert len([p for p in (study_dir / "pools").iterdir() if p.is_dir()]) == 1, "one worker group"
-
-
 def test_a_stale_ray_start_record_gets_a_fresh_local_ray(tmp_path, ray_tmpdir):
     """A cluster killed without `ray stop` leaves its address in <ray tmp>/ray_current_cluster: Ray alone
     would wait on that dead address forever."""
