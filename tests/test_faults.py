@@ -373,7 +373,7 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
     lock, an unreadable summary.json and a corrupt journal line: each either completes the study with
     exactly its trials or ends in one line with exit 2. The resumes run from another folder than the
     first launch, on the default MLflow store: one store, beside the storage, whichever the folder."""
-    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20})
+    spec = _write_spec(tmp_path / "study.yaml", training={"max_steps": 20, "eval_every": 10})
     storage, study_dir = tmp_path / "st", tmp_path / "st" / "s"
     first_cwd, cwd = tmp_path / "a", tmp_path / "b"
     first_cwd.mkdir(), cwd.mkdir()
@@ -410,7 +410,7 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
     changed = _write_spec(
         tmp_path / "changed.yaml",
         study={"num_trials": 3},  # allowed
-        training={"max_steps": 10},
+        training={"max_steps": 10, "eval_every": 10},
         search={"training.lora.r": {"choice": [8, 4, 2]}, "training.learning_rate.llm": {"choice": [1.0e-2]}},
     )
     proc = search(changed, "--resume")
@@ -431,7 +431,9 @@ def test_one_driver_resume_checks_the_spec_torn_journal_and_unreadable_summary(t
     gone.wait()
     lock = {"host": socket.gethostname(), "pid": gone.pid, "started": "earlier", "token": "x", "expires": 0}
     (study_dir / "driver.lock").write_text(json.dumps(lock))
-    more = _write_spec(tmp_path / "more.yaml", study={"num_trials": 3}, training={"max_steps": 20})
+    more = _write_spec(
+        tmp_path / "more.yaml", study={"num_trials": 3}, training={"max_steps": 20, "eval_every": 10}
+    )
     proc = search(more, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "warning" in line]

@@ -166,7 +166,7 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
         tmp_path,
         study={"num_trials": 2, "scheduler": {"type": "fifo"}},
         resources={"workers_per_trial": 2},  # both ranks read the checkpoint the trial resumes from
-        training={"max_steps": 24},
+        training={"max_steps": 24, "eval_every": 4},
     )  # 24 steps: the kill comes within 0.1 s of step 4, and a 2-worker group trains a few steps a second
     storage = tmp_path / "st"
     summary_path = storage / "s" / "summary.json"
@@ -216,7 +216,7 @@ def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
     t000_run = next(r for r in children if r.data.tags["raylora.trial_id"] == "t000")
     steps = [m.step for m in client.get_metric_history(t000_run.info.run_id, "eval/loss")]
-    assert steps[:2] == [2, 4] and steps[-1] == 24, steps  # one run holds both attempts
+    assert steps[:2] == [4, 8] and steps[-1] == 24, steps  # one run holds both attempts
 
 
 def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_path):

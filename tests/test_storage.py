@@ -58,8 +58,9 @@ def _spec(tmp_path: Path) -> Path:
     spec["study"].update(
         {"name": "qs", "num_trials": 2, "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}}
     )
-    # 30 steps: warm workers train a few steps per second, and the kill must land mid-trial.
-    spec["training"].update({"max_steps": 30, "eval_every": 2, "click_eval_samples": 0})
+    # 30 steps: warm workers train a few steps per second, and the kill must land mid-trial. An evaluation
+    # (and its checkpoint, sent to the bucket) every 6: 131.6 s against 147.6 s with one every 2.
+    spec["training"].update({"max_steps": 30, "eval_every": 6, "click_eval_samples": 0})
     spec["data"]["eval_samples"] = 4
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
