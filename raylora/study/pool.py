@@ -475,7 +475,7 @@ def _lean(trainer_cls, autoscaler: bool = True):
             return [c for c in callbacks if type(c).__name__ not in UNUSED_CALLBACKS]
 
         def _initialize_and_run_controller(self, **kwargs):
-            if not autoscaler:
+            if not autoscaler and "scaling_policy" in kwargs:
                 kwargs["scaling_policy"] = without_autoscaler(kwargs["scaling_policy"])
             return super()._initialize_and_run_controller(**kwargs)
 
