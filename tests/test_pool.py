@@ -9,6 +9,8 @@ import time
 
 import pyarrow.fs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raylora.record.states import EXIT
 from raylora.study.checkpoints import Checkpoints
@@ -296,6 +298,42 @@ def test_the_placement_groups_of_dead_actors_are_freed_and_no_other():
         assert free_orphaned_groups() == []
     finally:
         ray.shutdown()
+
+
+STATES = ("PENDING", "PREPARED", "CREATED", "REMOVED", "RESCHEDULING")
+
+
+@given(
+    state=st.sampled_from(STATES),
+    ours=st.booleans(),
+    made_by=st.sampled_from(["driver", "unset", "actor"]),
+    creator_dead=st.booleans(),
+    detached=st.booleans(),
+    actor_id=st.binary(min_size=16, max_size=16).filter(lambda b: b != b"\xff" * 16),
+)
+def test_a_group_is_orphaned_only_when_this_jobs_live_group_lost_its_creator_actor(
+    state, ours, made_by, creator_dead, detached, actor_id
+):
+    """Generated GCS records against the rule as the scenarios say it: the pool frees a group only if it
+    still holds resources, this study's job made it, an actor (not the driver: Tune's groups) made it and
+    that actor died, and it is not detached (a detached group is meant to outlive its creator)."""
+    from ray.core.generated import gcs_pb2
+
+    from raylora.study.pool import orphaned
+
+    job, other = bytes.fromhex("01000000"), bytes.fromhex("02000000")
+    creator = {"driver": b"\xff" * 16, "unset": b"", "actor": actor_id}[made_by]
+    group = gcs_pb2.PlacementGroupTableData(
+        placement_group_id=b"\x01" * 18,
+        state=getattr(gcs_pb2.PlacementGroupTableData, state),
+        creator_job_id=job if ours else other,
+        creator_actor_id=creator,
+        creator_actor_dead=creator_dead,
+        is_detached=detached,
+    )
+    holds_resources = state != "REMOVED"
+    lost_its_actor = made_by == "actor" and creator_dead
+    assert orphaned(group, job) == (holds_resources and ours and lost_its_actor and not detached)
 
 
 def test_on_a_ray_without_autoscaler_a_runner_asks_no_coordinator_for_resources():

@@ -447,21 +447,28 @@ def free_orphaned_groups() -> list[str]:
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     job = bytes.fromhex(ray.get_runtime_context().get_job_id())
-    removed = gcs_pb2.PlacementGroupTableData.REMOVED
     freed = []
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         group = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        creator = ray.ActorID(group.creator_actor_id)
-        if (
-            group.state != removed
-            and group.creator_job_id == job
-            and group.creator_actor_dead
-            and not creator.is_nil()
-            and not group.is_detached
-        ):
+        if orphaned(group, job):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
             freed.append(group.placement_group_id.hex())
     return freed
+
+
+def orphaned(group, job: bytes) -> bool:
+    """Whether ``group`` (a GCS ``PlacementGroupTableData``) is one :func:`free_orphaned_groups` removes:
+    not removed yet, made by job ``job`` from an actor (a driver's group has the nil actor id, all 0xff
+    bytes) that is dead, and not detached (a detached group outlives its creator on purpose)."""
+    from ray.core.generated import gcs_pb2
+
+    return (
+        group.state != gcs_pb2.PlacementGroupTableData.REMOVED
+        and group.creator_job_id == job
+        and group.creator_actor_dead
+        and bool(group.creator_actor_id.strip(b"\xff"))
+        and not group.is_detached
+    )
 
 
 def _lean(trainer_cls, autoscaler: bool = True):
