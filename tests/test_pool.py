@@ -4,6 +4,7 @@ test_cluster and test_storage)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -352,3 +353,37 @@ def test_on_a_ray_without_autoscaler_a_runner_asks_no_coordinator_for_resources(
     assert policy.make_decision_for_running_worker_group(None, None).__class__.__name__ == "NoopDecision"
     policy._cancel_resource_request()
     assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_a_runners_controller_runs_in_the_pools_process_and_its_group_trains(tmp_path):
+    """A runner's Ray Train controller runs in the thread that calls ``fit`` (the pool actor's runner
+    thread): its worker group trains and returns, and no controller actor (a Python process importing torch
+    on the path to every group's first step) is ever started."""
+    import ray
+    import ray.train
+    from ray._private.state import actors
+    from ray.train.torch import TorchTrainer
+
+    from raylora.study.pool import _lean
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote(num_cpus=0, max_concurrency=4)
+        class Host:
+            def fit(self, storage: str) -> dict:
+                trainer = _lean(TorchTrainer, autoscaler=False)(
+                    lambda: {"worker_pid": os.getpid()},
+                    scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                    run_config=ray.train.RunConfig(name="runner", storage_path=storage),
+                )
+                result = trainer.fit()
+                return {"host_pid": os.getpid(), "error": result.error, **result.return_value}
+
+        out = ray.get(Host.remote().fit.remote(str(tmp_path / "pools")))
+        assert out["error"] is None and out["worker_pid"] != out["host_pid"], out
+        classes = sorted(a["ActorClassName"].rsplit(".", 1)[-1] for a in actors().values())
+        assert "TrainController" not in classes and {"Host", "RayTrainWorker"} <= set(classes), classes
+    finally:
+        ray.shutdown()

@@ -51,7 +51,7 @@ def init_ray(address: str | None) -> tuple[str | None, bool]:
                 # A Ray started here hands this process's environment to every worker it starts. A job
                 # runtime environment would also make each actor a new process: Ray's pre-started
                 # workers are not used for it (about 1 s per actor, measured).
-                runtime_env=None if fresh else {"env_vars": environment.for_workers()},
+                runtime_env=None if fresh else {"env_vars": _for_workers()},
             )
     except ConnectionError as e:
         source = "--address" if address is not None else environment.RAY_ADDRESS
@@ -63,6 +63,15 @@ def init_ray(address: str | None) -> tuple[str | None, bool]:
     reaper.start()  # a driver killed outright leaves no Ray process of its own behind
     url = getattr(context, "dashboard_url", None)
     return (f"http://{url}" if url and not url.startswith("http") else url), fresh
+
+
+def _for_workers() -> dict[str, str]:
+    """The variables an attached cluster's workers get from this driver: raylora's, and those Ray Train
+    itself passes from a driver to its workers (the runners' controllers run inside the pool actor, so
+    Ray Train's own hand-over does not happen)."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    return {**get_env_vars_to_propagate(), **environment.for_workers()}
 
 
 def named_address(address: str | None) -> str | None:

@@ -8,6 +8,8 @@ Train as before) take trial after trial from :class:`TrialPool`:
 
     Tune trial driver ──submit/poll──▶ TrialPool actor ◀──next_job/report/finished── rank 0 of a runner
 
+* Each runner's Train controller runs in the runner's thread, not as an actor of its own
+  (:func:`run_controller_here`): one process start and one torch import fewer before each group's first step.
 * A trial's adapter checkpoints are written by rank 0 to ``<study>/runs/<slot>/checkpoint_s<step>``
   (:class:`~raylora.study.checkpoints.Checkpoints`), keeping the latest and the best; a trial restarted
   on any runner resumes there.
@@ -326,7 +328,7 @@ class TrialPool:
     def _watch(self) -> None:
         """Every few seconds: end the workers of a trial that stopped reporting (:mod:`.watchdog`); Ray
         Train starts them again and the trial resumes from its checkpoint (see :meth:`next_job`). And free
-        the placement groups of controllers that died (:func:`free_orphaned_groups`)."""
+        the placement groups of a pool actor that died (:func:`free_orphaned_groups`)."""
         import ray
 
         while not self.closing:
@@ -431,13 +433,15 @@ CPU-s) beside the workers' start-up, before the first step. The datasets callbac
 actor for every worker group, Ray Datasets or none, and a runner passes none. The placement-group cleaner
 (a detached actor per worker group, asking the dashboard's State API whether its controller lives) is
 replaced by :func:`free_orphaned_groups`, which the pool's watchdog thread runs: Ray keeps the placement
-group of a controller that died while its job lives (a pool actor that dies takes its controllers)."""
+group of an actor that died while its job lives (the runners' controllers run in the pool actor:
+:func:`run_controller_here`)."""
 
 
 def free_orphaned_groups() -> list[str]:
-    """Remove this job's placement groups whose creator actor is dead (a Train controller killed with its
-    pool actor, or by the OOM killer): their workers are gone, but Ray would hold their resources until the
-    study's driver exits, and a fresh worker group would wait for them. Returns the ids removed.
+    """Remove this job's placement groups whose creator actor is dead (the pool actor that ran the
+    group's Train controller, killed by the OOM killer or with its node): their workers are gone, but Ray
+    would hold their resources until the study's driver exits, and a fresh worker group would wait for
+    them. Returns the ids removed.
 
     Ray's public ``placement_group_table`` leaves out the creator; the GCS record it is built from has it.
     A group made by the driver (Tune's) has no creator actor and is never touched."""
@@ -484,10 +488,31 @@ def _lean(trainer_cls, autoscaler: bool = True):
         def _initialize_and_run_controller(self, **kwargs):
             if not autoscaler and "scaling_policy" in kwargs:
                 kwargs["scaling_policy"] = without_autoscaler(kwargs["scaling_policy"])
-            return super()._initialize_and_run_controller(**kwargs)
+            return run_controller_here(**kwargs)
 
     Lean.__name__ = Lean.__qualname__ = trainer_cls.__name__
     return Lean
+
+
+def run_controller_here(**kwargs):
+    """Ray Train's controller for one worker group, run in this thread (a runner thread of the pool actor)
+    rather than as an actor of its own, and its result.
+
+    Ray Train starts the controller as a new Python process with its own runtime environment; it imports
+    torch (for the Torch backend) before it asks for the group's placement, and the group's workers then
+    inherit that runtime environment, so none of them can land in a process Ray started ahead. That was 4-7 s
+    and ~9 CPU-s on the path to every group's first step, and again at each group restart. The pool actor has
+    imported torch already, and it lives exactly as long as its runners need their controllers: a dead pool
+    actor takes its controllers and their worker groups with it, as the controller actors' owner did. The
+    groups' placement groups are then the pool actor's: when it dies, even to be restarted, the GCS marks
+    their creator dead, and :func:`free_orphaned_groups` frees them."""
+    import asyncio
+
+    from ray.train.v2._internal.execution.controller import TrainController
+
+    controller = TrainController(**kwargs)
+    asyncio.run(controller.run())
+    return controller.get_result()
 
 
 def without_autoscaler(policy):
