@@ -233,6 +233,35 @@ def _journal_with_trials(directory: Path, n: int = 2):
     return spec
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("done", [1, 3])
+def test_a_resumed_sampler_never_replays_the_draws_of_the_run_before(tmp_path, sampler, done):
+    """A study reopened after ``done`` trials proposes anew: with a continuous parameter a replayed draw
+    would repeat an earlier value exactly, as a fresh study with the same seed does."""
+    from raylora.study.optuna_searcher import open_optuna
+
+    spec = Spec.from_dict(
+        _spec_dict(
+            study={"sampler": {"type": sampler, "seed": 7}, "num_trials": 8},
+            search={"training.learning_rate.llm": {"loguniform": [1.0e-5, 1.0e-2]}},
+        )
+    )
+
+    def draw(study) -> float:
+        trial = study.ask()
+        value = trial.suggest_float("training.learning_rate.llm", 1.0e-5, 1.0e-2, log=True)
+        study.tell(trial, value)
+        return value
+
+    study = open_optuna(tmp_path / "a", spec)
+    first = [draw(study) for _ in range(done)]
+    resumed = open_optuna(tmp_path / "a", spec)
+    later = [draw(resumed) for _ in range(3)]
+    fresh = open_optuna(tmp_path / "b", spec)
+    assert draw(fresh) == first[0], "a fresh study with the same seed repeats its draws"
+    assert not set(later) & set(first), (first, later)
+
+
 def test_a_torn_last_journal_record_is_dropped_with_a_warning_and_corruption_elsewhere_names_the_line(
     tmp_path,
 ):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -44,15 +43,6 @@ STUDY = {
         "training.learning_rate.llm": {"choice": [1.0e-2, 1.0e-7]},
     },
 }
-
-
-def _load_adapter(adapter_dir: Path):
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText
-
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"])
-    return PeftModel.from_pretrained(base, adapter_dir)
 
 
 def _write_spec(tmp_path: Path, **sections) -> Path:
@@ -159,64 +149,6 @@ def test_asha_prunes_oom_is_infeasible_and_resume_is_a_no_op(tmp_path):
     assert "nothing to do" in again.stdout
     assert (study_dir / "summary.json").read_text() == before
     assert len(_optuna_trials(study_dir)) == 3
-
-
-def test_interrupted_study_resumes_from_its_checkpoint(tmp_path):
-    spec = _write_spec(
-        tmp_path,
-        study={"num_trials": 2, "scheduler": {"type": "fifo"}},
-        resources={"workers_per_trial": 2},  # both ranks read the checkpoint the trial resumes from
-        training={"max_steps": 24, "eval_every": 4},
-    )  # 24 steps: the kill comes within 0.1 s of step 4, and a 2-worker group trains a few steps a second
-    storage = tmp_path / "st"
-    summary_path = storage / "s" / "summary.json"
-    log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen(
-        _search_cmd(spec, storage),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            if summary_path.is_file() and json.loads(summary_path.read_text())["trials"][0]["steps"] >= 4:
-                break
-        else:
-            pytest.fail("the first trial never reached step 4:\n" + (tmp_path / "first.log").read_text())
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
-    interrupted = json.loads(summary_path.read_text())["trials"][0]
-    assert interrupted["state"] == "RUNNING"
-    assert _optuna_trials(storage / "s")[0].state == optuna.trial.TrialState.RUNNING
-
-    busy = _search(spec, storage)
-    assert busy.returncode == 2 and "--resume" in busy.stderr
-
-    proc = _search(spec, storage, "--resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(summary_path.read_text())
-    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
-    t000 = summary["trials"][0]
-    assert t000["steps"] == 24 and t000["resumed_from_step"] >= 4
-    assert "resumed from step" in proc.stdout
-    states = [t.state for t in _optuna_trials(storage / "s")]
-    TS = optuna.trial.TrialState
-    assert TS.RUNNING not in states
-    assert states.count(TS.COMPLETE) == 2 and states[0] == TS.FAIL  # the killed attempt, failed on resume
-    assert summary["trials"][1]["params"] != t000["params"], "the resumed sampler does not replay samples"
-    for trial in summary["trials"]:  # every adapter the summary names exists and loads in vanilla PEFT
-        _load_adapter(Path(trial["adapter_path"]))
-
-    client, children = _child_runs(storage)
-    assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"], "no duplicate runs"
-    assert all(r.info.status == "FINISHED" for r in children)
-    t000_run = next(r for r in children if r.data.tags["raylora.trial_id"] == "t000")
-    steps = [m.step for m in client.get_metric_history(t000_run.info.run_id, "eval/loss")]
-    assert steps[:2] == [4, 8] and steps[-1] == 24, steps  # one run holds both attempts
 
 
 def test_trials_that_cannot_fit_the_gpu_are_infeasible_without_launching(tmp_path):

@@ -67,6 +67,17 @@ def _spec(tmp_path: Path) -> Path:
     return path
 
 
+def _optuna_trials(fs, local: Path) -> list:
+    """The study's Optuna trials, read from a copy (at ``local``) of its journal in the bucket."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    local.write_bytes(_read(fs, "bucket/studies/qs/optuna.journal"))
+    journal = JournalStorage(JournalFileBackend(str(local)))
+    return optuna.load_study(study_name="qs", storage=journal).get_trials()
+
+
 def _raylora(*args: str) -> list[str]:
     return [sys.executable, "-m", "raylora", *args]
 
@@ -109,6 +120,8 @@ def test_study_on_s3_checkpoints_adapters_mlflow_and_resume_from_a_fresh_machine
         driver.wait()
     first = (tmp_path / "first.log").read_text()
     assert f"storage: s3://bucket/studies/qs (local copy {os.environ['RAYLORA_HOME']}" in first, first
+    killed = [t.state.name for t in _optuna_trials(fs, tmp_path / "killed.journal")]
+    assert killed == ["COMPLETE", "RUNNING"], killed  # as the kill left them: unfinished, not failed
 
     # A fresh machine: no local copy of the study at all.
     shutil.rmtree(Path(os.environ["RAYLORA_HOME"]) / "studies")
@@ -129,13 +142,7 @@ def test_study_on_s3_checkpoints_adapters_mlflow_and_resume_from_a_fresh_machine
     )
     assert t000["resumed_from_step"] is None, "the finished trial was not run again"
     assert t001["steps"] == 30 and t001["resumed_from_step"] >= 2, "resumed from its checkpoint in S3"
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    (tmp_path / "optuna.journal").write_bytes(_read(fs, "bucket/studies/qs/optuna.journal"))
-    journal = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
-    states = [t.state.name for t in optuna.load_study(study_name="qs", storage=journal).get_trials()]
+    states = [t.state.name for t in _optuna_trials(fs, tmp_path / "optuna.journal")]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # t001's killed attempt was failed on resume
     assert b"| t001 | COMPLETE |" in _read(fs, "bucket/studies/qs/report/leaderboard.md")
 
@@ -172,6 +179,9 @@ def test_study_on_s3_checkpoints_adapters_mlflow_and_resume_from_a_fresh_machine
             names = {a.path for a in client.list_artifacts(run.info.run_id, folder)}
             assert f"{folder}/adapter_model.safetensors" in names, (folder, names)
         assert run.data.metrics["trainable_params/llm"] > 0
+        # One run holds both attempts of the killed trial: each evaluation, to the last step.
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")]
+        assert sorted(set(steps)) == list(range(6, 31, 6)), (run.data.tags["raylora.trial_id"], steps)
     logged = json.dumps([r.to_dictionary() for r in runs])
     assert "testing" not in logged and "AWS_" not in logged
 
