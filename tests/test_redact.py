@@ -146,3 +146,28 @@ def test_a_name_holding_both_quotes_is_a_user_error_not_a_broken_filter():
 
     with pytest.raises(UserError, match="MLflow search"):
         tags.query({tags.STUDY: 'it\'s "x"'})
+
+
+@settings(max_examples=50, deadline=None)
+@given(_uris())
+def test_a_study_spec_loses_its_tracking_credentials_and_nothing_else(case):
+    """What Tune, the workers and the study's files get: the spec as written, with its tracking URI as
+    redacted (the reference above), and its search space whole (a password in ``tracking.tracking_uri``
+    once made it one trial's concrete spec: the study searched nothing)."""
+    from pathlib import Path
+
+    import yaml
+
+    from raylora.spec import Spec, space
+    from raylora.study.driver import _without_credentials
+
+    planted, reference, _ = case
+    quickstart = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    written = yaml.safe_load(quickstart.read_text())
+    written["tracking"] = {"tracking_uri": planted}
+    expected = json.loads(json.dumps(written))
+    expected["tracking"]["tracking_uri"] = reference
+
+    given_spec = _without_credentials(Spec.from_dict(written))
+    assert given_spec.to_dict() == Spec.from_dict(expected).to_dict()
+    assert given_spec.search == Spec.from_dict(written).search and space.size(given_spec) is None

@@ -132,11 +132,16 @@ def _warn_small_space(spec: Spec, log) -> None:
 
 
 def _without_credentials(spec: Spec) -> Spec:
-    """``spec`` with its tracking URI redacted: what Tune, its workers and the study's files get."""
+    """``spec`` with its tracking URI redacted, and nothing else changed (its search space above all):
+    what Tune, its workers and the study's files get."""
     from ..redact import redact
 
     uri = spec.tracking.tracking_uri
-    return spec if not uri or redact(uri) == uri else spec.with_values({"tracking.tracking_uri": redact(uri)})
+    if not uri or redact(uri) == uri:
+        return spec
+    # Not ``with_values``: that makes one trial's concrete spec, without the study's search section.
+    tracking = spec.tracking.model_copy(update={"tracking_uri": redact(uri)})
+    return spec.model_copy(update={"tracking": tracking})
 
 
 def _check_named_store(spec: Spec, tracking_uri: str | None) -> None:
