@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,24 @@ def test_secrets_never_reach_mlflow_params():
     assert kept == {"training.lora.r": "16", "model.name_or_path": "Qwen/Qwen3-VL-2B-Instruct"}
 
 
-def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
+SECRETS = ("S3CR3T-URI", "S3CR3T-SET", "S3CR3T-ENV")
+
+
+def _leaks(root: Path) -> list[str]:
+    """Each file under ``root`` holding a planted secret, with the secret."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {s}" for s in SECRETS if s.encode() in data]
+    return found
+
+
+def test_study_survives_an_mlflow_outage_sends_everything_later_and_leaks_no_credential(tmp_path, ray_tmpdir):
+    """The server goes down mid-trial and comes back: the study goes on and sends every record. Its URI
+    carries a password (``--tracking-uri``, and another in ``tracking.tracking_uri``) and the environment
+    two more; none is printed, sent to MLflow or written, by the study (its outage lines included), its
+    report or its promotion."""
     import time
 
     from mlflow_server import free_port
@@ -66,11 +84,26 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
     path = _study(tmp_path, "outage", max_steps=20, click_eval_samples=0, eval_samples=4)
     port = free_port()
     summary = tmp_path / "st" / "outage" / "summary.json"
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(ray_tmpdir),
+        "MLFLOW_TRACKING_PASSWORD": "S3CR3T-ENV",
+        "AWS_SECRET_ACCESS_KEY": "S3CR3T-ENV",
+    }
+
+    def raylora(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "raylora", *args], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
 
     with mlflow_server(tmp_path / "mlflow", port=port) as uri:
-        cmd = _search_cmd(path, tmp_path, uri)
+        planted = uri.replace("http://", "http://alice:S3CR3T-URI@")
+        in_set = uri.replace("http://", "http://bob:S3CR3T-SET@") + "/?token=S3CR3T-SET"
+        cmd = _search_cmd(path, tmp_path, planted) + ["--set", f"tracking.tracking_uri={in_set}"]
         log = open(tmp_path / "driver.log", "w")
-        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while not (summary.is_file() and json.loads(summary.read_text())["trials"][0]["steps"] >= 2):
             assert time.monotonic() < deadline and driver.poll() is None, (
@@ -91,11 +124,8 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
 
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name("outage")
-        children = [
-            r
-            for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get("raylora.role") == "trial"
-        ]
+        runs = client.search_runs([experiment.experiment_id])
+        children = [r for r in runs if r.data.tags.get("raylora.role") == "trial"]
         assert sorted(r.data.tags["raylora.trial_id"] for r in children) == ["t000", "t001"]
         for run in children:
             assert run.info.status == "FINISHED" and run.data.tags["raylora.state"] == "COMPLETE"
@@ -103,6 +133,19 @@ def test_study_survives_an_mlflow_outage_and_sends_everything_later(tmp_path):
             assert steps == list(range(2, 21, 2)), steps
             names = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
             assert "adapter/best" in names
+
+        printed = [out, raylora("report", str(tmp_path / "st" / "outage"), "--tracking-uri", planted)]
+        promoted = raylora(
+            "promote", "best", "--experiment", "outage", "--tracking-uri", planted, "--model-name", "it's"
+        )
+        printed.append(promoted)
+        assert "registered it's version 1 (@champion)" in promoted, promoted
+        runs = client.search_runs([experiment.experiment_id])
+        sent = json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs])
+    assert json.loads((tmp_path / "st" / "outage" / "spec.json").read_text())["tracking_uri"] == uri
+    assert [s for s in SECRETS if s in "".join(printed) or s in sent] == []
+    assert _leaks(tmp_path / "st") == [] and _leaks(tmp_path / "mlflow") == []
+    assert "View run" not in "".join(printed)
 
 
 def test_a_study_run_while_mlflow_is_down_reaches_the_server_whole_and_exactly_once(
