@@ -154,6 +154,28 @@ def test_a_second_driver_is_refused_naming_the_holder_and_a_dead_holders_lock_is
     StudyLock(storage).acquire().release()
 
 
+def test_a_driver_reads_the_study_again_once_it_holds_the_lock(tmp_path):
+    """What a driver read before it took the lock (while its Ray started) may be stale: another driver
+    can have begun or finished the study meanwhile. Under the lock it reads again: a new study launched
+    over one that now exists is refused, and nothing is written over the other driver's record."""
+    from raylora.record.trials import StudyRecord, TrialRecord
+    from raylora.study.driver import Plan, open_study, study_storage
+
+    spec = Spec.from_dict(_spec_dict())
+    where = study_storage(spec, str(tmp_path / "st"), log=lambda line: None)
+    plan = Plan(where.directory, 2, [], 0, [], "fifo", storage=where, address=None)
+    plan.record, plan.rebuild, plan.spec_checked = StudyRecord.open(where.directory, spec), False, False
+    assert not plan.record.trials  # planned as a new study
+
+    other = StudyRecord.open(where.directory, spec)  # another driver takes the study meanwhile
+    other.trials["t000"] = TrialRecord("t000", optuna_number=0, steps=2, last_value=7.0)
+    other.save()
+    written = (where.directory / "summary.json").read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        open_study(spec, plan, resume=False, log=lambda line: None)
+    assert (where.directory / "summary.json").read_bytes() == written
+
+
 def test_on_object_storage_the_lock_is_a_lease_object(monkeypatch):
     from raylora.study import lock as lock_lib
     from raylora.tracking.storage import UriStorage

@@ -202,6 +202,23 @@ def plan_study(
     """What a search of ``spec`` in ``where`` would do: the trials left, and (when some are) the cluster's
     nodes and how many trials run at once. Reads the study's state; writes nothing. A resume with another
     spec, or of a journal corrupt before its last record, is refused here, before Ray starts."""
+    from .lock import StudyLock
+
+    if not dry_run:  # a live driver's lock refuses this one first, before Ray starts (taken when opening)
+        StudyLock(where).check_free()
+    record, rebuild, spec_checked = _read_study(spec, where, resume, dry_run, accept_spec)
+    remaining = max(space.trials(spec) - len(record.finished()), 0)
+    plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where, address=address)
+    plan.record, plan.rebuild, plan.spec_checked = record, rebuild, spec_checked
+    if remaining and not rebuild:  # a rebuilt summary tells the trials left only once opened
+        _start_ray(spec, plan, log)
+    return plan
+
+
+def _read_study(spec: Spec, where, resume: bool, dry_run: bool, accept_spec: bool) -> tuple:
+    """The study's record as its storage holds it now, whether it must be rebuilt, and whether the spec
+    was checked against ``spec.json``; a resume of no study, a new study over an existing one, another
+    spec or a journal corrupt before its last record are refused."""
     from . import specfile
     from .repair import check_journal
 
@@ -220,12 +237,7 @@ def plan_study(
     if spec_checked:
         specfile.check(where.directory, spec, accept=accept_spec)
     check_journal(where.directory / JOURNAL)
-    remaining = max(space.trials(spec) - len(record.finished()), 0)
-    plan = Plan(where.directory, remaining, [], 0, [], _scheduler_name(spec), storage=where, address=address)
-    plan.record, plan.rebuild, plan.spec_checked = record, rebuild, spec_checked
-    if remaining and not rebuild:  # a rebuilt summary tells the trials left only once opened
-        _start_ray(spec, plan, log)
-    return plan
+    return record, rebuild, spec_checked
 
 
 def _start_ray(spec: Spec, plan: Plan, log) -> None:
@@ -293,6 +305,9 @@ def open_study(spec: Spec, plan: Plan, resume: bool, log, accept_spec: bool = Fa
     from .optuna_searcher import open_optuna, settle_interrupted
     from .warm import warm_start
 
+    # Read again under the lock: another driver may have run (or begun) the study while this one read it
+    # and started Ray; what it wrote must not be overwritten by a stale record.
+    plan.record, plan.rebuild, plan.spec_checked = _read_study(spec, plan.storage, resume, False, accept_spec)
     where, record, directory = plan.storage, plan.record, plan.study_dir
     record.on_save = where.push
     if resume and not plan.spec_checked:

@@ -125,15 +125,25 @@ class StudyLock:
                 return self
         raise UserError("--storage", f"could not take the lock {self._display()} (it kept changing hands)")
 
+    def check_free(self) -> None:
+        """Read only: raise the :class:`UserError` that :meth:`acquire` would when a live driver holds the
+        lock (a second driver is told before it starts Ray, not after)."""
+        held = self._read()
+        if held is not None and not self._stale(held):
+            raise self._busy(held)
+
+    def _busy(self, held: dict) -> UserError:
+        return UserError(
+            "study.name",
+            f"study {self.storage.location} is already being run by pid {held.get('pid')} on "
+            f"{held.get('host')} (since {held.get('started')}); wait for it to end, or remove "
+            f"{self._display()} if that driver is gone",
+        )
+
     def _try(self) -> bool:
         held = self._read()
         if held is not None and not self._stale(held):
-            raise UserError(
-                "study.name",
-                f"study {self.storage.location} is already being run by pid {held.get('pid')} on "
-                f"{held.get('host')} (since {held.get('started')}); wait for it to end, or remove "
-                f"{self._display()} if that driver is gone",
-            )
+            raise self._busy(held)
         if self.storage.remote:
             self._write()
             time.sleep(SETTLE_S)  # another launcher that read the same expired lease writes meanwhile
