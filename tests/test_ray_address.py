@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE
 
 from raylora.study import cluster
 
@@ -62,3 +65,33 @@ def test_only_a_ray_started_here_goes_without_a_job_runtime_environment(environ,
     assert cluster._target(None) == ("local", True)  # the same record once nobody listens: stale
     environ["RAY_ADDRESS"] = "10.1.2.3:6379"
     assert cluster._target(None) == (None, False)
+
+
+_TRAIN_PASSES = sorted(ENV_VARS_TO_PROPAGATE)  # Ray Train's own list of what it hands to workers
+
+
+@given(
+    chosen=st.dictionaries(
+        st.sampled_from(
+            _TRAIN_PASSES
+            + ["RAYLORA_HOME", "RAYLORA_INJECT_OOM", "RAYLORA_INJECT_ERROR", "RAY_TRAIN_METRICS_ENABLED"]
+            + ["PATH_NOT_PASSED", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"]
+        ),
+        st.text(alphabet="abc019=,/", max_size=8),
+        max_size=8,
+    )
+)
+def test_an_attached_clusters_workers_get_raylora_s_variables_and_those_ray_train_passes(chosen):
+    """The runners' controllers run inside the pool actor, so Ray Train's own hand-over of the driver's
+    variables to its workers never runs: the job environment of an attached cluster carries them, beside
+    raylora's; nothing else of the driver's environment goes."""
+    from unittest import mock
+
+    passed = set(_TRAIN_PASSES) | {
+        "RAYLORA_HOME", "RAYLORA_INJECT_OOM", "RAYLORA_INJECT_ERROR",
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH", "RAY_TRAIN_METRICS_ENABLED",
+    }  # fmt: skip
+    with mock.patch.object(os, "environ", dict(chosen)):
+        got = cluster._for_workers()
+    assert got == {k: v for k, v in chosen.items() if k in passed}

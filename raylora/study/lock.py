@@ -125,12 +125,13 @@ class StudyLock:
                 return self
         raise UserError("--storage", f"could not take the lock {self._display()} (it kept changing hands)")
 
-    def check_free(self) -> None:
+    def check_free(self) -> dict | None:
         """Read only: raise the :class:`UserError` that :meth:`acquire` would when a live driver holds the
-        lock (a second driver is told before it starts Ray, not after)."""
+        lock (a second driver is told before it starts Ray, not after); else the stale lock there, if any."""
         held = self._read()
         if held is not None and not self._stale(held):
             raise self._busy(held)
+        return held
 
     def _busy(self, held: dict) -> UserError:
         return UserError(
@@ -141,9 +142,7 @@ class StudyLock:
         )
 
     def _try(self) -> bool:
-        held = self._read()
-        if held is not None and not self._stale(held):
-            raise self._busy(held)
+        held = self.check_free()
         if self.storage.remote:
             self._write()
             time.sleep(SETTLE_S)  # another launcher that read the same expired lease writes meanwhile

@@ -476,9 +476,10 @@ def orphaned(group, job: bytes) -> bool:
 
 
 def _lean(trainer_cls, autoscaler: bool = True):
-    """``trainer_cls`` without :data:`UNUSED_CALLBACKS` among its default callbacks and, on a Ray with no
-    ``autoscaler`` (one the driver started), without asking Ray Data's autoscaling coordinator for the
-    group's resources (:func:`without_autoscaler`)."""
+    """``trainer_cls`` without :data:`UNUSED_CALLBACKS` among its default callbacks, its controller run in
+    the calling thread (:func:`run_controller_here`) and, on a Ray with no ``autoscaler`` (one the driver
+    started), without asking Ray Data's autoscaling coordinator for the group's resources
+    (:func:`without_autoscaler`)."""
 
     class Lean(trainer_cls):
         def _create_default_callbacks(self):
