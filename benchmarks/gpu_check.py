@@ -108,9 +108,8 @@ def save_random_checkpoint(out: Path, device: str, tiny: bool) -> Path:
     return out
 
 
-def raylora_case(
-    checkpoint: Path, scope: str, quant: str, steps: int, batch: int, out: Path, cuda: bool
-) -> dict:
+def raylora_case(checkpoint: Path, scope: str, quant: str, args, out: Path, cuda: bool) -> dict:
+    steps, batch = args.steps, args.batch
     import torch
 
     from raylora import spec as spec_lib
@@ -133,11 +132,21 @@ def raylora_case(
             "data.image.max_pixels=401408",
             "data.max_length=4096",
             f"resources.gpus_per_worker={int(cuda)}",
+            *args.set,
         ],
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    outcome = train(spec, LocalSession(out, log=lambda line: None))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            outcome = train(spec, LocalSession(out, log=lambda line: None))
+        for key in ("self_cpu_time_total", "self_device_time_total" if cuda else "cpu_time_total"):
+            print(prof.key_averages().table(sort_by=key, row_limit=18), flush=True)
+    else:
+        outcome = train(spec, LocalSession(out, log=lambda line: None))
     predicted = estimate.estimate(spec)
     trained_path = sum(p.numel() for n, p in outcome.model.named_parameters() if "lora_" not in n)
     return {
@@ -186,7 +195,9 @@ def trainer_case(spec, steps: int) -> dict:
         train_dataset=items,
         data_collator=lambda batch: encode.collate(batch, pad),
     )
-    tokens = sum(int(it["input_ids"].numel()) for it in items[: steps * args.per_device_train_batch_size])
+    # The Trainer cycles through the items (shuffled each epoch): count the tokens of the samples it takes.
+    per_item = sum(int(it["input_ids"].numel()) for it in items) / len(items)
+    tokens = per_item * steps * args.per_device_train_batch_size
     start = time.perf_counter()
     trainer.train()
     if cuda:
@@ -200,6 +211,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], help="a spec override for raylora's cases")
+    parser.add_argument("--only", help="run this case alone (its label, e.g. 'bf16 [llm]')")
+    parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops per case")
     parser.add_argument(
         "--tiny", action="store_true", help="a 2-layer model of the same architecture, to check the script"
     )
@@ -219,6 +234,8 @@ def main() -> None:
             ("bf16 [llm, vision]", "[llm, vision]", "none"),
             ("nf4 [llm]", "[llm]", "nf4"),
         ):
+            if args.only and label != args.only:
+                continue
             # One case failing (an out-of-memory, a kernel missing for this GPU) must not lose the others.
             try:
                 results[label] = run_case(label, scope, quant, checkpoint, args, Path(tmp), cuda, peak)
@@ -230,7 +247,7 @@ def main() -> None:
 
 def run_case(label, scope, quant, checkpoint, args, tmp: Path, cuda: bool, peak: float) -> dict:
     start = time.perf_counter()
-    case = raylora_case(checkpoint, scope, quant, args.steps, args.batch, tmp / label.replace(" ", "_"), cuda)
+    case = raylora_case(checkpoint, scope, quant, args, tmp / label.replace(" ", "_"), cuda)
     mfu = 6 * case["params"] * case["tokens_per_s"] / peak
     row = {
         "tokens_per_s": case["tokens_per_s"],
@@ -239,7 +256,7 @@ def run_case(label, scope, quant, checkpoint, args, tmp: Path, cuda: bool, peak:
         "estimate_gib": case["estimate_gib"],
         "estimate_error": case["estimate_gib"] / case["peak_gib"] - 1,
     }
-    if quant == "none":
+    if quant == "none" and args.trainer:
         bare = trainer_case(case["spec"], args.steps)
         row["trainer_tokens_per_s"] = bare["tokens_per_s"]
         row["vs_trainer"] = case["tokens_per_s"] / bare["tokens_per_s"]

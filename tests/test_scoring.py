@@ -407,6 +407,7 @@ def test_raylora_eval_on_the_builtin_model(tmp_path, raylora_cli):
     from raylora.train import inference
 
     predictor = inference.Predictor.load("builtin:tiny-qwen3-vl")
+    assert not predictor.model.use_kernels  # no Hub kernels for a base model (see model.from_pretrained)
     records = samples.read(builtin.resolve_data("builtin:gui-grounding", "eval"), 6)
     assert [row["output"] for row in lines] == [serving.answer_record(predictor, r, 8) for r in records]
     # The same outputs scored again with no model give the same report.

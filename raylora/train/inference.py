@@ -42,11 +42,13 @@ def load_with_adapter(adapter_dir: str | Path, base_model: str | None = None, re
 
     quantization.import_quietly()  # PEFT imports bitsandbytes
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
+
+    from . import model as model_lib
 
     base = base_model_path(adapter_dir, base_model)
     processor = AutoProcessor.from_pretrained(base, revision=revision)
-    model = AutoModelForImageTextToText.from_pretrained(base, revision=revision, dtype="auto")
+    model = model_lib.from_pretrained(base, revision=revision, dtype="auto")
     with warnings.catch_warnings():
         # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can change.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
@@ -77,11 +79,13 @@ class Predictor:
         adapter = adapter_folder(ref)
         if adapter is not None:
             return cls(*load_with_adapter(adapter, base_model, revision), **pixels)
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
+
+        from . import model as model_lib
 
         path = builtin.resolve_model(str(ref))
         processor = AutoProcessor.from_pretrained(path, revision=revision)
-        model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype="auto")
+        model = model_lib.from_pretrained(path, revision=revision, dtype="auto")
         return cls(model, processor, **pixels)
 
     def answer(self, messages: list[dict], images: list, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:

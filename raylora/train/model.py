@@ -29,6 +29,18 @@ class Built:
     model_type: str
 
 
+def from_pretrained(path, **kwargs):
+    """The checkpoint's model with transformers' own layers, for training and inference alike.
+
+    transformers 5.2x swaps layers for kernels fetched from the Hugging Face Hub when the model is on a GPU,
+    unless told not to: on an offline GPU node every trial then failed to load (seen on an H200), and on a
+    connected one the numbers would rest on whatever code the Hub served that day.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path, use_kernels=False, **kwargs)
+
+
 def resolve_dtype(name: str, device: torch.device):
     """``auto`` → bfloat16 on GPUs that support it, float32 elsewhere."""
     import torch
@@ -53,7 +65,7 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
     import torch
 
     quantization.import_quietly()
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -69,7 +81,7 @@ def build(spec: Spec, path: str, device: torch.device) -> Built:
     if sharding.loads_on_meta(spec):
         model = sharding.empty_model(config, spec, path, dtype)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(
+        model = from_pretrained(
             path,
             config=config,
             revision=spec.model.revision,
