@@ -240,9 +240,10 @@ def test_a_runners_trainer_has_ray_trains_default_callbacks_but_two_helper_actor
     placement-group cleaner (the pool frees a dead controller's group); every other callback Ray Train sets
     up (the backend's process group, ...) stays. If Ray renames a callback or the method, the first assert
     fails instead of the saving vanishing."""
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from raylora.study import pool as pool_module
+    from raylora.study.torch_backend import WorkerTorchConfig
 
     settings = {
         "max_failures": 1,
@@ -256,8 +257,9 @@ def test_a_runners_trainer_has_ray_trains_default_callbacks_but_two_helper_actor
         "filesystem": pyarrow.fs.LocalFileSystem(),
     }
     trainer = TrialPool(settings, max_runners=0)._trainer(0, handle=None)
-    assert isinstance(trainer, TorchTrainer)
-    ray_default = [type(c).__name__ for c in TorchTrainer._create_default_callbacks(trainer)]
+    assert isinstance(trainer, DataParallelTrainer)
+    assert isinstance(trainer.backend_config, WorkerTorchConfig)  # torch on the workers alone
+    ray_default = [type(c).__name__ for c in DataParallelTrainer._create_default_callbacks(trainer)]
     ours = [type(c).__name__ for c in trainer._create_default_callbacks()]
     assert pool_module.UNUSED_CALLBACKS <= set(ray_default)
     assert ours == [name for name in ray_default if name not in pool_module.UNUSED_CALLBACKS]
@@ -359,13 +361,27 @@ def test_on_a_ray_without_autoscaler_a_runner_asks_no_coordinator_for_resources(
 def test_a_runners_controller_runs_in_the_pools_process_and_its_group_trains(tmp_path):
     """A runner's Ray Train controller runs in the thread that calls ``fit`` (the pool actor's runner
     thread): its worker group trains and returns, and no controller actor (a Python process importing torch
-    on the path to every group's first step) is ever started."""
+    on the path to every group's first step) is ever started. The process that runs the controller never
+    imports torch (the backend runs Ray Train's torch set-up on the workers), and the workers' process
+    group is the one Ray Train's ``TorchConfig`` makes: torchrun's variables, and a collective across them."""
     import ray
     import ray.train
     from ray._private.state import actors
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from raylora.study.pool import _lean
+    from raylora.study.torch_backend import WorkerTorchConfig
+
+    def per_worker():
+        import torch
+        import torch.distributed as dist
+
+        context = ray.train.get_context()
+        total = torch.tensor([float(context.get_world_rank() + 1)])
+        dist.all_reduce(total)
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR")
+        env = {name: os.environ.get(name) for name in names}
+        return {"worker_pid": os.getpid(), "sum": total.item(), "env": env, "backend": dist.get_backend()}
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -373,16 +389,32 @@ def test_a_runners_controller_runs_in_the_pools_process_and_its_group_trains(tmp
         @ray.remote(num_cpus=0, max_concurrency=4)
         class Host:
             def fit(self, storage: str) -> dict:
-                trainer = _lean(TorchTrainer, autoscaler=False)(
-                    lambda: {"worker_pid": os.getpid()},
-                    scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                trainer = _lean(DataParallelTrainer, autoscaler=False)(
+                    per_worker,
+                    backend_config=WorkerTorchConfig(backend="gloo"),
+                    scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                     run_config=ray.train.RunConfig(name="runner", storage_path=storage),
                 )
                 result = trainer.fit()
-                return {"host_pid": os.getpid(), "error": result.error, **result.return_value}
+                import sys
+
+                torch_here = "torch" in sys.modules
+                return {
+                    "host_pid": os.getpid(),
+                    "error": result.error,
+                    "torch": torch_here,
+                    **result.return_value,
+                }
 
         out = ray.get(Host.remote().fit.remote(str(tmp_path / "pools")))
         assert out["error"] is None and out["worker_pid"] != out["host_pid"], out
+        assert out["torch"] is False, "the controller's process imported torch"
+        # Rank 0's return value: 1 + 2 summed over the two ranks' gloo group.
+        assert out["sum"] == 3.0 and out["backend"] == "gloo", out
+        assert out["env"]["RANK"] == "0" and out["env"]["WORLD_SIZE"] == "2" and out["env"]["MASTER_ADDR"], (
+            out
+        )
+        assert out["env"]["LOCAL_WORLD_SIZE"] == "2" and out["env"]["NODE_RANK"] == "0", out
         classes = sorted(a["ActorClassName"].rsplit(".", 1)[-1] for a in actors().values())
         assert "TrainController" not in classes and {"Host", "RayTrainWorker"} <= set(classes), classes
     finally:

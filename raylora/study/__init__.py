@@ -12,7 +12,8 @@ long-lived Ray Train worker groups train the trials. The top layer: it may use e
     warm              enqueued configurations and earlier studies as prior
     repair            a study's state mended after a crash (torn journal, unreadable summary)
     trainable         the Tune trainable each trial runs (hands the trial to the pool)
-    pool              the pool actor: queue, runner threads, their TorchTrainers
+    pool              the pool actor: queue, runner threads, their Ray Train trainers
+    torch_backend     the runners' PyTorch backend: torch imported on the workers alone
     pool_worker       the loop each Ray Train worker runs, and its Session
     watchdog          when a trial's workers last reported; a silent trial's workers are restarted
     checkpoints       adapter checkpoints under <study>/runs/<slot>/

@@ -5,7 +5,7 @@
     execute   the base model, the trial pool, Tune; then the comparison, the report, MLflow closed
 
 Data flow: spec (validated on the driver) → Optuna define-by-run space → Tune (StudySearcher + ASHA) →
-the trial pool (one long-lived TorchTrainer per concurrent trial) → the training recipe on each worker →
+the trial pool (one long-lived Ray Train trainer per concurrent trial) → the training recipe on each worker →
 reports back → the searcher's events (:mod:`.listener`) → ``summary.json``, the progress lines and MLflow.
 """
 

@@ -3,13 +3,15 @@
 A fresh ``TorchTrainer`` per trial starts a Train controller, its helper actors and every worker process
 again, and each worker imports torch, transformers and PEFT again: on a small node that is most of a short
 trial's time, and on a GPU cluster it adds a CUDA context and a process group per trial. Here each of the
-study's concurrent trial slots is one ``TorchTrainer`` run whose workers (DDP across nodes, placed by Ray
+study's concurrent trial slots is one Ray Train run whose workers (DDP across nodes, placed by Ray
 Train as before) take trial after trial from :class:`TrialPool`:
 
     Tune trial driver ──submit/poll──▶ TrialPool actor ◀──next_job/report/finished── rank 0 of a runner
 
 * Each runner's Train controller runs in the runner's thread, not as an actor of its own
   (:func:`run_controller_here`): one process start and one torch import fewer before each group's first step.
+  Its PyTorch backend (:mod:`raylora.study.torch_backend`) imports torch on the workers alone, so this
+  process never does.
 * A trial's adapter checkpoints are written by rank 0 to ``<study>/runs/<slot>/checkpoint_s<step>``
   (:class:`~raylora.study.checkpoints.Checkpoints`), keeping the latest and the best; a trial restarted
   on any runner resumes there.
@@ -69,7 +71,7 @@ class _Runner:
 class TrialPool:
     """The study's trial queue and its runners (run as a threaded Ray actor).
 
-    ``runner`` holds what every runner's ``TorchTrainer`` needs: ``workers``, ``cpus_per_worker``,
+    ``runner`` holds what every runner's Ray Train trainer needs: ``workers``, ``cpus_per_worker``,
     ``gpus_per_worker``, ``placement_strategy``, ``max_failures`` (restarts per trial), ``pools_dir`` and
     ``filesystem`` (where Ray Train keeps the runners' own state) and the ``checkpoints`` settings
     (:class:`~raylora.study.checkpoints.Checkpoints`' arguments), plus ``may_quantize`` and ``autoscaler``
@@ -394,14 +396,16 @@ class TrialPool:
 
     def _trainer(self, rid: int, handle):
         import ray.train
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        from .torch_backend import WorkerTorchConfig
 
         s = self.settings
         use_gpu = s["gpus_per_worker"] > 0
         per_worker = {"CPU": s["cpus_per_worker"], **({"GPU": s["gpus_per_worker"]} if use_gpu else {})}
         from .pool_worker import serve_trials
 
-        return _lean(TorchTrainer, autoscaler=s.get("autoscaler", True))(
+        return _lean(DataParallelTrainer, autoscaler=s.get("autoscaler", True))(
             serve_trials,
             train_loop_config={
                 "pool": handle,
@@ -409,7 +413,7 @@ class TrialPool:
                 "checkpoints": s["checkpoints"],
                 "may_quantize": s["may_quantize"],
             },
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            backend_config=WorkerTorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=s["workers"],
                 use_gpu=use_gpu,

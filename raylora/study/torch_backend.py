@@ -1,0 +1,107 @@
+"""Ray Train's PyTorch backend for the runners' worker groups, with torch imported on the workers alone.
+
+A runner's Train controller runs in the pool actor (:func:`raylora.study.pool.run_controller_here`).
+``ray.train.torch`` imports torch in whatever process builds a ``TorchTrainer``, so the pool actor imported
+torch (2-3 s, and ~300 MB it never used) between its start and the first worker group's placement: on the
+path to every study's first step. :class:`WorkerTorchConfig` does what ``TorchConfig`` does for a group,
+with the same Ray Train functions, but runs each of them on the workers, which import torch anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ray.train.backend import Backend, BackendConfig
+from ray.train.v2._internal.util import TrainingFramework
+
+SHUTDOWN_TIMEOUT_S = 30  # Ray Train's default for a process group's shutdown
+
+
+@dataclass
+class WorkerTorchConfig(BackendConfig):
+    """``ray.train.torch.TorchConfig`` with ``init_method="env"``: ``backend`` is ``gloo`` or ``nccl``."""
+
+    backend: str = "gloo"
+    timeout_s: int = 1800
+
+    @property
+    def backend_cls(self):
+        return WorkerTorchBackend
+
+    @property
+    def train_func_context(self):
+        return _DeviceContext
+
+    @property
+    def framework(self):
+        return TrainingFramework.TORCH
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
+
+
+class WorkerTorchBackend(Backend):
+    """Ray Train's ``_TorchBackend`` for a V2 worker group: rank 0's address as ``MASTER_ADDR``/``PORT``,
+    torchrun's rank variables, then one ``init_process_group`` per worker."""
+
+    def on_start(self, worker_group, backend_config: WorkerTorchConfig) -> None:
+        import ray
+        from ray.train._internal.utils import get_address_and_port
+
+        addr, port = worker_group.execute_single(0, get_address_and_port)
+        worker_group.execute(_set_env, addr=addr, port=port)
+        world = len(worker_group)
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    rank, _init_process_group, backend_config.backend, rank, world, backend_config.timeout_s
+                )
+                for rank in range(world)
+            ]
+        )
+
+    def on_shutdown(self, worker_group, backend_config: WorkerTorchConfig) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        try:
+            ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
+        except GetTimeoutError:
+            pass  # the workers are being torn down anyway; Ray Train only logs this too
+
+
+# -- run on the workers -------------------------------------------------------------------------------
+
+
+def _set_env(addr: str, port: int) -> None:
+    from ray.train.torch.config import _set_torch_distributed_env_vars
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    _set_torch_distributed_env_vars()
+
+
+def _init_process_group(backend: str, rank: int, world: int, timeout_s: int) -> None:
+    from ray.train.torch.config import _setup_torch_process_group
+
+    _setup_torch_process_group(backend, rank, world, "env://", timeout_s)
+
+
+def _shutdown(destroy_process_group: bool) -> None:
+    from ray.train.torch.config import _shutdown_torch
+
+    _shutdown_torch(destroy_process_group)
+
+
+class _DeviceContext:
+    """Ray Train's per-worker context for the train function (it selects the worker's CUDA device)."""
+
+    def __enter__(self):
+        from ray.train.torch.config import TorchConfigContextManager
+
+        self._inner = TorchConfigContextManager()
+        return self._inner.__enter__()
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
