@@ -17,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 
@@ -123,7 +125,9 @@ def raylora_case(checkpoint: Path, scope: str, quant: str, args, out: Path, cuda
             f"training.lora.scope={scope}",
             f"training.quantization={quant}",
             f"training.max_steps={steps}",
-            f"training.eval_every={steps}",
+            # Reports at a third and two thirds: the last report's window (its final third) is the steady
+            # state, without the loader's start and the first steps' allocations.
+            f"training.eval_every={max(steps // 3, 1)}",
             f"training.per_device_train_batch_size={batch}",
             "training.click_eval_samples=0",
             "data.eval=null",
@@ -197,12 +201,33 @@ def trainer_case(spec, steps: int) -> dict:
     )
     # The Trainer cycles through the items (shuffled each epoch): count the tokens of the samples it takes.
     per_item = sum(int(it["input_ids"].numel()) for it in items) / len(items)
-    tokens = per_item * steps * args.per_device_train_batch_size
-    start = time.perf_counter()
+    # Timed over the same final third as raylora's last report window.
+    timer = SteadyTimer(steps - max(steps // 3, 1), cuda)
+    trainer.add_callback(timer)
     trainer.train()
-    if cuda:
-        torch.cuda.synchronize()
-    return {"tokens_per_s": tokens / (time.perf_counter() - start)}
+    tokens = per_item * (steps - timer.from_step) * args.per_device_train_batch_size
+    return {"tokens_per_s": tokens / timer.seconds}
+
+
+class SteadyTimer(TrainerCallback):
+    """Seconds from the end of step ``from_step`` to the end of training (the GPU drained at both)."""
+
+    def __init__(self, from_step: int, cuda: bool):
+        self.from_step, self.cuda, self.start, self.seconds = from_step, cuda, None, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.from_step:
+            self.start = self._now()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = self._now() - self.start
+
+    def _now(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
 
 def main() -> None:
