@@ -2,9 +2,10 @@
 
 A runner's Train controller runs in the pool actor (:func:`raylora.study.pool.run_controller_here`).
 ``ray.train.torch`` imports torch in whatever process builds a ``TorchTrainer``, so the pool actor imported
-torch (1.5-3 s, and ~470 MB resident it never used) between its start and the first worker group's placement: on the
-path to every study's first step. :class:`WorkerTorchConfig` does what ``TorchConfig`` does for a group,
-with the same Ray Train functions, but runs each of them on the workers, which import torch anyway.
+torch (1.5-3 s, and ~470 MB resident it never used) between its start and the first worker group's
+placement: on the path to every study's first step. :class:`WorkerTorchConfig` does what ``TorchConfig``
+does for a group, with the same Ray Train functions, but runs each of them on the workers, which import
+torch anyway.
 """
 
 from __future__ import annotations
