@@ -1,11 +1,15 @@
 """GPU check: raylora's training loop on a Qwen3-VL-2B-shaped model against a bare Hugging Face Trainer.
 
-For each case — bf16 LoRA on [llm], bf16 LoRA on [llm, vision], nf4 LoRA on [llm] — this trains S steps with
-`raylora train` (the same recipe Ray Train workers run) on random weights saved once in the real checkpoint
-format, then the same model, LoRA and batches with `transformers.Trainer`. It prints tokens/s, model FLOPs
-utilization (6 × trained-path parameters × tokens/s over the GPU's dense bf16 peak; attention FLOPs left
-out, so MFU is slightly understated), peak memory (torch.cuda.max_memory_allocated) against
-`raylora.estimate`, and a final JSON line. Targets: MFU ≥ 45% for [llm] in bf16, and not below the Trainer.
+For each case — bf16 LoRA on [llm], bf16 LoRA on [llm, vision], nf4 LoRA on [llm], and [llm, vision] with
+every screenshot at ``max_pixels`` (the size the memory estimate assumes) — this trains S steps with
+`raylora train`'s recipe (the one Ray Train workers run) on random weights saved once in the real checkpoint
+format, then the first two with the same model, LoRA and batches through `transformers.Trainer`. Both are
+timed over the final third of their steps (raylora's last report window; a Trainer callback from the same
+step). It prints tokens/s, model FLOPs utilization (6 × trained-path parameters × tokens/s over the GPU's
+dense bf16 peak; attention FLOPs left out, so MFU is slightly understated), peak memory
+(torch.cuda.max_memory_allocated) against `raylora.estimate`, and a final JSON line. Targets: MFU ≥ 45% for
+[llm] in bf16, and not below the Trainer. ``--tiny`` runs a 2-layer model of the same architecture on
+whatever device there is (a CPU in 20 s): check the script before a lease.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ def save_random_checkpoint(out: Path, device: str, tiny: bool) -> Path:
     return out
 
 
-def raylora_case(checkpoint: Path, scope: str, quant: str, args, out: Path, cuda: bool) -> dict:
+def raylora_case(checkpoint: Path, scope: str, quant: str, extra: list, args, out: Path, cuda: bool) -> dict:
     steps, batch = args.steps, args.batch
     import torch
 
@@ -136,6 +140,7 @@ def raylora_case(checkpoint: Path, scope: str, quant: str, args, out: Path, cuda
             "data.image.max_pixels=401408",
             "data.max_length=4096",
             f"resources.gpus_per_worker={int(cuda)}",
+            *extra,
             *args.set,
         ],
     )
@@ -230,6 +235,16 @@ class SteadyTimer(TrainerCallback):
         return time.perf_counter()
 
 
+CASES = (
+    # label, LoRA scope, quantization, more overrides (a case with overrides has no Trainer twin)
+    ("bf16 [llm]", "[llm]", "none", []),
+    ("bf16 [llm, vision]", "[llm, vision]", "none", []),
+    ("nf4 [llm]", "[llm]", "nf4", []),
+    # Every screenshot at max_pixels, the size the memory estimate assumes: its check at full size.
+    ("bf16 [llm, vision] max_pixels", "[llm, vision]", "none", ["data.image.min_pixels=401408"]),
+)
+
+
 def main() -> None:
     import torch
 
@@ -254,25 +269,21 @@ def main() -> None:
             Path(tmp) / "qwen3-vl-2b-random", "cuda" if cuda else "cpu", args.tiny
         )
         print(f"checkpoint saved in {time.perf_counter() - start:.0f} s", flush=True)
-        for label, scope, quant in (
-            ("bf16 [llm]", "[llm]", "none"),
-            ("bf16 [llm, vision]", "[llm, vision]", "none"),
-            ("nf4 [llm]", "[llm]", "nf4"),
-        ):
+        for label, scope, quant, extra in CASES:
             if args.only and label != args.only:
                 continue
             # One case failing (an out-of-memory, a kernel missing for this GPU) must not lose the others.
             try:
-                results[label] = run_case(label, scope, quant, checkpoint, args, Path(tmp), cuda, peak)
+                results[label] = run_case(label, scope, quant, extra, checkpoint, args, Path(tmp), cuda, peak)
             except Exception:  # noqa: BLE001 - reported, and the next case runs
                 traceback.print_exc()
                 results[label] = {"error": traceback.format_exc(limit=1).strip().splitlines()[-1]}
     print(json.dumps({"benchmark": "gpu_check", "device": name, "results": results}), flush=True)
 
 
-def run_case(label, scope, quant, checkpoint, args, tmp: Path, cuda: bool, peak: float) -> dict:
+def run_case(label, scope, quant, extra, checkpoint, args, tmp: Path, cuda: bool, peak: float) -> dict:
     start = time.perf_counter()
-    case = raylora_case(checkpoint, scope, quant, args, tmp / label.replace(" ", "_"), cuda)
+    case = raylora_case(checkpoint, scope, quant, extra, args, tmp / label.replace(" ", "_"), cuda)
     mfu = 6 * case["params"] * case["tokens_per_s"] / peak
     row = {
         "tokens_per_s": case["tokens_per_s"],
@@ -281,12 +292,12 @@ def run_case(label, scope, quant, checkpoint, args, tmp: Path, cuda: bool, peak:
         "estimate_gib": case["estimate_gib"],
         "estimate_error": case["estimate_gib"] / case["peak_gib"] - 1,
     }
-    if quant == "none" and args.trainer:
+    if quant == "none" and args.trainer and not extra:
         bare = trainer_case(case["spec"], args.steps)
         row["trainer_tokens_per_s"] = bare["tokens_per_s"]
         row["vs_trainer"] = case["tokens_per_s"] / bare["tokens_per_s"]
     print(
-        f"{label:20s} {row['tokens_per_s']:10.0f} tok/s  MFU {mfu:6.1%}  "
+        f"{label:30s} {row['tokens_per_s']:10.0f} tok/s  MFU {mfu:6.1%}  "
         f"peak {row['peak_gib']:.1f} GiB "
         f"(estimate {row['estimate_gib']:.1f}, {row['estimate_error']:+.0%})"
         + (f"  vs Trainer {row['vs_trainer']:.2f}×" if "vs_trainer" in row else "")
