@@ -257,3 +257,24 @@ def test_resuming_keeps_the_checkpoint_it_resumed_from(tmp_path):
     # On local storage that folder is the trial's real checkpoint: it may hold the trial's best adapter.
     assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
     _load_adapter(checkpoint / "adapter")
+
+
+@pytest.mark.slow  # a 2-layer model through four cases and two Trainer runs, in a subprocess: ~20 s
+def test_the_gpu_check_runs_every_case_on_a_tiny_model():
+    """``benchmarks/gpu_check.py --tiny``: the script a GPU lease runs, on the CPU at a size that trains in
+    seconds, so a transformers or Ray upgrade that breaks it shows here rather than on a lent GPU's clock.
+    Every case reports its tokens/s and memory estimate, and the two bf16 cases their Trainer twin."""
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    args = ["--tiny", "--steps", "3", "--batch", "1"]
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cases = json.loads(out.stdout.strip().splitlines()[-1])["results"]
+    labels = {"bf16 [llm]", "bf16 [llm, vision]", "nf4 [llm]", "bf16 [llm, vision] max_pixels"}
+    assert set(cases) == labels, cases
+    for label, row in cases.items():
+        assert "error" not in row, (label, row, out.stderr[-3000:])
+        assert row["tokens_per_s"] > 0 and row["estimate_gib"] > 0, (label, row)
+    assert {label for label, row in cases.items() if row.get("trainer_tokens_per_s", 0) > 0} == {
+        "bf16 [llm]",
+        "bf16 [llm, vision]",
+    }
