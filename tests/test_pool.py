@@ -259,6 +259,17 @@ def test_a_runners_trainer_has_ray_trains_default_callbacks_but_two_helper_actor
     trainer = TrialPool(settings, max_runners=0)._trainer(0, handle=None)
     assert isinstance(trainer, DataParallelTrainer)
     assert isinstance(trainer.backend_config, WorkerTorchConfig)  # torch on the workers alone
+    # Every setting a Ray Train backend declares is what Ray's own Torch backend sets (one GPU per worker
+    # process, the node's GPUs shared, no replica groups, and whatever a later Ray adds).
+    from ray.train.backend import Backend
+    from ray.train.torch.config import _TorchBackend
+
+    settings = [name for name, value in vars(Backend).items() if isinstance(value, bool)]
+    assert "share_cuda_visible_devices" in settings
+    ours = trainer.backend_config.backend_cls
+    assert {name: getattr(ours, name) for name in settings} == {
+        name: getattr(_TorchBackend, name) for name in settings
+    }
     ray_default = [type(c).__name__ for c in DataParallelTrainer._create_default_callbacks(trainer)]
     ours = [type(c).__name__ for c in trainer._create_default_callbacks()]
     assert pool_module.UNUSED_CALLBACKS <= set(ray_default)

@@ -46,6 +46,10 @@ class WorkerTorchBackend(Backend):
     """Ray Train's ``_TorchBackend`` for a V2 worker group: rank 0's address as ``MASTER_ADDR``/``PORT``,
     torchrun's rank variables, then one ``init_process_group`` per worker."""
 
+    # As Ray's: the workers of a node see all of its group's GPUs, each taking ``cuda:<local rank>`` (with
+    # only its own GPU visible, rank 1 of a node would ask for a device it cannot see).
+    share_cuda_visible_devices = True
+
     def on_start(self, worker_group, backend_config: WorkerTorchConfig) -> None:
         import ray
         from ray.train._internal.utils import get_address_and_port
