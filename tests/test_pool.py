@@ -3,6 +3,7 @@ test_cluster and test_storage)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -384,8 +385,11 @@ def test_a_runners_controller_runs_in_the_pools_process_and_its_group_trains(tmp
     from raylora.study.torch_backend import WorkerTorchConfig
 
     def per_worker():
-        import torch
-        import torch.distributed as dist
+        # Not `import torch`: cloudpickle ships a nested function with the submodules of its modules that
+        # its names match and this process has loaded, so `torch` among its names would make the host
+        # import `ray.train.torch` (and torch) whenever an earlier test here had imported it.
+        torch = importlib.import_module("torch")
+        dist = importlib.import_module("torch.distributed")
 
         context = ray.train.get_context()
         total = torch.tensor([float(context.get_world_rank() + 1)])
