@@ -265,11 +265,11 @@ def test_a_runners_trainer_has_ray_trains_default_callbacks_but_two_helper_actor
     from ray.train.backend import Backend
     from ray.train.torch.config import _TorchBackend
 
-    settings = [name for name, value in vars(Backend).items() if isinstance(value, bool)]
-    assert "share_cuda_visible_devices" in settings
-    ours = trainer.backend_config.backend_cls
-    assert {name: getattr(ours, name) for name in settings} == {
-        name: getattr(_TorchBackend, name) for name in settings
+    flags = [name for name, value in vars(Backend).items() if isinstance(value, bool)]
+    assert "share_cuda_visible_devices" in flags
+    backend = trainer.backend_config.backend_cls
+    assert {name: getattr(backend, name) for name in flags} == {
+        name: getattr(_TorchBackend, name) for name in flags
     }
     ray_default = [type(c).__name__ for c in DataParallelTrainer._create_default_callbacks(trainer)]
     ours = [type(c).__name__ for c in trainer._create_default_callbacks()]

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from ray.train.backend import Backend, BackendConfig
 from ray.train.v2._internal.util import TrainingFramework
 
-SHUTDOWN_TIMEOUT_S = 30  # Ray Train's default for a process group's shutdown
-
 
 @dataclass
 class WorkerTorchConfig(BackendConfig):
@@ -68,11 +66,19 @@ class WorkerTorchBackend(Backend):
 
     def on_shutdown(self, worker_group, backend_config: WorkerTorchConfig) -> None:
         import ray
+        from ray._private import ray_constants
         from ray.exceptions import GetTimeoutError
+        from ray.train.constants import (
+            DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+            TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+        )
 
         futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        timeout_s = ray_constants.env_integer(
+            TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
+        )
         try:
-            ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
+            ray.get(futures, timeout=timeout_s)
         except GetTimeoutError:
             pass  # the workers are being torn down anyway; Ray Train only logs this too
 
