@@ -4,12 +4,12 @@ For each case — bf16 LoRA on [llm], bf16 LoRA on [llm, vision], nf4 LoRA on [l
 every screenshot at ``max_pixels`` (the size the memory estimate assumes) — this trains S steps with
 `raylora train`'s recipe (the one Ray Train workers run) on random weights saved once in the real checkpoint
 format, then the first two with the same model, LoRA and batches through `transformers.Trainer`. Both are
-timed over the final third of their steps (raylora's last report window; a Trainer callback from the same
-step). It prints tokens/s, model FLOPs utilization (6 × trained-path parameters × tokens/s over the GPU's
-dense bf16 peak; attention FLOPs left out, so MFU is slightly understated), peak memory
-(torch.cuda.max_memory_allocated) against `raylora.estimate`, and a final JSON line. Targets: MFU ≥ 45% for
-[llm] in bf16, and not below the Trainer. ``--tiny`` runs a 2-layer model of the same architecture on
-whatever device there is (a CPU in 20 s): check the script before a lease.
+timed over the same last steps, about a third of them (raylora's last report window; a Trainer callback
+from the report before it). It prints tokens/s, model FLOPs utilization (6 × trained-path parameters ×
+tokens/s over the GPU's dense bf16 peak; attention FLOPs left out, so MFU is slightly understated), peak
+memory (torch.cuda.max_memory_allocated) against `raylora.estimate`, and a final JSON line. Targets: MFU
+≥ 45% for [llm] in bf16, and not below the Trainer. ``--tiny`` runs a 2-layer model of the same
+architecture on whatever device there is (a CPU in 20 s): check the script before a lease.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-
-from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -129,9 +127,7 @@ def raylora_case(checkpoint: Path, scope: str, quant: str, extra: list, args, ou
             f"training.lora.scope={scope}",
             f"training.quantization={quant}",
             f"training.max_steps={steps}",
-            # Reports at a third and two thirds: the last report's window (its final third) is the steady
-            # state, without the loader's start and the first steps' allocations.
-            f"training.eval_every={max(steps // 3, 1)}",
+            f"training.eval_every={report_every(steps)}",
             f"training.per_device_train_batch_size={batch}",
             "training.click_eval_samples=0",
             "data.eval=null",
@@ -206,33 +202,55 @@ def trainer_case(spec, steps: int) -> dict:
     )
     # The Trainer cycles through the items (shuffled each epoch): count the tokens of the samples it takes.
     per_item = sum(int(it["input_ids"].numel()) for it in items) / len(items)
-    # Timed over the same final third as raylora's last report window.
-    timer = SteadyTimer(steps - max(steps // 3, 1), cuda)
+    # Timed over the same steps as raylora's last report window.
+    from_step = last_window_start(steps)
+    timer = _steady_timer(from_step, cuda)
     trainer.add_callback(timer)
     trainer.train()
-    tokens = per_item * (steps - timer.from_step) * args.per_device_train_batch_size
+    tokens = per_item * (steps - from_step) * args.per_device_train_batch_size
     return {"tokens_per_s": tokens / timer.seconds}
 
 
-class SteadyTimer(TrainerCallback):
-    """Seconds from the end of step ``from_step`` to the end of training (the GPU drained at both)."""
+def report_every(steps: int) -> int:
+    """raylora's report interval in this check: reports at a third and two thirds of the steps, so its last
+    report's window is the steady state, without the loader's start and the first steps' allocations."""
+    return max(steps // 3, 1)
 
-    def __init__(self, from_step: int, cuda: bool):
-        self.from_step, self.cuda, self.start, self.seconds = from_step, cuda, None, None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.from_step:
-            self.start = self._now()
+def last_window_start(steps: int) -> int:
+    """The step after which raylora's last report window begins (the report before the last; 0 if none).
+    The recipe reports every ``report_every(steps)`` steps and at the last step."""
+    every = report_every(steps)
+    return (steps - 1) // every * every
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.seconds = self._now() - self.start
 
-    def _now(self) -> float:
-        if self.cuda:
+def _steady_timer(from_step: int, cuda: bool):
+    """A Trainer callback timing from the end of step ``from_step`` (0: the start) to the end of training,
+    the GPU drained at both ends; ``.seconds`` once training ended."""
+    from transformers import TrainerCallback
+
+    def now() -> float:
+        if cuda:
             import torch
 
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    class SteadyTimer(TrainerCallback):
+        start = seconds = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if from_step == 0:
+                self.start = now()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == from_step:
+                self.start = now()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = now() - self.start
+
+    return SteadyTimer()
 
 
 CASES = (
@@ -246,19 +264,19 @@ CASES = (
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], help="a spec override for raylora's cases")
-    parser.add_argument("--only", help="run this case alone (its label, e.g. 'bf16 [llm]')")
+    parser.add_argument("--only", choices=[case[0] for case in CASES], help="run this case alone")
     parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops per case")
     parser.add_argument(
         "--tiny", action="store_true", help="a 2-layer model of the same architecture, to check the script"
     )
     args = parser.parse_args()
+    import torch  # after the arguments: --help and a mistyped flag answer at once
+
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 989.0) * 1e12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raylora import spec as spec_lib
 from raylora.train import LocalSession, train
@@ -278,3 +281,24 @@ def test_the_gpu_check_runs_every_case_on_a_tiny_model():
         "bf16 [llm]",
         "bf16 [llm, vision]",
     }
+
+
+@functools.cache
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@given(steps=st.integers(min_value=1, max_value=400))
+def test_the_gpu_checks_trainer_is_timed_over_raylora_s_last_report_window(steps):
+    """The Trainer's timed steps are exactly those of raylora's last report window, for any step count: the
+    recipe reports at every multiple of ``eval_every`` and at the last step (written out here)."""
+    gpu_check = _gpu_check()
+    every = gpu_check.report_every(steps)
+    reports = [s for s in range(1, steps + 1) if s % every == 0 or s == steps]
+    assert gpu_check.last_window_start(steps) == (reports[-2] if len(reports) > 1 else 0)
+    assert steps - gpu_check.last_window_start(steps) <= max(steps // 3, 1)  # the steady third, not more
