@@ -434,3 +434,62 @@ def test_a_runners_controller_runs_in_the_pools_process_and_its_group_trains(tmp
         assert "TrainController" not in classes and {"Host", "RayTrainWorker"} <= set(classes), classes
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_runners_controllers_started_together_in_one_process_configure_its_logging_once(tmp_path):
+    """Two runners' controllers starting at once in one process both train, and Ray Train's controller
+    logging is configured once there. Each configuration (``dictConfig``) closes every handler under
+    logging's module lock while a running controller opens its log file under its handler's lock and
+    then takes the module lock: a second configuration could deadlock the first controller's start (a
+    quickstart study with three trials at once hung that way). Fails on a pool that lets every
+    controller configure logging (two configurations, or a hang)."""
+    import ray
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from raylora.study.pool import _lean
+    from raylora.study.torch_backend import WorkerTorchConfig
+
+    def per_worker():
+        return {"rank": ray.train.get_context().get_world_rank()}
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote(num_cpus=0, max_concurrency=4)
+        class Host:
+            def __init__(self):
+                import logging.config
+
+                self.configured: list[list[str]] = []
+                real = logging.config.dictConfig
+
+                def counting(config):  # passes through; remembers which loggers each call configured
+                    self.configured.append(sorted(config.get("loggers", {})))
+                    return real(config)
+
+                logging.config.dictConfig = counting
+
+            def fit(self, storage: str, name: str) -> dict:
+                trainer = _lean(DataParallelTrainer, autoscaler=False)(
+                    per_worker,
+                    backend_config=WorkerTorchConfig(backend="gloo"),
+                    scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                    run_config=ray.train.RunConfig(name=name, storage_path=storage),
+                )
+                result = trainer.fit()
+                return {"error": result.error, **(result.return_value or {})}
+
+            def configurations(self) -> list[list[str]]:
+                return self.configured
+
+        host = Host.remote()
+        fits = [host.fit.remote(str(tmp_path / "pools"), f"runner-{i}") for i in range(2)]
+        done, _ = ray.wait(fits, num_returns=2, timeout=180)
+        assert len(done) == 2, "the two controllers did not both finish: a deadlock at start"
+        for out in ray.get(fits):
+            assert out["error"] is None and out["rank"] == 0, out
+        assert ray.get(host.configurations.remote()) == [["ray.train"]]
+    finally:
+        ray.shutdown()

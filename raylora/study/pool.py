@@ -515,9 +515,41 @@ def run_controller_here(**kwargs):
 
     from ray.train.v2._internal.execution.controller import TrainController
 
-    controller = TrainController(**kwargs)
+    with _CONTROLLER_START:
+        _configure_controller_logging_once()
+        controller = TrainController(**kwargs)
     asyncio.run(controller.run())
     return controller.get_result()
+
+
+_CONTROLLER_START = threading.Lock()
+
+
+def _configure_controller_logging_once() -> None:
+    """Let only the process's first Train controller configure logging; the others keep it.
+
+    Each ``TrainController`` reconfigures its process's logging (``logging.config.dictConfig`` holds
+    logging's module lock while it takes every handler's lock to close it), and a running controller's
+    first record opens its log file under its handler's lock and then takes the module lock. Built as
+    separate actors, controllers never share a process; two runners' controllers in the pool actor
+    deadlocked at start (a quickstart study hung with three trials at once). Ray Train's own switch
+    (``RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING``) is no way out: it is passed on to the workers,
+    and a worker group whose environment differs from the first's gets no pre-started processes. Called
+    under :data:`_CONTROLLER_START`, so controllers are also built one at a time."""
+    from ray.train.v2._internal.logging import LoggingManager
+
+    configure = LoggingManager.configure_controller_logger
+    if getattr(configure, "once", False):
+        return
+    done: list[bool] = []
+
+    def once(context) -> None:
+        if not done:
+            configure(context)
+            done.append(True)
+
+    once.once = True
+    LoggingManager.configure_controller_logger = staticmethod(once)
 
 
 def without_autoscaler(policy):
