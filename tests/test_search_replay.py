@@ -124,6 +124,28 @@ def test_pareto_asha_keeps_a_trial_the_first_objective_alone_would_stop():
     assert stopping.promoted([], (9, 9), factor=2)  # the first trial at a rung goes on
 
 
+_objective_value = st.integers(0, 50).map(lambda k: k / 10)
+
+
+@given(a=st.tuples(_objective_value, _objective_value), b=st.tuples(_objective_value, _objective_value))
+def test_of_two_trials_that_trade_one_objective_for_the_other_the_better_first_objective_goes_on(a, b):
+    """Two points at a rung where neither dominates the other are both ends of one front (infinite
+    crowding distance each); one goes on (reduction 2), and it is the one better on the first objective,
+    whichever arrived first. A point that dominates the other always goes on, one dominated never."""
+    (a1, a2), (b1, b2) = a, b
+    if a == b:
+        return
+    for recorded, point in ((a, b), (b, a)):
+        (r1, r2), (p1, p2) = recorded, point
+        if p1 <= r1 and p2 <= r2:
+            expected = True  # point dominates (or ties on one and wins the other)
+        elif r1 <= p1 and r2 <= p2:
+            expected = False  # dominated
+        else:
+            expected = p1 < r1  # a trade-off: the first objective decides
+        assert stopping.promoted([recorded], point, factor=2) is expected, (recorded, point)
+
+
 def test_pareto_asha_decides_at_rungs_with_signs_for_max():
     goals = [("eval/click_acc", "max"), ("cost/peak_mem_gb", "min")]
     scheduler = stopping.ParetoASHA(goals, max_t=39, grace_period=10, reduction_factor=2)
@@ -316,8 +338,13 @@ def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path
     page = html_report.write(tmp_path / "index.html", record).read_text()
     assert (
         "Accelerator-hours saved by stopping: 0.75" in page
-        and "could still have beaten the winner: p" in page
+        and "could still have beaten the winner's eval/loss: p" in page
+        and "Spearman with the final value</th></tr><tr><td>10</td>" in page  # three complete at step 10
     )
+    record.trials = {t.trial_id: t for t in trials[1:]}  # two complete trials: no agreement to show
+    page = html_report.write(tmp_path / "index.html", record).read_text()
+    assert "needs 3 complete trials with a value at the same step; this study has 2 complete" in page
+    assert "Spearman with the final value" not in page
 
 
 # -- the stopping bound: "could still win", shared by the report and BoundedASHA

@@ -84,12 +84,19 @@ def milestones(grace: int, max_t: int, factor: float) -> list[float]:
 
 def pareto_order(points: Sequence[Sequence[float]]) -> list[int]:
     """Indices of ``points`` (every coordinate: lower is better) best first: by non-dominated front,
-    then by crowding distance within a front (NSGA-II's selection order)."""
+    then by crowding distance within a front (NSGA-II's selection order), then by the objectives in
+    order (the first objective first).
+
+    NSGA-II leaves ties open, and they are common at a rung: a front's two ends both have infinite
+    crowding distance, so of two trials that trade one objective for the other, keeping the one recorded
+    first would stop every later arrival that does not dominate it. The study's first objective is the
+    one its best trial is ranked by, so it breaks the tie."""
     remaining, order = list(range(len(points))), []
     while remaining:
         front = [i for i in remaining if not any(_dominates(points[j], points[i]) for j in remaining)]
         crowding = _crowding([points[i] for i in front])
-        order += [i for _, i in sorted(zip(crowding, front, strict=True), key=lambda ci: -ci[0])]
+        ranked = sorted(zip(crowding, front, strict=True), key=lambda ci: (-ci[0], tuple(points[ci[1]])))
+        order += [i for _, i in ranked]
         remaining = [i for i in remaining if i not in front]
     return order
 

@@ -144,10 +144,16 @@ def _stopping(record, trials) -> str:
         for step, rho in sorted(summary["agreement"].items(), key=lambda kv: int(kv[0]))
     )
     won = ", ".join(summary["could_have_won"]) or "none"
+    complete = sum(str(t.state) == "COMPLETE" for t in trials)
+    table = (
+        f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
+        if rows
+        else f"<p>Rung–final agreement needs 3 complete trials with a value at the same step; this study "
+        f"has {complete} complete.</p>"
+    )
     return (
         f"<p>Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that could "
-        f"still have beaten the winner: {html.escape(won)}.</p>"
-        f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
+        f"still have beaten the winner's {html.escape(record.metric)}: {html.escape(won)}.</p>{table}"
     )
 
 
