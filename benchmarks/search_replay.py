@@ -24,6 +24,10 @@ Methods (each seed gives every method random search's accelerator-hours as its b
   raylora_grace_auto  TPE + ASHA with ``grace_steps: auto`` (15% of max_steps), a protective option
   raylora_bound   TPE + ASHA with ``bound: largest_gain`` (BoundedASHA: a stop must also pass the
                   report's could-still-win rule), the cheaper protective option
+  asha_promotion  a what-if, not something ``raylora search`` runs: TPE + ASHA as Li et al. (2020) wrote
+                  it (:class:`PromotionASHA`): a trial pauses at each rung, and a free worker resumes the
+                  best paused trial in the top 1/reduction of its rung (highest rung first) or starts a
+                  new one; a trial may be promoted long after it paused, as its rung fills
 
 ``--methods raylora_bound,asha`` replays only those (and random search, which sets the budget).
 
@@ -59,8 +63,17 @@ SURESTOP_SPACE = {
 }
 BUDGET_GRID = [round(0.05 * k, 2) for k in range(1, 21)]  # fractions of random search's hours
 INDEPENDENT = 100_003  # the seed offset of every method but the reference random search
-METHODS = ("raylora", "random", "asha", "hyperband", "topk_one_epoch", "raylora_grace_auto", "raylora_bound")
-TPE_METHODS = ("raylora", "asha", "raylora_grace_auto", "raylora_bound")
+METHODS = (
+    "raylora",
+    "random",
+    "asha",
+    "hyperband",
+    "topk_one_epoch",
+    "raylora_grace_auto",
+    "raylora_bound",
+    "asha_promotion",
+)
+TPE_METHODS = ("raylora", "asha", "raylora_grace_auto", "raylora_bound", "asha_promotion")
 
 
 @dataclass
@@ -183,6 +196,7 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     scheduler = {
         "raylora": {},
         "asha": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
+        "asha_promotion": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
         "raylora_grace_auto": {"grace_steps": "auto"},
         "raylora_bound": {"bound": "largest_gain"},
     }.get(method, {})
@@ -314,6 +328,126 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
     return run
 
 
+class PromotionASHA:
+    """ASHA's promotion rule as Li et al. (2020, Algorithm 2) state it: a trial that reaches a rung pauses
+    there, and a free worker takes the best trial not yet promoted from the highest rung where it is among
+    the top ``len(rung) // factor``; with none, it starts a new trial. Tune's ``ASHAScheduler`` (what
+    raylora runs) decides once, as a trial arrives, so the first arrivals at a rung go on unopposed and a
+    trial stopped early never comes back; here a trial waits for its rung to fill."""
+
+    def __init__(self, rungs: int, factor: float):
+        self.factor = factor
+        self.recorded: list[dict[str, float]] = [{} for _ in range(rungs)]  # per rung: trial -> value
+        self.promoted: list[set[str]] = [set() for _ in range(rungs)]
+
+    def record(self, trial_id: str, rung: int, value: float) -> None:
+        """``trial_id`` reached rung index ``rung`` with ``value`` (lower is better) and pauses there."""
+        self.recorded[rung][trial_id] = value
+
+    def promotion(self) -> tuple[str, int] | None:
+        """The trial to resume and the rung it leaves (marked promoted), or None: start a new trial."""
+        for rung in reversed(range(len(self.recorded))):
+            values = self.recorded[rung]
+            top = sorted(values, key=values.get)[: int(len(values) // self.factor)]
+            waiting = [t for t in top if t not in self.promoted[rung]]
+            if waiting:
+                self.promoted[rung].add(waiting[0])
+                return waiting[0], rung
+        return None
+
+
+def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None, trials: int) -> Run:
+    """The study's searcher over the table with :class:`PromotionASHA` on ``workers`` accelerators: a
+    trial resumes where it paused (from its checkpoint), so promotion costs only the steps it adds.
+
+    Optuna hears a trial's reports until it first pauses, and is told PRUNED then (what the study tells it
+    for a stopped trial); one promoted later and finished is added as COMPLETE with its final value.
+    Without ``budget_h``, ``trials`` new trials are started and every promotion is run out."""
+    import optuna
+
+    from raylora.study import optuna_searcher, stopping, warm
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(directions=["minimize" if spec.study.objective.mode == "min" else "maximize"])
+    study.sampler = optuna_searcher._sampler(spec, seed=spec.study.sampler.seed)
+    warm.warm_start(study, spec, log=lambda message: None)
+    searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
+    metric, evals = spec.study.objective.metric, len(table.steps)
+    grace = stopping.grace_steps(spec, spec.training.max_steps)
+    factor = spec.study.scheduler.reduction_factor
+    marks = stopping.milestones(grace, table.steps[-1] - 1, factor)
+    ends = [next(i for i, step in enumerate(table.steps) if step >= m) for m in marks] + [evals - 1]
+    asha = PromotionASHA(len(marks), factor)
+    run, events, running, used = Run(), [], {}, set()
+    rows: dict[str, int] = {}
+    paused: dict[str, optuna.trial.FrozenTrial] = {}  # told PRUNED at their first pause
+    finished: set[str] = set()
+    consumed, launched = 0.0, 0
+
+    def spent(at: float) -> float:
+        return consumed + sum(at - start for start in running.values())
+
+    def next_job(at: float) -> bool:
+        nonlocal launched
+        promotion = asha.promotion()
+        if promotion:
+            trial_id, rung = promotion
+            first, last = ends[rung] + 1, ends[rung + 1]
+        elif budget_h is None and launched >= trials:
+            return False
+        else:
+            trial_id, first, last = f"r{launched:04d}", 0, ends[0]
+            launched += 1
+            rows[trial_id] = table.nearest(searcher.suggest(trial_id)["params"], used)
+            used.add(rows[trial_id])
+        running[trial_id] = at
+        seconds = table.seconds[rows[trial_id]] * (last - first + 1) / evals
+        heapq.heappush(events, (at + seconds, trial_id, first, last))
+        return True
+
+    def may_start(at: float) -> bool:
+        return budget_h is None or spent(at) / 3600 < budget_h
+
+    for _ in range(workers):
+        if not next_job(0.0):
+            break
+    while events:
+        now, trial_id, first, last = heapq.heappop(events)
+        consumed += now - running.pop(trial_id)
+        row = rows[trial_id]
+        result = {"step": table.steps[last], metric: float(table.curves[row, last])}
+        if trial_id not in paused and trial_id not in finished:
+            for i in range(first, last):
+                searcher.on_trial_result(
+                    trial_id, {"step": table.steps[i], metric: float(table.curves[row, i])}
+                )
+        if last == evals - 1:
+            run.completions.append((spent(now) / 3600, float(table.final[row])))
+            if trial_id in paused:
+                frozen = paused.pop(trial_id)
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=frozen.params,
+                        distributions=frozen.distributions,
+                        value=float(table.final[row]),
+                    )
+                )
+            else:
+                searcher.on_trial_complete(trial_id, result)
+            finished.add(trial_id)
+        else:
+            asha.record(trial_id, ends.index(last), float(table.curves[row, last]))
+            if trial_id not in paused:
+                number = searcher._trials[trial_id][0].number
+                searcher.on_trial_complete(trial_id, result)
+                paused[trial_id] = study.trials[number]
+        if may_start(now):
+            next_job(now)
+    run.hours = consumed / 3600
+    run.rows = [(row, trial_id not in finished) for trial_id, row in rows.items()]
+    return run
+
+
 def top_k_one_epoch(table: Table, spec, trials: int, workers: int) -> Run:
     """Screen ``trials`` random configurations up to the first evaluation at >= 10% of training, then
     train the best quarter to the end on ``workers`` accelerators, best screened first."""
@@ -377,6 +511,9 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METH
             if same and "raylora" in runs
             else simulate(table, spec, method, workers, budget, trials)
         )
+    if "asha_promotion" in methods:
+        spec = spec_for(table, "asha_promotion", seed, trials, workers)
+        runs["asha_promotion"] = simulate_promotion(table, spec, workers, budget, trials)
     if "topk_one_epoch" in methods:
         runs["topk_one_epoch"] = top_k_one_epoch(
             table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers

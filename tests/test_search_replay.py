@@ -132,7 +132,6 @@ def test_of_two_trials_that_trade_one_objective_for_the_other_the_better_first_o
     """Two points at a rung where neither dominates the other are both ends of one front (infinite
     crowding distance each); one goes on (reduction 2), and it is the one better on the first objective,
     whichever arrived first. A point that dominates the other always goes on, one dominated never."""
-    (a1, a2), (b1, b2) = a, b
     if a == b:
         return
     for recorded, point in ((a, b), (b, a)):
@@ -313,6 +312,7 @@ def test_replay_smoke_prints_every_method(replay, capsys):
         "topk_one_epoch",
         "raylora_grace_auto",
         "raylora_bound",
+        "asha_promotion",
     }
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
@@ -500,3 +500,87 @@ def test_replay_of_some_methods_runs_random_search_and_those(replay, capsys):
     assert set(out["methods"]) == {"random", "raylora_bound"}
     assert out["raylora_worse_than_topk_at_any_budget"] is None  # neither side replayed: no verdict
     capsys.readouterr()
+
+
+# -- the what-if: ASHA's promotion rule (pause and resume), not what raylora runs
+
+_record = st.tuples(st.integers(0, 2), st.integers(0, 6).map(lambda k: k / 2))  # (rung, value)
+
+
+@given(steps=st.lists(st.one_of(_record, st.just("promote")), max_size=40), factor=st.sampled_from([2, 3]))
+def test_promotion_asha_resumes_the_best_waiting_top_trial_of_the_highest_rung(replay, steps, factor):
+    """After any sequence of pauses, each promotion is the best trial, not yet promoted from its rung,
+    among the top len(rung) // factor there (the earlier pause first on a tie), from the highest rung that
+    has one; None only when no rung has one."""
+    asha = replay.PromotionASHA(3, factor)
+    rungs: list[list[tuple[float, int, str]]] = [[], [], []]  # (value, arrival, trial) per rung
+    promoted: list[set[str]] = [set(), set(), set()]
+    for n, step in enumerate(steps):
+        if step != "promote":
+            rung, value = step
+            asha.record(f"t{n}", rung, value)
+            rungs[rung].append((value, n, f"t{n}"))
+            continue
+        waiting = []
+        for rung in (2, 1, 0):
+            top = sorted(rungs[rung])[: len(rungs[rung]) // factor]
+            waiting = [t for _, _, t in top if t not in promoted[rung]]
+            if waiting:
+                promoted[rung].add(waiting[0])
+                assert asha.promotion() == (waiting[0], rung)
+                break
+        if not waiting:
+            assert asha.promotion() is None
+
+
+def reference_promotion(order, curves, ends, factor):
+    """One worker, as Li et al. (2020, Algorithm 2) state it: resume the best waiting trial in the top
+    len // factor of the highest rung that has one, else start the next row of ``order``. Returns the
+    rows that finished and the evaluation intervals paid for."""
+    recorded = [[] for _ in ends[:-1]]  # per rung: (value, arrival, row)
+    promoted = [set() for _ in ends[:-1]]
+    rows, finished, paid, arrival = iter(order), [], 0, 0
+    while True:
+        job = None
+        for k in reversed(range(len(recorded))):
+            waiting = [
+                r for _, _, r in sorted(recorded[k])[: len(recorded[k]) // factor] if r not in promoted[k]
+            ]
+            if waiting:
+                promoted[k].add(waiting[0])
+                job = (waiting[0], ends[k] + 1, ends[k + 1])
+                break
+        if job is None:
+            row = next(rows, None)
+            if row is None:
+                return finished, paid
+            job = (row, 0, ends[0])
+        row, first, last = job
+        paid += last - first + 1
+        if last == ends[-1]:
+            finished.append(row)
+        else:
+            arrival += 1
+            recorded[ends.index(last)].append((curves[row][last], arrival, row))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_promoted_trial_resumes_where_it_paused_and_costs_only_its_new_steps(replay, seed):
+    """One worker, no budget: the replay finishes exactly the trials the reference promotes to the end, and
+    pays each evaluation interval once, however often a trial paused (every run is 400 s over 4 intervals)."""
+    table = _synthetic(replay)
+    data = quickstart(
+        num_trials=12,
+        sampler={"type": "random", "seed": seed},
+        scheduler={"grace_steps": 10, "reduction_factor": 2},
+    )
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    run = replay.simulate_promotion(table, build(data), 1, None, 12)
+    order = [r for r, _ in run.rows]  # launch order; a random sampler's draws do not depend on results
+    assert len(set(order)) == 12
+    finished, paid = reference_promotion(order, table.curves, [0, 1, 3], factor=2)  # rungs at steps 10, 20
+    assert 0 < len(finished) < 12
+    assert sorted(r for r, stopped in run.rows if not stopped) == sorted(finished)
+    assert [v for _, v in run.completions] == [float(table.final[r]) for r in finished]
+    assert run.hours == pytest.approx(paid * 100 / 3600)
