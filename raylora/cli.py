@@ -922,7 +922,7 @@ def _print_leaderboard(record, top: int = 10) -> None:
 
     from .record.trials import short_params
 
-    table = Table(title=f"{record.name}: {record.metric} ({record.mode})")
+    table = Table(title=record.title)
     for column in ("#", "trial", "state", record.metric, "steps", "params"):
         table.add_column(column)
     for i, trial in enumerate(record.ranked()[:top], start=1):

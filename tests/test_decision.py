@@ -516,7 +516,13 @@ def test_the_pareto_front_is_recomputed_from_the_trials_values(searched):
     experiment = client.get_experiment_by_name("decide")
     tagged = client.search_runs([experiment.experiment_id], "tags.`raylora.pareto` = 'true'")
     assert sorted(r.data.tags["raylora.trial_id"] for r in tagged) == expected
-    assert "Pareto front" in (directory / "report" / "index.html").read_text()
+    page = (directory / "report" / "index.html").read_text()
+    assert "Pareto front" in page
+    # The title names both objectives (it named the first alone), as do the leaderboard and the terminal's.
+    title = "decide: eval/loss (min), cost/peak_mem_gb (min)"
+    assert f"<title>{title}</title>" in page
+    assert (directory / "report" / "leaderboard.md").read_text().startswith(f"# {title}")
+    assert title in (directory.parent.parent / "stdout.txt").read_text()
 
 
 @pytest.mark.slow

@@ -113,6 +113,11 @@ class StudyRecord:
             raise ValueError(f"{type(e).__name__}: {e}") from None
         return trials
 
+    @property
+    def title(self) -> str:
+        """``name: metric (mode)``, with every objective of a multi-objective study in order."""
+        return f"{self.name}: " + ", ".join(f"{metric} ({mode})" for metric, mode in self.goals)
+
     def finished(self) -> list[TrialRecord]:
         return [t for t in self.trials.values() if t.finished]
 

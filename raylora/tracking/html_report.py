@@ -69,7 +69,7 @@ def write(path: Path, record, optuna_study=None) -> Path:
     body = "".join(
         f'<h2 id="{_anchor(title)}">{html.escape(title)}</h2>{content}' for title, content in sections
     )
-    title = html.escape(f"{record.name}: {record.metric} ({record.mode})")
+    title = html.escape(record.title)
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n"

@@ -109,7 +109,7 @@ def _leaderboard_csv(path: Path, record: StudyRecord, ranked, params: list[str])
 def leaderboard_markdown(record: StudyRecord, ranked) -> str:
     """The leaderboard as a Markdown table (best first)."""
     lines = [
-        f"# {record.name}: {record.metric} ({record.mode})",
+        f"# {record.title}",
         "",
         f"| # | trial | state | {record.metric} | steps | vs base | p | peak GB | accel-h | params |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
