@@ -207,6 +207,19 @@ def test_promote_registers_the_best_complete_trial_once(sqlite_uri, study):
     assert [(m.name, m.source_run_id) for m in logged] == [("model", study["t002"])]
 
 
+def test_the_adapter_check_before_registering_prints_no_warning(adapters):
+    """``promote`` loads the adapter with vanilla PEFT before it registers anything; PEFT reads
+    transformers' deprecated ``is_gradient_checkpointing`` there, and every promotion printed that
+    FutureWarning to the user."""
+    import warnings
+
+    nobody = promote._RunView(None, None, {}, {}, {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        promote.check_adapter(adapters["llm_vision"] / "adapter", None, None, nobody)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
 def test_champion_pyfunc_generates_one_string_per_row(sqlite_uri, study):
     import mlflow
     import pandas as pd

@@ -360,12 +360,14 @@ def check_adapter(adapter: Path, base_model: str | None, revision: str | None, b
 
     from ..errors import first_line
     from ..train.inference import base_model_path
+    from ..train.model import peft_quietly
 
     try:
         config = AutoConfig.from_pretrained(base_model_path(adapter, base_model), revision=revision)
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
-        PeftModel.from_pretrained(model, str(adapter), low_cpu_mem_usage=True)
+        with peft_quietly():
+            PeftModel.from_pretrained(model, str(adapter), low_cpu_mem_usage=True)
     except Exception as e:  # safetensors, json, PEFT's key and shape checks: each says the adapter is bad
         trial = best.tags.get(TRIAL_ID, best.run_id)
         raise EnvironmentFault(

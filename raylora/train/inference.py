@@ -7,7 +7,6 @@ all answer with, so every path answers the same way.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,7 @@ def load_with_adapter(adapter_dir: str | Path, base_model: str | None = None, re
     base = base_model_path(adapter_dir, base_model)
     processor = AutoProcessor.from_pretrained(base, revision=revision)
     model = model_lib.from_pretrained(base, revision=revision, dtype="auto")
-    with warnings.catch_warnings():
-        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can change.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    with model_lib.peft_quietly():
         return PeftModel.from_pretrained(model, str(adapter_dir)), processor
 
 

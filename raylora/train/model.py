@@ -7,6 +7,8 @@ text config reads it, and pad/eos/bos ids aligned from the tokenizer before anyt
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,8 +148,6 @@ def align_generation(gen, tokenizer) -> None:
 
 def attach_lora(model, spec: Spec, resolution: scopes.Resolution):
     """Wrap with PEFT LoRA targeting exactly ``resolution.names()``; everything else frozen."""
-    import warnings
-
     from peft import LoraConfig, get_peft_model
 
     lora = spec.training.lora
@@ -158,10 +158,18 @@ def attach_lora(model, spec: Spec, resolution: scopes.Resolution):
         target_modules=resolution.names(),
         bias="none",
     )
-    with warnings.catch_warnings():
-        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can change.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    with peft_quietly():
         return get_peft_model(model, config)
+
+
+@contextmanager
+def peft_quietly():
+    """Around PEFT wrapping a model (``get_peft_model``, ``PeftModel.from_pretrained``): PEFT 0.21 reads
+    transformers' deprecated ``is_gradient_checkpointing`` there, a FutureWarning nothing a user can
+    change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 def param_groups(model, model_type: str, spec: Spec) -> list[dict]:
