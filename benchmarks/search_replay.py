@@ -193,10 +193,11 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
     sampler = "tpe" if method in TPE_METHODS else "random"
     if method != "random":  # independent of the reference search's draws, as a user's study would be
         seed += INDEPENDENT
+    plain_asha = {"grace_steps": every, "reduction_factor": 2, "bound": "none"}
     scheduler = {
         "raylora": {},
-        "asha": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
-        "asha_promotion": {"grace_steps": every, "reduction_factor": 2, "bound": "none"},
+        "asha": plain_asha,
+        "asha_promotion": plain_asha,  # its rungs; simulate_promotion pauses and resumes at them
         "raylora_grace_auto": {"grace_steps": "auto"},
         "raylora_bound": {"bound": "largest_gain"},
     }.get(method, {})
@@ -247,6 +248,20 @@ def _scheduler(spec, method: str):
     )
 
 
+def _searcher(spec):
+    """The study's searcher over the Optuna sampler raylora builds, warm-started as the spec says."""
+    import optuna
+
+    from raylora.study import optuna_searcher, warm
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.study.goals]
+    study = optuna.create_study(directions=directions)
+    study.sampler = optuna_searcher._sampler(spec, seed=spec.study.sampler.seed)
+    warm.warm_start(study, spec, log=lambda message: None)
+    return optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
+
+
 @dataclass
 class Run:
     """One simulated study: completions as (accelerator-hours so far, value), and what was stopped."""
@@ -258,17 +273,8 @@ class Run:
 
 def simulate(table: Table, spec, method: str, workers: int, budget_h: float | None, trials: int) -> Run:
     """Run the study's searcher and scheduler over the table with ``workers`` simulated accelerators."""
-    import optuna
-
-    from raylora.study import optuna_searcher, warm
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     np.random.seed(spec.study.sampler.seed)  # Tune's Hyperband picks brackets with numpy's global RNG
-    directions = ["minimize" if o.mode == "min" else "maximize" for o in spec.study.goals]
-    study = optuna.create_study(directions=directions)
-    study.sampler = optuna_searcher._sampler(spec, seed=spec.study.sampler.seed)
-    warm.warm_start(study, spec, log=lambda message: None)
-    searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
+    searcher = _searcher(spec)
     scheduler = _scheduler(spec, method)
     metric, evals = spec.study.objective.metric, len(table.steps)
     run, events, running, used = (
@@ -365,13 +371,10 @@ def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None,
     Without ``budget_h``, ``trials`` new trials are started and every promotion is run out."""
     import optuna
 
-    from raylora.study import optuna_searcher, stopping, warm
+    from raylora.study import stopping
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(directions=["minimize" if spec.study.objective.mode == "min" else "maximize"])
-    study.sampler = optuna_searcher._sampler(spec, seed=spec.study.sampler.seed)
-    warm.warm_start(study, spec, log=lambda message: None)
-    searcher = optuna_searcher.StudySearcher(spec, study, _Record(spec), [])
+    searcher = _searcher(spec)
+    study = searcher.study
     metric, evals = spec.study.objective.metric, len(table.steps)
     grace = stopping.grace_steps(spec, spec.training.max_steps)
     factor = spec.study.scheduler.reduction_factor

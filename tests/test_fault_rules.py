@@ -35,7 +35,7 @@ def _reference_best(trials: list[TrialRecord], mode: str) -> TrialRecord | None:
     return rows[0][2] if rows else None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     st.lists(st.tuples(STATES, VALUES), max_size=12),
     st.sampled_from(["min", "max"]),
@@ -268,7 +268,7 @@ def _wrapped(leaf: BaseException, layers: list[str]) -> BaseException:
     return error
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     template=_GLOO_PEER_LOST,
     path=st.text("/_abcdefgh", max_size=12),
@@ -454,7 +454,7 @@ def test_a_nan_objective_fails_the_trial_in_the_summary_and_in_optuna(tmp_path):
 _LOSS = st.floats(0.1, 10.0, allow_nan=False).map(lambda v: round(v, 3))  # ties happen
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     first=st.lists(_LOSS, min_size=1, max_size=8),
     resume_at=st.integers(0, 8),

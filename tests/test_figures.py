@@ -104,7 +104,7 @@ def test_writing_the_report_prints_nothing_of_optunas(tmp_path, monkeypatch, mak
     assert kept.messages == []
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(st.lists(st.sampled_from(["COMPLETE", "FAIL", "PRUNED"]), max_size=6), st.integers(0, 2**16))
 def test_importances_are_computed_only_from_two_complete_trials_on(states, seed):
     """From one complete trial PED-ANOVA's best 10% and its all are the same trial: Optuna returns equal

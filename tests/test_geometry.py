@@ -23,7 +23,7 @@ SCREENS = [(3840, 2160), (1080, 2400), (4000, 300), (1920, 1080)]
 EXTENT = {"qwen3vl": 1000.0, "mai-ui": 999.0, "unit": 1.0}  # relative conventions' far edge
 CONVENTIONS = ("qwen3vl", "mai-ui", "pixels", "unit")
 NATIVE = {"qwen3vl": "qwen3vl", "mai-ui": "mai-ui", "click": None}  # what each output style fixes
-FAST = settings(max_examples=100, deadline=None)
+FAST = settings(max_examples=100)
 
 
 def _screen():

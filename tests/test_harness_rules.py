@@ -28,9 +28,7 @@ from PIL import Image
 from raylora.data import samples, scoring
 from raylora.errors import DataError
 
-SETTINGS = settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-)
+SETTINGS = settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 SCREENS = st.one_of(
     st.sampled_from([(3840, 2160), (1080, 2400), (4000, 300)]),
     st.tuples(st.integers(16, 3000), st.integers(16, 3000)),

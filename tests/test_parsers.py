@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 
 from raylora.data import actions
 
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-)
+SETTINGS = settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 SCREENS = st.one_of(
     st.sampled_from([(3840, 2160), (1080, 2400), (4000, 300), (1920, 1080)]),

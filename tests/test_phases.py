@@ -160,7 +160,7 @@ def test_throughput_counts_the_time_spent_training_not_the_evaluations(tmp_path,
     assert after_eval and after_eval[0] > batch / 100, running
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     windows=st.lists(
         st.tuples(

@@ -121,7 +121,6 @@ _NAMES = st.text(
 ).filter(lambda s: s.strip() == s)
 
 
-@settings(deadline=None)  # the first example imports MLflow
 @given(_NAMES)
 def test_a_quoted_name_is_read_back_by_mlflow_as_the_same_value(name):
     from mlflow.utils.search_utils import SearchUtils
@@ -148,7 +147,7 @@ def test_a_name_holding_both_quotes_is_a_user_error_not_a_broken_filter():
         tags.query({tags.STUDY: 'it\'s "x"'})
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(_uris())
 def test_a_study_spec_loses_its_tracking_credentials_and_nothing_else(case):
     """What Tune, the workers and the study's files get: the spec as written, with its tracking URI as

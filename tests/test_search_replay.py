@@ -220,6 +220,15 @@ def _synthetic(replay, rows=12, evals=4):
     return replay.Table("synthetic", params, curves, [10, 20, 30, 40], np.full(rows, 400.0), search)
 
 
+def _synthetic_spec(table, seed: int, scheduler: dict):
+    """The quickstart spec over a :func:`_synthetic` table: 12 random-sampled trials of 40 steps, an
+    evaluation every 10."""
+    data = quickstart(num_trials=12, sampler={"type": "random", "seed": seed}, scheduler=scheduler)
+    data["search"] = table.search
+    data["training"].update({"max_steps": 40, "eval_every": 10})
+    return build(data)
+
+
 def test_nearest_neighbour_uses_log_scale_and_skips_used_rows(replay):
     search = {
         "training.learning_rate.llm": {"loguniform": [1e-5, 1e-1]},
@@ -262,14 +271,8 @@ def reference_asha(order_of_rows, curves, steps, grace, max_t, factor):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_replay_stops_exactly_what_a_reference_asha_stops(replay, seed):
     table = _synthetic(replay)
-    data = quickstart(
-        num_trials=12,
-        sampler={"type": "random", "seed": seed},
-        scheduler={"grace_steps": 10, "reduction_factor": 2},
-    )
-    data["search"] = table.search
-    data["training"].update({"max_steps": 40, "eval_every": 10})
-    run = replay.simulate(table, build(data), "asha", 1, None, 12)
+    spec = _synthetic_spec(table, seed, {"grace_steps": 10, "reduction_factor": 2})
+    run = replay.simulate(table, spec, "asha", 1, None, 12)
     rows = [r for r, _ in run.rows]
     assert len(set(rows)) == 12  # every trial a new row
     expected = reference_asha(rows, table.curves, table.steps, grace=10, max_t=39, factor=2)
@@ -281,10 +284,7 @@ def test_replay_stops_exactly_what_a_reference_asha_stops(replay, seed):
 
 def test_replay_counts_accelerator_hours_of_parallel_workers(replay):
     table = _synthetic(replay)
-    data = quickstart(num_trials=12, sampler={"type": "random", "seed": 0}, scheduler={"type": "fifo"})
-    data["search"] = table.search
-    data["training"].update({"max_steps": 40, "eval_every": 10})
-    run = replay.simulate(table, build(data), "random", 3, None, 12)
+    run = replay.simulate(table, _synthetic_spec(table, 0, {"type": "fifo"}), "random", 3, None, 12)
     assert run.hours == pytest.approx(12 * 400 / 3600)  # no stopping: every run in full
     # three workers finish three 400 s runs together: 1200 accelerator-seconds at each of the first three
     assert [h for h, _ in run.completions[:3]] == pytest.approx([1200 / 3600] * 3)
@@ -362,7 +362,7 @@ def _could_reach(value, step, curves, best):
     return any(value - (c[step] - min(c.values())) <= best for c in past)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.lists(st.integers(0, 40).map(lambda k: k / 8), min_size=1, max_size=4), max_size=5),
     st.sampled_from(STEPS),
@@ -399,7 +399,7 @@ def _bounded_asha_reference(curves, grace, max_t, factor):
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(_curve, min_size=1, max_size=12), st.sampled_from([2, 3]))
 def test_bounded_asha_stops_only_what_asha_stops_and_the_bound_allows(values, factor):
     from raylora.study.bounded_asha import BoundedASHA
@@ -481,14 +481,8 @@ def test_the_bound_is_for_one_objective():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_replay_drives_the_bounded_asha_the_spec_builds(replay, seed):
     table = _synthetic(replay)
-    data = quickstart(
-        num_trials=12,
-        sampler={"type": "random", "seed": seed},
-        scheduler={"grace_steps": 10, "reduction_factor": 2, "bound": "largest_gain"},
-    )
-    data["search"] = table.search
-    data["training"].update({"max_steps": 40, "eval_every": 10})
-    run = replay.simulate(table, build(data), "raylora_bound", 1, None, 12)
+    spec = _synthetic_spec(table, seed, {"grace_steps": 10, "reduction_factor": 2, "bound": "largest_gain"})
+    run = replay.simulate(table, spec, "raylora_bound", 1, None, 12)
     curves = [dict(zip(table.steps, table.curves[r].tolist(), strict=True)) for r, _ in run.rows]
     expected = _bounded_asha_reference(curves, grace=10, max_t=39, factor=2)
     assert [s for _, s in run.rows] == [stopped for stopped, _ in expected]
@@ -569,14 +563,8 @@ def test_a_promoted_trial_resumes_where_it_paused_and_costs_only_its_new_steps(r
     """One worker, no budget: the replay finishes exactly the trials the reference promotes to the end, and
     pays each evaluation interval once, however often a trial paused (every run is 400 s over 4 intervals)."""
     table = _synthetic(replay)
-    data = quickstart(
-        num_trials=12,
-        sampler={"type": "random", "seed": seed},
-        scheduler={"grace_steps": 10, "reduction_factor": 2},
-    )
-    data["search"] = table.search
-    data["training"].update({"max_steps": 40, "eval_every": 10})
-    run = replay.simulate_promotion(table, build(data), 1, None, 12)
+    spec = _synthetic_spec(table, seed, {"grace_steps": 10, "reduction_factor": 2})
+    run = replay.simulate_promotion(table, spec, 1, None, 12)
     order = [r for r, _ in run.rows]  # launch order; a random sampler's draws do not depend on results
     assert len(set(order)) == 12
     finished, paid = reference_promotion(order, table.curves, [0, 1, 3], factor=2)  # rungs at steps 10, 20

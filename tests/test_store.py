@@ -325,7 +325,7 @@ def test_concurrent_first_use_of_a_new_sqlite_store_is_safe(tmp_path):
     assert [out.strip() for out, _ in outs] == ["['Default']"] * 3
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.tuples(st.integers(0, 6), st.floats(-5, 5, allow_nan=False)), min_size=0, max_size=20),
     st.randoms(use_true_random=False),

@@ -516,8 +516,8 @@ def run_controller_here(**kwargs):
     from ray.train.v2._internal.execution.controller import TrainController
 
     with _CONTROLLER_START:
-        _configure_controller_logging_once()
         controller = TrainController(**kwargs)
+        _keep_controller_logging()
     asyncio.run(controller.run())
     return controller.get_result()
 
@@ -525,8 +525,8 @@ def run_controller_here(**kwargs):
 _CONTROLLER_START = threading.Lock()
 
 
-def _configure_controller_logging_once() -> None:
-    """Let only the process's first Train controller configure logging; the others keep it.
+def _keep_controller_logging() -> None:
+    """After the process's first Train controller configured logging, the others keep it.
 
     Each ``TrainController`` reconfigures its process's logging (``logging.config.dictConfig`` holds
     logging's module lock while it takes every handler's lock to close it), and a running controller's
@@ -538,18 +538,11 @@ def _configure_controller_logging_once() -> None:
     under :data:`_CONTROLLER_START`, so controllers are also built one at a time."""
     from ray.train.v2._internal.logging import LoggingManager
 
-    configure = LoggingManager.configure_controller_logger
-    if getattr(configure, "once", False):
-        return
-    done: list[bool] = []
+    LoggingManager.configure_controller_logger = staticmethod(_configured_already)
 
-    def once(context) -> None:
-        if not done:
-            configure(context)
-            done.append(True)
 
-    once.once = True
-    LoggingManager.configure_controller_logger = staticmethod(once)
+def _configured_already(context) -> None:
+    """Ray Train's controller logging, once the process has it: left as it is."""
 
 
 def without_autoscaler(policy):
