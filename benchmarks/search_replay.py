@@ -28,6 +28,10 @@ Methods (each seed gives every method random search's accelerator-hours as its b
                   it (:class:`PromotionASHA`): a trial pauses at each rung, and a free worker resumes the
                   best paused trial in the top 1/reduction of its rung (highest rung first) or starts a
                   new one; a trial may be promoted long after it paused, as its rung fills
+  asha_promotion_neighbours  the same what-if, and a paused trial is promotable too when the finished
+                  configuration nearest its own finished at least as well as the finished trials'
+                  median (:class:`Neighbours`): it judges a slow starter by where it sits, not only by
+                  how it started
 
 ``--methods raylora_bound,asha`` replays only those (and random search, which sets the budget).
 
@@ -72,8 +76,16 @@ METHODS = (
     "raylora_grace_auto",
     "raylora_bound",
     "asha_promotion",
+    "asha_promotion_neighbours",
 )
-TPE_METHODS = ("raylora", "asha", "raylora_grace_auto", "raylora_bound", "asha_promotion")
+TPE_METHODS = (
+    "raylora",
+    "asha",
+    "raylora_grace_auto",
+    "raylora_bound",
+    "asha_promotion",
+    "asha_promotion_neighbours",
+)
 
 
 @dataclass
@@ -198,6 +210,7 @@ def spec_for(table: Table, method: str, seed: int, trials: int, workers: int):
         "raylora": {},
         "asha": plain_asha,
         "asha_promotion": plain_asha,  # its rungs; simulate_promotion pauses and resumes at them
+        "asha_promotion_neighbours": plain_asha,
         "raylora_grace_auto": {"grace_steps": "auto"},
         "raylora_bound": {"bound": "largest_gain"},
     }.get(method, {})
@@ -337,12 +350,14 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
 class PromotionASHA:
     """ASHA's promotion rule as Li et al. (2020, Algorithm 2) state it: a trial that reaches a rung pauses
     there, and a free worker takes the best trial not yet promoted from the highest rung where it is among
-    the top ``len(rung) // factor``; with none, it starts a new trial. Tune's ``ASHAScheduler`` (what
+    the top ``len(rung) // factor`` (then, best first, any other that ``promotable`` says may still be
+    good); with none, it starts a new trial. Tune's ``ASHAScheduler`` (what
     raylora runs) decides once, as a trial arrives, so the first arrivals at a rung go on unopposed and a
     trial stopped early never comes back; here a trial waits for its rung to fill."""
 
-    def __init__(self, rungs: int, factor: float):
+    def __init__(self, rungs: int, factor: float, promotable=None):
         self.factor = factor
+        self.promotable = promotable or (lambda trial_id: False)  # beyond the top (Neighbours)
         self.recorded: list[dict[str, float]] = [{} for _ in range(rungs)]  # per rung: trial -> value
         self.promoted: list[set[str]] = [set() for _ in range(rungs)]
 
@@ -354,7 +369,9 @@ class PromotionASHA:
         """The trial to resume and the rung it leaves (marked promoted), or None: start a new trial."""
         for rung in reversed(range(len(self.recorded))):
             values = self.recorded[rung]
-            top = sorted(values, key=values.get)[: int(len(values) // self.factor)]
+            ranked = sorted(values, key=values.get)
+            top = ranked[: int(len(values) // self.factor)]
+            top += [t for t in ranked[len(top) :] if self.promotable(t)]
             waiting = [t for t in top if t not in self.promoted[rung]]
             if waiting:
                 self.promoted[rung].add(waiting[0])
@@ -362,13 +379,61 @@ class PromotionASHA:
         return None
 
 
-def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None, trials: int) -> Run:
+class Neighbours:
+    """Whether a paused trial may still be good, judged by its configuration: the finished trial nearest
+    it in the search space (each parameter on its own scale, log for rates, ranks and batch sizes, scaled
+    to its range) finished at least as well as the median of the finished trials. Needs two finished.
+
+    A slow starter (long warmup, large batch) ranks low at the first rungs however well it would end;
+    a configuration beside one that ended well is promotable anyway."""
+
+    def __init__(self, search: dict):
+        self.search = search
+        self._where: dict[str, np.ndarray] = {}
+        self._finished: dict[str, float] = {}
+
+    def started(self, trial_id: str, params: dict) -> None:
+        self._where[trial_id] = np.array(_unit(self.search, params))
+
+    def finished(self, trial_id: str, value: float) -> None:
+        self._finished[trial_id] = value
+
+    def __call__(self, trial_id: str) -> bool:
+        if len(self._finished) < 2 or trial_id in self._finished:
+            return False
+        here = self._where[trial_id]
+        nearest = min(self._finished, key=lambda t: float(((self._where[t] - here) ** 2).sum()))
+        return self._finished[nearest] <= float(np.median(list(self._finished.values())))
+
+
+def _unit(search: dict, params: dict) -> list[float]:
+    """``params`` as coordinates in [0, 1] per searched parameter (one-hot for categories; an unsampled
+    conditional parameter sits in the middle of its range)."""
+    out: list[float] = []
+    for path, raw in search.items():
+        value = params.get(path)
+        value = _middle(raw) if value is None else value
+        if "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"]):
+            out += [float(value == option) for option in raw["choice"]]
+            continue
+        options = raw.get("choice") or raw.get("loguniform") or raw.get("uniform") or raw.get("int")
+        low, high = min(options), max(options)
+        if "loguniform" in raw or "choice" in raw:
+            value, low, high = math.log(value), math.log(low), math.log(high)
+        out.append((value - low) / (high - low) if high > low else 0.0)
+    return out
+
+
+def simulate_promotion(
+    table: Table, spec, workers: int, budget_h: float | None, trials: int, neighbours: bool = False
+) -> Run:
     """The study's searcher over the table with :class:`PromotionASHA` on ``workers`` accelerators: a
     trial resumes where it paused (from its checkpoint), so promotion costs only the steps it adds.
 
     Optuna hears a trial's reports until it first pauses, and is told PRUNED then (what the study tells it
     for a stopped trial); one promoted later and finished is added as COMPLETE with its final value.
-    Without ``budget_h``, ``trials`` new trials are started and every promotion is run out."""
+    Without ``budget_h``, ``trials`` new trials are started and every promotion is run out. With
+    ``neighbours``, :class:`Neighbours` also makes paused trials promotable."""
     import optuna
 
     from raylora.study import stopping
@@ -380,7 +445,8 @@ def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None,
     factor = spec.study.scheduler.reduction_factor
     marks = stopping.milestones(grace, table.steps[-1] - 1, factor)
     ends = [next(i for i, step in enumerate(table.steps) if step >= m) for m in marks] + [evals - 1]
-    asha = PromotionASHA(len(marks), factor)
+    near = Neighbours(table.search) if neighbours else None
+    asha = PromotionASHA(len(marks), factor, near)
     run, events, running, used = Run(), [], {}, set()
     rows: dict[str, int] = {}
     paused: dict[str, optuna.trial.FrozenTrial] = {}  # told PRUNED at their first pause
@@ -401,8 +467,11 @@ def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None,
         else:
             trial_id, first, last = f"r{launched:04d}", 0, ends[0]
             launched += 1
-            rows[trial_id] = table.nearest(searcher.suggest(trial_id)["params"], used)
+            params = searcher.suggest(trial_id)["params"]
+            rows[trial_id] = table.nearest(params, used)
             used.add(rows[trial_id])
+            if near:
+                near.started(trial_id, params)
         running[trial_id] = at
         seconds = table.seconds[rows[trial_id]] * (last - first + 1) / evals
         heapq.heappush(events, (at + seconds, trial_id, first, last))
@@ -426,6 +495,8 @@ def simulate_promotion(table: Table, spec, workers: int, budget_h: float | None,
                 )
         if last == evals - 1:
             run.completions.append((spent(now) / 3600, float(table.final[row])))
+            if near:
+                near.finished(trial_id, float(table.final[row]))
             if trial_id in paused:
                 frozen = paused.pop(trial_id)
                 study.add_trial(
@@ -514,9 +585,11 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METH
             if same and "raylora" in runs
             else simulate(table, spec, method, workers, budget, trials)
         )
-    if "asha_promotion" in methods:
-        spec = spec_for(table, "asha_promotion", seed, trials, workers)
-        runs["asha_promotion"] = simulate_promotion(table, spec, workers, budget, trials)
+    for method in ("asha_promotion", "asha_promotion_neighbours"):
+        if method in methods:
+            spec = spec_for(table, method, seed, trials, workers)
+            near = method.endswith("neighbours")
+            runs[method] = simulate_promotion(table, spec, workers, budget, trials, neighbours=near)
     if "topk_one_epoch" in methods:
         runs["topk_one_epoch"] = top_k_one_epoch(
             table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers

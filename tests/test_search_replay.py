@@ -313,6 +313,7 @@ def test_replay_smoke_prints_every_method(replay, capsys):
         "raylora_grace_auto",
         "raylora_bound",
         "asha_promotion",
+        "asha_promotion_neighbours",
     }
     assert out["methods"]["random"]["compute_to_random_best"] <= 1.0
     assert isinstance(out["raylora_worse_than_topk_at_any_budget"], bool)
@@ -525,6 +526,71 @@ def test_promotion_asha_resumes_the_best_waiting_top_trial_of_the_highest_rung(r
                 break
         if not waiting:
             assert asha.promotion() is None
+
+
+@given(
+    values=st.lists(st.integers(0, 6).map(lambda k: k / 2), min_size=1, max_size=12),
+    flagged=st.sets(st.integers(0, 11)),
+    factor=st.sampled_from([2, 3]),
+)
+def test_promotion_asha_also_promotes_what_the_protection_flags_best_first(replay, values, flagged, factor):
+    """With a ``promotable`` rule, each promotion from a rung is the best not yet promoted among its top
+    len // factor, then among the trials the rule flags (best first, earlier pause on a tie)."""
+    flags = {f"t{n}" for n in flagged}
+    asha = replay.PromotionASHA(1, factor, lambda trial: trial in flags)
+    for n, value in enumerate(values):
+        asha.record(f"t{n}", 0, value)
+    ranked = [f"t{n}" for _, n in sorted((v, n) for n, v in enumerate(values))]
+    top = ranked[: len(values) // factor]
+    expected = top + [t for t in ranked[len(top) :] if t in flags]
+    assert [asha.promotion() for _ in expected] == [(t, 0) for t in expected]
+    assert asha.promotion() is None
+
+
+_lr = st.floats(1e-5, 1e-3)
+
+
+@given(
+    points=st.lists(
+        st.tuples(_lr, st.sampled_from([4, 8, 16, 32]), st.floats(0.0, 0.3)), min_size=3, max_size=10
+    ),
+    finals=st.lists(st.integers(0, 4).map(float), min_size=10, max_size=10),  # ties at the median
+    done=st.integers(0, 9),
+)
+def test_neighbours_flags_a_configuration_whose_nearest_finished_one_finished_in_the_better_half(
+    replay, points, finals, done
+):
+    """A paused trial is flagged when the finished trial nearest it (log lr and log rank over their ranges,
+    dropout over its range) finished at or below the finished trials' median; never with fewer than two
+    finished, never a finished one. The reference measures distance on hand-scaled coordinates."""
+    search = {
+        "training.learning_rate.llm": {"loguniform": [1e-5, 1e-3]},
+        "training.lora.r": {"choice": [4, 8, 16, 32]},
+        "training.lora.dropout": {"uniform": [0.0, 0.3]},
+    }
+    near = replay.Neighbours(search)
+    scaled = []
+    for n, (lr, r, dropout) in enumerate(points):
+        near.started(
+            f"t{n}",
+            {"training.learning_rate.llm": lr, "training.lora.r": r, "training.lora.dropout": dropout},
+        )
+        scaled.append((math.log(lr / 1e-5) / math.log(100), math.log(r / 4) / math.log(8), dropout / 0.3))
+    finished = {n: finals[n] for n in range(min(done, len(points) - 1))}
+    for n, value in finished.items():
+        near.finished(f"t{n}", value)
+    ordered = sorted(finished.values())
+    k = len(ordered)
+    median = (ordered[(k - 1) // 2] + ordered[k // 2]) / 2 if k else None
+    for n in range(len(points)):
+        if k < 2 or n in finished:
+            assert near(f"t{n}") is False
+            continue
+        distance = {m: sum((a - b) ** 2 for a, b in zip(scaled[m], scaled[n], strict=True)) for m in finished}
+        closest = min(distance.values())
+        ties = [finished[m] for m in finished if math.isclose(distance[m], closest, abs_tol=1e-12)]
+        if len(ties) == 1:  # on an exact tie either neighbour may be the nearest
+            assert near(f"t{n}") is (ties[0] <= median)
 
 
 def reference_promotion(order, curves, ends, factor):
