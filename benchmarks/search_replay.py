@@ -284,8 +284,11 @@ class Run:
     rows: list[tuple[int, bool]] = field(default_factory=list)  # (table row, stopped early)
 
 
-def simulate(table: Table, spec, method: str, workers: int, budget_h: float | None, trials: int) -> Run:
-    """Run the study's searcher and scheduler over the table with ``workers`` simulated accelerators."""
+def simulate(
+    table: Table, spec, method: str, workers: int, budget_h: float | None, trials: int, start_s: float = 0.0
+) -> Run:
+    """Run the study's searcher and scheduler over the table with ``workers`` simulated accelerators; each
+    trial's start costs ``start_s`` accelerator-seconds before its first step."""
     np.random.seed(spec.study.sampler.seed)  # Tune's Hyperband picks brackets with numpy's global RNG
     searcher = _searcher(spec)
     scheduler = _scheduler(spec, method)
@@ -310,7 +313,7 @@ def simulate(table: Table, spec, method: str, workers: int, budget_h: float | No
         used.add(row)
         scheduler.on_trial_add(None, types.SimpleNamespace(trial_id=trial_id))
         running[trial_id] = (row, at)
-        heapq.heappush(events, (at + table.seconds[row] / evals, trial_id, 0))
+        heapq.heappush(events, (at + start_s + table.seconds[row] / evals, trial_id, 0))
 
     def may_launch() -> bool:
         if budget_h is None:
@@ -425,7 +428,13 @@ def _unit(search: dict, params: dict) -> list[float]:
 
 
 def simulate_promotion(
-    table: Table, spec, workers: int, budget_h: float | None, trials: int, neighbours: bool = False
+    table: Table,
+    spec,
+    workers: int,
+    budget_h: float | None,
+    trials: int,
+    neighbours: bool = False,
+    start_s: float = 0.0,
 ) -> Run:
     """The study's searcher over the table with :class:`PromotionASHA` on ``workers`` accelerators: a
     trial resumes where it paused (from its checkpoint), so promotion costs only the steps it adds.
@@ -433,7 +442,8 @@ def simulate_promotion(
     Optuna hears a trial's reports until it first pauses, and is told PRUNED then (what the study tells it
     for a stopped trial); one promoted later and finished is added as COMPLETE with its final value.
     Without ``budget_h``, ``trials`` new trials are started and every promotion is run out. With
-    ``neighbours``, :class:`Neighbours` also makes paused trials promotable."""
+    ``neighbours``, :class:`Neighbours` also makes paused trials promotable. Every start and every resume
+    costs ``start_s`` accelerator-seconds before its first step."""
     import optuna
 
     from raylora.study import stopping
@@ -474,7 +484,7 @@ def simulate_promotion(
                 near.started(trial_id, params)
         running[trial_id] = at
         seconds = table.seconds[rows[trial_id]] * (last - first + 1) / evals
-        heapq.heappush(events, (at + seconds, trial_id, first, last))
+        heapq.heappush(events, (at + start_s + seconds, trial_id, first, last))
         return True
 
     def may_start(at: float) -> bool:
@@ -522,9 +532,10 @@ def simulate_promotion(
     return run
 
 
-def top_k_one_epoch(table: Table, spec, trials: int, workers: int) -> Run:
+def top_k_one_epoch(table: Table, spec, trials: int, workers: int, start_s: float = 0.0) -> Run:
     """Screen ``trials`` random configurations up to the first evaluation at >= 10% of training, then
-    train the best quarter to the end on ``workers`` accelerators, best screened first."""
+    train the best quarter to the end on ``workers`` accelerators, best screened first (resumed from the
+    screen's checkpoint; each start and resume costs ``start_s`` accelerator-seconds)."""
     import optuna
 
     from raylora.spec import space
@@ -540,13 +551,13 @@ def top_k_one_epoch(table: Table, spec, trials: int, workers: int) -> Run:
         rows.append(table.nearest(space.decode(spec, trial.params), set(rows)))
         study.tell(trial, 0.0)
     run = Run()
-    screened = sum(table.seconds[r] * (screen + 1) / evals for r in rows)
+    screened = sum(start_s + table.seconds[r] * (screen + 1) / evals for r in rows)
     keep = sorted(range(len(rows)), key=lambda i: table.curves[rows[i], screen])[: max(1, trials // 4)]
     run.rows = [(r, i not in keep) for i, r in enumerate(rows)]
     free, spans = [0.0] * workers, []  # each kept trial continues on the first free accelerator
     for i in keep:
         start = heapq.heappop(free)
-        end = start + table.seconds[rows[i]] * (evals - screen - 1) / evals
+        end = start + start_s + table.seconds[rows[i]] * (evals - screen - 1) / evals
         spans.append((start, end, float(table.final[rows[i]])))
         heapq.heappush(free, end)
     for _, end, value in sorted(spans, key=lambda s: s[1]):
@@ -565,13 +576,12 @@ def hours_to_reach(run: Run, target: float) -> float:
     return min((h for h, v in run.completions if v <= target + 1e-12), default=math.inf)
 
 
-def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METHODS) -> dict:
+def replay_seed(
+    table: Table, seed: int, workers: int, trials: int, methods=METHODS, start_s: float = 0.0
+) -> dict:
     """Every method (or those of ``methods``) on one seed; random search sets the budget."""
-    runs = {
-        "random": simulate(
-            table, spec_for(table, "random", seed, trials, workers), "random", workers, None, trials
-        )
-    }
+    spec = spec_for(table, "random", seed, trials, workers)
+    runs = {"random": simulate(table, spec, "random", workers, None, trials, start_s)}
     budget = runs["random"].hours
     for method in ("raylora", "asha", "hyperband", "raylora_grace_auto", "raylora_bound"):
         if method not in methods:
@@ -583,17 +593,16 @@ def replay_seed(table: Table, seed: int, workers: int, trials: int, methods=METH
         runs[method] = (
             runs["raylora"]
             if same and "raylora" in runs
-            else simulate(table, spec, method, workers, budget, trials)
+            else simulate(table, spec, method, workers, budget, trials, start_s)
         )
     for method in ("asha_promotion", "asha_promotion_neighbours"):
         if method in methods:
             spec = spec_for(table, method, seed, trials, workers)
             near = method.endswith("neighbours")
-            runs[method] = simulate_promotion(table, spec, workers, budget, trials, neighbours=near)
+            runs[method] = simulate_promotion(table, spec, workers, budget, trials, near, start_s)
     if "topk_one_epoch" in methods:
-        runs["topk_one_epoch"] = top_k_one_epoch(
-            table, spec_for(table, "topk_one_epoch", seed, trials, workers), trials, workers
-        )
+        spec = spec_for(table, "topk_one_epoch", seed, trials, workers)
+        runs["topk_one_epoch"] = top_k_one_epoch(table, spec, trials, workers, start_s)
     target = best_at(runs["random"], math.inf)
     top = set(np.argsort(table.final)[: max(1, round(0.01 * len(table.final)))].tolist())
     out = {}
@@ -703,6 +712,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=0, help="replay on a random sub-table of this many rows")
     parser.add_argument("--split-seed", type=int, default=0, help="which sub-table --rows draws")
     parser.add_argument("--methods", help="only these methods (comma-separated; random always runs)")
+    parser.add_argument(
+        "--start-seconds",
+        type=float,
+        default=0.0,
+        help="accelerator-seconds each trial start or resume costs before its first step (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     table = load_surestop() if args.table == "surestop" else load_tiny()
@@ -714,8 +729,10 @@ def main(argv: list[str] | None = None) -> dict:
     methods = ("random", *args.methods.split(",")) if args.methods else METHODS
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"--methods: unknown {', '.join(unknown)} (allowed: {', '.join(METHODS)})")
-    per_seed = [replay_seed(table, s, args.workers, args.trials, methods) for s in seeds]
+    per_seed = [replay_seed(table, s, args.workers, args.trials, methods, args.start_seconds) for s in seeds]
     out = summarize(table, per_seed, args.workers, args.trials, seeds)
+    if args.start_seconds:
+        out["start_seconds"] = args.start_seconds
     print(json.dumps(out, indent=None if args.json else 2))
     return out
 

@@ -302,6 +302,22 @@ def test_top_k_one_epoch_trains_the_best_screened_quarter(replay):
     assert run.hours == pytest.approx((12 * 0.1 + 3 * 0.9) * 400 / 3600)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_start_and_resume_pays_the_start_up_seconds(replay, seed):
+    """``start_s`` is charged once per trial start and once per resume: random search pays it 12 times on
+    top of 12 runs of 400 s; one worker under pause and resume pays it for each job the reference runs."""
+    table = _synthetic(replay)
+    spec = _synthetic_spec(table, seed, {"type": "fifo"})
+    plain = replay.simulate(table, spec, "random", 1, None, 12, start_s=50.0)
+    assert plain.hours == pytest.approx(12 * (400 + 50) / 3600)
+    spec = _synthetic_spec(table, seed, {"grace_steps": 10, "reduction_factor": 2})
+    run = replay.simulate_promotion(table, spec, 1, None, 12, start_s=50.0)
+    jobs: list = []
+    _, paid = reference_promotion([r for r, _ in run.rows], table.curves, [0, 1, 3], 2, jobs)
+    assert len(jobs) > 12  # some trials were resumed
+    assert run.hours == pytest.approx((paid * 100 + len(jobs) * 50) / 3600)
+
+
 def test_replay_smoke_prints_every_method(replay, capsys):
     out = replay.main(["--table", "surestop", "--rows", "20", "--seeds", "2", "--trials", "6", "--json"])
     assert set(out["methods"]) == {
@@ -593,10 +609,11 @@ def test_neighbours_flags_a_configuration_whose_nearest_finished_one_finished_in
             assert near(f"t{n}") is (ties[0] <= median)
 
 
-def reference_promotion(order, curves, ends, factor):
+def reference_promotion(order, curves, ends, factor, jobs=None):
     """One worker, as Li et al. (2020, Algorithm 2) state it: resume the best waiting trial in the top
     len // factor of the highest rung that has one, else start the next row of ``order``. Returns the
-    rows that finished and the evaluation intervals paid for."""
+    rows that finished and the evaluation intervals paid for (and appends each start or resume to
+    ``jobs``)."""
     recorded = [[] for _ in ends[:-1]]  # per rung: (value, arrival, row)
     promoted = [set() for _ in ends[:-1]]
     rows, finished, paid, arrival = iter(order), [], 0, 0
@@ -617,6 +634,8 @@ def reference_promotion(order, curves, ends, factor):
             job = (row, 0, ends[0])
         row, first, last = job
         paid += last - first + 1
+        if jobs is not None:
+            jobs.append(job)
         if last == ends[-1]:
             finished.append(row)
         else:
