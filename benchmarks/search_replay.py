@@ -78,14 +78,7 @@ METHODS = (
     "asha_promotion",
     "asha_promotion_neighbours",
 )
-TPE_METHODS = (
-    "raylora",
-    "asha",
-    "raylora_grace_auto",
-    "raylora_bound",
-    "asha_promotion",
-    "asha_promotion_neighbours",
-)
+TPE_METHODS = tuple(m for m in METHODS if m not in ("random", "hyperband", "topk_one_epoch"))
 
 
 @dataclass
@@ -354,9 +347,9 @@ class PromotionASHA:
     """ASHA's promotion rule as Li et al. (2020, Algorithm 2) state it: a trial that reaches a rung pauses
     there, and a free worker takes the best trial not yet promoted from the highest rung where it is among
     the top ``len(rung) // factor`` (then, best first, any other that ``promotable`` says may still be
-    good); with none, it starts a new trial. Tune's ``ASHAScheduler`` (what
-    raylora runs) decides once, as a trial arrives, so the first arrivals at a rung go on unopposed and a
-    trial stopped early never comes back; here a trial waits for its rung to fill."""
+    good); with none, it starts a new trial. Tune's ``ASHAScheduler`` (what raylora runs) decides once,
+    as a trial arrives, so the first arrivals at a rung go on unopposed and a trial stopped early never
+    comes back; here a trial waits for its rung to fill."""
 
     def __init__(self, rungs: int, factor: float, promotable=None):
         self.factor = factor
@@ -421,7 +414,7 @@ def _unit(search: dict, params: dict) -> list[float]:
             continue
         options = raw.get("choice") or raw.get("loguniform") or raw.get("uniform") or raw.get("int")
         low, high = min(options), max(options)
-        if "loguniform" in raw or "choice" in raw:
+        if ("loguniform" in raw or "choice" in raw) and low > 0:
             value, low, high = math.log(value), math.log(low), math.log(high)
         out.append((value - low) / (high - low) if high > low else 0.0)
     return out
