@@ -66,8 +66,43 @@ def test_agreement_per_step_uses_only_trials_with_both_values():
     curves = {"a": {10: 1.0, 20: 0.5}, "b": {10: 2.0, 20: 0.4}, "c": {10: 3.0, 20: 0.6}, "d": {10: 0.0}}
     finals = {"a": 0.5, "b": 0.4, "c": 0.6}
     rho = agreement.agreement(curves, finals)
-    assert rho[20] == pytest.approx(1.0)
+    assert 20 not in rho  # every trial's last evaluation: its final value against itself
     assert rho[10] == pytest.approx(0.5)  # ranks (1,2,3) vs (2,1,3): 1 - 6*2/(3*8)
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from([10, 20, 30, 40]), st.integers(0, 5).map(float), min_size=1),
+        max_size=7,
+    )
+)
+def test_agreement_at_a_step_ranks_the_trials_that_evaluated_again_after_it(curve_list):
+    """At each step: Spearman (scipy's) between the values there and the final values (each curve's
+    best), over the trials that evaluated at that step and later too; no entry with fewer than 3 or a
+    constant side."""
+    from scipy.stats import spearmanr
+
+    curves = {f"t{i}": c for i, c in enumerate(curve_list)}
+    finals = {t: min(c.values()) for t, c in curves.items()}
+    rho = agreement.agreement(curves, finals)
+    for step in (10, 20, 30, 40):
+        ids = [t for t, c in curves.items() if step in c and any(s > step for s in c)]
+        xs, ys = [curves[t][step] for t in ids], [finals[t] for t in ids]
+        if len(ids) < 3 or len(set(xs)) == 1 or len(set(ys)) == 1:
+            assert step not in rho
+        else:
+            assert rho[step] == pytest.approx(spearmanr(xs, ys).statistic)
+
+
+def test_the_verdict_names_at_most_five_steps_the_table_every_one():
+    trials = [
+        _trial(name, TrialState.COMPLETE, {s: base + 10.0 / s for s in range(10, 100, 10)})
+        for name, base in (("a", 1.0), ("b", 2.0), ("c", 3.0))
+    ]
+    line = next(x for x in agreement.sentences(trials, "min") if x.startswith("Step–final agreement"))
+    assert line.count("at step") == 5 and "…" in line
+    assert "1.00 at step 10, 1.00 at step 20, 1.00 at step 30, 1.00 at step 40, …, 1.00 at step 80" in line
+    assert "at step 90" not in line  # every trial's last evaluation
 
 
 # -- grace period and the scheduler a spec builds
@@ -183,7 +218,8 @@ def test_stopping_summary_counts_hours_saved_and_who_could_still_have_won():
     assert out["could_have_won"] == ["p"]
     assert out["hours_saved"] == pytest.approx(0.25 / 10 * 30 + 0.5 / 10 * 30)
     assert out["agreement"]["10"] == pytest.approx(0.5)  # (2,1,3) vs (1,2,3)
-    assert out["agreement"]["40"] == pytest.approx(1.0)
+    assert out["agreement"]["20"] == pytest.approx(0.5)  # (1.0, 0.9, 2.0): again (2,1,3)
+    assert "40" not in out["agreement"]  # the trials' last evaluation, their final value
     assert out["low_agreement"] is False
     trials[0].curve["10"] = 9.0  # now step 10 ranks the three backwards
     assert agreement.stopping_summary(trials, "min")["low_agreement"] is True
@@ -199,7 +235,7 @@ def test_a_summary_json_carries_the_stopping_section(tmp_path):
     ]:
         record.trials[t.trial_id] = t
     section = record.to_dict()["stopping"]
-    assert section["agreement"] == {"10": 1.0, "20": 1.0}
+    assert section["agreement"] == {"10": 1.0}  # step 20 is every trial's last: not an agreement
     assert section["could_have_won"] == []
 
 
@@ -360,8 +396,33 @@ def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path
     )
     record.trials = {t.trial_id: t for t in trials[1:]}  # two complete trials: no agreement to show
     page = html_report.write(tmp_path / "index.html", record).read_text()
-    assert "needs 3 complete trials with a value at the same step; this study has 2 complete" in page
+    assert "needs 3 complete trials with a value at the same step before their last; this study has 2" in page
     assert "Spearman with the final value" not in page
+
+
+def test_the_report_draws_intermediate_values_from_the_record_for_several_objectives(tmp_path):
+    """Optuna keeps no intermediate values for a study of several objectives; the report's figure comes
+    from summary.json's curves, so a two-objective study gets one too (and a note before any report)."""
+    from raylora.record.trials import StudyRecord
+    from raylora.tracking import html_report
+
+    def section(page: str) -> str:
+        start = page.index('<h2 id="intermediate-values">')
+        end = page.find("<h2", start + 1)
+        return page[start : end if end > 0 else None]
+
+    record = StudyRecord(tmp_path, "s", "eval/loss", "min")
+    record.goals = [("eval/loss", "min"), ("cost/peak_mem_gb", "min")]
+    record.trials = {"a": TrialRecord("a", state=TrialState.RUNNING)}
+    page = html_report.write(tmp_path / "index.html", record).read_text()
+    assert "no trial has reported eval/loss yet" in section(page) and "<svg" not in section(page)
+    trials = [
+        _trial("a", TrialState.COMPLETE, {10: 2.0, 20: 1.0, 40: 0.5}),
+        _trial("b", TrialState.PRUNED, {10: 3.0}),
+    ]
+    record.trials = {t.trial_id: t for t in trials}
+    page = html_report.write(tmp_path / "index.html", record).read_text()
+    assert "<svg" in section(page)
 
 
 # -- the stopping bound: "could still win", shared by the report and BoundedASHA

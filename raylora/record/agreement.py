@@ -15,6 +15,10 @@ from typing import Any
 LOW_AGREEMENT = 0.5
 """Below this Spearman correlation at the first rung, the report warns that stopping there is guesswork."""
 
+SHOWN_STEPS = 5
+"""The verdict names the agreement at this many steps at most (the first ones and the last); the report's
+table has every step."""
+
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Spearman's rank correlation (ties get their mean rank); None under 3 pairs or for a constant."""
@@ -43,11 +47,12 @@ def _ranks(values: Sequence[float]) -> list[float]:
 
 def agreement(curves: dict[str, dict[int, float]], finals: dict[str, float]) -> dict[int, float]:
     """``{step: Spearman}`` between the values trials had at each step and their final values, over the
-    trials with both (at least 3)."""
+    trials with a final value that evaluated at that step and again after it (at least 3). A trial's
+    last evaluation is left out: it would be compared with itself (its final value is usually that one)."""
     steps = sorted({s for curve in curves.values() for s in curve})
     out = {}
     for step in steps:
-        ids = [t for t in finals if step in curves.get(t, {})]
+        ids = [t for t in finals if step in curves.get(t, {}) and max(curves[t]) > step]
         rho = spearman([curves[t][step] for t in ids], [finals[t] for t in ids])
         if rho is not None:
             out[step] = rho
@@ -123,8 +128,11 @@ def sentences(trials: Sequence[Any], mode: str) -> list[str]:
     rho = summary["agreement"]
     if rho:
         first, last = min(rho, key=int), max(rho, key=int)
-        text = ", ".join(f"{rho[s]:.2f} at step {s}" for s in sorted(rho, key=int))
-        out.append(f"Rung–final agreement (Spearman, complete trials): {text}.")
+        shown = [f"{rho[s]:.2f} at step {s}" for s in sorted(rho, key=int)]
+        if len(shown) > SHOWN_STEPS:
+            shown = [*shown[: SHOWN_STEPS - 1], "…", shown[-1]]
+        text = ", ".join(shown) + (" (every step: the report's Early stopping table)" if "…" in shown else "")
+        out.append(f"Step–final agreement (Spearman, complete trials): {text}.")
         if summary["low_agreement"]:
             out.insert(
                 0,

@@ -51,7 +51,7 @@ class TrialRecord:
     values: dict[str, float] = field(default_factory=dict)
     """Objective (and constrained) metric → value, as told to Optuna (:mod:`raylora.record.objectives`)."""
     curve: dict[str, float] = field(default_factory=dict)
-    """The first objective at each reported step (``{"step": value}``): the rung–final agreement's data."""
+    """The first objective at each reported step (``{"step": value}``): the step–final agreement's data."""
     vs_base: dict | None = None
     """The final evaluation against the base model's on the same records
     (:func:`raylora.record.comparison.compare` plus ``metric``); None without a base or an end."""

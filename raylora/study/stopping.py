@@ -5,7 +5,7 @@
   (MO-ASHA: promotion by Pareto rank across every objective) on several.
 - :func:`grace_steps` resolves ``scheduler.grace_steps`` (default ``training.eval_every``; ``auto``: a
   fraction of ``max_steps``, see :data:`AUTO_GRACE_FRACTION`).
-- What a study learns about its own stopping (rung–final agreement, hours saved) is
+- What a study learns about its own stopping (step–final agreement, hours saved) is
   :mod:`raylora.record.agreement`'s.
 
 The defaults come from ``benchmarks/search_replay.py`` (the study's own sampler and scheduler replayed on

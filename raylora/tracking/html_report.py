@@ -7,8 +7,10 @@ inline SVG), so it opens from a folder, an object store or MLflow's artifact vie
                                beats on both marked (the Pareto front of the two)
     objective by scope / by quantization, with 95% intervals of each group's mean
     leaderboard                with the cost of each trial
-    Optuna's own figures       parameter importances (PED-ANOVA), intermediate values (where ASHA stopped
-                               trials), parallel coordinates, timeline of the trials
+    early stopping             hours saved, trials that could still have won, step–final agreement
+    Optuna's own figures       parameter importances (PED-ANOVA), parallel coordinates, timeline
+    intermediate values        each trial's objective at every evaluation (where ASHA stopped trials),
+                               from ``summary.json``: Optuna keeps none for a study of several objectives
 
 Optuna's figures are its matplotlib backend (plotly is not a dependency); they show this study's own trials,
 not those a warm start lent the sampler.
@@ -64,6 +66,10 @@ def write(path: Path, record, optuna_study=None) -> Path:
             (title, figures.get(name, ran, lambda name=name: _optuna_figure(own, name)))
             for title, name in OPTUNA_FIGURES
         ),
+        (
+            "Intermediate values",
+            figures.get("curves", shown, lambda: _figure_or_note(lambda: _curves(record, trials))),
+        ),
     ]
     figures.prune()
     body = "".join(
@@ -91,7 +97,6 @@ def drawn_by() -> str:
 
 OPTUNA_FIGURES = (
     ("Parameter importances", "plot_param_importances"),
-    ("Intermediate values", "plot_intermediate_values"),
     ("Parallel coordinates", "plot_parallel_coordinate"),
     ("Timeline", "plot_timeline"),
 )
@@ -133,7 +138,7 @@ def _verdict(record, trials) -> str:
 
 
 def _stopping(record, trials) -> str:
-    """Rung–final agreement by step, hours saved, stopped trials that could still have won ("" if none)."""
+    """Step–final agreement by step, hours saved, stopped trials that could still have won ("" if none)."""
     from ..record.agreement import stopping_summary
 
     summary = stopping_summary(trials, record.mode)
@@ -148,8 +153,8 @@ def _stopping(record, trials) -> str:
     table = (
         f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
         if rows
-        else f"<p>Rung–final agreement needs 3 complete trials with a value at the same step; this study "
-        f"has {complete} complete.</p>"
+        else f"<p>Step–final agreement needs 3 complete trials with a value at the same step before their "
+        f"last; this study has {complete} complete.</p>"
     )
     return (
         f"<p>Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that could "
@@ -264,6 +269,33 @@ def _quality_cost(record, trials):
     ax.set_xlabel("peak memory (GB, largest over the trial's workers)")
     ax.set_ylabel(record.metric)
     ax.set_title("red: no other complete trial is both better and cheaper (hollow: pruned)", fontsize=9)
+    return fig
+
+
+def _curves(record, trials):
+    """Each trial's objective at every evaluation it reported, by state (dashed: stopped early)."""
+    drawn = [t for t in trials if t.curve]
+    if not drawn:
+        raise _Nothing(f"no trial has reported {record.metric} yet")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for t in sorted(drawn, key=lambda t: t.trial_id):
+        steps = sorted(t.curve, key=int)
+        complete = t.state == TrialState.COMPLETE
+        ax.plot(
+            [int(s) for s in steps],
+            [t.curve[s] for s in steps],
+            "-" if complete else "--",
+            marker="o" if len(steps) == 1 else None,
+            lw=1.2 if complete else 0.9,
+            alpha=0.9 if complete else 0.6,
+            label=f"{t.trial_id} ({str(t.state).lower()})",
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel(record.metric)
+    if len(drawn) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_title("solid: complete; dashed: stopped early or unfinished", fontsize=9)
     return fig
 
 
