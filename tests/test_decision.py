@@ -281,6 +281,7 @@ def test_the_page_is_one_self_contained_file(tmp_path):
         ot.suggest_int("training.lora.r", 8, 40, step=8)
         ot.report(trial.value + 0.1, 5)
         study.tell(ot, trial.value)
+        trial.curve = {"5": trial.value + 0.1, "10": trial.value}  # what the study records of each report
     page = html_report.write(tmp_path / "index.html", record, study).read_text()
 
     class Links(HTMLParser):

@@ -21,7 +21,13 @@ def _study(tmp_path):
         params = {"training.lora.scope": scope, "training.lora.r": 8 * (i + 1)}
         cost = {"cost/peak_mem_gb": memory, "cost/accelerator_hours": memory / 100}
         record.trials[f"t{i:03d}"] = TrialRecord(
-            f"t{i:03d}", TrialState.COMPLETE, params, value, 10, cost=cost
+            f"t{i:03d}",
+            TrialState.COMPLETE,
+            params,
+            value,
+            10,
+            cost=cost,
+            curve={"5": value + 0.1, "10": value},
         )
         asked = study.ask()
         asked.suggest_int("training.lora.r", 8, 24, step=8)
@@ -39,9 +45,9 @@ def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path, monke
     assert first.count("<svg") == 6 and len(list(kept.glob("*.html"))) == 6
     again = html_report.write(tmp_path / "b.html", record, study).read_text()
     assert again == first and len(list(kept.glob("*.html"))) == 6  # nothing drawn: all read back
-    record.trials["t001"].value = 0.75  # the record's two figures change; Optuna's study did not
+    record.trials["t001"].value = 0.75  # the record's three figures change; Optuna's study did not
     changed = html_report.write(tmp_path / "c.html", record, study).read_text()
-    assert len(list(kept.glob("*.html"))) == 8 and changed != first
+    assert len(list(kept.glob("*.html"))) == 9 and changed != first
     assert changed.count("<svg") == 6
 
 
