@@ -923,13 +923,15 @@ def _print_leaderboard(record, top: int = 10) -> None:
     from .record.trials import short_params
 
     table = Table(title=record.title)
-    for column in ("#", "trial", "state", record.metric, "steps", "params"):
+    others = [metric for metric, _ in record.goals[1:]]  # a study's other objectives get a column each
+    for column in ("#", "trial", "state", record.metric, *others, "steps", "params"):
         table.add_column(column)
     for i, trial in enumerate(record.ranked()[:top], start=1):
-        value = f"{trial.value:.4g}" if trial.value is not None else "-"
+        values = [trial.value, *(trial.values.get(m, trial.cost.get(m)) for m in others)]
+        shown = [f"{v:.4g}" if v is not None else "-" for v in values]
         params = short_params(trial.params)
         table.add_row(
-            str(i), trial.trial_id, trial.state, value, str(trial.steps), params or trial.error or ""
+            str(i), trial.trial_id, trial.state, *shown, str(trial.steps), params or trial.error or ""
         )
     console = Console()
     console.print(table)

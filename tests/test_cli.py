@@ -165,3 +165,25 @@ def test_a_command_without_arguments_prints_its_help(args):
 def test_shell_completion_is_offered():
     proc = subprocess.run([*RAYLORA, "--help"], capture_output=True, text=True)
     assert "--install-completion" in proc.stdout
+
+
+def test_the_terminal_leaderboard_shows_every_objective(tmp_path, capsys, monkeypatch):
+    """A study of several objectives prints a column per objective: the first's best value, the others'
+    values where the first was best (a pruned trial's cost where it has no values)."""
+    from raylora.cli import _print_leaderboard
+    from raylora.record.states import TrialState
+    from raylora.record.trials import StudyRecord, TrialRecord
+
+    monkeypatch.setenv("COLUMNS", "200")
+    record = StudyRecord(tmp_path, "two", "eval/loss", "min")
+    record.goals = [("eval/loss", "min"), ("cost/peak_mem_gb", "min")]
+    record.trials = {
+        "t000": TrialRecord("t000", TrialState.COMPLETE, {}, 1.25, 40, values={"cost/peak_mem_gb": 3.5}),
+        "t001": TrialRecord("t001", TrialState.PRUNED, {}, 2.5, 10, cost={"cost/peak_mem_gb": 1.75}),
+    }
+    _print_leaderboard(record)
+    lines = capsys.readouterr().out.splitlines()
+    header = next([c.strip() for c in line.split("┃")] for line in lines if line.startswith("┃"))
+    cells = [[c.strip() for c in line.split("│")] for line in lines if line.startswith("│")]
+    assert header[1:8] == ["#", "trial", "state", "eval/loss", "cost/peak_mem_gb", "steps", "params"]
+    assert [c[3:6] for c in cells] == [["COMPLETE", "1.25", "3.5"], ["PRUNED", "2.5", "1.75"]]
