@@ -519,6 +519,8 @@ def test_the_pareto_front_is_recomputed_from_the_trials_values(searched):
     assert sorted(r.data.tags["raylora.trial_id"] for r in tagged) == expected
     page = (directory / "report" / "index.html").read_text()
     assert "Pareto front" in page
+    assert summary["scheduler"] == "fifo"  # the spec's study.scheduler.type, named in the summary and page
+    assert "No early stopping (fifo): every trial runs to its end." in page
     # The title names both objectives (it named the first alone), as do the leaderboard and the terminal's.
     title = "decide: eval/loss (min), cost/peak_mem_gb (min)"
     assert f"<title>{title}</title>" in page

@@ -372,6 +372,23 @@ def test_replay_smoke_prints_every_method(replay, capsys):
     assert capsys.readouterr().out.count("\n") == 1  # one JSON object on one line
 
 
+def test_a_record_loaded_and_saved_again_keeps_the_scheduler_it_ran_with(tmp_path):
+    """``raylora report`` and MLflow's catch-up load summary.json and save it again: the early-stopping
+    rule it names stays."""
+    import json
+
+    from raylora.record.trials import StudyRecord
+
+    spec = build(quickstart())
+    record = StudyRecord(tmp_path, spec.study.name, "eval/loss", "min")
+    record.trials = {"a": _trial("a", TrialState.COMPLETE, {10: 1.0, 20: 0.5})}
+    record.scheduler = "asha(grace=10, reduction=2)"
+    record.save()
+    again = StudyRecord.open(tmp_path, spec)
+    again.save()
+    assert json.loads((tmp_path / "summary.json").read_text())["scheduler"] == "asha(grace=10, reduction=2)"
+
+
 def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path):
     from raylora.record.trials import StudyRecord
     from raylora.tracking import html_report, verdict
@@ -384,13 +401,15 @@ def test_the_report_says_what_stopping_saved_and_warns_on_low_agreement(tmp_path
         _trial("p", TrialState.PRUNED, {10: 1.9}, hours=0.25),
     ]
     record.trials = {t.trial_id: t for t in trials}
+    record.scheduler = "asha(grace=10, reduction=2)"
+    assert record.to_dict()["scheduler"] == "asha(grace=10, reduction=2)"
     lines = verdict.verdict(trials, "eval/loss", "min")
     assert any(line.startswith("warning: at step 10") for line in lines)
     assert any("saved about 0.75 accelerator-hours" in line and ": p." in line for line in lines)
     assert agreement.warning(trials, "min").startswith("warning: at step 10")
     page = html_report.write(tmp_path / "index.html", record).read_text()
     assert (
-        "Accelerator-hours saved by stopping: 0.75" in page
+        "Early-stopping rule: asha(grace=10, reduction=2). Accelerator-hours saved by stopping: 0.75" in page
         and "could still have beaten the winner's eval/loss: p" in page
         and "Spearman with the final value</th></tr><tr><td>10</td>" in page  # three complete at step 10
     )

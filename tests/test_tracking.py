@@ -248,3 +248,5 @@ def test_a_study_run_while_mlflow_is_down_reaches_the_server_whole_and_exactly_o
         assert report.returncode == 0, report.stderr[-3000:]
         assert "an earlier run could not send" in report.stdout and not pending.exists()
         assert recorded(client) == run_ids
+        rule = json.loads((study / "summary.json").read_text())["scheduler"]  # kept by the re-render
+        assert rule.startswith(("asha(", "fifo")) and rule in (study / "report" / "index.html").read_text()

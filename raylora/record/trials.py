@@ -82,6 +82,7 @@ class StudyRecord:
         self.on_save: Callable[[], object] = lambda: None
         self.goals: list[tuple[str, str]] = [(metric, mode)]  # every objective, the first is metric/mode
         self.limits: dict[str, tuple[str, float]] = {}  # study.constraints
+        self.scheduler: str | None = None  # the early-stopping rule, as --dry-run names it
 
     @classmethod
     def open(cls, directory: Path, spec: Spec) -> StudyRecord:
@@ -91,6 +92,8 @@ class StudyRecord:
         record.goals = [(o.metric, o.mode) for o in spec.study.goals]
         record.limits = spec.study.constraint_limits()
         record.trials = cls.open_summary(directory / SUMMARY)
+        if record.trials:  # it parsed; a record loaded and saved again keeps the rule the study ran with
+            record.scheduler = json.loads((directory / SUMMARY).read_text()).get("scheduler")
         return record
 
     @staticmethod
@@ -164,6 +167,7 @@ class StudyRecord:
                 "mlflow_run_id": best.mlflow_run_id,
             },
             "trials": [asdict(t) for t in sorted(self.trials.values(), key=lambda t: t.trial_id)],
+            **({"scheduler": self.scheduler} if self.scheduler else {}),
             **self._pareto(),
             **self._stopping(),
         }

@@ -224,6 +224,7 @@ def _read_study(spec: Spec, where, resume: bool, dry_run: bool, accept_spec: boo
 
     where.pull()
     record, rebuild = _read_record(spec, where, dry_run)
+    record.scheduler = _scheduler_name(spec)
     if resume and not _exists(record, rebuild, where):
         raise UserError("--resume", f"no study named {spec.study.name} in {_root(where)}")
     if (record.trials or rebuild) and not resume and not dry_run:

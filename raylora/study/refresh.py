@@ -57,6 +57,7 @@ def regenerate(target: str, tracking_uri: str | None = None, log=print) -> Path:
     record.goals = [(o["metric"], o["mode"]) for o in summary.get("objectives", [])] or record.goals
     limits = summary.get("constraints", {}).items()
     record.limits = {m: (text.split()[0], float(text.split()[1])) for m, text in limits}
+    record.scheduler = summary.get("scheduler")
     if (directory / BASELINE).is_file():  # trials compared with the base model since the summary was written
         from . import baseline
 
@@ -103,9 +104,10 @@ def _summary(storage, log) -> dict:
         pass
     from ..errors import UserError
     from ..layout import JOURNAL, SPEC
-    from ..spec import Spec
+    from ..spec import Spec, space
     from .optuna_searcher import open_optuna
     from .repair import rebuild_summary
+    from .stopping import scheduler_name
 
     try:
         spec = Spec.from_dict(json.loads((storage.directory / SPEC).read_text())["spec"])
@@ -120,6 +122,7 @@ def _summary(storage, log) -> dict:
     )
     record.goals = [(o.metric, o.mode) for o in spec.study.goals]
     record.limits = spec.study.constraint_limits()
+    record.scheduler = scheduler_name(spec, space.largest_max_steps(spec))
     rebuild_summary(record, open_optuna(storage.directory, spec, log), spec, storage)
     record.save()
     storage.push()

@@ -149,6 +149,9 @@ def _stopping(record, trials) -> str:
         for step, rho in sorted(summary["agreement"].items(), key=lambda kv: int(kv[0]))
     )
     won = ", ".join(summary["could_have_won"]) or "none"
+    rule = {None: "", "fifo": "No early stopping (fifo): every trial runs to its end. "}.get(
+        record.scheduler, f"Early-stopping rule: {html.escape(record.scheduler or '')}. "
+    )
     complete = sum(str(t.state) == "COMPLETE" for t in trials)
     table = (
         f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
@@ -157,8 +160,8 @@ def _stopping(record, trials) -> str:
         f"last; this study has {complete} complete.</p>"
     )
     return (
-        f"<p>Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that could "
-        f"still have beaten the winner's {html.escape(record.metric)}: {html.escape(won)}.</p>{table}"
+        f"<p>{rule}Accelerator-hours saved by stopping: {summary['hours_saved']:.3g}. Stopped trials that "
+        f"could still have beaten the winner's {html.escape(record.metric)}: {html.escape(won)}.</p>{table}"
     )
 
 
