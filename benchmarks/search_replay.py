@@ -103,18 +103,7 @@ class Table:
         self._z = (self._x - self._mean) / self._std
 
     def _encode(self, params: dict) -> list[float]:
-        out: list[float] = []
-        for path, raw in self.search.items():
-            value = params.get(path)
-            if value is None:  # a conditional parameter not sampled (vision's rate for an LLM-only scope)
-                value = _middle(raw)
-            if "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"]):
-                out += [float(value == option) for option in raw["choice"]]  # one-hot categories
-            elif "loguniform" in raw or "choice" in raw:
-                out.append(math.log(float(value)))  # rates, ranks and batch sizes act multiplicatively
-            else:
-                out.append(float(value))
-        return out
+        return [x for path, raw in self.search.items() for x in _transform(raw, _sampled(raw, params, path))]
 
     def nearest(self, params: dict, used: set[int] = frozenset()) -> int:
         """The row nearest ``params`` on standardized transformed parameters, among rows not ``used`` yet.
@@ -141,6 +130,31 @@ class Table:
             self.search,
             self.metric,
         )
+
+
+def _sampled(raw: dict, params: dict, path: str):
+    """``params``' value of ``path``; a conditional parameter not sampled (vision's rate for an LLM-only
+    scope) counts as the middle of its range."""
+    value = params.get(path)
+    return _middle(raw) if value is None else value
+
+
+def _options(raw: dict) -> list:
+    return raw.get("choice") or raw.get("loguniform") or raw.get("uniform") or raw.get("int")
+
+
+def _categorical(raw: dict) -> bool:
+    return "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"])
+
+
+def _transform(raw: dict, value) -> list[float]:
+    """One searched parameter's coordinates: one-hot for categories; the log for rates, ranks and batch
+    sizes (they act multiplicatively; not for a choice that includes 0); else the value."""
+    if _categorical(raw):
+        return [float(value == option) for option in raw["choice"]]
+    if "loguniform" in raw or ("choice" in raw and min(_options(raw)) > 0):
+        return [math.log(float(value))]
+    return [float(value)]
 
 
 def _middle(raw: dict):
@@ -403,20 +417,14 @@ class Neighbours:
 
 
 def _unit(search: dict, params: dict) -> list[float]:
-    """``params`` as coordinates in [0, 1] per searched parameter (one-hot for categories; an unsampled
-    conditional parameter sits in the middle of its range)."""
+    """``params``' coordinates (:func:`_transform`) with each numeric one scaled from its range to [0, 1]."""
     out: list[float] = []
     for path, raw in search.items():
-        value = params.get(path)
-        value = _middle(raw) if value is None else value
-        if "choice" in raw and not all(isinstance(v, (int, float)) for v in raw["choice"]):
-            out += [float(value == option) for option in raw["choice"]]
-            continue
-        options = raw.get("choice") or raw.get("loguniform") or raw.get("uniform") or raw.get("int")
-        low, high = min(options), max(options)
-        if ("loguniform" in raw or "choice" in raw) and low > 0:
-            value, low, high = math.log(value), math.log(low), math.log(high)
-        out.append((value - low) / (high - low) if high > low else 0.0)
+        x = _transform(raw, _sampled(raw, params, path))
+        if not _categorical(raw):
+            [low], [high] = (_transform(raw, end(_options(raw))) for end in (min, max))
+            x = [(x[0] - low) / (high - low) if high > low else 0.0]
+        out += x
     return out
 
 
