@@ -129,9 +129,10 @@ def sentences(trials: Sequence[Any], mode: str) -> list[str]:
     if rho:
         first, last = min(rho, key=int), max(rho, key=int)
         shown = [f"{rho[s]:.2f} at step {s}" for s in sorted(rho, key=int)]
+        text = ", ".join(shown)
         if len(shown) > SHOWN_STEPS:
-            shown = [*shown[: SHOWN_STEPS - 1], "…", shown[-1]]
-        text = ", ".join(shown) + (" (every step: the report's Early stopping table)" if "…" in shown else "")
+            text = ", ".join([*shown[: SHOWN_STEPS - 1], "…", shown[-1]])
+            text += " (every step: the report's Early stopping table)"
         out.append(f"Step–final agreement (Spearman, complete trials): {text}.")
         if summary["low_agreement"]:
             out.insert(

@@ -91,9 +91,11 @@ class StudyRecord:
         record = cls(directory, spec.study.name, objective.metric, objective.mode)
         record.goals = [(o.metric, o.mode) for o in spec.study.goals]
         record.limits = spec.study.constraint_limits()
-        record.trials = cls.open_summary(directory / SUMMARY)
-        if record.trials:  # it parsed; a record loaded and saved again keeps the rule the study ran with
-            record.scheduler = json.loads((directory / SUMMARY).read_text()).get("scheduler")
+        path = directory / SUMMARY
+        if path.is_file():
+            data = _loaded(path.read_text())
+            record.trials = _trials(data)
+            record.scheduler = data.get("scheduler")  # loaded and saved again, it keeps the study's rule
         return record
 
     @staticmethod
@@ -106,15 +108,7 @@ class StudyRecord:
     @staticmethod
     def parse_summary(text: str) -> dict[str, TrialRecord]:
         """The trials of a ``summary.json``'s text; ValueError when it does not parse."""
-        trials: dict[str, TrialRecord] = {}
-        try:
-            for row in json.loads(text)["trials"]:
-                known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
-                known["state"] = TrialState(known.get("state", TrialState.RUNNING))
-                trials[row["trial_id"]] = TrialRecord(**known)
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError included
-            raise ValueError(f"{type(e).__name__}: {e}") from None
-        return trials
+        return _trials(_loaded(text))
 
     @property
     def title(self) -> str:
@@ -269,3 +263,24 @@ def short_params(params: dict) -> str:
         )
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def _loaded(text: str):
+    """A ``summary.json``'s text as JSON; ValueError when it does not parse."""
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError included
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def _trials(data) -> dict[str, TrialRecord]:
+    """The trials of a parsed ``summary.json``; ValueError when they are not a summary's."""
+    trials: dict[str, TrialRecord] = {}
+    try:
+        for row in data["trials"]:
+            known = {k: v for k, v in row.items() if k in TrialRecord.__dataclass_fields__}
+            known["state"] = TrialState(known.get("state", TrialState.RUNNING))
+            trials[row["trial_id"]] = TrialRecord(**known)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    return trials

@@ -149,9 +149,11 @@ def _stopping(record, trials) -> str:
         for step, rho in sorted(summary["agreement"].items(), key=lambda kv: int(kv[0]))
     )
     won = ", ".join(summary["could_have_won"]) or "none"
-    rule = {None: "", "fifo": "No early stopping (fifo): every trial runs to its end. "}.get(
-        record.scheduler, f"Early-stopping rule: {html.escape(record.scheduler or '')}. "
-    )
+    rule = ""
+    if record.scheduler == "fifo":
+        rule = "No early stopping (fifo): every trial runs to its end. "
+    elif record.scheduler:
+        rule = f"Early-stopping rule: {html.escape(record.scheduler)}. "
     complete = sum(str(t.state) == "COMPLETE" for t in trials)
     table = (
         f"<table><tr><th>step</th><th>Spearman with the final value</th></tr>{rows}</table>"
